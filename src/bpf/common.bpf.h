@@ -1,0 +1,226 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Pieces every memtrace BPF program uses: the process filter (pid set, comm),
+ * following forks for `-- COMMAND`, drop accounting, and file names read from
+ * the calling task's fd table (no kprobes on this kernel, so tools learn the
+ * file of an mmap at the syscall tracepoint).
+ */
+#ifndef MEMTRACE_COMMON_BPF_H
+#define MEMTRACE_COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "common.h"
+
+#define MEMTRACE_MAX_TRACED 16384
+#define MEMTRACE_NAME_MAX 256 /* NAME_MAX + NUL */
+
+/* Options, set by user space between open and load; 0 means off. */
+const volatile bool filter_by_tgid = false; /* only tgids in traced_tgids */
+const volatile bool follow_forks = false;   /* children of traced tgids are traced too */
+const volatile bool filter_by_comm = false;
+const volatile char filter_comm[MEMTRACE_COMM_LEN] = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MEMTRACE_MAX_TRACED);
+	__type(key, __u32);  /* tgid */
+	__type(value, __u8); /* unused */
+} traced_tgids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MEMTRACE_DROP_NR);
+	__type(key, __u32);
+	__type(value, __u64);
+} drop_counts SEC(".maps");
+
+static __always_inline void memtrace_count_drop(__u32 reason)
+{
+	__u64 *count = bpf_map_lookup_elem(&drop_counts, &reason);
+
+	if (count)
+		*count += 1; /* per-CPU slot: no atomics needed */
+}
+
+/* Should the current task be traced? The cheap tests come first. */
+static __always_inline bool memtrace_wanted(void)
+{
+	if (filter_by_tgid) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		if (!bpf_map_lookup_elem(&traced_tgids, &tgid))
+			return false;
+	}
+	if (filter_by_comm) {
+		char comm[MEMTRACE_COMM_LEN];
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		for (int i = 0; i < MEMTRACE_COMM_LEN; i++) {
+			if (comm[i] != filter_comm[i])
+				return false;
+			if (comm[i] == 0)
+				break;
+		}
+	}
+	return true;
+}
+
+/* `-- COMMAND`: a traced process's children are traced too. Not loaded otherwise. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(memtrace_follow_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 parent_tgid = BPF_CORE_READ(parent, tgid);
+	__u32 child_tgid = BPF_CORE_READ(child, tgid);
+	__u8 one = 1;
+
+	if (parent_tgid == child_tgid || !bpf_map_lookup_elem(&traced_tgids, &parent_tgid))
+		return 0;
+	bpf_map_update_elem(&traced_tgids, &child_tgid, &one, BPF_ANY);
+	return 0;
+}
+
+/* A traced process that is gone leaves the set, so a recycled pid is not traced. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(memtrace_forget_exit, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	/* signal->live reaches 0 when the last thread of the group exits */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	bpf_map_delete_elem(&traced_tgids, &tgid);
+	return 0;
+}
+
+/* The struct file behind descriptor fd of the current task, or NULL. */
+static __always_inline struct file *memtrace_fd_file(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file = NULL;
+
+	if (fd < 0 || !fdt || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	return file;
+}
+
+static __always_inline struct dentry *memtrace_file_dentry(struct file *file)
+{
+	return BPF_CORE_READ(file, f_path.dentry);
+}
+
+/* Copies a dentry's name into dst (MEMTRACE_NAME_MAX bytes); returns its length with the NUL. */
+static __always_inline long memtrace_dentry_name(struct dentry *dentry, char *dst)
+{
+	const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
+
+	return bpf_probe_read_kernel_str(dst, MEMTRACE_NAME_MAX, name);
+}
+
+/* A position in the dentry tree: a dentry and the mount it is seen through. */
+struct memtrace_walk {
+	struct dentry *dentry;
+	struct mount *mnt;
+};
+
+static __always_inline void memtrace_walk_start(struct memtrace_walk *w, struct file *file)
+{
+	struct vfsmount *vfsmnt = BPF_CORE_READ(file, f_path.mnt);
+
+	w->dentry = BPF_CORE_READ(file, f_path.dentry);
+	/* container_of, with the offset relocated for the running kernel */
+	w->mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+}
+
+/*
+ * Crosses mount points upward until w->dentry is a named component: returns
+ * MEMTRACE_PATH_ROOTED at the root of the mount namespace, 0 otherwise.
+ * Mounts stack at most a few deep, hence the small bound. (Locals, not w->x,
+ * go into BPF_CORE_READ: struct memtrace_walk is not the kernel's.)
+ */
+static __always_inline int memtrace_walk_cross_mounts(struct memtrace_walk *w)
+{
+	for (int i = 0; i < 8; i++) {
+		struct dentry *dentry = w->dentry;
+		struct mount *mnt = w->mnt;
+		struct mount *mnt_parent;
+
+		if (dentry != BPF_CORE_READ(mnt, mnt.mnt_root))
+			return 0;
+		mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+		if (mnt_parent == mnt)
+			return MEMTRACE_PATH_ROOTED;
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = mnt_parent;
+	}
+	return 0;
+}
+
+/*
+ * Moves w to the parent component, crossing mount points. Returns false at the
+ * root of the mount namespace, and at a pseudo file (memfd:NAME,
+ * anon_inode:[...]): a dentry with no parent that is no mount's root.
+ */
+static __always_inline bool memtrace_walk_up(struct memtrace_walk *w)
+{
+	struct dentry *dentry = w->dentry;
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+
+	if (parent == dentry)
+		return false;
+	w->dentry = parent;
+	return memtrace_walk_cross_mounts(w) == 0;
+}
+
+/*
+ * Writes a file's path into buf (MEMTRACE_PATH_BUF bytes): components leaf
+ * first, each with its NUL; user space reverses them. Stops at the root of the
+ * mount namespace (flag ROOTED) or at a pseudo file, whose name is the path.
+ */
+static __always_inline void memtrace_file_path(struct file *file, char *buf, struct memtrace_path *out)
+{
+	struct memtrace_walk w;
+	struct dentry *leaf;
+	__u32 off = 0;
+
+	memtrace_walk_start(&w, file);
+	leaf = w.dentry;
+	out->len = 0;
+	out->depth = 0;
+	out->flags = 0;
+	if (!BPF_CORE_READ(leaf, d_hash.pprev) && BPF_CORE_READ(leaf, d_parent) != leaf)
+		out->flags |= MEMTRACE_PATH_DELETED;
+	out->flags |= memtrace_walk_cross_mounts(&w); /* a file that is itself a mount point */
+
+	for (int i = 0; i < MEMTRACE_PATH_DEPTH && !(out->flags & MEMTRACE_PATH_ROOTED); i++) {
+		struct dentry *dentry = w.dentry;
+		struct dentry *parent;
+		long n;
+
+		if (off > MEMTRACE_PATH_BUF - MEMTRACE_NAME_MAX) {
+			out->flags |= MEMTRACE_PATH_TRUNCATED;
+			break;
+		}
+		n = memtrace_dentry_name(dentry, buf + off);
+		if (n <= 0)
+			break;
+		off += n;
+		out->depth++;
+		parent = BPF_CORE_READ(dentry, d_parent);
+		if (parent == dentry)
+			break; /* pseudo file */
+		w.dentry = parent;
+		out->flags |= memtrace_walk_cross_mounts(&w);
+		if (i == MEMTRACE_PATH_DEPTH - 1 && !(out->flags & MEMTRACE_PATH_ROOTED))
+			out->flags |= MEMTRACE_PATH_TRUNCATED;
+	}
+	out->len = off;
+}
+
+#endif

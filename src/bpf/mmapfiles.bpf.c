@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * mmapfiles: successful mmaps counted by [grandparent dir, parent dir, file]
+ * in a kernel map; user space reads and sorts it at each report.
+ */
+#include "common.bpf.h"
+#include "mmapfiles.h"
+
+#define MAP_ANONYMOUS 0x20
+#define MAX_ERRNO 4095
+#define EEXIST 17
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct mmapfiles_call_args {
+	__s32 fd;
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct mmapfiles_call_args);
+} calls_in_flight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mmapfiles_key);
+} key_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240); /* user space may resize before load */
+	__type(key, struct mmapfiles_key);
+	__type(value, __u64);
+} counts SEC(".maps");
+
+SEC("tp/syscalls/sys_enter_mmap")
+int mmapfiles_enter_mmap(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct mmapfiles_call_args args = {
+		.flags = ctx->args[3],
+		.fd = ctx->args[4],
+	};
+
+	if (!memtrace_wanted())
+		return 0;
+	if (bpf_map_update_elem(&calls_in_flight, &id, &args, BPF_ANY))
+		memtrace_count_drop(MEMTRACE_DROP_PENDING);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_exit_mmap")
+int mmapfiles_exit_mmap(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct mmapfiles_call_args *args;
+	struct mmapfiles_key *key;
+	__u32 zero = 0;
+	__u64 one = 1, *count;
+	long err;
+
+	args = bpf_map_lookup_elem(&calls_in_flight, &id);
+	if (!args)
+		return 0;
+	if (ctx->ret < 0 && ctx->ret >= -MAX_ERRNO)
+		goto out; /* failed: nothing was mapped */
+	key = bpf_map_lookup_elem(&key_scratch, &zero);
+	if (!key)
+		goto out;
+	__builtin_memset(key, 0, sizeof(*key));
+
+	if (args->flags & MAP_ANONYMOUS) {
+		__builtin_memcpy(key->file, "[anon]", sizeof("[anon]"));
+	} else {
+		struct file *file = memtrace_fd_file(args->fd);
+		struct memtrace_walk w;
+
+		if (!file)
+			goto out;
+		/* the book's key, but crossing mount points: /dev/shm/x is [dev, shm, x] */
+		memtrace_walk_start(&w, file);
+		memtrace_walk_cross_mounts(&w);
+		memtrace_dentry_name(w.dentry, key->file);
+		if (memtrace_walk_up(&w)) {
+			memtrace_dentry_name(w.dentry, key->parent);
+			if (memtrace_walk_up(&w))
+				memtrace_dentry_name(w.dentry, key->grandparent);
+		}
+	}
+
+	count = bpf_map_lookup_elem(&counts, key);
+	if (count) {
+		__sync_fetch_and_add(count, 1);
+		goto out;
+	}
+	err = bpf_map_update_elem(&counts, key, &one, BPF_NOEXIST);
+	if (err == -EEXIST) { /* another CPU added it first */
+		count = bpf_map_lookup_elem(&counts, key);
+		if (count)
+			__sync_fetch_and_add(count, 1);
+	} else if (err) {
+		memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+	}
+out:
+	bpf_map_delete_elem(&calls_in_flight, &id);
+	return 0;
+}

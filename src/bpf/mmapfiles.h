@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+#ifndef MMAPFILES_H
+#define MMAPFILES_H
+
+#include "common.h"
+
+#define MMAPFILES_NAME_MAX 256
+
+/* Counted key: the book's [grandparent dir, parent dir, file]; all empty but file = "[anon]" for anonymous maps. */
+struct mmapfiles_key {
+	char grandparent[MMAPFILES_NAME_MAX];
+	char parent[MMAPFILES_NAME_MAX];
+	char file[MMAPFILES_NAME_MAX];
+};
+
+#endif

@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * mmapsnoop: every mmap (and with --munmap, munmap and mremap) as it returns.
+ * The arguments are kept at sys_enter until sys_exit gives the result; the
+ * file comes from the caller's fd table, since this kernel has no kprobes.
+ */
+#include "common.bpf.h"
+#include "mmapsnoop.h"
+
+#define MAP_ANONYMOUS 0x20
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct mmapsnoop_call_args {
+	__u64 addr;
+	__u64 len;
+	__u64 new_len;
+	__u64 new_addr;
+	__u64 offset;
+	__u32 prot;
+	__u32 flags;
+	__s32 fd;
+	__u32 call;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid: one call in flight per thread */
+	__type(value, struct mmapsnoop_call_args);
+} calls_in_flight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mmapsnoop_event);
+} event_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 * 1024 * 1024); /* user space may resize before load */
+} events SEC(".maps");
+
+static __always_inline int remember_call(struct mmapsnoop_call_args *args)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!memtrace_wanted())
+		return 0;
+	if (bpf_map_update_elem(&calls_in_flight, &id, args, BPF_ANY))
+		memtrace_count_drop(MEMTRACE_DROP_PENDING);
+	return 0;
+}
+
+static __always_inline int report_call(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct mmapsnoop_call_args *args;
+	struct mmapsnoop_event *e;
+	__u32 zero = 0;
+	__u64 size;
+
+	args = bpf_map_lookup_elem(&calls_in_flight, &id);
+	if (!args)
+		return 0;
+	e = bpf_map_lookup_elem(&event_scratch, &zero);
+	if (!e)
+		goto out;
+
+	e->time_ns = bpf_ktime_get_ns();
+	e->addr = args->addr;
+	e->len = args->len;
+	e->new_len = args->new_len;
+	e->new_addr = args->new_addr;
+	e->offset = args->offset;
+	e->ret = ret;
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->prot = args->prot;
+	e->flags = args->flags;
+	e->fd = args->fd;
+	e->call = args->call;
+	e->path_info.len = 0;
+	e->path_info.depth = 0;
+	e->path_info.flags = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+
+	if (args->call == MMAPSNOOP_MMAP && !(args->flags & MAP_ANONYMOUS)) {
+		struct file *file = memtrace_fd_file(args->fd);
+
+		if (file)
+			memtrace_file_path(file, e->path, &e->path_info);
+	}
+
+	size = offsetof(struct mmapsnoop_event, path) + e->path_info.len;
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (bpf_ringbuf_output(&events, e, size, 0))
+		memtrace_count_drop(MEMTRACE_DROP_RINGBUF);
+out:
+	bpf_map_delete_elem(&calls_in_flight, &id);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_enter_mmap")
+int mmapsnoop_enter_mmap(struct trace_event_raw_sys_enter *ctx)
+{
+	struct mmapsnoop_call_args args = {
+		.addr = ctx->args[0],
+		.len = ctx->args[1],
+		.prot = ctx->args[2],
+		.flags = ctx->args[3],
+		.fd = ctx->args[4],
+		.offset = ctx->args[5],
+		.call = MMAPSNOOP_MMAP,
+	};
+
+	return remember_call(&args);
+}
+
+SEC("tp/syscalls/sys_enter_munmap")
+int mmapsnoop_enter_munmap(struct trace_event_raw_sys_enter *ctx)
+{
+	struct mmapsnoop_call_args args = {
+		.addr = ctx->args[0],
+		.len = ctx->args[1],
+		.fd = -1,
+		.call = MMAPSNOOP_MUNMAP,
+	};
+
+	return remember_call(&args);
+}
+
+SEC("tp/syscalls/sys_enter_mremap")
+int mmapsnoop_enter_mremap(struct trace_event_raw_sys_enter *ctx)
+{
+	struct mmapsnoop_call_args args = {
+		.addr = ctx->args[0],
+		.len = ctx->args[1],
+		.new_len = ctx->args[2],
+		.flags = ctx->args[3],
+		.new_addr = ctx->args[4],
+		.fd = -1,
+		.call = MMAPSNOOP_MREMAP,
+	};
+
+	return remember_call(&args);
+}
+
+/* One exit program per call: each only finds calls its own enter stored. */
+SEC("tp/syscalls/sys_exit_mmap")
+int mmapsnoop_exit_mmap(struct trace_event_raw_sys_exit *ctx)
+{
+	return report_call(ctx->ret);
+}
+
+SEC("tp/syscalls/sys_exit_munmap")
+int mmapsnoop_exit_munmap(struct trace_event_raw_sys_exit *ctx)
+{
+	return report_call(ctx->ret);
+}
+
+SEC("tp/syscalls/sys_exit_mremap")
+int mmapsnoop_exit_mremap(struct trace_event_raw_sys_exit *ctx)
+{
+	return report_call(ctx->ret);
+}

@@ -1,0 +1,62 @@
+//! Options every tool shares, flattened into each tool's clap arguments.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct CommonArgs {
+    /// Trace only this process (may be given more than once)
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace only processes with this name (exact, first 15 characters)
+    #[arg(short = 'n', long = "name", value_name = "COMM")]
+    pub comm: Option<String>,
+
+    /// Stop after this many seconds
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    /// Show timestamps
+    #[arg(short = 'T', long)]
+    pub timestamp: bool,
+
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show libbpf's own messages
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+
+    /// Start COMMAND, trace only it and its descendants, stop when it exits and exit with its status
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// Seconds as a positive number, fractions allowed: `5`, `0.5`.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("'{s}' is not a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_seconds("0.25"), Ok(Duration::from_millis(250)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+}

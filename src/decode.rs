@@ -1,0 +1,293 @@
+//! Decoding of syscall arguments and results: mmap PROT_*/MAP_* bits,
+//! mremap flags, errno names. Values are Linux's generic ones (x86_64, arm64).
+
+/// PROT_* as the book prints them: `RWE` with `-` for an absent right.
+pub fn prot_string(prot: u32) -> String {
+    let mut s = String::with_capacity(3);
+    s.push(if prot & libc::PROT_READ as u32 != 0 { 'R' } else { '-' });
+    s.push(if prot & libc::PROT_WRITE as u32 != 0 { 'W' } else { '-' });
+    s.push(if prot & libc::PROT_EXEC as u32 != 0 { 'E' } else { '-' });
+    s
+}
+
+const MAP_TYPE: u32 = 0x0f;
+const MAP_HUGE_SHIFT: u32 = 26;
+const MAP_HUGE_MASK: u32 = 0x3f;
+
+/// Every MAP_* flag bit above the mapping type, in bit order.
+const MAP_FLAG_NAMES: &[(u32, &str)] = &[
+    (0x10, "MAP_FIXED"),
+    (0x20, "MAP_ANONYMOUS"),
+    (0x40, "MAP_32BIT"),
+    (0x100, "MAP_GROWSDOWN"),
+    (0x800, "MAP_DENYWRITE"),
+    (0x1000, "MAP_EXECUTABLE"),
+    (0x2000, "MAP_LOCKED"),
+    (0x4000, "MAP_NORESERVE"),
+    (0x8000, "MAP_POPULATE"),
+    (0x10000, "MAP_NONBLOCK"),
+    (0x20000, "MAP_STACK"),
+    (0x40000, "MAP_HUGETLB"),
+    (0x80000, "MAP_SYNC"),
+    (0x100000, "MAP_FIXED_NOREPLACE"),
+];
+
+fn map_type_name(flags: u32) -> String {
+    match flags & MAP_TYPE {
+        0x01 => "MAP_SHARED".into(),
+        0x02 => "MAP_PRIVATE".into(),
+        0x03 => "MAP_SHARED_VALIDATE".into(),
+        0x08 => "MAP_DROPPABLE".into(),
+        other => format!("MAP_TYPE_{other:#x}"),
+    }
+}
+
+/// All MAP_* names of an mmap flags word: the type first, then each flag, the
+/// huge page size (`MAP_HUGE_2MB`) with MAP_HUGETLB, unknown bits in hex.
+pub fn map_flag_names(flags: u32) -> Vec<String> {
+    let mut names = vec![map_type_name(flags)];
+    let mut known = MAP_TYPE;
+    for &(bit, name) in MAP_FLAG_NAMES {
+        known |= bit;
+        if flags & bit != 0 {
+            names.push(name.to_string());
+        }
+    }
+    let high = (flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK;
+    known |= MAP_HUGE_MASK << MAP_HUGE_SHIFT;
+    if flags & 0x40000 != 0 && high != 0 {
+        // with MAP_HUGETLB the top bits give log2 of the page size
+        names.push(format!("MAP_HUGE_{}", huge_size_name(high)));
+    } else if high == 1 {
+        names.push("MAP_UNINITIALIZED".into());
+    } else if high != 0 {
+        names.push(format!("{:#x}", high << MAP_HUGE_SHIFT));
+    }
+    let unknown = flags & !known;
+    if unknown != 0 {
+        names.push(format!("{unknown:#x}"));
+    }
+    names
+}
+
+fn huge_size_name(log2: u32) -> String {
+    match log2 {
+        30.. => format!("{}GB", 1u64 << (log2 - 30)),
+        20.. => format!("{}MB", 1u64 << (log2 - 20)),
+        10.. => format!("{}KB", 1u64 << (log2 - 10)),
+        _ => format!("{}B", 1u64 << log2),
+    }
+}
+
+/// The book's MAP column: S(hared)/P(rivate), F(ixed), A(nonymous).
+pub fn map_letters(flags: u32) -> String {
+    let mut s = String::with_capacity(3);
+    s.push(match flags & MAP_TYPE {
+        0x01 | 0x03 => 'S',
+        0x02 => 'P',
+        0x08 => 'D',
+        _ => '?',
+    });
+    s.push(if flags & (0x10 | 0x100000) != 0 { 'F' } else { '-' });
+    s.push(if flags & 0x20 != 0 { 'A' } else { '-' });
+    s
+}
+
+/// The flags the MAP column doesn't show, short and comma-separated
+/// (`POPULATE,NORESERVE`), or `-`.
+pub fn map_extra_flags(flags: u32) -> String {
+    let extra: Vec<String> = map_flag_names(flags)
+        .into_iter()
+        .skip(1)
+        .filter(|name| name != "MAP_FIXED" && name != "MAP_ANONYMOUS")
+        .map(|name| name.trim_start_matches("MAP_").to_string())
+        .collect();
+    if extra.is_empty() {
+        "-".into()
+    } else {
+        extra.join(",")
+    }
+}
+
+/// MREMAP_* names.
+pub fn mremap_flag_names(flags: u32) -> Vec<String> {
+    const NAMES: &[(u32, &str)] = &[
+        (1, "MREMAP_MAYMOVE"),
+        (2, "MREMAP_FIXED"),
+        (4, "MREMAP_DONTUNMAP"),
+    ];
+    let mut names: Vec<String> = NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect();
+    let unknown = flags & !7;
+    if unknown != 0 {
+        names.push(format!("{unknown:#x}"));
+    }
+    names
+}
+
+/// `EACCES` for 13; `E123` for a number this libc doesn't name.
+pub fn errno_name(errno: i32) -> String {
+    let err = nix::errno::Errno::from_raw(errno);
+    if err == nix::errno::Errno::UnknownErrno {
+        format!("E{errno}")
+    } else {
+        format!("{err:?}")
+    }
+}
+
+/// A syscall's return value: the errno if it is one (-4095..=-1).
+pub fn syscall_errno(ret: i64) -> Option<i32> {
+    (-4095..0).contains(&ret).then(|| (-ret) as i32)
+}
+
+/// Flags of struct memtrace_path (common.h).
+pub const PATH_ROOTED: u8 = 0x1;
+pub const PATH_TRUNCATED: u8 = 0x2;
+pub const PATH_DELETED: u8 = 0x4;
+
+/// A file's name and path as the BPF side walked it (struct memtrace_path:
+/// components leaf first, each NUL-terminated). Raw bytes: escape to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePath {
+    pub name: Vec<u8>,
+    pub path: Vec<u8>,
+}
+
+impl FilePath {
+    /// None when the record carries no file.
+    pub fn from_bpf(buf: &[i8], len: usize, depth: usize, flags: u8) -> Option<FilePath> {
+        if depth == 0 {
+            return None;
+        }
+        let bytes: Vec<u8> = buf[..len.min(buf.len())].iter().map(|&c| c as u8).collect();
+        let mut components: Vec<&[u8]> = bytes.split(|&b| b == 0).take(depth).collect();
+        let name = components.first().copied().unwrap_or_default().to_vec();
+        components.reverse();
+        let mut path = Vec::with_capacity(len + 2);
+        if flags & PATH_TRUNCATED != 0 {
+            path.extend_from_slice(b"...");
+        }
+        for (i, component) in components.iter().enumerate() {
+            // a pseudo file (memfd:x) is a lone name; anything else is absolute
+            if i > 0 || flags & (PATH_ROOTED | PATH_TRUNCATED) != 0 {
+                path.push(b'/');
+            }
+            path.extend_from_slice(component);
+        }
+        if flags & PATH_DELETED != 0 {
+            path.extend_from_slice(b" (deleted)");
+        }
+        Some(FilePath { name, path })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prot() {
+        assert_eq!(prot_string(0), "---");
+        assert_eq!(prot_string(1 | 2), "RW-");
+        assert_eq!(prot_string(1 | 4), "R-E");
+    }
+
+    #[test]
+    fn map_flags() {
+        assert_eq!(map_flag_names(0x22), ["MAP_PRIVATE", "MAP_ANONYMOUS"]);
+        assert_eq!(map_flag_names(0x01), ["MAP_SHARED"]);
+        assert_eq!(
+            map_flag_names(0x02 | 0x10 | 0x800),
+            ["MAP_PRIVATE", "MAP_FIXED", "MAP_DENYWRITE"]
+        );
+        assert_eq!(
+            map_flag_names(0x22 | 0x2000 | 0x4000 | 0x8000 | 0x20000 | 0x100000),
+            [
+                "MAP_PRIVATE",
+                "MAP_ANONYMOUS",
+                "MAP_LOCKED",
+                "MAP_NORESERVE",
+                "MAP_POPULATE",
+                "MAP_STACK",
+                "MAP_FIXED_NOREPLACE"
+            ]
+        );
+        assert_eq!(
+            map_flag_names(0x22 | 0x40000 | (21 << 26)),
+            ["MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB", "MAP_HUGE_2MB"]
+        );
+        assert_eq!(
+            map_flag_names(0x22 | 0x40000 | (30 << 26)),
+            ["MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB", "MAP_HUGE_1GB"]
+        );
+        assert_eq!(
+            map_flag_names(0x22 | 0x4000000),
+            ["MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_UNINITIALIZED"]
+        );
+        assert_eq!(map_flag_names(0x03 | 0x80000), ["MAP_SHARED_VALIDATE", "MAP_SYNC"]);
+        assert_eq!(map_flag_names(0x08), ["MAP_DROPPABLE"]);
+        assert_eq!(map_flag_names(0x02 | 0x200), ["MAP_PRIVATE", "0x200"]);
+    }
+
+    #[test]
+    fn map_columns() {
+        assert_eq!(map_letters(0x22), "P-A");
+        assert_eq!(map_letters(0x01 | 0x10), "SF-");
+        assert_eq!(map_extra_flags(0x22), "-");
+        assert_eq!(map_extra_flags(0x22 | 0x8000 | 0x4000), "NORESERVE,POPULATE");
+    }
+
+    #[test]
+    fn mremap_flags() {
+        assert_eq!(mremap_flag_names(1), ["MREMAP_MAYMOVE"]);
+        assert_eq!(mremap_flag_names(3), ["MREMAP_MAYMOVE", "MREMAP_FIXED"]);
+        assert_eq!(mremap_flag_names(0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn errnos() {
+        assert_eq!(errno_name(13), "EACCES");
+        assert_eq!(errno_name(12), "ENOMEM");
+        assert_eq!(errno_name(9), "EBADF");
+        assert_eq!(errno_name(4000), "E4000");
+        assert_eq!(syscall_errno(-13), Some(13));
+        assert_eq!(syscall_errno(0x7f00_0000_0000), None);
+        assert_eq!(syscall_errno(0), None);
+    }
+
+    fn path_buf(components: &[&str]) -> (Vec<i8>, usize) {
+        let mut buf = Vec::new();
+        for c in components {
+            buf.extend(c.bytes().map(|b| b as i8));
+            buf.push(0);
+        }
+        let len = buf.len();
+        buf.resize(4096, 0);
+        (buf, len)
+    }
+
+    #[test]
+    fn file_paths() {
+        let (buf, len) = path_buf(&["libc.so.6", "x86_64-linux-gnu", "lib", "usr"]);
+        let file = FilePath::from_bpf(&buf, len, 4, PATH_ROOTED).unwrap();
+        assert_eq!(file.name, b"libc.so.6");
+        assert_eq!(file.path, b"/usr/lib/x86_64-linux-gnu/libc.so.6");
+
+        let (buf, len) = path_buf(&["memfd:cache"]);
+        let file = FilePath::from_bpf(&buf, len, 1, 0).unwrap();
+        assert_eq!(file.path, b"memfd:cache");
+
+        let (buf, len) = path_buf(&["gone", "tmp"]);
+        let file = FilePath::from_bpf(&buf, len, 2, PATH_ROOTED | PATH_DELETED).unwrap();
+        assert_eq!(file.path, b"/tmp/gone (deleted)");
+
+        let (buf, len) = path_buf(&["deep", "er"]);
+        let file = FilePath::from_bpf(&buf, len, 2, PATH_TRUNCATED).unwrap();
+        assert_eq!(file.path, b".../er/deep");
+
+        assert_eq!(FilePath::from_bpf(&buf, 0, 0, 0), None);
+    }
+}

@@ -1,0 +1,170 @@
+//! Preflight: what this process may do and what the kernel offers, checked
+//! before any BPF is loaded so that each failure is one clear line.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::OpenObject;
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process, from /proc/self/status.
+fn effective_caps() -> Result<u64> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    parse_cap_eff(&status).context("no CapEff line in /proc/self/status")
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn has_cap(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+/// Loading tracing programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN).
+pub fn check_privileges() -> Result<()> {
+    let caps = effective_caps()?;
+    if has_cap(caps, CAP_SYS_ADMIN) || (has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .iter()
+        .filter(|(cap, _)| !has_cap(caps, *cap))
+        .map(|(_, name)| *name)
+        .collect();
+    bail!(
+        "permission denied: tracing needs root, or {} (run it with sudo)",
+        missing.join(" and ")
+    )
+}
+
+/// CO-RE relocations need the kernel's BTF.
+pub fn check_btf() -> Result<()> {
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Ok(());
+    }
+    bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): memtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+}
+
+/// Where libbpf looks for tracepoints: it prefers the debugfs path when that
+/// exists, else /sys/kernel/tracing.
+fn tracefs_root() -> PathBuf {
+    let debugfs = Path::new("/sys/kernel/debug/tracing");
+    if debugfs.join("events").exists() {
+        debugfs.to_path_buf()
+    } else {
+        PathBuf::from("/sys/kernel/tracing")
+    }
+}
+
+/// Mounts tracefs at /sys/kernel/tracing when nothing is there (it is not
+/// mounted at boot on some machines). It stays mounted, as perf leaves it.
+fn ensure_tracefs() -> Result<PathBuf> {
+    let root = tracefs_root();
+    if root.join("events").exists() {
+        return Ok(root);
+    }
+    let mount_point = Path::new("/sys/kernel/tracing");
+    nix::mount::mount(
+        Some("tracefs"),
+        mount_point,
+        Some("tracefs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|errno| {
+        anyhow::anyhow!(
+            "tracefs is not mounted and mounting it at {} failed ({errno}): mount it as root with `mount -t tracefs tracefs {}`",
+            mount_point.display(),
+            mount_point.display()
+        )
+    })?;
+    Ok(mount_point.to_path_buf())
+}
+
+/// A classic tracepoint named by a program's section: `tp/syscalls/sys_enter_mmap`.
+fn tracepoint_of_section(section: &str) -> Option<(&str, &str)> {
+    let rest = section
+        .strip_prefix("tp/")
+        .or_else(|| section.strip_prefix("tracepoint/"))?;
+    rest.split_once('/')
+}
+
+/// Checks that every tracepoint is present under a tracefs root; names the first missing one.
+fn check_tracepoints(root: &Path, tracepoints: &[(String, String)]) -> Result<()> {
+    for (category, name) in tracepoints {
+        if !root.join("events").join(category).join(name).is_dir() {
+            bail!(
+                "tracepoint {category}:{name} does not exist on this kernel (not under {}/events), so this tool can't run here",
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// After the tool chose its programs: mounts tracefs if a classic tracepoint
+/// needs it, and checks that each tracepoint to attach exists.
+pub fn check_attach_points(object: &OpenObject) -> Result<()> {
+    let tracepoints: Vec<(String, String)> = object
+        .progs()
+        .filter(|prog| prog.autoload())
+        .filter_map(|prog| {
+            let section = prog.section().to_string_lossy().into_owned();
+            tracepoint_of_section(&section).map(|(c, n)| (c.to_string(), n.to_string()))
+        })
+        .collect();
+    if tracepoints.is_empty() {
+        return Ok(());
+    }
+    let root = ensure_tracefs()?;
+    check_tracepoints(&root, &tracepoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_eff_parsing() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        let caps = parse_cap_eff(status).unwrap();
+        assert!(has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON));
+        let caps = parse_cap_eff("CapEff:\t0000000000000000\n").unwrap();
+        assert!(!has_cap(caps, CAP_SYS_ADMIN));
+        assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+
+    #[test]
+    fn sections_name_tracepoints() {
+        assert_eq!(
+            tracepoint_of_section("tp/syscalls/sys_enter_mmap"),
+            Some(("syscalls", "sys_enter_mmap"))
+        );
+        assert_eq!(
+            tracepoint_of_section("tracepoint/oom/mark_victim"),
+            Some(("oom", "mark_victim"))
+        );
+        assert_eq!(tracepoint_of_section("tp_btf/sched_process_fork"), None);
+    }
+
+    #[test]
+    fn a_missing_tracepoint_is_named() {
+        let root = std::env::temp_dir().join(format!("memtrace-tracefs-{}", std::process::id()));
+        fs::create_dir_all(root.join("events/syscalls/sys_enter_mmap")).unwrap();
+        let present = [("syscalls".to_string(), "sys_enter_mmap".to_string())];
+        assert!(check_tracepoints(&root, &present).is_ok());
+        let missing = [
+            ("syscalls".to_string(), "sys_enter_mmap".to_string()),
+            ("syscalls".to_string(), "sys_exit_mmap".to_string()),
+        ];
+        let err = check_tracepoints(&root, &missing).unwrap_err().to_string();
+        assert!(err.contains("syscalls:sys_exit_mmap"), "{err}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

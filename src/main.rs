@@ -1,0 +1,149 @@
+//! memtrace: eBPF tools that show where Linux memory goes, in one binary.
+//! `memtrace <tool> ARGS`, or `<tool> ARGS` through a link named after the tool.
+
+mod cli;
+mod decode;
+mod events;
+mod kernel;
+mod output;
+mod skel;
+mod target;
+mod tools;
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::{Arg, ArgAction, Command};
+
+use tools::{Tool, TOOLS};
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    std::process::exit(dispatch(args));
+}
+
+/// The tool a program name selects: the exact file name of argv[0], so a
+/// link `mmapsnoop -> memtrace` runs mmapsnoop (never resolved through the link).
+fn tool_for_argv0(argv0: &OsString) -> Option<&'static Tool> {
+    let name = Path::new(argv0).file_name()?.to_str()?;
+    tools::find(name)
+}
+
+fn dispatch(args: Vec<OsString>) -> i32 {
+    if let Some(tool) = args.first().and_then(tool_for_argv0) {
+        return run_tool(tool, args);
+    }
+    // memtrace TOOL ...: an unknown tool name gets the list, not clap's guess.
+    if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
+        if !first.starts_with('-') && tools::find(first).is_none() && first != "help" {
+            eprintln!("memtrace: unknown tool '{}'\n\n{}", output::escape_bytes(first.as_bytes()), tool_list());
+            return 2;
+        }
+    } else if args.get(1).is_some() {
+        eprintln!("memtrace: the tool name is not valid UTF-8\n\n{}", tool_list());
+        return 2;
+    }
+    let matches = match top_command().try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        Err(err) => {
+            let _ = err.print();
+            return err.exit_code();
+        }
+    };
+    if matches.get_flag("list") {
+        print!("{}", tool_list());
+        return 0;
+    }
+    match matches.subcommand() {
+        Some((name, sub)) => match tools::find(name) {
+            Some(tool) => finish(tool, (tool.run)(sub)),
+            None => 2,
+        },
+        None => {
+            let _ = top_command().print_help();
+            2
+        }
+    }
+}
+
+fn top_command() -> Command {
+    let mut command = Command::new("memtrace")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("eBPF tools that show where Linux memory goes")
+        .after_help("Each tool also runs through a link named after it: `mmapsnoop -p 181`.")
+        .arg(
+            Arg::new("list")
+                .long("list")
+                .action(ArgAction::SetTrue)
+                .help("List the tools"),
+        );
+    for tool in TOOLS {
+        command = command.subcommand((tool.command)());
+    }
+    command
+}
+
+fn tool_list() -> String {
+    let width = TOOLS.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    let mut list = String::from("Tools:\n");
+    for tool in TOOLS {
+        list.push_str(&format!("  {:<width$}  {}\n", tool.name, tool.about));
+    }
+    list
+}
+
+fn run_tool(tool: &Tool, args: Vec<OsString>) -> i32 {
+    let command = (tool.command)().version(env!("CARGO_PKG_VERSION"));
+    match command.try_get_matches_from(args) {
+        Ok(matches) => finish(tool, (tool.run)(&matches)),
+        Err(err) => {
+            let _ = err.print();
+            err.exit_code()
+        }
+    }
+}
+
+/// The one place a tool's result becomes an exit status.
+fn finish(tool: &Tool, result: anyhow::Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(err) if output::is_output_closed(&err) => 0,
+        Err(err) => {
+            eprintln!("{}: {:#}", tool.name, err);
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv0_selects_a_tool_by_exact_file_name() {
+        let name = |s: &str| tool_for_argv0(&OsString::from(s)).map(|t| t.name);
+        assert_eq!(name("mmapsnoop"), Some("mmapsnoop"));
+        assert_eq!(name("/usr/local/bin/mmapsnoop"), Some("mmapsnoop"));
+        assert_eq!(name("./mmapfiles"), Some("mmapfiles"));
+        assert_eq!(name("memtrace"), None);
+        assert_eq!(name("/usr/bin/memtrace"), None);
+        assert_eq!(name("mmapsnoop.sh"), None);
+        assert_eq!(name("xmmapsnoop"), None);
+        assert_eq!(name("mmapsnoop-old"), None);
+    }
+
+    #[test]
+    fn every_tool_is_listed_and_parses_its_help() {
+        let list = tool_list();
+        for tool in TOOLS {
+            assert!(list.contains(tool.name));
+            (tool.command)().debug_assert();
+        }
+        top_command().debug_assert();
+    }
+
+    #[test]
+    fn unknown_tool_is_status_2() {
+        assert_eq!(dispatch(vec!["memtrace".into(), "nosuchtool".into()]), 2);
+    }
+}

@@ -1,0 +1,182 @@
+//! Writing what tools print: escaping of untrusted strings, sizes in human
+//! units, and a stdout writer that turns a closed pipe into a quiet end.
+
+use std::fmt::Write as _;
+use std::io::{self, BufWriter, Stdout, Write};
+
+/// Returned (wrapped in anyhow) when stdout was closed by its reader:
+/// `memtrace mmapsnoop | head` ends quietly with status 0.
+#[derive(Debug)]
+pub struct OutputClosed;
+
+impl std::fmt::Display for OutputClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for OutputClosed {}
+
+/// Is this error, anywhere in its chain, a closed stdout?
+pub fn is_output_closed(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.is::<OutputClosed>()
+            || cause
+                .downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn map_io(err: io::Error) -> anyhow::Error {
+    if err.kind() == io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(OutputClosed)
+    } else {
+        anyhow::Error::new(err).context("writing to standard output")
+    }
+}
+
+/// Buffered stdout, flushed after each batch of events so a terminal sees
+/// lines promptly without a write(2) per line.
+pub struct Output {
+    out: BufWriter<Stdout>,
+    pub json: bool,
+}
+
+impl Output {
+    pub fn new(json: bool) -> Self {
+        Output {
+            out: BufWriter::with_capacity(64 * 1024, io::stdout()),
+            json,
+        }
+    }
+
+    pub fn line(&mut self, line: &str) -> anyhow::Result<()> {
+        self.out.write_all(line.as_bytes()).map_err(map_io)?;
+        self.out.write_all(b"\n").map_err(map_io)
+    }
+
+    pub fn json_line(&mut self, value: &serde_json::Value) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut self.out, value).map_err(|err| map_io(err.into()))?;
+        self.out.write_all(b"\n").map_err(map_io)
+    }
+
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.out.flush().map_err(map_io)
+    }
+}
+
+/// Makes bytes from another user (a process or file name) safe to print:
+/// printable UTF-8 stays, a backslash is doubled, `\n`, `\t` and `\r` are
+/// written as such, other ASCII controls as `\xNN`, C1 controls as `\u{NN}`,
+/// and bytes that are not UTF-8 as `\xNN`.
+/// The result can't move a terminal's cursor or break a table row.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            match ch {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_ascii_control() => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c if c.is_control() => {
+                    // C1 controls: U+009B is an 8-bit CSI to some terminals
+                    let _ = write!(out, "\\u{{{:x}}}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
+/// A NUL-terminated C string from a BPF record (a `char[N]` array), escaped.
+pub fn escape_c_chars(chars: &[i8]) -> String {
+    let bytes: Vec<u8> = chars
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
+    escape_bytes(&bytes)
+}
+
+/// A size in the largest unit that divides it exactly, so no precision is
+/// lost: 67108864 is `64M`, 4096 is `4K`, 4097 is `4097`, 12 is `12`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 5] = [
+        (1 << 50, "P"),
+        (1 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ];
+    if bytes == 0 {
+        return "0".to_string();
+    }
+    for (unit, suffix) in UNITS {
+        if bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+/// The local wall-clock time as `HH:MM:SS`, as the BCC tools print before each report.
+pub fn wall_clock_hms() -> String {
+    // SAFETY: time(NULL) and localtime_r with valid pointers to locals are
+    // thread-safe and write only into `tm`.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return "??:??:??".into();
+        }
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_keep_every_byte() {
+        assert_eq!(human_size(0), "0");
+        assert_eq!(human_size(12), "12");
+        assert_eq!(human_size(1024), "1K");
+        assert_eq!(human_size(4097), "4097");
+        assert_eq!(human_size(1536 * 1024), "1536K");
+        assert_eq!(human_size(64 << 20), "64M");
+        assert_eq!(human_size(3 << 30), "3G");
+        assert_eq!(human_size((1 << 40) + 4096), "268435457K");
+    }
+
+    #[test]
+    fn escaping_neutralises_terminal_controls() {
+        assert_eq!(escape_bytes(b"plain name"), "plain name");
+        assert_eq!(escape_bytes(b"\x1b[31mred"), "\\x1b[31mred");
+        assert_eq!(escape_bytes(b"a\nb\tc\rd"), "a\\nb\\tc\\rd");
+        assert_eq!(escape_bytes(b"back\\slash"), "back\\\\slash");
+        assert_eq!(escape_bytes(b"\xff\xfeok"), "\\xff\\xfeok");
+        assert_eq!(escape_bytes("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(escape_bytes("\u{9b}2J".as_bytes()), "\\u{9b}2J");
+        assert_eq!(escape_bytes(b"\x7f"), "\\x7f");
+        let escaped = escape_bytes(b"\x1b]0;title\x07\x00");
+        assert!(!escaped.chars().any(|c| c.is_control()), "{escaped}");
+    }
+
+    #[test]
+    fn c_strings_stop_at_nul() {
+        let mut comm = [0i8; 16];
+        for (slot, byte) in comm.iter_mut().zip(b"sh\x1b") {
+            *slot = *byte as i8;
+        }
+        assert_eq!(escape_c_chars(&comm), "sh\\x1b");
+    }
+}

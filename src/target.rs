@@ -1,0 +1,165 @@
+//! What to trace: every process, the processes named by `-p PID`, or a
+//! command started by memtrace (`-- COMMAND ARGS`) and held before exec until
+//! the probes are attached, so its first mmap is seen.
+
+use std::ffi::{CString, OsString};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+pub enum Target {
+    All,
+    Pids(Vec<u32>),
+    Command(HeldCommand),
+}
+
+impl Target {
+    /// Checks `-p` pids exist; starts `-- COMMAND` held before exec.
+    pub fn new(pids: &[u32], command: &[OsString]) -> Result<Target> {
+        if !command.is_empty() {
+            if !pids.is_empty() {
+                bail!("-p/--pid and -- COMMAND can't be used together");
+            }
+            return Ok(Target::Command(HeldCommand::spawn(command)?));
+        }
+        if pids.is_empty() {
+            return Ok(Target::All);
+        }
+        for &pid in pids {
+            if !process_exists(pid) {
+                bail!("no process with PID {pid}");
+            }
+        }
+        Ok(Target::Pids(pids.to_vec()))
+    }
+
+    /// The tgids the BPF side starts its filter with; None traces everything.
+    pub fn initial_tgids(&self) -> Option<Vec<u32>> {
+        match self {
+            Target::All => None,
+            Target::Pids(pids) => Some(pids.clone()),
+            Target::Command(cmd) => Some(vec![cmd.pid.as_raw() as u32]),
+        }
+    }
+
+    pub fn follows_forks(&self) -> bool {
+        matches!(self, Target::Command(_))
+    }
+}
+
+pub fn process_exists(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A forked child blocked on a pipe, exec'ing COMMAND once released.
+pub struct HeldCommand {
+    pub pid: Pid,
+    pub name: String,
+    go: Option<OwnedFd>,
+    exec_error: Option<OwnedFd>,
+    exit_code: Option<i32>,
+}
+
+impl HeldCommand {
+    fn spawn(command: &[OsString]) -> Result<HeldCommand> {
+        let argv: Vec<CString> = command
+            .iter()
+            .map(|arg| CString::new(arg.as_bytes()))
+            .collect::<Result<_, _>>()
+            .context("a command argument contains a NUL byte")?;
+        let (go_read, go_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let name = command[0].to_string_lossy().into_owned();
+
+        // SAFETY: memtrace is single-threaded here (nothing has started a
+        // thread yet), so the child may run any code before exec.
+        match unsafe { fork() }.context("fork")? {
+            ForkResult::Child => {
+                drop(go_write);
+                drop(err_read);
+                let mut byte = [0u8; 1];
+                // Wait until the parent has attached its probes; EOF means it gave up.
+                let released = loop {
+                    match nix::unistd::read(&go_read, &mut byte) {
+                        Err(Errno::EINTR) => continue,
+                        Ok(1) => break true,
+                        _ => break false,
+                    }
+                };
+                if !released {
+                    // SAFETY: _exit is async-signal-safe and ends only this child.
+                    unsafe { libc::_exit(127) };
+                }
+                // Rust ignores SIGPIPE; the command should get the default.
+                // SAFETY: restoring a default disposition installs no handler.
+                let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+                let errno = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
+                let _ = nix::unistd::write(&err_write, &(errno as i32).to_ne_bytes());
+                // SAFETY: as above.
+                unsafe { libc::_exit(127) }
+            }
+            ForkResult::Parent { child } => Ok(HeldCommand {
+                pid: child,
+                name,
+                go: Some(go_write),
+                exec_error: Some(err_read),
+                exit_code: None,
+            }),
+        }
+    }
+
+    /// Lets the command exec; fails if exec failed (no such command, ...).
+    pub fn release(&mut self) -> Result<()> {
+        if let Some(go) = self.go.take() {
+            nix::unistd::write(&go, &[1u8]).context("releasing the command")?;
+        }
+        let Some(err_pipe) = self.exec_error.take() else {
+            return Ok(());
+        };
+        // The pipe closes on a successful exec (O_CLOEXEC), or carries errno.
+        let mut buf = [0u8; 4];
+        let n = loop {
+            match nix::unistd::read(&err_pipe, &mut buf) {
+                Err(Errno::EINTR) => continue,
+                other => break other.unwrap_or(0),
+            }
+        };
+        if n == 4 {
+            let errno = Errno::from_raw(i32::from_ne_bytes(buf));
+            let _ = waitpid(self.pid, None);
+            self.exit_code = Some(127);
+            bail!("can't run {}: {}", self.name, errno.desc());
+        }
+        Ok(())
+    }
+
+    /// The command's exit code once it has ended (128+N for signal N).
+    pub fn try_wait(&mut self) -> Option<i32> {
+        if self.exit_code.is_none() {
+            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => self.exit_code = Some(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => self.exit_code = Some(128 + sig as i32),
+                Err(Errno::ECHILD) => self.exit_code = Some(127),
+                _ => {}
+            }
+        }
+        self.exit_code
+    }
+}
+
+impl Drop for HeldCommand {
+    /// A command never released (tracing failed to start) is killed, not left blocked.
+    fn drop(&mut self) {
+        if self.go.is_some() {
+            let _ = signal::kill(self.pid, Signal::SIGKILL);
+            let _ = waitpid(self.pid, None);
+        }
+    }
+}

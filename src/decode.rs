@@ -4,9 +4,21 @@
 /// PROT_* as the book prints them: `RWE` with `-` for an absent right.
 pub fn prot_string(prot: u32) -> String {
     let mut s = String::with_capacity(3);
-    s.push(if prot & libc::PROT_READ as u32 != 0 { 'R' } else { '-' });
-    s.push(if prot & libc::PROT_WRITE as u32 != 0 { 'W' } else { '-' });
-    s.push(if prot & libc::PROT_EXEC as u32 != 0 { 'E' } else { '-' });
+    s.push(if prot & libc::PROT_READ as u32 != 0 {
+        'R'
+    } else {
+        '-'
+    });
+    s.push(if prot & libc::PROT_WRITE as u32 != 0 {
+        'W'
+    } else {
+        '-'
+    });
+    s.push(if prot & libc::PROT_EXEC as u32 != 0 {
+        'E'
+    } else {
+        '-'
+    });
     s
 }
 
@@ -88,7 +100,11 @@ pub fn map_letters(flags: u32) -> String {
         0x08 => 'D',
         _ => '?',
     });
-    s.push(if flags & (0x10 | 0x100000) != 0 { 'F' } else { '-' });
+    s.push(if flags & (0x10 | 0x100000) != 0 {
+        'F'
+    } else {
+        '-'
+    });
     s.push(if flags & 0x20 != 0 { 'A' } else { '-' });
     s
 }
@@ -217,17 +233,30 @@ mod tests {
         );
         assert_eq!(
             map_flag_names(0x22 | 0x40000 | (21 << 26)),
-            ["MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB", "MAP_HUGE_2MB"]
+            [
+                "MAP_PRIVATE",
+                "MAP_ANONYMOUS",
+                "MAP_HUGETLB",
+                "MAP_HUGE_2MB"
+            ]
         );
         assert_eq!(
             map_flag_names(0x22 | 0x40000 | (30 << 26)),
-            ["MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB", "MAP_HUGE_1GB"]
+            [
+                "MAP_PRIVATE",
+                "MAP_ANONYMOUS",
+                "MAP_HUGETLB",
+                "MAP_HUGE_1GB"
+            ]
         );
         assert_eq!(
             map_flag_names(0x22 | 0x4000000),
             ["MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_UNINITIALIZED"]
         );
-        assert_eq!(map_flag_names(0x03 | 0x80000), ["MAP_SHARED_VALIDATE", "MAP_SYNC"]);
+        assert_eq!(
+            map_flag_names(0x03 | 0x80000),
+            ["MAP_SHARED_VALIDATE", "MAP_SYNC"]
+        );
         assert_eq!(map_flag_names(0x08), ["MAP_DROPPABLE"]);
         assert_eq!(map_flag_names(0x02 | 0x200), ["MAP_PRIVATE", "0x200"]);
     }
@@ -237,7 +266,10 @@ mod tests {
         assert_eq!(map_letters(0x22), "P-A");
         assert_eq!(map_letters(0x01 | 0x10), "SF-");
         assert_eq!(map_extra_flags(0x22), "-");
-        assert_eq!(map_extra_flags(0x22 | 0x8000 | 0x4000), "NORESERVE,POPULATE");
+        assert_eq!(
+            map_extra_flags(0x22 | 0x8000 | 0x4000),
+            "NORESERVE,POPULATE"
+        );
     }
 
     #[test]

@@ -154,7 +154,11 @@ impl Session {
                 None => {
                     // poll() with no fds: a sleep that a signal cuts short
                     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-                    let _ = nix::poll::poll(&mut [], nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::NONE));
+                    let _ = nix::poll::poll(
+                        &mut [],
+                        nix::poll::PollTimeout::try_from(ms)
+                            .unwrap_or(nix::poll::PollTimeout::NONE),
+                    );
                 }
             }
             after_batch()?;

@@ -36,11 +36,18 @@ fn dispatch(args: Vec<OsString>) -> i32 {
     // memtrace TOOL ...: an unknown tool name gets the list, not clap's guess.
     if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
         if !first.starts_with('-') && tools::find(first).is_none() && first != "help" {
-            eprintln!("memtrace: unknown tool '{}'\n\n{}", output::escape_bytes(first.as_bytes()), tool_list());
+            eprintln!(
+                "memtrace: unknown tool '{}'\n\n{}",
+                output::escape_bytes(first.as_bytes()),
+                tool_list()
+            );
             return 2;
         }
     } else if args.get(1).is_some() {
-        eprintln!("memtrace: the tool name is not valid UTF-8\n\n{}", tool_list());
+        eprintln!(
+            "memtrace: the tool name is not valid UTF-8\n\n{}",
+            tool_list()
+        );
         return 2;
     }
     let matches = match top_command().try_get_matches_from(&args) {

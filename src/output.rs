@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(human_size(1536 * 1024), "1536K");
         assert_eq!(human_size(64 << 20), "64M");
         assert_eq!(human_size(3 << 30), "3G");
-        assert_eq!(human_size((1 << 40) + 4096), "268435457K");
+        assert_eq!(human_size((1 << 40) + 4096), "1073741828K");
     }
 
     #[test]

@@ -7,9 +7,9 @@ use libbpf_rs::{MapCore, MapFlags, Object, OpenObject, PrintLevel};
 use crate::cli::CommonArgs;
 use crate::target::Target;
 
-/// Indexes of the BPF side's drop_counts array (enum memtrace_drop_reason in common.h).
+/// Indexes of the BPF side's drop_counts array (enum memtrace_drop_reason in
+/// common.h; index 1 is MEMTRACE_DROP_PENDING).
 pub const DROP_RINGBUF: usize = 0;
-pub const DROP_PENDING: usize = 1;
 pub const DROP_COUNTS: usize = 2;
 const DROP_NR: usize = 3;
 

@@ -18,7 +18,13 @@ use crate::target::Target;
 use crate::{kernel, set_filter_rodata};
 
 mod bpf {
-    #![allow(clippy::all, clippy::pedantic, non_camel_case_types, dead_code, unused_imports)]
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        non_camel_case_types,
+        dead_code,
+        unused_imports
+    )]
     include!(concat!(env!("OUT_DIR"), "/mmapfiles.skel.rs"));
 }
 use bpf::types::mmapfiles_key as Key;
@@ -75,7 +81,12 @@ pub fn run(args: Args) -> Result<i32> {
     skel.attach().context(skel::ATTACH_FAILED)?;
 
     let mut out = Output::new(args.common.json);
-    let mut session = Session::start(target, args.common.duration, args.interval, "mmap() of files")?;
+    let mut session = Session::start(
+        target,
+        args.common.duration,
+        args.interval,
+        "mmap() of files",
+    )?;
     let report = |out: &mut Output| -> Result<()> {
         let rows = take_counts(&skel.maps.counts)?;
         print_report(out, &args, &rows)?;
@@ -126,9 +137,9 @@ fn take_counts(counts: &dyn MapCore) -> Result<Vec<Row>> {
         });
     }
     rows.sort_by(|a, b| {
-        b.count
-            .cmp(&a.count)
-            .then_with(|| (&a.grandparent, &a.parent, &a.file).cmp(&(&b.grandparent, &b.parent, &b.file)))
+        b.count.cmp(&a.count).then_with(|| {
+            (&a.grandparent, &a.parent, &a.file).cmp(&(&b.grandparent, &b.parent, &b.file))
+        })
     });
     Ok(rows)
 }
@@ -152,12 +163,19 @@ fn print_report(out: &mut Output, args: &Args, rows: &[Row]) -> Result<()> {
         out.line(&format!("\n{}", wall_clock_hms()))?;
     }
     let width = |f: fn(&Row) -> &str, title: &str| {
-        rows.iter().map(|r| f(r).chars().count()).max().unwrap_or(0).max(title.len())
+        rows.iter()
+            .map(|r| f(r).chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(title.len())
     };
     let gw = width(|r| &r.grandparent, "GRANDPARENT");
     let pw = width(|r| &r.parent, "PARENT");
     let fw = width(|r| &r.file, "FILE");
-    out.line(&format!("{:<gw$} {:<pw$} {:<fw$} {:>8}", "GRANDPARENT", "PARENT", "FILE", "COUNT"))?;
+    out.line(&format!(
+        "{:<gw$} {:<pw$} {:<fw$} {:>8}",
+        "GRANDPARENT", "PARENT", "FILE", "COUNT"
+    ))?;
     for row in rows {
         out.line(&format!(
             "{:<gw$} {:<pw$} {:<fw$} {:>8}",

@@ -19,7 +19,13 @@ use crate::target::Target;
 use crate::{kernel, set_filter_rodata};
 
 mod bpf {
-    #![allow(clippy::all, clippy::pedantic, non_camel_case_types, dead_code, unused_imports)]
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        non_camel_case_types,
+        dead_code,
+        unused_imports
+    )]
     include!(concat!(env!("OUT_DIR"), "/mmapsnoop.skel.rs"));
 }
 use bpf::types::mmapsnoop_event as Event;
@@ -96,10 +102,18 @@ pub fn run(args: Args) -> Result<i32> {
     let ring = builder.build().context("setting up the ring buffer")?;
 
     printer.borrow_mut().header()?;
-    let what = if args.munmap { "mmap(), munmap() and mremap() calls" } else { "mmap() calls" };
+    let what = if args.munmap {
+        "mmap(), munmap() and mremap() calls"
+    } else {
+        "mmap() calls"
+    };
     let mut session = Session::start(target, args.common.duration, None, what)?;
     printer.borrow_mut().start_ns = session.start_ns;
-    let stop = session.run(Some(&ring), || printer.borrow_mut().finish_batch(), || Ok(()));
+    let stop = session.run(
+        Some(&ring),
+        || printer.borrow_mut().finish_batch(),
+        || Ok(()),
+    );
     drop(ring);
     let stop = stop?;
     skel::report_drops(
@@ -192,7 +206,12 @@ impl Printer {
             let secs = e.time_ns.saturating_sub(self.start_ns) as f64 / 1e9;
             line.push_str(&format!("{secs:<12.6} "));
         }
-        line.push_str(&format!("{:<7} {:<7} {:<16} ", e.pid, e.tid, escape_c_chars(&e.comm)));
+        line.push_str(&format!(
+            "{:<7} {:<7} {:<16} ",
+            e.pid,
+            e.tid,
+            escape_c_chars(&e.comm)
+        ));
         if self.show_call {
             line.push_str(&format!("{:<6} ", call_name(e.call)));
         }
@@ -216,17 +235,31 @@ impl Printer {
             ),
             CALL_MREMAP => {
                 let flags = decode::mremap_flag_names(e.flags);
-                let flags: Vec<&str> = flags.iter().map(|f| f.trim_start_matches("MREMAP_")).collect();
+                let flags: Vec<&str> = flags
+                    .iter()
+                    .map(|f| f.trim_start_matches("MREMAP_"))
+                    .collect();
                 (
                     "-".into(),
                     "-".into(),
-                    if flags.is_empty() { "-".into() } else { flags.join(",") },
+                    if flags.is_empty() {
+                        "-".into()
+                    } else {
+                        flags.join(",")
+                    },
                     "-".into(),
                     format!("{}->{}", human_size(e.len), human_size(e.new_len)),
                     format!("[from {:#x}]", e.addr),
                 )
             }
-            _ => ("-".into(), "-".into(), "-".into(), "-".into(), human_size(e.len), String::new()),
+            _ => (
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                human_size(e.len),
+                String::new(),
+            ),
         };
         line.push_str(&format!(
             "{prot:<4} {map:<3} {flags:<14} {offset:<8} {size:<8} {result:<14} {file}"
@@ -267,7 +300,11 @@ fn event_json(e: &Event) -> serde_json::Value {
         "error": error,
     });
     let fields = value.as_object_mut().expect("a JSON object");
-    let result_addr = if errno.is_some() { None } else { Some(e.ret as u64) };
+    let result_addr = if errno.is_some() {
+        None
+    } else {
+        Some(e.ret as u64)
+    };
     match e.call {
         CALL_MMAP => {
             let file = file_path(e);
@@ -280,8 +317,14 @@ fn event_json(e: &Event) -> serde_json::Value {
             fields.insert("flags_bits".into(), json!(e.flags));
             fields.insert("offset".into(), json!(e.offset));
             fields.insert("fd".into(), json!(e.fd));
-            fields.insert("file".into(), json!(file.as_ref().map(|f| escape_bytes(&f.name))));
-            fields.insert("path".into(), json!(file.as_ref().map(|f| escape_bytes(&f.path))));
+            fields.insert(
+                "file".into(),
+                json!(file.as_ref().map(|f| escape_bytes(&f.name))),
+            );
+            fields.insert(
+                "path".into(),
+                json!(file.as_ref().map(|f| escape_bytes(&f.path))),
+            );
         }
         CALL_MREMAP => {
             fields.insert("addr".into(), json!(result_addr));

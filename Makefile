@@ -1,0 +1,55 @@
+# memtrace: `make run` builds (installing what is missing) and runs mmapsnoop;
+# `make test` runs every test, the root integration tests included.
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+CARGO ?= cargo
+ARCH := $(shell uname -m)
+BIN := target/release/memtrace
+
+.PHONY: all deps build run test lint install uninstall vmlinux bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+build: deps
+	$(CARGO) build --release --locked
+
+# Extra arguments for the tool: make run ARGS="-p 1234"
+run: build
+	$(BIN) mmapsnoop $(ARGS)
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+test: build lint
+	$(CARGO) test --release --locked
+
+# One binary and a link per tool, named after it: mmapsnoop -> memtrace.
+install: build
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/memtrace
+	for tool in $$($(BIN) --list | awk 'NR > 1 { print $$1 }'); do \
+		ln -sf memtrace $(DESTDIR)$(BINDIR)/$$tool; \
+	done
+
+uninstall:
+	for tool in $$($(DESTDIR)$(BINDIR)/memtrace --list | awk 'NR > 1 { print $$1 }'); do \
+		rm -f $(DESTDIR)$(BINDIR)/$$tool; \
+	done
+	rm -f $(DESTDIR)$(BINDIR)/memtrace
+
+# vmlinux.h is checked in; regenerate it from the running kernel's BTF.
+vmlinux: deps
+	mkdir -p vmlinux/$(ARCH)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux/$(ARCH)/vmlinux.h.tmp
+	mv vmlinux/$(ARCH)/vmlinux.h.tmp vmlinux/$(ARCH)/vmlinux.h
+
+bench: build
+	bench/run-all
+
+clean:
+	$(CARGO) clean

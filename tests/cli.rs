@@ -1,0 +1,75 @@
+//! The multicall front end; needs no root.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn list_names_every_tool() {
+    let out = memtrace().arg("--list").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("mmapsnoop"));
+    assert!(text.contains("mmapfiles"));
+}
+
+#[test]
+fn version() {
+    let out = memtrace().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("memtrace "));
+}
+
+#[test]
+fn unknown_tool_lists_tools_with_status_2() {
+    let out = memtrace().arg("nosuchtool").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("unknown tool 'nosuchtool'"), "{stderr}");
+    assert!(
+        stderr.contains("mmapsnoop") && stderr.contains("mmapfiles"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_link_named_after_a_tool_runs_it() {
+    let dir = temp_path("links");
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("mmapfiles");
+    std::os::unix::fs::symlink(memtrace_bin(), &link).unwrap();
+    let out = std::process::Command::new(&link)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("Usage: mmapfiles"), "{help}");
+    assert!(help.contains("--top"), "{help}");
+
+    // not an exact tool name: the memtrace front end
+    let other = dir.join("mmapfiles2");
+    std::os::unix::fs::symlink(memtrace_bin(), &other).unwrap();
+    let out = std::process::Command::new(&other)
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_option_is_a_usage_error() {
+    let out = memtrace()
+        .args(["mmapsnoop", "--no-such-option"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = memtrace()
+        .args(["mmapsnoop", "-d", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,270 @@
+//! Shared by the integration tests: the root gate, fixtures compiled from
+//! tests/fixtures/*.c during the run, and running memtrace against them.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Tests that load BPF need root. They fail loudly without it, unless
+/// MEMTRACE_SKIP_ROOT_TESTS=1 says to skip them on purpose.
+pub fn root_tests_enabled() -> bool {
+    if std::env::var("MEMTRACE_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: MEMTRACE_SKIP_ROOT_TESTS=1");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads BPF programs and must run as root (set MEMTRACE_SKIP_ROOT_TESTS=1 to skip root tests on purpose)"
+    );
+    true
+}
+
+pub fn memtrace_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_memtrace")
+}
+
+pub fn memtrace() -> Command {
+    Command::new(memtrace_bin())
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("memtrace-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A fresh path for a test's files, unique across tests and runs.
+pub fn temp_path(tag: &str) -> PathBuf {
+    static COUNTER: Mutex<u32> = Mutex::new(0);
+    let mut n = COUNTER.lock().unwrap();
+    *n += 1;
+    scratch_dir().join(format!("{tag}-{}-{}", std::process::id(), *n))
+}
+
+/// tests/fixtures/NAME.c compiled (once per test binary) into the target dir.
+pub fn fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
+    let dir = scratch_dir().join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-O1", "-g", "-Wall", "-Werror", "-o"])
+        .arg(&tmp)
+        .arg(&source)
+        .status()
+        .expect("running cc to build a test fixture");
+    assert!(status.success(), "compiling {}", source.display());
+    std::fs::rename(&tmp, &out).unwrap();
+    built.insert(name.to_string(), out.clone());
+    out
+}
+
+/// What a finished memtrace run left.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Every stdout line as JSON; fails the test if any line isn't.
+    pub fn json(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line:?}"))
+            })
+            .collect()
+    }
+
+    pub fn assert_success(&self) -> &Self {
+        assert!(
+            self.status.success(),
+            "memtrace failed: {:?}\nstderr:\n{}",
+            self.status,
+            self.stderr
+        );
+        self
+    }
+}
+
+fn collect<R: Read + Send + 'static>(stream: R) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stream).read_to_string(&mut text);
+        text
+    })
+}
+
+/// A memtrace process running in the background.
+pub struct Tracer {
+    pub child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr_lines: Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Tracer {
+    /// Starts memtrace and returns once it says its probes are attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut command = memtrace();
+        command.args(args);
+        Tracer::start_command(command)
+    }
+
+    pub fn start_command(mut command: Command) -> Tracer {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting memtrace");
+        let stdout = collect(child.stdout.take().unwrap());
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracer = Tracer {
+            child,
+            stdout: Some(stdout),
+            stderr_lines: rx,
+            stderr_seen: Vec::new(),
+        };
+        tracer.wait_ready();
+        tracer
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.starts_with("Tracing");
+                    self.stderr_seen.push(line);
+                    if ready {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "memtrace did not start tracing; stderr:\n{}",
+                        self.stderr_seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Ends it with Ctrl-C's signal and collects its output.
+    pub fn stop(self) -> Finished {
+        self.signal(libc::SIGINT);
+        self.wait()
+    }
+
+    /// Waits for it to end by itself.
+    pub fn wait(mut self) -> Finished {
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("memtrace did not end within {RUN_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        let mut stderr = std::mem::take(&mut self.stderr_seen);
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
+            stderr.push(line);
+        }
+        Finished {
+            status,
+            stdout,
+            stderr: stderr.join("\n"),
+        }
+    }
+}
+
+/// Runs memtrace to its end (use with `-- COMMAND` or `-d`).
+pub fn run(args: &[&str]) -> Finished {
+    Tracer::start(args).wait()
+}
+
+/// Events of one pid from JSON lines.
+pub fn of_pid(events: &[Value], pid: u64) -> Vec<&Value> {
+    events.iter().filter(|e| e["pid"] == pid).collect()
+}
+
+/// A fixture started held on its stdin (mode "wait"), released by `go`.
+pub struct Held {
+    pub child: Child,
+}
+
+impl Held {
+    pub fn start(fixture: &Path, args: &[&str]) -> Held {
+        let child = Command::new(fixture)
+            .arg("wait")
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("starting a fixture");
+        Held { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn go(&mut self) -> ExitStatus {
+        use std::io::Write;
+        self.child.stdin.take().unwrap().write_all(b"g").unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,516 @@
+//! mmapsnoop against real workloads on this kernel (root).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+/// Runs `mmapsnoop --json [extra] -- mapper ARGS` and returns the command's pid and events.
+fn trace_mapper(extra: &[&str], mapper_args: &[&str]) -> (u64, Vec<Value>, Finished) {
+    let mapper = fixture("mapper");
+    let mut args = vec!["mmapsnoop", "--json"];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.push(mapper.to_str().unwrap());
+    args.extend_from_slice(mapper_args);
+    let finished = run(&args);
+    finished.assert_success();
+    let events = finished.json();
+    let pid = events
+        .iter()
+        .find(|e| e["comm"] == "mapper")
+        .unwrap_or_else(|| panic!("no event from the mapper: {}", finished.stdout))["pid"]
+        .as_u64()
+        .unwrap();
+    (pid, events, finished)
+}
+
+#[test]
+fn anonymous_64_mib_mapping_is_shown_whole() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let (pid, events, _) = trace_mapper(&[], &["anon64"]);
+    let big: Vec<_> = of_pid(&events, pid)
+        .into_iter()
+        .filter(|e| e["len"] == 67108864u64)
+        .collect();
+    assert_eq!(big.len(), 1, "one 64 MiB mapping: {big:?}");
+    let e = big[0];
+    assert_eq!(e["call"], "mmap");
+    assert_eq!(strings(&e["flags"]), ["MAP_PRIVATE", "MAP_ANONYMOUS"]);
+    assert_eq!(e["prot"], "RW-");
+    assert_eq!(e["file"], Value::Null);
+    assert_eq!(e["error"], Value::Null);
+    assert!(e["addr"].as_u64().unwrap() > 0);
+    assert_eq!(e["addr"].as_u64().unwrap() % 4096, 0);
+}
+
+#[test]
+fn twelve_byte_mapping_prints_12_not_0() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let mapper = fixture("mapper");
+    let finished = run(&["mmapsnoop", "--", mapper.to_str().unwrap(), "anon64"]);
+    finished.assert_success();
+    let lines: Vec<&str> = finished.stdout.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["PID", "TID", "COMM", "PROT", "MAP", "FLAGS", "OFFS", "SIZE", "RESULT", "FILE"]
+    );
+    let size_col = header.iter().position(|h| *h == "SIZE").unwrap();
+    let sizes: Vec<&str> = lines[1..]
+        .iter()
+        .filter(|l| l.split_whitespace().nth(2) == Some("mapper"))
+        .map(|l| l.split_whitespace().nth(size_col).unwrap())
+        .collect();
+    assert!(sizes.contains(&"64M"), "{sizes:?}");
+    assert!(sizes.contains(&"12"), "{sizes:?}");
+}
+
+#[test]
+fn shared_file_mapping_has_file_name_and_flags() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let file = temp_path("shared.dat");
+    let (pid, events, _) = trace_mapper(&[], &["shared", file.to_str().unwrap()]);
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let hits: Vec<_> = of_pid(&events, pid)
+        .into_iter()
+        .filter(|e| e["file"] == name)
+        .collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    let e = hits[0];
+    assert_eq!(e["len"], 1024);
+    assert_eq!(strings(&e["flags"]), ["MAP_SHARED"]);
+    assert_eq!(e["prot"], "RW-");
+    assert_eq!(e["path"], file.to_str().unwrap());
+    assert!(e["fd"].as_i64().unwrap() >= 0);
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn writable_shared_map_of_read_only_fd_is_eacces() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let file = temp_path("readonly.dat");
+    let (pid, events, _) = trace_mapper(&[], &["eacces", file.to_str().unwrap()]);
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let hits: Vec<_> = of_pid(&events, pid)
+        .into_iter()
+        .filter(|e| e["file"] == name)
+        .collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    assert_eq!(hits[0]["error"], "EACCES");
+    assert_eq!(hits[0]["addr"], Value::Null);
+    assert_eq!(strings(&hits[0]["flags"]), ["MAP_SHARED"]);
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn private_file_mapping_is_copy_on_write() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let file = temp_path("private.dat");
+    let (pid, events, _) = trace_mapper(&[], &["private", file.to_str().unwrap()]);
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let hits: Vec<_> = of_pid(&events, pid)
+        .into_iter()
+        .filter(|e| e["file"] == name)
+        .collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    let e = hits[0];
+    assert_eq!(strings(&e["flags"]), ["MAP_PRIVATE"]);
+    assert_eq!(e["prot"], "RW-");
+    assert_eq!(e["len"], 8192);
+    assert_eq!(e["offset"], 4096);
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn posix_shm_and_memfd_are_named() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let shm_name = format!("memtrace-test-shm-{}", std::process::id());
+    let (pid, events, _) = trace_mapper(&[], &["shm", &format!("/{shm_name}")]);
+    let hits: Vec<_> = of_pid(&events, pid)
+        .into_iter()
+        .filter(|e| e["file"] == shm_name.as_str())
+        .collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    assert_eq!(hits[0]["path"], format!("/dev/shm/{shm_name}"));
+    assert_eq!(hits[0]["len"], 8192);
+
+    let (pid, events, _) = trace_mapper(&[], &["memfd", "memtrace-memfd"]);
+    let hits: Vec<_> = of_pid(&events, pid)
+        .into_iter()
+        .filter(|e| e["len"] == 16384)
+        .collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    assert_eq!(hits[0]["file"], "memfd:memtrace-memfd");
+}
+
+#[test]
+fn device_mapping_is_named() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let (pid, events, _) = trace_mapper(&[], &["device", "/dev/zero"]);
+    let hits: Vec<_> = of_pid(&events, pid)
+        .into_iter()
+        .filter(|e| e["len"] == 1024)
+        .collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    assert_eq!(hits[0]["file"], "zero");
+    assert_eq!(hits[0]["path"], "/dev/zero");
+}
+
+#[test]
+fn command_is_traced_from_its_first_mmap_and_its_status_returned() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let mapper = fixture("mapper");
+    let finished = run(&[
+        "mmapsnoop",
+        "--json",
+        "--",
+        mapper.to_str().unwrap(),
+        "anon64",
+        "7",
+    ]);
+    assert_eq!(
+        finished.status.code(),
+        Some(7),
+        "stderr: {}",
+        finished.stderr
+    );
+    let events = finished.json();
+    let pid = events[0]["pid"].as_u64().unwrap();
+    // the dynamic loader's mappings come before main(): seen only if the
+    // command was held until the probes were attached
+    let first_file = events.iter().find(|e| e["file"] != Value::Null).unwrap();
+    assert_eq!(first_file["pid"], pid);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["file"] == "libc.so.6" && e["pid"] == pid),
+        "the loader mapping libc was missed: {}",
+        finished.stdout
+    );
+    assert!(
+        events.iter().all(|e| e["pid"] == pid),
+        "another process leaked in"
+    );
+}
+
+#[test]
+fn missing_command_is_a_clear_error() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let out = memtrace()
+        .args(["mmapsnoop", "--", "/nonexistent/memtrace-no-such-command"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("can't run /nonexistent/memtrace-no-such-command"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pid_filter_excludes_other_processes_and_ends_with_the_target() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let mapper = fixture("mapper");
+    let mut traced = Held::start(&mapper, &["size", "3149824"]);
+    let mut other = Held::start(&mapper, &["size", "3153920"]);
+    let pid = traced.pid().to_string();
+    let tracer = Tracer::start(&["mmapsnoop", "--json", "-p", &pid]);
+    assert!(other.go().success());
+    assert!(traced.go().success());
+    // the only traced process exited: memtrace ends by itself
+    let finished = tracer.wait();
+    finished.assert_success();
+    assert!(finished.stderr.contains("exited"), "{}", finished.stderr);
+    let events = finished.json();
+    assert!(
+        events.iter().all(|e| e["pid"] == traced.pid()),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e["len"] == 3149824));
+    assert!(!events.iter().any(|e| e["len"] == 3153920));
+}
+
+#[test]
+fn nonexistent_pid_is_a_clear_error() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let out = memtrace()
+        .args(["mmapsnoop", "-p", "999999999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no process with PID 999999999"), "{stderr}");
+}
+
+#[test]
+fn name_filter_keeps_only_that_comm() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let mapper = fixture("mapper");
+    let renamed = temp_path("mt-named");
+    std::fs::copy(&mapper, &renamed).unwrap();
+    let comm: String = renamed
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .chars()
+        .take(15)
+        .collect();
+    let tracer = Tracer::start(&["mmapsnoop", "--json", "-n", &comm]);
+    let plain = std::process::Command::new(&mapper)
+        .args(["size", "3158016"])
+        .status()
+        .unwrap();
+    let named = std::process::Command::new(&renamed)
+        .args(["size", "3162112"])
+        .status()
+        .unwrap();
+    assert!(plain.success() && named.success());
+    let finished = tracer.stop();
+    finished.assert_success();
+    let events = finished.json();
+    assert!(
+        events.iter().all(|e| e["comm"] == comm.as_str()),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e["len"] == 3162112));
+    assert!(!events.iter().any(|e| e["len"] == 3158016));
+    let _ = std::fs::remove_file(renamed);
+}
+
+#[test]
+fn hostile_process_name_is_escaped() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let mapper = fixture("mapper");
+    let hostile = "\x1b[2J\x1b[31mevil\x07";
+    let finished = run(&[
+        "mmapsnoop",
+        "--",
+        mapper.to_str().unwrap(),
+        "rename",
+        hostile,
+    ]);
+    finished.assert_success();
+    assert!(
+        !finished.stdout.contains('\x1b'),
+        "raw ESC reached the output"
+    );
+    assert!(
+        !finished.stdout.contains('\x07'),
+        "raw BEL reached the output"
+    );
+    assert!(
+        finished.stdout.contains("\\x1b[2J\\x1b[31mevil\\x07"),
+        "{}",
+        finished.stdout
+    );
+
+    let finished = run(&[
+        "mmapsnoop",
+        "--json",
+        "--",
+        mapper.to_str().unwrap(),
+        "rename",
+        hostile,
+    ]);
+    let events = finished.json();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["comm"] == "\\x1b[2J\\x1b[31mevil\\x07"),
+        "{events:?}"
+    );
+    assert!(
+        !finished.stdout.contains("\\u001b"),
+        "JSON must carry the escaped form"
+    );
+}
+
+#[test]
+fn munmap_and_mremap_are_shown_with_the_option() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let (pid, events, _) = trace_mapper(&["--munmap"], &["anon64"]);
+    let mine = of_pid(&events, pid);
+    let big_map = mine
+        .iter()
+        .find(|e| e["call"] == "mmap" && e["len"] == 67108864u64)
+        .unwrap();
+    let unmaps: Vec<_> = mine
+        .iter()
+        .filter(|e| e["call"] == "munmap" && e["len"] == 67108864u64)
+        .collect();
+    assert_eq!(unmaps.len(), 1, "{mine:?}");
+    assert_eq!(unmaps[0]["addr"], big_map["addr"]);
+    assert_eq!(unmaps[0]["error"], Value::Null);
+
+    let (_, events, _) = trace_mapper(&[], &["anon64"]);
+    assert!(
+        events.iter().all(|e| e["call"] == "mmap"),
+        "munmap shown without --munmap"
+    );
+}
+
+#[test]
+fn closed_stdout_ends_quietly_with_status_0() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let mapper = fixture("mapper");
+    let mut child = memtrace()
+        .args(["mmapsnoop", "--", mapper.to_str().unwrap(), "loop", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.starts_with("PID"), "{first}");
+    drop(stdout); // like `| head -1`
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed().as_secs() < 15,
+            "memtrace kept running with stdout closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.to_lowercase().contains("error"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    // the command was left running when the trace ended; end it
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "mapper loop 20"])
+        .status();
+}
+
+#[test]
+fn lost_events_are_counted_and_reported() {
+    if !root_tests_enabled() {
+        return;
+    }
+    // a 1 MiB ring buffer and a reader that does not read while the storm runs
+    const PAIRS: usize = 100_000;
+    let mapper = fixture("mapper");
+    let mut child = memtrace()
+        .args(["mmapsnoop", "--json", "--buffer-size", "1", "--"])
+        .arg(&mapper)
+        .args(["storm", &PAIRS.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::BufReader::new(stdout), &mut text).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let storm_events = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["len"] == 12288)
+        .count();
+    let lost: usize = stderr
+        .lines()
+        .find(|l| l.contains("events lost"))
+        .unwrap_or_else(|| panic!("no loss reported; stderr: {stderr}"))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lost > 0);
+    assert!(stderr.contains("--buffer-size"), "{stderr}");
+    // every storm mmap was either delivered or counted as lost
+    assert!(storm_events <= PAIRS);
+    assert!(
+        storm_events + lost >= PAIRS,
+        "delivered {storm_events} + lost {lost} < {PAIRS}"
+    );
+}
+
+#[test]
+fn duration_and_timestamps() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let finished = run(&["mmapsnoop", "-T", "-d", "1"]);
+    finished.assert_success();
+    assert!(started.elapsed().as_secs_f64() < 10.0);
+    assert!(
+        finished.stdout.starts_with("TIME(s)"),
+        "{}",
+        finished.stdout
+    );
+}
+
+#[test]
+fn non_root_user_gets_a_clear_error() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(memtrace_bin())
+        .arg("mmapsnoop")
+        .output()
+        .expect("running setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(stderr.contains("CAP_BPF"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+}

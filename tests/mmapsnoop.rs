@@ -455,7 +455,7 @@ fn lost_events_are_counted_and_reported() {
     let storm_events = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["len"] == 12288)
+        .filter(|e| e["len"] == 36864)
         .count();
     let lost: usize = stderr
         .lines()

@@ -162,20 +162,60 @@ static __always_inline int memtrace_walk_cross_mounts(struct memtrace_walk *w)
 	return 0;
 }
 
-/*
- * Moves w to the parent component, crossing mount points. Returns false at the
- * root of the mount namespace, and at a pseudo file (memfd:NAME,
- * anon_inode:[...]): a dentry with no parent that is no mount's root.
- */
-static __always_inline bool memtrace_walk_up(struct memtrace_walk *w)
+enum memtrace_walk_step {
+	MEMTRACE_WALK_MOVED = 0,  /* w is the parent component */
+	MEMTRACE_WALK_ROOT = 1,   /* w is the root of the mount namespace, named "/" */
+	MEMTRACE_WALK_PSEUDO = 2, /* no parent: a pseudo file (memfd:NAME, anon_inode:[...]) */
+};
+
+/* Moves w to the parent component, crossing mount points. */
+static __always_inline enum memtrace_walk_step memtrace_walk_up(struct memtrace_walk *w)
 {
 	struct dentry *dentry = w->dentry;
 	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
 
 	if (parent == dentry)
-		return false;
+		return MEMTRACE_WALK_PSEUDO;
 	w->dentry = parent;
-	return memtrace_walk_cross_mounts(w) == 0;
+	return memtrace_walk_cross_mounts(w) ? MEMTRACE_WALK_ROOT : MEMTRACE_WALK_MOVED;
+}
+
+struct memtrace_path_walk {
+	struct memtrace_walk w;
+	char *buf;
+	struct memtrace_path *out;
+	__u32 off;
+};
+
+/* One component per bpf_loop() iteration: verified once, not once per level. */
+static long memtrace_path_step(__u32 index, void *data)
+{
+	struct memtrace_path_walk *walk = data;
+	struct dentry *dentry = walk->w.dentry;
+	struct dentry *parent;
+	__u32 off = walk->off;
+	long n;
+
+	if (off > MEMTRACE_PATH_BUF - MEMTRACE_NAME_MAX) {
+		walk->out->flags |= MEMTRACE_PATH_TRUNCATED;
+		return 1;
+	}
+	n = memtrace_dentry_name(dentry, walk->buf + off);
+	if (n <= 0)
+		return 1;
+	walk->off = off + n;
+	walk->out->depth++;
+	parent = BPF_CORE_READ(dentry, d_parent);
+	if (parent == dentry)
+		return 1; /* pseudo file: its name is the whole path */
+	walk->w.dentry = parent;
+	if (memtrace_walk_cross_mounts(&walk->w)) {
+		walk->out->flags |= MEMTRACE_PATH_ROOTED;
+		return 1;
+	}
+	if (index == MEMTRACE_PATH_DEPTH - 1)
+		walk->out->flags |= MEMTRACE_PATH_TRUNCATED;
+	return 0;
 }
 
 /*
@@ -185,42 +225,21 @@ static __always_inline bool memtrace_walk_up(struct memtrace_walk *w)
  */
 static __always_inline void memtrace_file_path(struct file *file, char *buf, struct memtrace_path *out)
 {
-	struct memtrace_walk w;
+	struct memtrace_path_walk walk = { .buf = buf, .out = out };
 	struct dentry *leaf;
-	__u32 off = 0;
 
-	memtrace_walk_start(&w, file);
-	leaf = w.dentry;
+	memtrace_walk_start(&walk.w, file);
+	leaf = walk.w.dentry;
 	out->len = 0;
 	out->depth = 0;
 	out->flags = 0;
 	if (!BPF_CORE_READ(leaf, d_hash.pprev) && BPF_CORE_READ(leaf, d_parent) != leaf)
 		out->flags |= MEMTRACE_PATH_DELETED;
-	out->flags |= memtrace_walk_cross_mounts(&w); /* a file that is itself a mount point */
-
-	for (int i = 0; i < MEMTRACE_PATH_DEPTH && !(out->flags & MEMTRACE_PATH_ROOTED); i++) {
-		struct dentry *dentry = w.dentry;
-		struct dentry *parent;
-		long n;
-
-		if (off > MEMTRACE_PATH_BUF - MEMTRACE_NAME_MAX) {
-			out->flags |= MEMTRACE_PATH_TRUNCATED;
-			break;
-		}
-		n = memtrace_dentry_name(dentry, buf + off);
-		if (n <= 0)
-			break;
-		off += n;
-		out->depth++;
-		parent = BPF_CORE_READ(dentry, d_parent);
-		if (parent == dentry)
-			break; /* pseudo file */
-		w.dentry = parent;
-		out->flags |= memtrace_walk_cross_mounts(&w);
-		if (i == MEMTRACE_PATH_DEPTH - 1 && !(out->flags & MEMTRACE_PATH_ROOTED))
-			out->flags |= MEMTRACE_PATH_TRUNCATED;
-	}
-	out->len = off;
+	if (memtrace_walk_cross_mounts(&walk.w)) /* the file is itself a mount point */
+		out->flags |= MEMTRACE_PATH_ROOTED;
+	if (!(out->flags & MEMTRACE_PATH_ROOTED))
+		bpf_loop(MEMTRACE_PATH_DEPTH, memtrace_path_step, &walk, 0);
+	out->len = walk.off;
 }
 
 #endif

@@ -79,6 +79,7 @@ int mmapfiles_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 	} else {
 		struct file *file = memtrace_fd_file(args->fd);
 		struct memtrace_walk w;
+		enum memtrace_walk_step step;
 
 		if (!file)
 			goto out;
@@ -86,11 +87,11 @@ int mmapfiles_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 		memtrace_walk_start(&w, file);
 		memtrace_walk_cross_mounts(&w);
 		memtrace_dentry_name(w.dentry, key->file);
-		if (memtrace_walk_up(&w)) {
+		step = memtrace_walk_up(&w);
+		if (step != MEMTRACE_WALK_PSEUDO)
 			memtrace_dentry_name(w.dentry, key->parent);
-			if (memtrace_walk_up(&w))
-				memtrace_dentry_name(w.dentry, key->grandparent);
-		}
+		if (step == MEMTRACE_WALK_MOVED && memtrace_walk_up(&w) != MEMTRACE_WALK_PSEUDO)
+			memtrace_dentry_name(w.dentry, key->grandparent);
 	}
 
 	count = bpf_map_lookup_elem(&counts, key);

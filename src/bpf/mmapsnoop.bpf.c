@@ -53,7 +53,8 @@ static __always_inline int remember_call(struct mmapsnoop_call_args *args)
 	return 0;
 }
 
-static __always_inline int report_call(long ret)
+/* with_file is a constant at each call: munmap's and mremap's programs carry no path walk */
+static __always_inline int report_call(long ret, bool with_file)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct mmapsnoop_call_args *args;
@@ -87,7 +88,7 @@ static __always_inline int report_call(long ret)
 	e->path_info.flags = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 
-	if (args->call == MMAPSNOOP_MMAP && !(args->flags & MAP_ANONYMOUS)) {
+	if (with_file && !(args->flags & MAP_ANONYMOUS)) {
 		struct file *file = memtrace_fd_file(args->fd);
 
 		if (file)
@@ -153,17 +154,17 @@ int mmapsnoop_enter_mremap(struct trace_event_raw_sys_enter *ctx)
 SEC("tp/syscalls/sys_exit_mmap")
 int mmapsnoop_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 {
-	return report_call(ctx->ret);
+	return report_call(ctx->ret, true);
 }
 
 SEC("tp/syscalls/sys_exit_munmap")
 int mmapsnoop_exit_munmap(struct trace_event_raw_sys_exit *ctx)
 {
-	return report_call(ctx->ret);
+	return report_call(ctx->ret, false);
 }
 
 SEC("tp/syscalls/sys_exit_mremap")
 int mmapsnoop_exit_mremap(struct trace_event_raw_sys_exit *ctx)
 {
-	return report_call(ctx->ret);
+	return report_call(ctx->ret, false);
 }

@@ -101,13 +101,13 @@ pub fn run(args: Args) -> Result<i32> {
     builder.add(&skel.maps.events, |data| printer.borrow_mut().event(data))?;
     let ring = builder.build().context("setting up the ring buffer")?;
 
-    printer.borrow_mut().header()?;
     let what = if args.munmap {
         "mmap(), munmap() and mremap() calls"
     } else {
         "mmap() calls"
     };
     let mut session = Session::start(target, args.common.duration, None, what)?;
+    printer.borrow_mut().header()?;
     printer.borrow_mut().start_ns = session.start_ns;
     let stop = session.run(
         Some(&ring),

@@ -54,6 +54,9 @@ def startup(cmd, ready):
     for line in stream:
         if line.startswith("Tracing") or line.strip() == "ready":
             break
+    up = time.perf_counter() - t0
+    # let every tracer settle (bpftrace can miss a SIGINT right after BEGIN)
+    time.sleep(0.3)
     t1 = time.perf_counter()
     while True:
         # bpftrace sometimes misses a SIGINT that comes right after BEGIN: ask again
@@ -63,8 +66,7 @@ def startup(cmd, ready):
             break
         except subprocess.TimeoutExpired:
             pass
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1
+    return up, time.perf_counter() - t1
 
 
 def timed(cmd, **kw):

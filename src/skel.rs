@@ -18,7 +18,7 @@ fn print_libbpf(_level: PrintLevel, msg: String) {
 }
 
 /// libbpf's messages go to stderr with -v; otherwise errors speak for themselves.
-pub fn init_libbpf_logging(verbose: bool) {
+fn init_libbpf_logging(verbose: bool) {
     if verbose {
         libbpf_rs::set_print(Some((PrintLevel::Debug, print_libbpf)));
     } else {
@@ -54,6 +54,34 @@ impl Filter {
             comm,
         }
     }
+}
+
+/// `mod bpf`: the generated skeleton of src/bpf/NAME.bpf.c, lints off (generated code).
+#[macro_export]
+macro_rules! bpf_skeleton {
+    ($name:literal) => {
+        mod bpf {
+            #![allow(
+                clippy::all,
+                clippy::pedantic,
+                non_camel_case_types,
+                dead_code,
+                unused_imports
+            )]
+            include!(concat!(env!("OUT_DIR"), "/", $name, ".skel.rs"));
+        }
+    };
+}
+
+/// What every tool does before opening its skeleton: libbpf logging,
+/// preflight (privileges, BTF), and the target (`-p` checked, `-- COMMAND` started held).
+pub fn prepare(common: &CommonArgs) -> Result<(Target, Filter)> {
+    init_libbpf_logging(common.verbose);
+    crate::kernel::check_privileges()?;
+    crate::kernel::check_btf()?;
+    let target = Target::new(&common.pids, &common.command)?;
+    let filter = Filter::new(common, &target);
+    Ok((target, filter))
 }
 
 /// Sets common.bpf.h's read-only globals in a skeleton's generated rodata.

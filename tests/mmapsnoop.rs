@@ -14,6 +14,21 @@ fn strings(value: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// The one event of `pid` whose field `key` equals `value`; fails the test otherwise.
+fn only<'a>(events: &'a [Value], pid: u64, key: &str, value: impl Into<Value>) -> &'a Value {
+    let value = value.into();
+    let hits: Vec<&Value> = of_pid(events, pid)
+        .into_iter()
+        .filter(|e| e[key] == value)
+        .collect();
+    assert_eq!(hits.len(), 1, "one event with {key} = {value}: {events:?}");
+    hits[0]
+}
+
+fn file_name(path: &std::path::Path) -> &str {
+    path.file_name().unwrap().to_str().unwrap()
+}
+
 /// Runs `mmapsnoop --json [extra] -- mapper ARGS` and returns the command's pid and events.
 fn trace_mapper(extra: &[&str], mapper_args: &[&str]) -> (u64, Vec<Value>, Finished) {
     let mapper = fixture("mapper");
@@ -40,12 +55,7 @@ fn anonymous_64_mib_mapping_is_shown_whole() {
         return;
     }
     let (pid, events, _) = trace_mapper(&[], &["anon64"]);
-    let big: Vec<_> = of_pid(&events, pid)
-        .into_iter()
-        .filter(|e| e["len"] == 67108864u64)
-        .collect();
-    assert_eq!(big.len(), 1, "one 64 MiB mapping: {big:?}");
-    let e = big[0];
+    let e = only(&events, pid, "len", 67108864u64);
     assert_eq!(e["call"], "mmap");
     assert_eq!(strings(&e["flags"]), ["MAP_PRIVATE", "MAP_ANONYMOUS"]);
     assert_eq!(e["prot"], "RW-");
@@ -86,13 +96,7 @@ fn shared_file_mapping_has_file_name_and_flags() {
     }
     let file = temp_path("shared.dat");
     let (pid, events, _) = trace_mapper(&[], &["shared", file.to_str().unwrap()]);
-    let name = file.file_name().unwrap().to_str().unwrap();
-    let hits: Vec<_> = of_pid(&events, pid)
-        .into_iter()
-        .filter(|e| e["file"] == name)
-        .collect();
-    assert_eq!(hits.len(), 1, "{events:?}");
-    let e = hits[0];
+    let e = only(&events, pid, "file", file_name(&file));
     assert_eq!(e["len"], 1024);
     assert_eq!(strings(&e["flags"]), ["MAP_SHARED"]);
     assert_eq!(e["prot"], "RW-");
@@ -108,15 +112,10 @@ fn writable_shared_map_of_read_only_fd_is_eacces() {
     }
     let file = temp_path("readonly.dat");
     let (pid, events, _) = trace_mapper(&[], &["eacces", file.to_str().unwrap()]);
-    let name = file.file_name().unwrap().to_str().unwrap();
-    let hits: Vec<_> = of_pid(&events, pid)
-        .into_iter()
-        .filter(|e| e["file"] == name)
-        .collect();
-    assert_eq!(hits.len(), 1, "{events:?}");
-    assert_eq!(hits[0]["error"], "EACCES");
-    assert_eq!(hits[0]["addr"], Value::Null);
-    assert_eq!(strings(&hits[0]["flags"]), ["MAP_SHARED"]);
+    let e = only(&events, pid, "file", file_name(&file));
+    assert_eq!(e["error"], "EACCES");
+    assert_eq!(e["addr"], Value::Null);
+    assert_eq!(strings(&e["flags"]), ["MAP_SHARED"]);
     let _ = std::fs::remove_file(file);
 }
 
@@ -127,13 +126,7 @@ fn private_file_mapping_is_copy_on_write() {
     }
     let file = temp_path("private.dat");
     let (pid, events, _) = trace_mapper(&[], &["private", file.to_str().unwrap()]);
-    let name = file.file_name().unwrap().to_str().unwrap();
-    let hits: Vec<_> = of_pid(&events, pid)
-        .into_iter()
-        .filter(|e| e["file"] == name)
-        .collect();
-    assert_eq!(hits.len(), 1, "{events:?}");
-    let e = hits[0];
+    let e = only(&events, pid, "file", file_name(&file));
     assert_eq!(strings(&e["flags"]), ["MAP_PRIVATE"]);
     assert_eq!(e["prot"], "RW-");
     assert_eq!(e["len"], 8192);
@@ -148,21 +141,15 @@ fn posix_shm_and_memfd_are_named() {
     }
     let shm_name = format!("memtrace-test-shm-{}", std::process::id());
     let (pid, events, _) = trace_mapper(&[], &["shm", &format!("/{shm_name}")]);
-    let hits: Vec<_> = of_pid(&events, pid)
-        .into_iter()
-        .filter(|e| e["file"] == shm_name.as_str())
-        .collect();
-    assert_eq!(hits.len(), 1, "{events:?}");
-    assert_eq!(hits[0]["path"], format!("/dev/shm/{shm_name}"));
-    assert_eq!(hits[0]["len"], 8192);
+    let e = only(&events, pid, "file", shm_name.as_str());
+    assert_eq!(e["path"], format!("/dev/shm/{shm_name}"));
+    assert_eq!(e["len"], 8192);
 
     let (pid, events, _) = trace_mapper(&[], &["memfd", "memtrace-memfd"]);
-    let hits: Vec<_> = of_pid(&events, pid)
-        .into_iter()
-        .filter(|e| e["len"] == 16384)
-        .collect();
-    assert_eq!(hits.len(), 1, "{events:?}");
-    assert_eq!(hits[0]["file"], "memfd:memtrace-memfd");
+    assert_eq!(
+        only(&events, pid, "len", 16384)["file"],
+        "memfd:memtrace-memfd"
+    );
 }
 
 #[test]
@@ -171,13 +158,9 @@ fn device_mapping_is_named() {
         return;
     }
     let (pid, events, _) = trace_mapper(&[], &["device", "/dev/zero"]);
-    let hits: Vec<_> = of_pid(&events, pid)
-        .into_iter()
-        .filter(|e| e["len"] == 1024)
-        .collect();
-    assert_eq!(hits.len(), 1, "{events:?}");
-    assert_eq!(hits[0]["file"], "zero");
-    assert_eq!(hits[0]["path"], "/dev/zero");
+    let e = only(&events, pid, "len", 1024);
+    assert_eq!(e["file"], "zero");
+    assert_eq!(e["path"], "/dev/zero");
 }
 
 #[test]

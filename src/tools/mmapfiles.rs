@@ -13,20 +13,10 @@ use serde_json::json;
 use crate::cli::{parse_seconds, CommonArgs};
 use crate::events::{monotonic_ns, Session};
 use crate::output::{escape_c_chars, wall_clock_hms, Output};
-use crate::skel::{self, Filter};
-use crate::target::Target;
+use crate::skel;
 use crate::{kernel, set_filter_rodata};
 
-mod bpf {
-    #![allow(
-        clippy::all,
-        clippy::pedantic,
-        non_camel_case_types,
-        dead_code,
-        unused_imports
-    )]
-    include!(concat!(env!("OUT_DIR"), "/mmapfiles.skel.rs"));
-}
+crate::bpf_skeleton!("mmapfiles");
 use bpf::types::mmapfiles_key as Key;
 use bpf::MmapfilesSkelBuilder;
 
@@ -59,11 +49,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    skel::init_libbpf_logging(args.common.verbose);
-    kernel::check_privileges()?;
-    kernel::check_btf()?;
-    let target = Target::new(&args.common.pids, &args.common.command)?;
-    let filter = Filter::new(&args.common, &target);
+    let (target, filter) = skel::prepare(&args.common)?;
 
     let mut storage = MaybeUninit::uninit();
     let mut open = MmapfilesSkelBuilder::default()

@@ -14,20 +14,10 @@ use crate::cli::CommonArgs;
 use crate::decode::{self, FilePath};
 use crate::events::Session;
 use crate::output::{escape_bytes, escape_c_chars, human_size, Output};
-use crate::skel::{self, Filter};
-use crate::target::Target;
+use crate::skel;
 use crate::{kernel, set_filter_rodata};
 
-mod bpf {
-    #![allow(
-        clippy::all,
-        clippy::pedantic,
-        non_camel_case_types,
-        dead_code,
-        unused_imports
-    )]
-    include!(concat!(env!("OUT_DIR"), "/mmapsnoop.skel.rs"));
-}
+crate::bpf_skeleton!("mmapsnoop");
 use bpf::types::mmapsnoop_event as Event;
 use bpf::MmapsnoopSkelBuilder;
 
@@ -65,11 +55,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    skel::init_libbpf_logging(args.common.verbose);
-    kernel::check_privileges()?;
-    kernel::check_btf()?;
-    let target = Target::new(&args.common.pids, &args.common.command)?;
-    let filter = Filter::new(&args.common, &target);
+    let (target, filter) = skel::prepare(&args.common)?;
 
     let mut storage = MaybeUninit::uninit();
     let mut open = MmapsnoopSkelBuilder::default()

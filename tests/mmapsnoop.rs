@@ -365,10 +365,30 @@ fn munmap_and_mremap_are_shown_with_the_option() {
     assert_eq!(unmaps[0]["addr"], big_map["addr"]);
     assert_eq!(unmaps[0]["error"], Value::Null);
 
-    let (_, events, _) = trace_mapper(&[], &["anon64"]);
+    let (pid, events, _) = trace_mapper(&["--munmap"], &["remap"]);
+    let grown = only(&events, pid, "call", "mremap");
+    assert_eq!(grown["old_len"], 16384);
+    assert_eq!(grown["len"], 32768);
+    assert_eq!(strings(&grown["flags"]), ["MREMAP_MAYMOVE"]);
+    assert_eq!(grown["error"], Value::Null);
+    // the mapping it grew: the last 16 KiB mmap before it
+    let mapped = of_pid(&events, pid)
+        .into_iter()
+        .take_while(|e| e["call"] != "mremap")
+        .filter(|e| e["call"] == "mmap" && e["len"] == 16384)
+        .last()
+        .unwrap();
+    assert_eq!(grown["old_addr"], mapped["addr"]);
+    let unmapped = of_pid(&events, pid)
+        .into_iter()
+        .find(|e| e["call"] == "munmap" && e["len"] == 32768)
+        .unwrap();
+    assert_eq!(unmapped["addr"], grown["addr"]);
+
+    let (_, events, _) = trace_mapper(&[], &["remap"]);
     assert!(
         events.iter().all(|e| e["call"] == "mmap"),
-        "munmap shown without --munmap"
+        "munmap or mremap shown without --munmap"
     );
 }
 

@@ -43,6 +43,8 @@ fn main() {
                 "-Wall".into(),
                 "-Werror".into(),
                 "-O2".into(),
+                // v3: atomic fetch-and-add (BPF_FETCH, Linux 5.12+) and 32-bit jumps
+                "-mcpu=v3".into(),
                 "-g".into(),
                 format!("-D__TARGET_ARCH_{target_arch}"),
                 format!("-I{}", vmlinux_dir.display()),

@@ -36,6 +36,18 @@ pub struct CommonArgs {
     pub command: Vec<OsString>,
 }
 
+/// Options of the tools that count and report: how often, and how much.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReportArgs {
+    /// Print the counts of each SECS seconds (the BPF side keeps counting between reports)
+    #[arg(short = 'i', long, value_name = "SECS", value_parser = parse_seconds)]
+    pub interval: Option<Duration>,
+
+    /// Show only the N largest counts
+    #[arg(short = 't', long, value_name = "N")]
+    pub top: Option<usize>,
+}
+
 /// Seconds as a positive number, fractions allowed: `5`, `0.5`.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s

@@ -4,8 +4,10 @@
 mod cli;
 mod decode;
 mod events;
+mod faults;
 mod kernel;
 mod output;
+mod perf;
 mod skel;
 mod target;
 mod tools;

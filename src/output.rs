@@ -127,6 +127,59 @@ pub fn human_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// A table printed with columns as wide as their widest cell; the last
+/// column is not padded (it may be long, a file name say).
+pub struct Table {
+    headers: Vec<&'static str>,
+    right_aligned: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Columns named with a leading `>` are right-aligned (numbers).
+    pub fn new(columns: &[&'static str]) -> Table {
+        Table {
+            headers: columns.iter().map(|c| c.trim_start_matches('>')).collect(),
+            right_aligned: columns.iter().map(|c| c.starts_with('>')).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn print(&self, out: &mut Output) -> anyhow::Result<()> {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let render = |cells: &mut dyn Iterator<Item = &str>| {
+            let mut line = String::new();
+            for (i, cell) in cells.enumerate() {
+                if i > 0 {
+                    line.push(' ');
+                }
+                let width = widths[i];
+                let last = i + 1 == widths.len();
+                match (self.right_aligned[i], last) {
+                    (true, _) => line.push_str(&format!("{cell:>width$}")),
+                    (false, true) => line.push_str(cell),
+                    (false, false) => line.push_str(&format!("{cell:<width$}")),
+                }
+            }
+            line
+        };
+        out.line(&render(&mut self.headers.iter().copied()))?;
+        for row in &self.rows {
+            out.line(&render(&mut row.iter().map(String::as_str)))?;
+        }
+        Ok(())
+    }
+}
+
 /// The local wall-clock time as `HH:MM:SS`, as the BCC tools print before each report.
 pub fn wall_clock_hms() -> String {
     // SAFETY: time(NULL) and localtime_r with valid pointers to locals are

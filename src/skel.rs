@@ -182,3 +182,29 @@ pub fn report_drops(tool: &str, object: &Object, hints: &[(usize, &str)]) -> Res
     }
     Ok(lost)
 }
+
+/// Reads and clears a count map (each entry atomically: a count added
+/// during the read lands in the next report), decoding keys with `K`.
+pub fn take_counts<K: plain::Plain + Default>(counts: &dyn MapCore) -> Result<Vec<(K, u64)>> {
+    let keys: Vec<Vec<u8>> = counts.keys().collect();
+    let mut rows = Vec::with_capacity(keys.len());
+    for raw_key in keys {
+        let Some(value) = counts
+            .lookup_and_delete(&raw_key)
+            .context("reading the counts")?
+        else {
+            continue;
+        };
+        let mut key = K::default();
+        if plain::copy_from_bytes(&mut key, &raw_key).is_err() {
+            continue;
+        }
+        let count = value
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+            .unwrap_or(0);
+        rows.push((key, count));
+    }
+    Ok(rows)
+}

@@ -15,7 +15,7 @@
 #include "common.h"
 
 #define MEMTRACE_MAX_TRACED 16384
-#define MEMTRACE_NAME_MAX 256 /* NAME_MAX + NUL */
+#define MEMTRACE_NAME_MAX MEMTRACE_NAME_MAX_LEN
 
 /* Options, set by user space between open and load; 0 means off. */
 const volatile bool filter_by_tgid = false; /* only tgids in traced_tgids */
@@ -66,6 +66,26 @@ static __always_inline bool memtrace_wanted(void)
 		}
 	}
 	return true;
+}
+
+/* Adds n to the u64 count of key in a hash map; a full map is counted as a drop. */
+static __always_inline void memtrace_count(void *map, const void *key, __u64 n)
+{
+	__u64 *count = bpf_map_lookup_elem(map, key);
+	long err;
+
+	if (count) {
+		__sync_fetch_and_add(count, n);
+		return;
+	}
+	err = bpf_map_update_elem(map, key, &n, BPF_NOEXIST);
+	if (err == -17 /* EEXIST: another CPU added it first */) {
+		count = bpf_map_lookup_elem(map, key);
+		if (count)
+			__sync_fetch_and_add(count, n);
+	} else if (err) {
+		memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+	}
 }
 
 /* `-- COMMAND`: a traced process's children are traced too. Not loaded otherwise. */

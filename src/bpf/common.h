@@ -4,6 +4,7 @@
 #define MEMTRACE_COMMON_H
 
 #define MEMTRACE_COMM_LEN 16
+#define MEMTRACE_NAME_MAX_LEN 256 /* NAME_MAX + NUL */
 
 /* Why an event or a count was lost; indexes of the per-CPU drop_counts array. */
 enum memtrace_drop_reason {

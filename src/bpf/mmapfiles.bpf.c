@@ -8,7 +8,6 @@
 
 #define MAP_ANONYMOUS 0x20
 #define MAX_ERRNO 4095
-#define EEXIST 17
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -61,8 +60,6 @@ int mmapfiles_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 	struct mmapfiles_call_args *args;
 	struct mmapfiles_key *key;
 	__u32 zero = 0;
-	__u64 one = 1, *count;
-	long err;
 
 	args = bpf_map_lookup_elem(&calls_in_flight, &id);
 	if (!args)
@@ -94,19 +91,7 @@ int mmapfiles_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 			memtrace_dentry_name(w.dentry, key->grandparent);
 	}
 
-	count = bpf_map_lookup_elem(&counts, key);
-	if (count) {
-		__sync_fetch_and_add(count, 1);
-		goto out;
-	}
-	err = bpf_map_update_elem(&counts, key, &one, BPF_NOEXIST);
-	if (err == -EEXIST) { /* another CPU added it first */
-		count = bpf_map_lookup_elem(&counts, key);
-		if (count)
-			__sync_fetch_and_add(count, 1);
-	} else if (err) {
-		memtrace_count_drop(MEMTRACE_DROP_COUNTS);
-	}
+	memtrace_count(&counts, key, 1);
 out:
 	bpf_map_delete_elem(&calls_in_flight, &id);
 	return 0;

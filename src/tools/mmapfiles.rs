@@ -2,7 +2,6 @@
 //! dir, file name] as the book's mmapfiles.bt; anonymous maps as `[anon]`.
 
 use std::mem::MaybeUninit;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -10,9 +9,9 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::MapCore;
 use serde_json::json;
 
-use crate::cli::{parse_seconds, CommonArgs};
+use crate::cli::{CommonArgs, ReportArgs};
 use crate::events::{monotonic_ns, Session};
-use crate::output::{escape_c_chars, wall_clock_hms, Output};
+use crate::output::{escape_c_chars, wall_clock_hms, Output, Table};
 use crate::skel;
 use crate::{kernel, set_filter_rodata};
 
@@ -35,13 +34,8 @@ pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
 
-    /// Print (and reset) the counts every SECS seconds
-    #[arg(short = 'i', long, value_name = "SECS", value_parser = parse_seconds)]
-    pub interval: Option<Duration>,
-
-    /// Show only the N most mapped files
-    #[arg(short = 't', long, value_name = "N")]
-    pub top: Option<usize>,
+    #[command(flatten)]
+    pub report: ReportArgs,
 
     /// Distinct files the kernel can count at once; raise it if counts are lost
     #[arg(long, value_name = "N", default_value_t = 10240)]
@@ -70,11 +64,11 @@ pub fn run(args: Args) -> Result<i32> {
     let mut session = Session::start(
         target,
         args.common.duration,
-        args.interval,
+        args.report.interval,
         "mmap() of files",
     )?;
     let report = |out: &mut Output| -> Result<()> {
-        let rows = take_counts(&skel.maps.counts)?;
+        let rows = read_rows(&skel.maps.counts)?;
         print_report(out, &args, &rows)?;
         out.flush()
     };
@@ -95,33 +89,16 @@ struct Row {
     count: u64,
 }
 
-/// Reads and clears the kernel's counts, each entry atomically, so a
-/// mapping counted during the read lands in the next report.
-fn take_counts(counts: &dyn MapCore) -> Result<Vec<Row>> {
-    let keys: Vec<Vec<u8>> = counts.keys().collect();
-    let mut rows = Vec::with_capacity(keys.len());
-    for raw_key in keys {
-        let Some(value) = counts
-            .lookup_and_delete(&raw_key)
-            .context("reading the counts")?
-        else {
-            continue;
-        };
-        let mut key = Key::default();
-        plain::copy_from_bytes(&mut key, &raw_key)
-            .map_err(|_| anyhow::anyhow!("a count's key has the wrong size"))?;
-        let count = value
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_ne_bytes)
-            .unwrap_or(0);
-        rows.push(Row {
+fn read_rows(counts: &dyn MapCore) -> Result<Vec<Row>> {
+    let mut rows: Vec<Row> = skel::take_counts::<Key>(counts)?
+        .into_iter()
+        .map(|(key, count)| Row {
             grandparent: escape_c_chars(&key.grandparent),
             parent: escape_c_chars(&key.parent),
             file: escape_c_chars(&key.file),
             count,
-        });
-    }
+        })
+        .collect();
     rows.sort_by(|a, b| {
         b.count.cmp(&a.count).then_with(|| {
             (&a.grandparent, &a.parent, &a.file).cmp(&(&b.grandparent, &b.parent, &b.file))
@@ -131,7 +108,7 @@ fn take_counts(counts: &dyn MapCore) -> Result<Vec<Row>> {
 }
 
 fn print_report(out: &mut Output, args: &Args, rows: &[Row]) -> Result<()> {
-    let rows = &rows[..args.top.map_or(rows.len(), |n| n.min(rows.len()))];
+    let rows = &rows[..args.report.top.map_or(rows.len(), |n| n.min(rows.len()))];
     if out.json {
         let time_ns = monotonic_ns();
         for row in rows {
@@ -145,28 +122,18 @@ fn print_report(out: &mut Output, args: &Args, rows: &[Row]) -> Result<()> {
         }
         return Ok(());
     }
-    if args.interval.is_some() || args.common.timestamp {
+    if args.report.interval.is_some() || args.common.timestamp {
         out.line(&format!("\n{}", wall_clock_hms()))?;
     }
-    let width = |f: fn(&Row) -> &str, title: &str| {
-        rows.iter()
-            .map(|r| f(r).chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(title.len())
-    };
-    let gw = width(|r| &r.grandparent, "GRANDPARENT");
-    let pw = width(|r| &r.parent, "PARENT");
-    let fw = width(|r| &r.file, "FILE");
-    out.line(&format!(
-        "{:<gw$} {:<pw$} {:<fw$} {:>8}",
-        "GRANDPARENT", "PARENT", "FILE", "COUNT"
-    ))?;
+    let mut table = Table::new(&["GRANDPARENT", "PARENT", "FILE", ">COUNT"]);
     for row in rows {
-        out.line(&format!(
-            "{:<gw$} {:<pw$} {:<fw$} {:>8}",
-            row.grandparent, row.parent, row.file, row.count
-        ))?;
+        table.row(vec![
+            row.grandparent.clone(),
+            row.parent.clone(),
+            row.file.clone(),
+            row.count.to_string(),
+        ]);
     }
+    table.print(out)?;
     Ok(())
 }

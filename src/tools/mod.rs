@@ -5,6 +5,9 @@
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+pub mod ffaults;
+pub mod fmapfault;
+pub mod hfaults;
 pub mod mmapfiles;
 pub mod mmapsnoop;
 
@@ -26,7 +29,13 @@ macro_rules! tool {
     };
 }
 
-pub static TOOLS: &[Tool] = &[tool!(mmapsnoop), tool!(mmapfiles)];
+pub static TOOLS: &[Tool] = &[
+    tool!(mmapsnoop),
+    tool!(mmapfiles),
+    tool!(ffaults),
+    tool!(fmapfault),
+    tool!(hfaults),
+];
 
 pub fn find(name: &str) -> Option<&'static Tool> {
     TOOLS.iter().find(|tool| tool.name == name)

@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The kernel side of ffaults, fmapfault and hfaults: page faults counted by
+ * process image, kind (minor, major) and what they hit (a file, or a kind of
+ * anonymous memory). The tools differ only in options (only_files,
+ * only_hugetlb) and in how user space groups the counts.
+ *
+ * Which VMA did a page fault hit? bpf_find_vma() answers, but costs ~12 us on
+ * this kernel: on every fault it slows a fault storm ~6x. So answers are
+ * cached, in two levels:
+ *   1. each CPU's last VMA (a per-CPU array: no hashing, no sharing);
+ *   2. an LRU hash of (mm, 2 MiB region) -> the VMA last found there.
+ * An entry is valid while mm->mm_lock_seq is what it was when the entry was
+ * filled: the kernel bumps that sequence at every mmap write lock and unlock,
+ * i.e. around every munmap, mremap, mprotect, brk, MAP_FIXED mmap and exec, so
+ * a cached VMA can't outlive a change to the address space. An odd sequence
+ * (a writer in the middle of a change) is never cached.
+ */
+#include "common.bpf.h"
+#include "faultvma.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define FAULTVMA_REGION_SHIFT 21
+#define VM_SHARED 0x00000008
+#define VM_HUGETLB 0x00400000
+
+struct faultvma_cached {
+	__u64 mm;
+	__u64 start;
+	__u64 end;
+	__u32 seq;
+	__u32 valid;
+	struct faultvma_file file;
+	__u32 tgid;    /* whose count slots these are */
+	__u32 slot[2]; /* count slot + 1 per enum faultvma_kind; 0: not looked up yet */
+};
+
+/* Options: which faults a tool counts. */
+const volatile bool only_files = false;   /* fmapfault: file-backed VMAs */
+const volatile bool only_hugetlb = false; /* hfaults: VM_HUGETLB VMAs */
+const volatile __u32 max_slots = 10240;   /* entries of the slot maps below */
+
+struct faultvma_region_key {
+	__u64 mm;
+	__u64 region;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct faultvma_cached);
+} last_vma SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct faultvma_region_key);
+	__type(value, struct faultvma_cached);
+} region_vmas SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct faultvma_file);
+	__type(value, struct faultvma_name);
+} file_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct faultvma_name);
+} name_scratch SEC(".maps");
+
+/*
+ * Counts live in an array, one slot per (process image, kind, file). The hot
+ * path finds its slot through the CPU's last VMA and adds to it: no hashing.
+ * User space reports differences between readings, so nothing is reset.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240); /* user space sizes the slot maps together */
+	__type(key, struct faultvma_count_key);
+	__type(value, __u32);
+} slot_of SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 10240);
+	__type(key, __u32);
+	__type(value, struct faultvma_slot_info);
+} slot_info SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 10240);
+	__type(key, __u32);
+	__type(value, __u64);
+} slot_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} slots_used SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FAULTVMA_STAT_NR);
+	__type(key, __u32);
+	__type(value, __u64);
+} vma_stats SEC(".maps");
+
+static __always_inline void faultvma_stat(__u32 stat)
+{
+	__u64 *count = bpf_map_lookup_elem(&vma_stats, &stat);
+
+	if (count)
+		*count += 1;
+}
+
+/* Remembers a file's name the first time one of its pages faults. */
+static __always_inline void faultvma_remember_name(struct faultvma_file *file, struct file *vm_file)
+{
+	struct faultvma_name *name;
+	__u32 zero = 0;
+
+	if (bpf_map_lookup_elem(&file_names, file))
+		return;
+	name = bpf_map_lookup_elem(&name_scratch, &zero);
+	if (!name)
+		return;
+	if (memtrace_dentry_name(BPF_CORE_READ(vm_file, f_path.dentry), name->name) <= 0)
+		return;
+	bpf_map_update_elem(&file_names, file, name, BPF_NOEXIST);
+}
+
+/* bpf_find_vma() callback: describes the VMA into the cache entry. */
+static long faultvma_describe(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+	struct faultvma_cached *c = data;
+	struct file *vm_file = BPF_CORE_READ(vma, vm_file);
+	unsigned long vm_flags = BPF_CORE_READ(vma, vm_flags);
+	struct mm_struct *mm = BPF_CORE_READ(vma, vm_mm);
+
+	c->start = BPF_CORE_READ(vma, vm_start);
+	c->end = BPF_CORE_READ(vma, vm_end);
+	c->file.flags = 0;
+	if (vm_flags & VM_HUGETLB)
+		c->file.flags |= FAULTVMA_HUGETLB;
+	if (vm_flags & VM_SHARED)
+		c->file.flags |= FAULTVMA_SHARED;
+	if (vm_file) {
+		struct inode *inode = BPF_CORE_READ(vm_file, f_inode);
+
+		c->file.label = FAULTVMA_FILE;
+		c->file.ino = BPF_CORE_READ(inode, i_ino);
+		c->file.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+		faultvma_remember_name(&c->file, vm_file);
+		return 0;
+	}
+	c->file.ino = 0;
+	c->file.dev = 0;
+	if (c->start <= BPF_CORE_READ(mm, brk) && c->end >= BPF_CORE_READ(mm, start_brk))
+		c->file.label = FAULTVMA_HEAP;
+	else if (c->start <= BPF_CORE_READ(mm, start_stack) && c->end >= BPF_CORE_READ(mm, start_stack))
+		c->file.label = FAULTVMA_STACK;
+	else
+		c->file.label = FAULTVMA_ANON;
+	return 0;
+}
+
+/*
+ * The VMA (this CPU's cache entry) that addr belongs to in the current task's
+ * address space, or NULL for a kernel thread. Never fails otherwise: what
+ * can't be looked up is labelled FAULTVMA_UNKNOWN.
+ */
+static __always_inline struct faultvma_cached *faultvma_of(__u64 addr)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct faultvma_region_key key;
+	struct faultvma_cached *last, *cached;
+	struct mm_struct *mm;
+	__u32 zero = 0, seq = 0;
+
+	/* plain loads through the trusted task pointer: no helper calls on the hot path */
+	mm = task->mm;
+	if (!mm)
+		return NULL;
+	last = bpf_map_lookup_elem(&last_vma, &zero);
+	if (!last)
+		return NULL;
+	if (bpf_core_field_exists(mm->mm_lock_seq.sequence)) /* 6.13+: a seqcount_t */
+		seq = mm->mm_lock_seq.sequence;
+
+	/* the hot path: the same VMA as this CPU's last fault (hits are not counted, to stay cheap) */
+	if (last->valid && last->mm == (__u64)mm && last->seq == seq && addr >= last->start &&
+	    addr < last->end)
+		return last;
+
+	key.mm = (__u64)mm;
+	key.region = addr >> FAULTVMA_REGION_SHIFT;
+	cached = bpf_map_lookup_elem(&region_vmas, &key);
+	if (cached && cached->seq == seq && addr >= cached->start && addr < cached->end) {
+		*last = *cached; /* with no slots: they are looked up again */
+		faultvma_stat(FAULTVMA_STAT_HIT_REGION);
+		return last;
+	}
+
+	faultvma_stat(FAULTVMA_STAT_LOOKUP);
+	/* the callback's context must live on the stack */
+	struct faultvma_cached found = { .mm = (__u64)mm, .seq = seq };
+
+
+	if (bpf_find_vma(task, addr, faultvma_describe, &found, 0) != 0) {
+		found.file.label = FAULTVMA_UNKNOWN;
+		found.file.flags = 0;
+		found.file.ino = 0;
+		found.file.dev = 0;
+		found.start = found.end = 0;
+	} else if (!(seq & 1) && bpf_core_field_exists(mm->mm_lock_seq.sequence)) {
+		/* not cached if a writer was mid-change (odd), or the kernel has no sequence */
+		found.valid = 1;
+		bpf_map_update_elem(&region_vmas, &key, &found, BPF_ANY);
+	}
+	*last = found;
+	return last;
+}
+
+/* The count slot of this fault, found once per CPU, VMA, process and kind. */
+static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 kind, __u32 tgid)
+{
+	struct faultvma_count_key key = {};
+	struct faultvma_slot_info *info;
+	__u32 zero = 0, slot, *found, *used;
+
+	kind &= 1;
+	if (c->tgid != tgid) { /* a vfork child shares its parent's mm */
+		c->tgid = tgid;
+		c->slot[0] = 0;
+		c->slot[1] = 0;
+	}
+	if (c->slot[kind]) {
+		slot = c->slot[kind] - 1;
+		return bpf_map_lookup_elem(&slot_counts, &slot);
+	}
+
+	key.tgid = tgid;
+	key.kind = kind;
+	key.mm = c->mm;
+	key.file = c->file;
+	found = bpf_map_lookup_elem(&slot_of, &key);
+	if (found) {
+		slot = *found;
+	} else {
+		used = bpf_map_lookup_elem(&slots_used, &zero);
+		if (!used)
+			return NULL;
+		slot = __sync_fetch_and_add(used, 1);
+		info = bpf_map_lookup_elem(&slot_info, &slot);
+		if (slot >= max_slots || !info) {
+			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+			return NULL;
+		}
+		/* describe the slot, then publish it */
+		info->key = key;
+		bpf_get_current_comm(info->comm, sizeof(info->comm));
+		info->valid = 1;
+		if (bpf_map_update_elem(&slot_of, &key, &slot, BPF_NOEXIST)) {
+			info->valid = 0; /* another CPU published this key first: use its slot */
+			found = bpf_map_lookup_elem(&slot_of, &key);
+			if (!found) {
+				memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+				return NULL;
+			}
+			slot = *found;
+		}
+	}
+	if (c->valid)
+		c->slot[kind] = slot + 1;
+	return bpf_map_lookup_elem(&slot_counts, &slot);
+}
+
+/* Counts one fault of the given kind at addr, if the tool's options want it. */
+static __always_inline int faultvma_count_fault(__u64 addr, __u32 kind)
+{
+	struct faultvma_cached *c;
+	__u64 *count;
+
+	if (!memtrace_wanted())
+		return 0;
+	c = faultvma_of(addr);
+	if (!c)
+		return 0;
+	if (only_files && c->file.label != FAULTVMA_FILE)
+		return 0;
+	if (only_hugetlb && !(c->file.flags & FAULTVMA_HUGETLB))
+		return 0;
+	count = faultvma_counter(c, kind, bpf_get_current_pid_tgid() >> 32);
+	if (count)
+		__sync_fetch_and_add(count, 1);
+	return 0;
+}
+
+/*
+ * Attached to the software perf events page-faults-min and -maj (period 1):
+ * they carry the faulting address and exist on every architecture.
+ */
+SEC("perf_event")
+int faultvma_minor(struct bpf_perf_event_data *ctx)
+{
+	return faultvma_count_fault(ctx->addr, FAULTVMA_MINOR);
+}
+
+SEC("perf_event")
+int faultvma_major(struct bpf_perf_event_data *ctx)
+{
+	return faultvma_count_fault(ctx->addr, FAULTVMA_MAJOR);
+}

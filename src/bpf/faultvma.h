@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Types of the fault -> VMA engine (faultvma.bpf.h) shared with user space. */
+#ifndef FAULTVMA_H
+#define FAULTVMA_H
+
+#include "common.h"
+
+/* What a faulting address was: a file, or a kind of anonymous memory. */
+enum faultvma_label {
+	FAULTVMA_FILE = 0,
+	FAULTVMA_ANON = 1,
+	FAULTVMA_HEAP = 2,
+	FAULTVMA_STACK = 3,
+	FAULTVMA_UNKNOWN = 4, /* no VMA there, or the mm was busy: counted, not dropped */
+};
+
+#define FAULTVMA_HUGETLB 0x1 /* VM_HUGETLB */
+#define FAULTVMA_SHARED 0x2  /* VM_SHARED */
+
+/* Identity of what a fault hit; dev and ino are 0 unless label is FAULTVMA_FILE. */
+struct faultvma_file {
+	__u64 ino;
+	__u32 dev;
+	__u16 label;
+	__u16 flags;
+};
+
+/* The file's name, read once per file (not per fault) from the VMA's dentry. */
+struct faultvma_name {
+	char name[MEMTRACE_NAME_MAX_LEN];
+};
+
+enum faultvma_kind {
+	FAULTVMA_MINOR = 0,
+	FAULTVMA_MAJOR = 1,
+};
+
+/* What a count slot counts: faults of one kind, by one process image, on one file. */
+struct faultvma_count_key {
+	__u32 tgid;
+	__u32 kind; /* enum faultvma_kind */
+	__u64 mm;   /* tells a process's images apart across exec */
+	struct faultvma_file file;
+};
+
+/* A count slot's description, written before the slot is published. */
+struct faultvma_slot_info {
+	struct faultvma_count_key key;
+	char comm[MEMTRACE_COMM_LEN]; /* at the slot's first fault */
+	__u32 valid;                  /* 0: lost a race for its key, never counted */
+	__u32 pad;
+};
+
+/* Cache statistics, indexes of the per-CPU vma_stats array. */
+enum faultvma_stat {
+	FAULTVMA_STAT_HIT_REGION = 0, /* found in the region cache */
+	FAULTVMA_STAT_LOOKUP = 1,     /* looked up with bpf_find_vma() */
+	FAULTVMA_STAT_NR = 2,
+};
+
+#endif

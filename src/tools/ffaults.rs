@@ -1,0 +1,61 @@
+//! ffaults: page faults by the file of the mapping they hit (anonymous
+//! memory labelled [anon], [heap], [stack]), per process, minor and major.
+
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
+
+use crate::cli::{CommonArgs, ReportArgs};
+use crate::faults::{self, Grouping};
+
+pub const ABOUT: &str =
+    "Count page faults by the file they hit ([anon], [heap], [stack] for anonymous memory), per process";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum By {
+    File,
+    Process,
+    Both,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = ABOUT, after_help = "\
+Examples:
+  ffaults                   # count until Ctrl-C, by process and file
+  ffaults --by file -i 5    # by file alone, every 5 seconds
+  ffaults -- ./app          # run ./app and count its faults")]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Group the counts by file, by process, or by both
+    #[arg(long, value_enum, default_value_t = By::Both)]
+    pub by: By,
+
+    #[command(flatten)]
+    pub report: ReportArgs,
+
+    /// Distinct (process, file, kind) counts the kernel can hold
+    #[arg(long, value_name = "N", default_value_t = 10240)]
+    pub max_entries: u32,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let grouping = Grouping {
+        process: args.by != By::File,
+        pid: args.by != By::File,
+        file: args.by != By::Process,
+    };
+    let clock_header = args.report.interval.is_some() || args.common.timestamp;
+    let options = faults::Options {
+        tool: "ffaults",
+        common: &args.common,
+        interval: args.report.interval,
+        max_entries: args.max_entries,
+        only_files: false,
+        only_hugetlb: false,
+        what: "page faults",
+    };
+    faults::run(options, |out, counts| {
+        faults::print_counts(out, counts, grouping, args.report.top, clock_header)
+    })
+}

@@ -1,0 +1,53 @@
+//! fmapfault: page faults on file-backed mappings, counted by process name
+//! and file name, as the book's fmapfault (a kprobe on filemap_fault there).
+
+use anyhow::Result;
+use clap::Parser;
+
+use crate::cli::{CommonArgs, ReportArgs};
+use crate::faults::{self, Grouping};
+
+pub const ABOUT: &str = "Count page faults on file-backed mappings by process name and file name";
+
+#[derive(Parser, Debug)]
+#[command(about = ABOUT, after_help = "\
+Examples:
+  fmapfault                 # count until Ctrl-C
+  fmapfault -p 181 -i 1     # one process, every second
+  fmapfault --pid-column    # keep processes of the same name apart")]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub report: ReportArgs,
+
+    /// Count by PID too, not only by process name
+    #[arg(long)]
+    pub pid_column: bool,
+
+    /// Distinct (process, file, kind) counts the kernel can hold
+    #[arg(long, value_name = "N", default_value_t = 10240)]
+    pub max_entries: u32,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let grouping = Grouping {
+        process: true,
+        pid: args.pid_column,
+        file: true,
+    };
+    let clock_header = args.report.interval.is_some() || args.common.timestamp;
+    let options = faults::Options {
+        tool: "fmapfault",
+        common: &args.common,
+        interval: args.report.interval,
+        max_entries: args.max_entries,
+        only_files: true,
+        only_hugetlb: false,
+        what: "page faults on file mappings",
+    };
+    faults::run(options, |out, counts| {
+        faults::print_counts(out, counts, grouping, args.report.top, clock_header)
+    })
+}

@@ -1,0 +1,48 @@
+//! hfaults: hugetlb page faults counted by process (and hugetlbfs file), as
+//! the book's hfaults (a kprobe on hugetlb_fault there).
+
+use anyhow::Result;
+use clap::Parser;
+
+use crate::cli::{CommonArgs, ReportArgs};
+use crate::faults::{self, Grouping};
+
+pub const ABOUT: &str = "Count hugetlb page faults by process and hugetlbfs file";
+
+#[derive(Parser, Debug)]
+#[command(about = ABOUT, after_help = "\
+Examples:
+  hfaults                   # count until Ctrl-C
+  hfaults -- ./db           # run ./db and count its hugetlb faults")]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub report: ReportArgs,
+
+    /// Distinct (process, file, kind) counts the kernel can hold
+    #[arg(long, value_name = "N", default_value_t = 10240)]
+    pub max_entries: u32,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let grouping = Grouping {
+        process: true,
+        pid: true,
+        file: true,
+    };
+    let clock_header = args.report.interval.is_some() || args.common.timestamp;
+    let options = faults::Options {
+        tool: "hfaults",
+        common: &args.common,
+        interval: args.report.interval,
+        max_entries: args.max_entries,
+        only_files: false,
+        only_hugetlb: true,
+        what: "hugetlb page faults",
+    };
+    faults::run(options, |out, counts| {
+        faults::print_counts(out, counts, grouping, args.report.top, clock_header)
+    })
+}

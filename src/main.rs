@@ -4,11 +4,12 @@
 mod cli;
 mod decode;
 mod events;
-mod faults;
+mod faultcount;
 mod kernel;
 mod output;
 mod perf;
 mod skel;
+mod symbolize;
 mod target;
 mod tools;
 

@@ -6,8 +6,8 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{Link, ProgramMut};
 
-pub const PAGE_FAULTS_MIN: u64 = libbpf_sys::PERF_COUNT_SW_PAGE_FAULTS_MIN as u64;
-pub const PAGE_FAULTS_MAJ: u64 = libbpf_sys::PERF_COUNT_SW_PAGE_FAULTS_MAJ as u64;
+const PAGE_FAULTS_MIN: u64 = libbpf_sys::PERF_COUNT_SW_PAGE_FAULTS_MIN as u64;
+const PAGE_FAULTS_MAJ: u64 = libbpf_sys::PERF_COUNT_SW_PAGE_FAULTS_MAJ as u64;
 
 /// CPUs in a list such as `0-3,8,10-11` (/sys/devices/system/cpu/online).
 pub fn parse_cpu_list(list: &str) -> Result<Vec<u32>> {
@@ -58,7 +58,7 @@ fn open_software_event(config: u64, cpu: u32) -> std::io::Result<OwnedFd> {
 }
 
 /// Attaches `prog` to software event `config` on every online CPU.
-pub fn attach_software_event(prog: &ProgramMut<'_>, config: u64, name: &str) -> Result<Vec<Link>> {
+fn attach_software_event(prog: &ProgramMut<'_>, config: u64, name: &str) -> Result<Vec<Link>> {
     let mut links = Vec::new();
     for cpu in online_cpus()? {
         let fd = open_software_event(config, cpu)
@@ -75,6 +75,17 @@ pub fn attach_software_event(prog: &ProgramMut<'_>, config: u64, name: &str) -> 
             }
         }
     }
+    Ok(links)
+}
+
+/// Attaches a minor- and a major-fault program on every online CPU.
+pub fn attach_fault_programs(minor: &ProgramMut<'_>, major: &ProgramMut<'_>) -> Result<Vec<Link>> {
+    let mut links = attach_software_event(minor, PAGE_FAULTS_MIN, "page-faults-min")?;
+    links.extend(attach_software_event(
+        major,
+        PAGE_FAULTS_MAJ,
+        "page-faults-maj",
+    )?);
     Ok(links)
 }
 

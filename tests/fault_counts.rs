@@ -51,8 +51,10 @@ fn anonymous_64_mib_touch_is_16384_anon_faults() {
         }
         assert!(row["kind"] == "minor" || row["kind"] == "major");
     }
-    // the loader's faults on its own files are attributed to them
+    // the loader's faults on its own files are attributed to them, and the
+    // first touches of the main stack to [stack]
     assert!(faults_on(&rows, &pid, "libc.so.6") > 0, "{rows:?}");
+    assert!(faults_on(&rows, &pid, "[stack]") > 0, "{rows:?}");
 }
 
 #[test]
@@ -167,4 +169,151 @@ fn interval_reports_add_up_to_the_total() {
     let anon = faults_on(&rows, &Value::from(held.pid()), "[anon]");
     // counted once across the reports: each shows what came since the last
     assert!((8192..=8192 + 64).contains(&anon), "{anon}: {rows:?}");
+}
+
+/// `faults --json [extra] -- toucher anon 16`: the toucher's rows.
+fn stack_rows(extra: &[&str]) -> Vec<Value> {
+    let toucher = fixture("toucher");
+    let mut args = vec!["faults", "--json"];
+    args.extend_from_slice(extra);
+    args.extend(["--", toucher.to_str().unwrap(), "anon", "16"]);
+    let finished = run(&args);
+    finished.assert_success();
+    finished
+        .json()
+        .into_iter()
+        .filter(|r| r["comm"] == "toucher")
+        .collect()
+}
+
+#[test]
+fn faults_names_the_touching_function_after_the_process_exited() {
+    if !root_tests_enabled() {
+        return;
+    }
+    // the report comes after the command exited: symbolized from the mappings
+    // the BPF side sent at its exit
+    let rows = stack_rows(&[]);
+    let top = rows
+        .iter()
+        .max_by_key(|r| r["count"].as_u64().unwrap())
+        .unwrap();
+    let stack: Vec<&str> = top["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(stack[0].starts_with("touch_pages+0x"), "{stack:?}");
+    assert!(stack[0].ends_with("[toucher]"), "{stack:?}");
+    let on_stack: u64 = rows
+        .iter()
+        .filter(|r| r["stack"] == top["stack"])
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(on_stack, 4096, "one fault per touched page: {rows:?}");
+}
+
+#[test]
+fn faults_folded_and_flame_graph() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let toucher = fixture("toucher");
+    let svg = temp_path("faults.svg");
+    let finished = run(&[
+        "faults",
+        "--folded",
+        "--svg",
+        svg.to_str().unwrap(),
+        "--",
+        toucher.to_str().unwrap(),
+        "anon",
+        "16",
+    ]);
+    finished.assert_success();
+    let line = finished
+        .stdout
+        .lines()
+        .find(|l| l.contains("touch_pages"))
+        .unwrap_or_else(|| panic!("{}", finished.stdout));
+    let (frames, count) = line.rsplit_once(' ').unwrap();
+    assert_eq!(count, "4096");
+    assert!(frames.starts_with("toucher;"), "{frames}");
+    assert!(
+        frames
+            .split(';')
+            .next_back()
+            .unwrap()
+            .starts_with("touch_pages+0x"),
+        "{frames}"
+    );
+
+    // --source: file and line from the fixture's debug information
+    let finished = run(&[
+        "faults",
+        "--folded",
+        "--source",
+        "--",
+        toucher.to_str().unwrap(),
+        "anon",
+        "16",
+    ]);
+    finished.assert_success();
+    assert!(
+        finished.stdout.contains("(toucher.c:"),
+        "{}",
+        finished.stdout
+    );
+
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<?xml"), "not an SVG");
+    assert!(svg_text.contains("<svg") && svg_text.trim_end().ends_with("</svg>"));
+    assert!(svg_text.contains("touch_pages"));
+    let _ = std::fs::remove_file(svg);
+}
+
+#[test]
+fn faults_kernel_stacks_are_optional() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let rows = stack_rows(&[]);
+    assert!(rows.iter().all(|r| r["kernel_stack"] == Value::Null));
+    let rows = stack_rows(&["-K"]);
+    // these faults are taken in user mode: no kernel stack of their own
+    assert!(rows
+        .iter()
+        .any(|r| r["kernel_stack"] == serde_json::json!(["[fault in user mode]"])));
+
+    // read(2) into untouched memory: the kernel's copy to user faults, with a kernel stack
+    let toucher = fixture("toucher");
+    let file = temp_path("readinto.dat");
+    let finished = run(&[
+        "faults",
+        "--json",
+        "-K",
+        "--",
+        toucher.to_str().unwrap(),
+        "readinto",
+        file.to_str().unwrap(),
+        "4",
+    ]);
+    finished.assert_success();
+    let in_read: u64 = finished
+        .json()
+        .iter()
+        .filter(|r| r["comm"] == "toucher")
+        .filter(|r| {
+            r["kernel_stack"]
+                .as_array()
+                .is_some_and(|frames| frames.iter().any(|f| f.as_str().unwrap().contains("read")))
+        })
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        in_read, 1024,
+        "4 MiB copied into 1024 fresh pages: {}",
+        finished.stdout
+    );
 }

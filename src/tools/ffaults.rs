@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::{Parser, ValueEnum};
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::faults::{self, Grouping};
+use crate::faultcount::{self as faults, Grouping};
 
 pub const ABOUT: &str =
     "Count page faults by the file they hit ([anon], [heap], [stack] for anonymous memory), per process";

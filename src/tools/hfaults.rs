@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Parser;
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::faults::{self, Grouping};
+use crate::faultcount::{self as faults, Grouping};
 
 pub const ABOUT: &str = "Count hugetlb page faults by process and hugetlbfs file";
 

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+pub mod faults;
 pub mod ffaults;
 pub mod fmapfault;
 pub mod hfaults;
@@ -35,6 +36,7 @@ pub static TOOLS: &[Tool] = &[
     tool!(ffaults),
     tool!(fmapfault),
     tool!(hfaults),
+    tool!(faults),
 ];
 
 pub fn find(name: &str) -> Option<&'static Tool> {

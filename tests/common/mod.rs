@@ -64,7 +64,14 @@ pub fn fixture(name: &str) -> PathBuf {
     let out = dir.join(name);
     let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
     let status = Command::new("cc")
-        .args(["-O1", "-g", "-Wall", "-Werror", "-o"])
+        .args([
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-Wall",
+            "-Werror",
+            "-o",
+        ])
         .arg(&tmp)
         .arg(&source)
         .status()

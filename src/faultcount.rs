@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, Object, ProgramMut};
+use libbpf_rs::{MapCore, MapFlags, Object};
 
 use crate::cli::CommonArgs;
 use crate::events::Session;
@@ -103,7 +103,8 @@ pub fn run(
     let mut skel = open.load().context(skel::LOAD_FAILED)?;
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
-    let _links = attach(&skel.progs.faultvma_minor, &skel.progs.faultvma_major)?;
+    let _links =
+        perf::attach_fault_programs(&skel.progs.faultvma_minor, &skel.progs.faultvma_major)?;
 
     let mut out = Output::new(options.common.json);
     let mut session = Session::start(
@@ -209,17 +210,6 @@ pub fn print_counts(
         table.row(cells);
     }
     table.print(out)
-}
-
-/// Attaches the minor- and major-fault programs on every online CPU.
-fn attach(minor: &ProgramMut<'_>, major: &ProgramMut<'_>) -> Result<Vec<Link>> {
-    let mut links = perf::attach_software_event(minor, perf::PAGE_FAULTS_MIN, "page-faults-min")?;
-    links.extend(perf::attach_software_event(
-        major,
-        perf::PAGE_FAULTS_MAJ,
-        "page-faults-maj",
-    )?);
-    Ok(links)
 }
 
 fn map<'a>(object: &'a Object, name: &str) -> Result<libbpf_rs::Map<'a>> {

@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+#ifndef FAULTS_H
+#define FAULTS_H
+
+#include "common.h"
+
+#define FAULTS_MAX_DEPTH 127      /* PERF_MAX_STACK_DEPTH */
+#define FAULTS_NO_STACK (-100000) /* kernel stacks not asked for */
+
+/* Faults counted by process, kind and stacks. */
+struct faults_key {
+	__u32 tgid;
+	__u32 kind;         /* 0 minor, 1 major */
+	__s32 user_stack;   /* id in the stacks map, or -errno */
+	__s32 kernel_stack; /* id, -errno, or FAULTS_NO_STACK */
+	char comm[MEMTRACE_COMM_LEN];
+};
+
+/*
+ * An executable mapping of a process that is exiting, sent so its stacks can
+ * be symbolized after /proc/PID/maps is gone. A record with start == end == 0
+ * ends a process's list.
+ */
+struct faults_mapping {
+	__u32 tgid;
+	__u32 pad;
+	__u64 start;
+	__u64 end;
+	__u64 file_offset; /* of start */
+	struct memtrace_path path_info;
+	char path[MEMTRACE_PATH_BUF];
+};
+
+#endif

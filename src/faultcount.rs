@@ -4,13 +4,12 @@
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, Object};
 
-use crate::cli::CommonArgs;
+use crate::cli::{CommonArgs, ReportArgs};
 use crate::events::Session;
 use crate::output::{escape_bytes, escape_c_chars, Output, Table};
 use crate::perf;
@@ -36,11 +35,12 @@ const LABEL_STACK: u16 = 3;
 const FLAG_HUGETLB: u16 = 0x1;
 const FLAG_SHARED: u16 = 0x2;
 
-/// What a tool asks of the shared kernel side.
+/// What a tool asks of the shared kernel side, and how it groups the counts.
 pub struct Options<'a> {
     pub tool: &'static str,
     pub common: &'a CommonArgs,
-    pub interval: Option<Duration>,
+    pub report: &'a ReportArgs,
+    pub grouping: Grouping,
     /// Count slots: distinct (process image, kind, file) triples.
     pub max_entries: u32,
     pub only_files: bool,
@@ -67,12 +67,9 @@ pub fn kind_name(major: bool) -> &'static str {
     }
 }
 
-/// Traces until the session ends, calling `report` with the counts since
-/// the previous report at each interval and at the end.
-pub fn run(
-    options: Options<'_>,
-    mut report: impl FnMut(&mut Output, &[Count]) -> Result<()>,
-) -> Result<i32> {
+/// Traces until the session ends, printing the counts since the previous
+/// report at each interval and at the end.
+pub fn run(options: Options<'_>) -> Result<i32> {
     let (target, filter) = skel::prepare(options.common)?;
     let mut storage = MaybeUninit::uninit();
     let mut open = FaultvmaSkelBuilder::default()
@@ -107,16 +104,19 @@ pub fn run(
         perf::attach_fault_programs(&skel.progs.faultvma_minor, &skel.progs.faultvma_major)?;
 
     let mut out = Output::new(options.common.json);
-    let mut session = Session::start(
-        target,
-        options.common.duration,
-        options.interval,
-        options.what,
-    )?;
+    let interval = options.report.interval;
+    let clock_header = interval.is_some() || options.common.timestamp;
+    let mut session = Session::start(target, options.common.duration, interval, options.what)?;
     let mut reader = SlotReader::default();
     let mut report_now = |out: &mut Output| -> Result<()> {
         let counts = reader.take(skel.object())?;
-        report(out, &counts)?;
+        print_counts(
+            out,
+            &counts,
+            options.grouping,
+            options.report.top,
+            clock_header,
+        )?;
         out.flush()
     };
     let stop = session.run(None, || Ok(()), || report_now(&mut out))?;
@@ -143,7 +143,7 @@ pub struct Grouping {
 /// Prints counts grouped, sorted by total descending, the `top` first:
 /// a table (COMM, PID, MINOR, MAJOR, FAULTS, FILE as grouped) or JSON lines
 /// (pid, comm, file, kind, count; null where not grouped).
-pub fn print_counts(
+fn print_counts(
     out: &mut Output,
     counts: &[Count],
     grouping: Grouping,

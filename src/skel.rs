@@ -183,28 +183,33 @@ pub fn report_drops(tool: &str, object: &Object, hints: &[(usize, &str)]) -> Res
     Ok(lost)
 }
 
-/// Reads and clears a count map (each entry atomically: a count added
-/// during the read lands in the next report), decoding keys with `K`.
-pub fn take_counts<K: plain::Plain + Default>(counts: &dyn MapCore) -> Result<Vec<(K, u64)>> {
-    let keys: Vec<Vec<u8>> = counts.keys().collect();
-    let mut rows = Vec::with_capacity(keys.len());
+/// Reads and clears a map (each entry atomically: what is added during the
+/// read lands in the next report), decoding keys with `K` and values with `V`.
+pub fn take_entries<K, V>(map: &dyn MapCore) -> Result<Vec<(K, V)>>
+where
+    K: plain::Plain + Default,
+    V: plain::Plain + Default,
+{
+    let keys: Vec<Vec<u8>> = map.keys().collect();
+    let mut entries = Vec::with_capacity(keys.len());
     for raw_key in keys {
-        let Some(value) = counts
+        let Some(raw_value) = map
             .lookup_and_delete(&raw_key)
             .context("reading the counts")?
         else {
             continue;
         };
-        let mut key = K::default();
-        if plain::copy_from_bytes(&mut key, &raw_key).is_err() {
-            continue;
+        let (mut key, mut value) = (K::default(), V::default());
+        if plain::copy_from_bytes(&mut key, &raw_key).is_ok()
+            && plain::copy_from_bytes(&mut value, &raw_value).is_ok()
+        {
+            entries.push((key, value));
         }
-        let count = value
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_ne_bytes)
-            .unwrap_or(0);
-        rows.push((key, count));
     }
-    Ok(rows)
+    Ok(entries)
+}
+
+/// take_entries() for maps of u64 counts.
+pub fn take_counts<K: plain::Plain + Default>(counts: &dyn MapCore) -> Result<Vec<(K, u64)>> {
+    take_entries::<K, u64>(counts)
 }

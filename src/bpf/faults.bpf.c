@@ -28,7 +28,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct faults_key);
-	__type(value, __u64);
+	__type(value, struct faults_value);
 } counts SEC(".maps");
 
 /* Processes whose stacks were counted: their mappings are wanted at exit. */
@@ -59,18 +59,34 @@ extern void bpf_iter_task_vma_destroy(struct bpf_iter_task_vma *it) __weak __ksy
 static __always_inline int count_fault(struct bpf_perf_event_data *ctx, __u32 kind)
 {
 	struct faults_key key = { .kind = kind, .kernel_stack = FAULTS_NO_STACK };
-	__u8 one = 1;
+	struct faults_value first = { .count = 1 }, *value;
+	__u8 yes = 1;
 
 	if (!memtrace_wanted())
 		return 0;
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
-	key.user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	/* FAST_STACK_CMP: a stack is known by its 32-bit hash, not compared frame by frame */
+	key.user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP);
 	if (kernel_stacks)
-		key.kernel_stack = bpf_get_stackid(ctx, &stacks, 0);
-	bpf_get_current_comm(key.comm, sizeof(key.comm));
-	memtrace_count(&counts, &key, 1);
+		key.kernel_stack = bpf_get_stackid(ctx, &stacks, BPF_F_FAST_STACK_CMP);
+
+	value = bpf_map_lookup_elem(&counts, &key);
+	if (value) { /* the hot path: a stack seen before */
+		__sync_fetch_and_add(&value->count, 1);
+		return 0;
+	}
+	bpf_get_current_comm(first.comm, sizeof(first.comm));
+	if (bpf_map_update_elem(&counts, &key, &first, BPF_NOEXIST)) {
+		value = bpf_map_lookup_elem(&counts, &key);
+		if (value) /* another CPU added it first */
+			__sync_fetch_and_add(&value->count, 1);
+		else
+			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+		return 0;
+	}
+	/* a new stack: its process's mappings will be wanted when it exits */
 	if (!bpf_map_lookup_elem(&stack_owners, &key.tgid))
-		bpf_map_update_elem(&stack_owners, &key.tgid, &one, BPF_ANY);
+		bpf_map_update_elem(&stack_owners, &key.tgid, &yes, BPF_ANY);
 	return 0;
 }
 

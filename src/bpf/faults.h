@@ -13,6 +13,11 @@ struct faults_key {
 	__u32 kind;         /* 0 minor, 1 major */
 	__s32 user_stack;   /* id in the stacks map, or -errno */
 	__s32 kernel_stack; /* id, -errno, or FAULTS_NO_STACK */
+};
+
+/* The comm is kept at a stack's first fault, not read on every fault. */
+struct faults_value {
+	__u64 count;
 	char comm[MEMTRACE_COMM_LEN];
 };
 

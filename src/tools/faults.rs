@@ -21,13 +21,15 @@ use crate::symbolize::{Mapping, StackSymbolizer};
 use crate::{kernel, perf, set_filter_rodata, skel};
 
 crate::bpf_skeleton!("faults");
-use bpf::types::{faults_key as Key, faults_mapping};
+use bpf::types::{faults_key as Key, faults_mapping, faults_value as Value};
 use bpf::FaultsSkelBuilder;
 
 // SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
 unsafe impl plain::Plain for Key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for faults_mapping {}
+// SAFETY: as above.
+unsafe impl plain::Plain for Value {}
 
 pub const ABOUT: &str = "Count page faults by user stack: which code grows the RSS";
 
@@ -119,7 +121,7 @@ pub fn run(args: Args) -> Result<i32> {
         "page faults",
     )?;
     let mut report = |out: &mut Output| -> Result<()> {
-        let counts = skel::take_counts::<Key>(&skel.maps.counts)?;
+        let counts = skel::take_entries::<Key, Value>(&skel.maps.counts)?;
         let mut symbolizer = symbolizer.borrow_mut();
         symbolizer.refresh();
         let rows = symbolize_rows(
@@ -144,7 +146,7 @@ pub fn run(args: Args) -> Result<i32> {
         write_svg(path, &whole_trace)?;
     }
     if lost_stacks > 0 {
-        eprintln!("faults: {lost_stacks} faults' stacks were lost (raise --stack-storage-size)");
+        eprintln!("faults: the stacks of {lost_stacks} faults were lost: the stack map was full or colliding (raise --stack-storage-size)");
     }
     skel::report_drops(
         "faults",
@@ -247,15 +249,15 @@ fn missing_stack(id: i32, kernel: bool, lost: &mut u64, count: u64) -> Vec<Strin
 fn symbolize_rows(
     symbolizer: &mut StackSymbolizer,
     stacks: &dyn MapCore,
-    counts: &[(Key, u64)],
+    counts: &[(Key, Value)],
     lost: &mut u64,
 ) -> Result<Vec<Row>> {
     type Group = (u32, String, i32, i32);
     let mut grouped: HashMap<Group, [u64; 2]> = HashMap::new();
-    for (key, count) in counts {
-        let comm = crate::output::escape_c_chars(&key.comm);
+    for (key, value) in counts {
+        let comm = crate::output::escape_c_chars(&value.comm);
         let group = (key.tgid, comm, key.user_stack, key.kernel_stack);
-        grouped.entry(group).or_default()[(key.kind as usize).min(1)] += count;
+        grouped.entry(group).or_default()[(key.kind as usize).min(1)] += value.count;
     }
     let mut rows = Vec::with_capacity(grouped.len());
     for ((pid, comm, user_id, kernel_id), counts) in grouped {

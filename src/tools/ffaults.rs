@@ -40,22 +40,18 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let grouping = Grouping {
-        process: args.by != By::File,
-        pid: args.by != By::File,
-        file: args.by != By::Process,
-    };
-    let clock_header = args.report.interval.is_some() || args.common.timestamp;
-    let options = faults::Options {
+    faults::run(faults::Options {
         tool: "ffaults",
         common: &args.common,
-        interval: args.report.interval,
+        report: &args.report,
+        grouping: Grouping {
+            process: args.by != By::File,
+            pid: args.by != By::File,
+            file: args.by != By::Process,
+        },
         max_entries: args.max_entries,
         only_files: false,
         only_hugetlb: false,
         what: "page faults",
-    };
-    faults::run(options, |out, counts| {
-        faults::print_counts(out, counts, grouping, args.report.top, clock_header)
     })
 }

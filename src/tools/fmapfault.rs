@@ -32,22 +32,18 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let grouping = Grouping {
-        process: true,
-        pid: args.pid_column,
-        file: true,
-    };
-    let clock_header = args.report.interval.is_some() || args.common.timestamp;
-    let options = faults::Options {
+    faults::run(faults::Options {
         tool: "fmapfault",
         common: &args.common,
-        interval: args.report.interval,
+        report: &args.report,
+        grouping: Grouping {
+            process: true,
+            pid: args.pid_column,
+            file: true,
+        },
         max_entries: args.max_entries,
         only_files: true,
         only_hugetlb: false,
         what: "page faults on file mappings",
-    };
-    faults::run(options, |out, counts| {
-        faults::print_counts(out, counts, grouping, args.report.top, clock_header)
     })
 }

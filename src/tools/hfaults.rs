@@ -27,22 +27,18 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let grouping = Grouping {
-        process: true,
-        pid: true,
-        file: true,
-    };
-    let clock_header = args.report.interval.is_some() || args.common.timestamp;
-    let options = faults::Options {
+    faults::run(faults::Options {
         tool: "hfaults",
         common: &args.common,
-        interval: args.report.interval,
+        report: &args.report,
+        grouping: Grouping {
+            process: true,
+            pid: true,
+            file: true,
+        },
         max_entries: args.max_entries,
         only_files: false,
         only_hugetlb: true,
         what: "hugetlb page faults",
-    };
-    faults::run(options, |out, counts| {
-        faults::print_counts(out, counts, grouping, args.report.top, clock_header)
     })
 }

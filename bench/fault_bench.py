@@ -65,7 +65,10 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="memtrace-fault-bench-")
     toucher = os.path.join(tmp, "toucher")
-    subprocess.run(["cc", "-O2", "-o", toucher, os.path.join(ROOT, "tests/fixtures/toucher.c")], check=True)
+    # frame pointers, as stack profiling wants: every stack walk then follows the real chain
+    subprocess.run([
+        "cc", "-O2", "-fno-omit-frame-pointer", "-o", toucher, os.path.join(ROOT, "tests/fixtures/toucher.c"),
+    ], check=True)
     workload = [toucher, "anon", str(args.mib)]
     chosen = [c for c in configs(args.memtrace)
               if c[1] is None or not args.only or any(o in c[0] for o in args.only.split(","))]

@@ -173,6 +173,25 @@ static long faultvma_describe(struct task_struct *task, struct vm_area_struct *v
 	return 0;
 }
 
+/* Linux 6.4-6.12 kept the sequence as a plain int (bumped at mmap write unlock). */
+struct mm_struct___int_seq {
+	int mm_lock_seq;
+} __attribute__((preserve_access_index));
+
+/* The mm's write sequence; false where the kernel has none (no per-VMA locks): no caching then. */
+static __always_inline bool faultvma_mm_seq(struct mm_struct *mm, __u32 *seq)
+{
+	if (bpf_core_field_exists(mm->mm_lock_seq.sequence)) { /* 6.13+: a seqcount_t */
+		*seq = mm->mm_lock_seq.sequence;
+		return true;
+	}
+	if (bpf_core_field_exists(((struct mm_struct___int_seq *)mm)->mm_lock_seq)) {
+		*seq = BPF_CORE_READ((struct mm_struct___int_seq *)mm, mm_lock_seq);
+		return true;
+	}
+	return false;
+}
+
 /*
  * The VMA (this CPU's cache entry) that addr belongs to in the current task's
  * address space, or NULL for a kernel thread. Never fails otherwise: what
@@ -185,6 +204,7 @@ static __always_inline struct faultvma_cached *faultvma_of(__u64 addr)
 	struct faultvma_cached *last, *cached;
 	struct mm_struct *mm;
 	__u32 zero = 0, seq = 0;
+	bool cacheable;
 
 	/* plain loads through the trusted task pointer: no helper calls on the hot path */
 	mm = task->mm;
@@ -193,8 +213,7 @@ static __always_inline struct faultvma_cached *faultvma_of(__u64 addr)
 	last = bpf_map_lookup_elem(&last_vma, &zero);
 	if (!last)
 		return NULL;
-	if (bpf_core_field_exists(mm->mm_lock_seq.sequence)) /* 6.13+: a seqcount_t */
-		seq = mm->mm_lock_seq.sequence;
+	cacheable = faultvma_mm_seq(mm, &seq);
 
 	/* the hot path: the same VMA as this CPU's last fault (hits are not counted, to stay cheap) */
 	if (last->valid && last->mm == (__u64)mm && last->seq == seq && addr >= last->start &&
@@ -221,7 +240,7 @@ static __always_inline struct faultvma_cached *faultvma_of(__u64 addr)
 		found.file.ino = 0;
 		found.file.dev = 0;
 		found.start = found.end = 0;
-	} else if (!(seq & 1) && bpf_core_field_exists(mm->mm_lock_seq.sequence)) {
+	} else if (cacheable && !(seq & 1)) {
 		/* not cached if a writer was mid-change (odd), or the kernel has no sequence */
 		found.valid = 1;
 		bpf_map_update_elem(&region_vmas, &key, &found, BPF_ANY);

@@ -21,19 +21,4 @@ struct faults_value {
 	char comm[MEMTRACE_COMM_LEN];
 };
 
-/*
- * An executable mapping of a process that is exiting, sent so its stacks can
- * be symbolized after /proc/PID/maps is gone. A record with start == end == 0
- * ends a process's list.
- */
-struct faults_mapping {
-	__u32 tgid;
-	__u32 pad;
-	__u64 start;
-	__u64 end;
-	__u64 file_offset; /* of start */
-	struct memtrace_path path_info;
-	char path[MEMTRACE_PATH_BUF];
-};
-
 #endif

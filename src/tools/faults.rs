@@ -14,20 +14,19 @@ use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
 use serde_json::json;
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::decode::FilePath;
 use crate::events::{monotonic_ns, Session};
 use crate::output::{wall_clock_hms, Output};
-use crate::symbolize::{Mapping, StackSymbolizer};
+use crate::symbolize::StackSymbolizer;
 use crate::{kernel, perf, set_filter_rodata, skel};
 
 crate::bpf_skeleton!("faults");
-use bpf::types::{faults_key as Key, faults_mapping, faults_value as Value};
+use bpf::types::{exitmaps_mapping, faults_key as Key, faults_value as Value};
 use bpf::FaultsSkelBuilder;
 
 // SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
 unsafe impl plain::Plain for Key {}
 // SAFETY: as above.
-unsafe impl plain::Plain for faults_mapping {}
+unsafe impl plain::Plain for exitmaps_mapping {}
 // SAFETY: as above.
 unsafe impl plain::Plain for Value {}
 
@@ -106,7 +105,7 @@ pub fn run(args: Args) -> Result<i32> {
     let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let mut builder = RingBufferBuilder::new();
     builder.add(&skel.maps.mappings, |data| {
-        record_mapping(&mut symbolizer.borrow_mut(), data);
+        crate::record_exit_mapping!(symbolizer.borrow_mut(), exitmaps_mapping, data);
         0
     })?;
     let ring = builder.build().context("setting up the ring buffer")?;
@@ -160,36 +159,6 @@ pub fn run(args: Args) -> Result<i32> {
         ],
     )?;
     Ok(session.exit_code(stop))
-}
-
-/// A faults_mapping record: one executable mapping of an exiting process.
-fn record_mapping(symbolizer: &mut StackSymbolizer, data: &[u8]) {
-    let mut record = faults_mapping::default();
-    let mut padded = vec![0u8; std::mem::size_of::<faults_mapping>()];
-    let n = data.len().min(padded.len());
-    padded[..n].copy_from_slice(&data[..n]);
-    if plain::copy_from_bytes(&mut record, &padded).is_err() {
-        return;
-    }
-    let info = &record.path_info;
-    let mapping = FilePath::from_bpf(
-        &record.path,
-        info.len as usize,
-        info.depth as usize,
-        info.flags,
-    )
-    .filter(|_| record.end > record.start)
-    .map(|file| Mapping {
-        start: record.start,
-        end: record.end,
-        file_offset: record.file_offset,
-        path: PathBuf::from(std::ffi::OsString::from(
-            String::from_utf8_lossy(&file.path)
-                .trim_end_matches(" (deleted)")
-                .to_string(),
-        )),
-    });
-    symbolizer.add_exited_mapping(record.tgid, mapping);
 }
 
 /// One report row: a process, its stacks (leaf first) and counts by kind.

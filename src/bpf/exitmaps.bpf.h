@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * For tools that count user stacks: when a process whose stacks were counted
+ * exits, its executable file mappings go to user space (the mm is still there
+ * at sched_process_exit on this kernel), so its stacks are symbolized after
+ * /proc/PID/maps has gone. A tool calls exitmaps_note_owner() when it counts
+ * a new stack.
+ */
+#ifndef EXITMAPS_BPF_H
+#define EXITMAPS_BPF_H
+
+#include "common.bpf.h"
+#include "exitmaps.h"
+
+#define VM_EXEC 0x00000004
+#define PAGE_SHIFT 12
+
+/* Processes whose stacks were counted: their mappings are wanted at exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MEMTRACE_MAX_TRACED);
+	__type(key, __u32);
+	__type(value, __u8);
+} stack_owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exitmaps_mapping);
+} mapping_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+} mappings SEC(".maps");
+
+extern int bpf_iter_task_vma_new(struct bpf_iter_task_vma *it, struct task_struct *task,
+				 __u64 addr) __weak __ksym;
+extern struct vm_area_struct *bpf_iter_task_vma_next(struct bpf_iter_task_vma *it) __weak __ksym;
+extern void bpf_iter_task_vma_destroy(struct bpf_iter_task_vma *it) __weak __ksym;
+
+static __always_inline void exitmaps_note_owner(__u32 tgid)
+{
+	__u8 yes = 1;
+
+	if (!bpf_map_lookup_elem(&stack_owners, &tgid))
+		bpf_map_update_elem(&stack_owners, &tgid, &yes, BPF_ANY);
+}
+
+static __always_inline void exitmaps_send(struct exitmaps_mapping *m, __u64 size)
+{
+	if (size > sizeof(*m))
+		size = sizeof(*m);
+	if (bpf_ringbuf_output(&mappings, m, size, 0))
+		memtrace_count_drop(MEMTRACE_DROP_RINGBUF);
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(exitmaps_send_mappings, struct task_struct *exiting)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct vm_area_struct *vma;
+	struct exitmaps_mapping *m;
+	__u32 tgid = task->tgid, zero = 0;
+
+	if (task->signal->live.counter != 0 || !bpf_map_lookup_elem(&stack_owners, &tgid))
+		return 0;
+	bpf_map_delete_elem(&stack_owners, &tgid);
+	m = bpf_map_lookup_elem(&mapping_scratch, &zero);
+	if (!m)
+		return 0;
+	m->tgid = tgid;
+	bpf_for_each(task_vma, vma, task, 0) {
+		struct file *file = vma->vm_file;
+
+		if (!(vma->vm_flags & VM_EXEC) || !file)
+			continue;
+		m->start = vma->vm_start;
+		m->end = vma->vm_end;
+		m->file_offset = vma->vm_pgoff << PAGE_SHIFT;
+		memtrace_file_path(file, m->path, &m->path_info);
+		exitmaps_send(m, offsetof(struct exitmaps_mapping, path) + m->path_info.len);
+	}
+	/* the end of this process's list */
+	m->start = m->end = 0;
+	m->path_info.len = 0;
+	m->path_info.depth = 0;
+	exitmaps_send(m, offsetof(struct exitmaps_mapping, path));
+	return 0;
+}
+
+#endif

@@ -50,6 +50,8 @@ pub enum Stop {
     Duration,
     CommandExited(i32),
     TargetsExited,
+    /// The number of interval reports asked for (memleak's COUNT) was printed.
+    Reports,
 }
 
 /// How often the loop looks at `-p` processes and at signals when idle.
@@ -59,6 +61,8 @@ pub struct Session {
     target: Target,
     deadline: Option<Instant>,
     interval: Option<Duration>,
+    /// Stop after this many interval reports.
+    pub max_reports: Option<u64>,
     /// CLOCK_MONOTONIC at attach, the clock of bpf_ktime_get_ns(): the origin of -T times.
     pub start_ns: u64,
 }
@@ -94,6 +98,7 @@ impl Session {
             target,
             deadline: duration.map(|d| Instant::now() + d),
             interval,
+            max_reports: None,
             start_ns,
         })
     }
@@ -107,6 +112,7 @@ impl Session {
         mut on_interval: impl FnMut() -> Result<()>,
     ) -> Result<Stop> {
         let mut next_interval = self.interval.map(|i| Instant::now() + i);
+        let mut reports = 0u64;
         let mut next_target_check = Instant::now() + TICK;
         let stop = loop {
             let sig = STOP_SIGNAL.load(Ordering::SeqCst);
@@ -133,6 +139,10 @@ impl Session {
             if let Some(at) = next_interval {
                 if now >= at {
                     on_interval()?;
+                    reports += 1;
+                    if self.max_reports.is_some_and(|max| reports >= max) {
+                        break Stop::Reports;
+                    }
                     next_interval = Some(at + self.interval.unwrap_or(TICK));
                     continue;
                 }
@@ -190,7 +200,7 @@ impl Session {
                 }
                 0
             }
-            Stop::Duration | Stop::TargetsExited => 0,
+            Stop::Duration | Stop::TargetsExited | Stop::Reports => 0,
         }
     }
 }

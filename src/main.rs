@@ -32,6 +32,20 @@ fn tool_for_argv0(argv0: &OsString) -> Option<&'static Tool> {
     tools::find(name)
 }
 
+/// Splits `tool ARGS -- COMMAND ARGS` at the first `--`: what follows is the
+/// command to run, never the tool's (so a tool's optional positionals, such as
+/// memleak's interval and count, can't swallow it).
+fn split_command(mut args: Vec<OsString>) -> (Vec<OsString>, Vec<OsString>) {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => {
+            let command = args.split_off(i + 1);
+            args.pop();
+            (args, command)
+        }
+        None => (args, Vec::new()),
+    }
+}
+
 fn dispatch(args: Vec<OsString>) -> i32 {
     if let Some(tool) = args.first().and_then(tool_for_argv0) {
         return run_tool(tool, args);
@@ -53,6 +67,7 @@ fn dispatch(args: Vec<OsString>) -> i32 {
         );
         return 2;
     }
+    let (args, command) = split_command(args);
     let matches = match top_command().try_get_matches_from(&args) {
         Ok(matches) => matches,
         Err(err) => {
@@ -66,7 +81,7 @@ fn dispatch(args: Vec<OsString>) -> i32 {
     }
     match matches.subcommand() {
         Some((name, sub)) => match tools::find(name) {
-            Some(tool) => finish(tool, (tool.run)(sub)),
+            Some(tool) => finish(tool, (tool.run)(sub, command)),
             None => 2,
         },
         None => {
@@ -103,9 +118,10 @@ fn tool_list() -> String {
 }
 
 fn run_tool(tool: &Tool, args: Vec<OsString>) -> i32 {
-    let command = (tool.command)().version(env!("CARGO_PKG_VERSION"));
-    match command.try_get_matches_from(args) {
-        Ok(matches) => finish(tool, (tool.run)(&matches)),
+    let (args, command) = split_command(args);
+    let clap_command = (tool.command)().version(env!("CARGO_PKG_VERSION"));
+    match clap_command.try_get_matches_from(args) {
+        Ok(matches) => finish(tool, (tool.run)(&matches, command)),
         Err(err) => {
             let _ = err.print();
             err.exit_code()
@@ -150,6 +166,17 @@ mod tests {
             (tool.command)().debug_assert();
         }
         top_command().debug_assert();
+    }
+
+    #[test]
+    fn the_command_is_split_off_at_the_first_double_dash() {
+        let words = |s: &str| s.split(' ').map(OsString::from).collect::<Vec<_>>();
+        let (head, command) = split_command(words("memleak 5 -- ./app -- x"));
+        assert_eq!(head, words("memleak 5"));
+        assert_eq!(command, words("./app -- x"));
+        let (head, command) = split_command(words("mmapsnoop -p 1"));
+        assert_eq!(head, words("mmapsnoop -p 1"));
+        assert!(command.is_empty());
     }
 
     #[test]

@@ -54,6 +54,24 @@ impl Target {
     }
 }
 
+/// The path exec should run: a name with a slash as it is, else the first
+/// executable match in PATH (as execvp would find it), else the name itself
+/// (exec then fails with ENOENT, reported as such).
+fn resolve_program(name: &OsString) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if name.as_bytes().contains(&b'/') {
+        return name.into();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| name.into())
+}
+
 pub fn process_exists(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -69,11 +87,18 @@ pub struct HeldCommand {
 
 impl HeldCommand {
     fn spawn(command: &[OsString]) -> Result<HeldCommand> {
+        // Resolved here, so the child between release and exec calls no
+        // allocator (execvp's PATH search mallocs, and memleak would see it).
+        let program = CString::new(resolve_program(&command[0]).as_os_str().as_bytes())
+            .context("the command contains a NUL byte")?;
         let argv: Vec<CString> = command
             .iter()
             .map(|arg| CString::new(arg.as_bytes()))
             .collect::<Result<_, _>>()
             .context("a command argument contains a NUL byte")?;
+        // exec's NULL-terminated argv, built before fork for the same reason
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
         let (go_read, go_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let name = command[0].to_string_lossy().into_owned();
@@ -100,7 +125,9 @@ impl HeldCommand {
                 // Rust ignores SIGPIPE; the command should get the default.
                 // SAFETY: restoring a default disposition installs no handler.
                 let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-                let errno = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
+                // SAFETY: program and argv_ptrs (NULL-terminated, pointing into argv) outlive the call.
+                unsafe { libc::execv(program.as_ptr(), argv_ptrs.as_ptr()) };
+                let errno = Errno::last();
                 let _ = nix::unistd::write(&err_write, &(errno as i32).to_ne_bytes());
                 // SAFETY: as above.
                 unsafe { libc::_exit(127) }

@@ -2,6 +2,8 @@
 //! run function. It drives `memtrace <tool>`, `memtrace --list`, dispatch
 //! through a link named after a tool, and the links `make install` makes.
 
+use std::ffi::OsString;
+
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
@@ -9,6 +11,7 @@ pub mod faults;
 pub mod ffaults;
 pub mod fmapfault;
 pub mod hfaults;
+pub mod memleak;
 pub mod mmapfiles;
 pub mod mmapsnoop;
 
@@ -16,16 +19,25 @@ pub struct Tool {
     pub name: &'static str,
     pub about: &'static str,
     pub command: fn() -> clap::Command,
-    pub run: fn(&ArgMatches) -> Result<i32>,
+    /// Runs the tool with its parsed options and the `-- COMMAND` words (split off before parsing).
+    pub run: fn(&ArgMatches, Vec<OsString>) -> Result<i32>,
 }
 
 macro_rules! tool {
     ($module:ident) => {
+        tool!($module, || $module::Args::command())
+    };
+    // a tool whose command needs adjusting beyond its derive (memleak's -T)
+    ($module:ident, $command:expr) => {
         Tool {
             name: stringify!($module),
             about: $module::ABOUT,
-            command: || $module::Args::command().name(stringify!($module)),
-            run: |matches| $module::run($module::Args::from_arg_matches(matches)?),
+            command: || ($command)().name(stringify!($module)),
+            run: |matches, command| {
+                let mut args = $module::Args::from_arg_matches(matches)?;
+                args.common.command = command;
+                $module::run(args)
+            },
         }
     };
 }
@@ -37,6 +49,7 @@ pub static TOOLS: &[Tool] = &[
     tool!(fmapfault),
     tool!(hfaults),
     tool!(faults),
+    tool!(memleak, memleak::command),
 ];
 
 pub fn find(name: &str) -> Option<&'static Tool> {

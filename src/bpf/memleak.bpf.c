@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * memleak, user mode: uprobes on the allocator (one uprobe.multi link for the
+ * entries, one uretprobe.multi link for the returns; each probe's function is
+ * its BPF cookie). Allocations are kept by address with their size, time and
+ * stack until freed; a running total by stack serves --combined-only. Little
+ * is done per call: a uprobe hit costs ~4-5 us here already.
+ */
+#include "exitmaps.bpf.h"
+#include "memleak.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+const volatile __u64 min_size = 0;    /* -z: 0 = no minimum */
+const volatile __u64 max_size = 0;    /* -Z: 0 = no maximum */
+const volatile __u32 sample_rate = 1; /* -s: trace one allocation in N */
+
+/* A call in flight on a thread, from entry to return. */
+struct memleak_call {
+	__u64 size;
+	__u64 old_addr; /* realloc, mremap: freed once the call succeeds */
+	__u64 memptr;   /* posix_memalign: where the result is written */
+	__u32 func;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct memleak_call);
+} calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20); /* user space may resize before load */
+	__type(key, __u64);           /* address */
+	__type(value, struct memleak_alloc);
+} allocs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __s32); /* stack id */
+	__type(value, struct memleak_combined);
+} combined SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 16384); /* user space may resize before load */
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, MEMLEAK_MAX_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
+
+static __always_inline void account(__s32 stack_id, __s64 bytes, __s64 count)
+{
+	struct memleak_combined *c = bpf_map_lookup_elem(&combined, &stack_id);
+	struct memleak_combined first = {};
+
+	if (!c) {
+		if (bytes < 0)
+			return;
+		bpf_map_update_elem(&combined, &stack_id, &first, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&combined, &stack_id);
+		if (!c) {
+			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&c->bytes, bytes);
+	__sync_fetch_and_add(&c->allocs, count);
+}
+
+static __always_inline void forget(__u64 addr)
+{
+	struct memleak_alloc *a = bpf_map_lookup_elem(&allocs, &addr);
+
+	if (!a)
+		return;
+	account(a->stack_id, -(__s64)a->size, -1);
+	bpf_map_delete_elem(&allocs, &addr);
+}
+
+static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size)
+{
+	struct memleak_alloc a = { .size = size, .time_ns = bpf_ktime_get_ns() };
+
+	a.tgid = bpf_get_current_pid_tgid() >> 32;
+	a.stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	/* NOEXIST: an allocator called inside another is counted once */
+	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_NOEXIST)) {
+		if (!bpf_map_lookup_elem(&allocs, &addr))
+			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+		return;
+	}
+	account(a.stack_id, size, 1);
+	exitmaps_note_owner(a.tgid);
+}
+
+static __always_inline bool size_wanted(__u64 size)
+{
+	if (size < min_size || (max_size && size > max_size))
+		return false;
+	return sample_rate <= 1 || bpf_ktime_get_ns() % sample_rate == 0;
+}
+
+SEC("uprobe.multi")
+int memleak_entry(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct memleak_call call = { .func = bpf_get_attach_cookie(ctx) };
+
+	if (!memtrace_wanted())
+		return 0;
+	switch (call.func) {
+	case MEMLEAK_FREE:
+		forget(PT_REGS_PARM1(ctx));
+		return 0;
+	case MEMLEAK_MUNMAP:
+		/* munmap from inside the allocator (a large free) is free's business */
+		if (!bpf_map_lookup_elem(&calls, &id))
+			forget(PT_REGS_PARM1(ctx));
+		return 0;
+	case MEMLEAK_MALLOC:
+	case MEMLEAK_VALLOC:
+	case MEMLEAK_PVALLOC:
+		call.size = PT_REGS_PARM1(ctx);
+		break;
+	case MEMLEAK_CALLOC:
+		call.size = PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx);
+		break;
+	case MEMLEAK_REALLOC:
+		call.old_addr = PT_REGS_PARM1(ctx);
+		call.size = PT_REGS_PARM2(ctx);
+		break;
+	case MEMLEAK_POSIX_MEMALIGN:
+		call.memptr = PT_REGS_PARM1(ctx);
+		call.size = PT_REGS_PARM3(ctx);
+		break;
+	case MEMLEAK_MEMALIGN:
+	case MEMLEAK_ALIGNED_ALLOC:
+		call.size = PT_REGS_PARM2(ctx);
+		break;
+	case MEMLEAK_MMAP:
+		call.size = PT_REGS_PARM2(ctx);
+		break;
+	case MEMLEAK_MREMAP:
+		call.old_addr = PT_REGS_PARM1(ctx);
+		call.size = PT_REGS_PARM3(ctx);
+		break;
+	default:
+		return 0;
+	}
+	/* the allocator's own inner calls (malloc inside realloc, mmap inside malloc) are not counted twice */
+	if (bpf_map_lookup_elem(&calls, &id))
+		return 0;
+	if (bpf_map_update_elem(&calls, &id, &call, BPF_ANY))
+		memtrace_count_drop(MEMTRACE_DROP_PENDING);
+	return 0;
+}
+
+SEC("uretprobe.multi")
+int memleak_return(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 func = bpf_get_attach_cookie(ctx);
+	struct memleak_call *call;
+	__u64 addr = PT_REGS_RC(ctx);
+
+	call = bpf_map_lookup_elem(&calls, &id);
+	if (!call || call->func != func)
+		return 0; /* not a call we followed, or an inner one */
+	if (func == MEMLEAK_POSIX_MEMALIGN) {
+		addr = 0;
+		if (PT_REGS_RC(ctx) == 0)
+			bpf_probe_read_user(&addr, sizeof(addr), (void *)call->memptr);
+	}
+	if (func == MEMLEAK_MMAP || func == MEMLEAK_MREMAP) {
+		if ((__s64)addr < 0 && (__s64)addr >= -4095)
+			addr = 0; /* MAP_FAILED */
+	}
+	if (func == MEMLEAK_REALLOC && call->size == 0)
+		forget(call->old_addr); /* realloc(p, 0) frees p and may return NULL */
+	if (addr) {
+		if (call->old_addr)
+			forget(call->old_addr);
+		if (size_wanted(call->size))
+			remember(ctx, addr, call->size);
+	}
+	bpf_map_delete_elem(&calls, &id);
+	return 0;
+}

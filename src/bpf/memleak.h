@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+#ifndef MEMLEAK_H
+#define MEMLEAK_H
+
+#include "common.h"
+
+#define MEMLEAK_MAX_DEPTH 127
+
+/* The allocator functions, passed to the probes as BPF cookies. */
+enum memleak_func {
+	MEMLEAK_MALLOC = 0,
+	MEMLEAK_CALLOC = 1,
+	MEMLEAK_REALLOC = 2,
+	MEMLEAK_FREE = 3,
+	MEMLEAK_POSIX_MEMALIGN = 4,
+	MEMLEAK_MEMALIGN = 5,
+	MEMLEAK_ALIGNED_ALLOC = 6,
+	MEMLEAK_VALLOC = 7,
+	MEMLEAK_PVALLOC = 8,
+	MEMLEAK_MMAP = 9,
+	MEMLEAK_MUNMAP = 10,
+	MEMLEAK_MREMAP = 11,
+	MEMLEAK_NFUNCS = 12,
+};
+
+/* An outstanding allocation, by address. */
+struct memleak_alloc {
+	__u64 size;
+	__u64 time_ns;
+	__s32 stack_id; /* or -errno: the stack was lost */
+	__u32 tgid;
+};
+
+/* Outstanding bytes and allocations by stack (--combined-only). */
+struct memleak_combined {
+	__u64 bytes;
+	__u64 allocs;
+};
+
+#endif

@@ -1,0 +1,451 @@
+//! memleak: outstanding allocations by stack. User mode (`-p PID`,
+//! `-- COMMAND`): uprobes on the allocator, two multi-uprobe links in all.
+//! Kernel mode is not built yet.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use blazesym::inspect::source::{Elf, Source};
+use blazesym::inspect::Inspector;
+use clap::{Parser, ValueEnum};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder, UprobeMultiOpts};
+use serde_json::json;
+
+use crate::cli::{parse_seconds, CommonArgs};
+use crate::events::{monotonic_ns, Session};
+use crate::output::{wall_clock_hms, Output};
+use crate::symbolize::StackSymbolizer;
+use crate::target::Target;
+use crate::{kernel, set_filter_rodata, skel};
+
+crate::bpf_skeleton!("memleak");
+use bpf::types::{exitmaps_mapping, memleak_alloc, memleak_combined};
+use bpf::MemleakSkelBuilder;
+
+// SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
+unsafe impl plain::Plain for exitmaps_mapping {}
+// SAFETY: as above.
+unsafe impl plain::Plain for memleak_alloc {}
+// SAFETY: as above.
+unsafe impl plain::Plain for memleak_combined {}
+
+pub const ABOUT: &str =
+    "Show outstanding allocations by stack: memory that was allocated and not freed";
+
+/// enum memleak_func in memleak.h: (name, cookie, allocates).
+const FUNCS: &[(&str, u64, bool)] = &[
+    ("malloc", 0, true),
+    ("calloc", 1, true),
+    ("realloc", 2, true),
+    ("free", 3, false),
+    ("posix_memalign", 4, true),
+    ("memalign", 5, true),
+    ("aligned_alloc", 6, true),
+    ("valloc", 7, true),
+    ("pvalloc", 8, true),
+    ("mmap", 9, true),
+    ("munmap", 10, false),
+    ("mremap", 11, true),
+];
+
+const MAX_DEPTH: usize = 127;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortBy {
+    Size,
+    Count,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = ABOUT, after_help = "\
+Examples:
+  memleak -p 181            # outstanding allocations of PID 181, every 5 seconds
+  memleak -o 1000 -p 181    # only allocations older than a second
+  memleak -s 10 -p 181      # trace one allocation in 10: cheaper
+  memleak -- ./app          # run ./app; the report after it exits is symbolized")]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Seconds between reports
+    #[arg(value_name = "INTERVAL", value_parser = parse_seconds, default_value = "5")]
+    pub interval: Duration,
+
+    /// Number of reports (default: until the end of the trace)
+    #[arg(value_name = "COUNT")]
+    pub count: Option<u64>,
+
+    /// Show each outstanding allocation's address and size too
+    #[arg(short = 'a', long)]
+    pub show_allocs: bool,
+
+    /// Only allocations older than this many milliseconds
+    #[arg(short = 'o', long, value_name = "MS", default_value_t = 500)]
+    pub older: u64,
+
+    /// Show the N largest stacks
+    #[arg(short = 'T', long = "top", value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Ignore allocations smaller than this many bytes
+    #[arg(short = 'z', long, value_name = "BYTES")]
+    pub min_size: Option<u64>,
+
+    /// Ignore allocations larger than this many bytes
+    #[arg(short = 'Z', long, value_name = "BYTES")]
+    pub max_size: Option<u64>,
+
+    /// Trace one allocation in N (cheaper; sizes are not scaled)
+    #[arg(short = 's', long, value_name = "N", default_value_t = 1)]
+    pub sample_rate: u32,
+
+    /// Report totals by stack only (faster with many allocations; ignores -o)
+    #[arg(long)]
+    pub combined_only: bool,
+
+    /// Sort stacks by outstanding bytes or by allocation count
+    #[arg(long, value_enum, default_value_t = SortBy::Size)]
+    pub sort: SortBy,
+
+    /// Distinct stacks the kernel can hold; raise it if stacks are lost
+    #[arg(long, value_name = "N", default_value_t = 16384)]
+    pub stack_storage_size: u32,
+
+    /// Outstanding allocations the kernel can hold
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    pub max_allocs: u32,
+
+    /// The allocator library (default: the target's libc)
+    #[arg(short = 'O', long = "obj", value_name = "OBJ")]
+    pub object: Option<PathBuf>,
+
+    /// Prefix of the allocator's symbols (je_ for jemalloc's je_malloc, ...)
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    pub symbols_prefix: String,
+}
+
+/// The `-T` of BCC's memleak is --top here: the shared -T/--timestamp keeps its long form only.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Args::command().mut_arg("timestamp", |arg| arg.short(None))
+}
+
+/// The libc a process uses, from its maps (memtrace's own for a command not started yet).
+fn find_libc(pid: Option<u32>) -> Result<PathBuf> {
+    let maps_path = match pid {
+        Some(pid) => format!("/proc/{pid}/maps"),
+        None => "/proc/self/maps".into(),
+    };
+    let maps =
+        std::fs::read_to_string(&maps_path).with_context(|| format!("reading {maps_path}"))?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+        })
+        .map(PathBuf::from)
+        .context("no libc in the target's mappings: name the allocator library with -O")
+}
+
+/// File offsets of the allocator functions in `object`; those it lacks are skipped.
+fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(String, u64, u64, bool)>> {
+    let inspector = Inspector::new();
+    let names: Vec<String> = FUNCS
+        .iter()
+        .map(|(n, _, _)| format!("{prefix}{n}"))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut elf = Elf::new(object);
+    elf.debug_syms = false; // the ELF symbol tables (.dynsym is all Debian's libc has)
+    let found = inspector
+        .lookup(&Source::Elf(elf), &refs)
+        .with_context(|| format!("reading the symbols of {}", object.display()))?;
+    let mut functions = Vec::new();
+    let mut missing = Vec::new();
+    for ((name, syms), &(_, cookie, allocates)) in names.iter().zip(found).zip(FUNCS) {
+        match syms.iter().find_map(|s| s.file_offset) {
+            Some(offset) => functions.push((name.clone(), offset, cookie, allocates)),
+            None => missing.push(name.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "memleak: {} has no {}: not traced",
+            object.display(),
+            missing.join(", ")
+        );
+    }
+    if functions.is_empty() {
+        bail!("{} has none of the allocator functions", object.display());
+    }
+    Ok(functions)
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    if args.common.pids.is_empty() && args.common.command.is_empty() {
+        bail!("kernel mode (no -p and no command) is not available yet: give -p PID or -- COMMAND");
+    }
+    if args.common.pids.len() > 1 {
+        bail!("memleak traces one process: give -p once");
+    }
+    let object = match &args.object {
+        Some(path) => path.clone(),
+        None => find_libc(args.common.pids.first().copied())?,
+    };
+    let functions = resolve_functions(&object, &args.symbols_prefix)?;
+    let (target, filter) = skel::prepare(&args.common)?;
+    let pid = match &target {
+        Target::Pids(pids) => pids[0] as i32,
+        Target::Command(cmd) => cmd.pid.as_raw(),
+        Target::All => -1,
+    };
+
+    let mut storage = MaybeUninit::uninit();
+    let mut open = MemleakSkelBuilder::default()
+        .open(&mut storage)
+        .context("opening the BPF object")?;
+    set_filter_rodata!(open, &filter);
+    {
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("BPF object has no .rodata")?;
+        rodata.min_size = args.min_size.unwrap_or(0);
+        rodata.max_size = args.max_size.unwrap_or(0);
+        rodata.sample_rate = args.sample_rate.max(1);
+    }
+    skel::choose_common_programs(open.open_object_mut(), &filter)?;
+    open.maps
+        .stacks
+        .set_max_entries(args.stack_storage_size.max(1))
+        .context("sizing the stack map")?;
+    open.maps
+        .allocs
+        .set_max_entries(args.max_allocs.max(1))
+        .context("sizing the allocation map")?;
+    kernel::check_attach_points(open.open_object())?;
+    let mut skel = open.load().context(skel::LOAD_FAILED)?;
+    skel::fill_traced_tgids(skel.object(), &target)?;
+    skel.attach().context(skel::ATTACH_FAILED)?;
+
+    // One link for every entry, one for every return: each uprobe link takes
+    // ~0.1 s to remove here, a multi link ~20-35 ms.
+    let attach = |prog: &libbpf_rs::ProgramMut<'_>, retprobe: bool| -> Result<libbpf_rs::Link> {
+        let chosen: Vec<_> = functions
+            .iter()
+            .filter(|(_, _, _, allocates)| !retprobe || *allocates)
+            .collect();
+        let opts = UprobeMultiOpts {
+            offsets: chosen.iter().map(|f| f.1 as usize).collect(),
+            cookies: chosen.iter().map(|f| f.2).collect(),
+            retprobe,
+            ..Default::default()
+        };
+        prog.attach_uprobe_multi_with_opts(pid, &object, "", opts)
+            .with_context(|| format!("attaching uprobes to {}", object.display()))
+    };
+    let _entries = attach(&skel.progs.memleak_entry, false)?;
+    let _returns = attach(&skel.progs.memleak_return, true)?;
+
+    let symbolizer = RefCell::new(StackSymbolizer::new(false));
+    let mut builder = RingBufferBuilder::new();
+    builder.add(&skel.maps.mappings, |data| {
+        crate::record_exit_mapping!(symbolizer.borrow_mut(), exitmaps_mapping, data);
+        0
+    })?;
+    let ring = builder.build().context("setting up the ring buffer")?;
+
+    let mut out = Output::new(args.common.json);
+    let mut session = Session::start(
+        target,
+        args.common.duration,
+        Some(args.interval),
+        "allocations",
+    )?;
+    session.max_reports = args.count;
+    let mut lost_stacks = false;
+    let mut report = |out: &mut Output| -> Result<()> {
+        let rows = if args.combined_only {
+            combined_rows(&skel.maps.combined)?
+        } else {
+            outstanding_rows(&skel.maps.allocs, args.older)?
+        };
+        let mut symbolizer = symbolizer.borrow_mut();
+        symbolizer.refresh();
+        print_report(
+            out,
+            &args,
+            &mut symbolizer,
+            &skel.maps.stacks,
+            pid as u32,
+            rows,
+            &mut lost_stacks,
+        )?;
+        out.flush()
+    };
+    let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
+    if stop != crate::events::Stop::Reports {
+        report(&mut out)?;
+    }
+    drop(ring);
+    if lost_stacks {
+        eprintln!("memleak: some stacks were lost: the stack map was full or colliding (raise --stack-storage-size)");
+    }
+    skel::report_drops(
+        "memleak",
+        skel.object(),
+        &[(
+            skel::DROP_COUNTS,
+            "allocations not tracked: raise --max-allocs",
+        )],
+    )?;
+    Ok(session.exit_code(stop))
+}
+
+/// Outstanding bytes and allocations of one stack, and its allocations for -a.
+#[derive(Default)]
+struct StackRow {
+    bytes: u64,
+    allocs: u64,
+    addresses: Vec<(u64, u64)>,
+}
+
+fn outstanding_rows(allocs: &dyn MapCore, older_ms: u64) -> Result<HashMap<i32, StackRow>> {
+    let now = monotonic_ns();
+    let mut rows: HashMap<i32, StackRow> = HashMap::new();
+    for raw_key in allocs.keys() {
+        let Some(raw) = allocs.lookup(&raw_key, MapFlags::ANY)? else {
+            continue;
+        };
+        let mut alloc = memleak_alloc::default();
+        if plain::copy_from_bytes(&mut alloc, &raw).is_err() {
+            continue;
+        }
+        if now.saturating_sub(alloc.time_ns) < older_ms * 1_000_000 {
+            continue;
+        }
+        let addr = raw_key
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+            .unwrap_or(0);
+        let row = rows.entry(alloc.stack_id).or_default();
+        row.bytes += alloc.size;
+        row.allocs += 1;
+        row.addresses.push((addr, alloc.size));
+    }
+    Ok(rows)
+}
+
+fn combined_rows(combined: &dyn MapCore) -> Result<HashMap<i32, StackRow>> {
+    let mut rows = HashMap::new();
+    for raw_key in combined.keys() {
+        let Some(raw) = combined.lookup(&raw_key, MapFlags::ANY)? else {
+            continue;
+        };
+        let mut c = memleak_combined::default();
+        let mut id = 0i32;
+        if plain::copy_from_bytes(&mut c, &raw).is_err()
+            || plain::copy_from_bytes(&mut id, &raw_key).is_err()
+        {
+            continue;
+        }
+        if c.allocs > 0 {
+            rows.insert(
+                id,
+                StackRow {
+                    bytes: c.bytes,
+                    allocs: c.allocs,
+                    addresses: Vec::new(),
+                },
+            );
+        }
+    }
+    Ok(rows)
+}
+
+fn stack_frames(
+    symbolizer: &mut StackSymbolizer,
+    stacks: &dyn MapCore,
+    pid: u32,
+    id: i32,
+    lost: &mut bool,
+) -> Vec<String> {
+    if id < 0 {
+        *lost |= -id == libc::EEXIST || -id == libc::ENOMEM;
+        return vec!["[stack lost]".into()];
+    }
+    let Ok(Some(raw)) = stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY) else {
+        return vec!["[stack lost]".into()];
+    };
+    let ips: Vec<u64> = raw
+        .chunks_exact(8)
+        .take(MAX_DEPTH)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+        .take_while(|&ip| ip != 0)
+        .collect();
+    symbolizer.user_frames(pid, &ips)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_report(
+    out: &mut Output,
+    args: &Args,
+    symbolizer: &mut StackSymbolizer,
+    stacks: &dyn MapCore,
+    pid: u32,
+    rows: HashMap<i32, StackRow>,
+    lost: &mut bool,
+) -> Result<()> {
+    let mut rows: Vec<(i32, StackRow)> = rows.into_iter().collect();
+    rows.sort_by(|(ia, a), (ib, b)| {
+        let key = |r: &StackRow| match args.sort {
+            SortBy::Size => (r.bytes, r.allocs),
+            SortBy::Count => (r.allocs, r.bytes),
+        };
+        key(b).cmp(&key(a)).then(ia.cmp(ib))
+    });
+    rows.truncate(args.top);
+    if out.json {
+        let time_ns = monotonic_ns();
+        for (id, row) in &rows {
+            out.json_line(&json!({
+                "time_ns": time_ns,
+                "pid": pid,
+                "bytes": row.bytes,
+                "allocations": row.allocs,
+                "stack": stack_frames(symbolizer, stacks, pid, *id, lost),
+            }))?;
+        }
+        return Ok(());
+    }
+    out.line(&format!(
+        "[{}] Top {} stacks with outstanding allocations:",
+        wall_clock_hms(),
+        rows.len()
+    ))?;
+    for (id, row) in &rows {
+        if args.show_allocs {
+            for (addr, size) in &row.addresses {
+                out.line(&format!("\taddr = {addr:x} size = {size}"))?;
+            }
+        }
+        out.line(&format!(
+            "\t{} bytes in {} allocations from stack",
+            row.bytes, row.allocs
+        ))?;
+        for frame in stack_frames(symbolizer, stacks, pid, *id, lost) {
+            out.line(&format!("\t\t{frame}"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! memleak user mode against a fixture that leaks exactly 30000 bytes (root).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// `memleak --json [extra] -- leaker ARGS`: the report after the leaker exited.
+fn report(extra: &[&str], leaker_args: &[&str]) -> Vec<Value> {
+    let leaker = fixture("leaker");
+    let mut args = vec!["memleak", "--json"];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.push(leaker.to_str().unwrap());
+    args.extend_from_slice(leaker_args);
+    let finished = run(&args);
+    finished.assert_success();
+    finished.json()
+}
+
+fn frames(row: &Value) -> Vec<&str> {
+    row["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect()
+}
+
+/// The leak is reported whole, once, from leak_with(); nothing else is outstanding.
+fn assert_leaks_30000(allocator: &str) {
+    let rows = report(&["-o", "0"], &[allocator]);
+    let leaks: Vec<&Value> = rows
+        .iter()
+        .filter(|r| frames(r).iter().any(|f| f.starts_with("leak_with+")))
+        .collect();
+    assert_eq!(leaks.len(), 1, "{allocator}: {rows:?}");
+    assert_eq!(leaks[0]["bytes"], 30000, "{allocator}: {rows:?}");
+    assert_eq!(leaks[0]["allocations"], 1, "{allocator}: {rows:?}");
+    // symbolized although the leaker had exited before the report
+    assert!(frames(leaks[0])
+        .iter()
+        .any(|f| f.starts_with("main+") && f.ends_with("[leaker]")));
+    let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(
+        total, 30000,
+        "{allocator}: everything else was freed: {rows:?}"
+    );
+}
+
+macro_rules! leak_tests {
+    ($($name:ident: $allocator:literal,)*) => {$(
+        #[test]
+        fn $name() {
+            if !root_tests_enabled() {
+                return;
+            }
+            assert_leaks_30000($allocator);
+        }
+    )*};
+}
+
+leak_tests! {
+    leak_through_malloc: "malloc",
+    leak_through_calloc: "calloc",
+    leak_through_realloc: "realloc",
+    leak_through_posix_memalign: "posix_memalign",
+    leak_through_aligned_alloc: "aligned_alloc",
+    leak_through_valloc: "valloc",
+    leak_through_memalign: "memalign",
+    leak_through_pvalloc: "pvalloc",
+}
+
+#[test]
+fn freeing_everything_leaves_nothing_outstanding() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let rows = report(&["-o", "0"], &["none"]);
+    assert!(rows.is_empty(), "{rows:?}");
+}
+
+#[test]
+fn older_hides_young_allocations() {
+    if !root_tests_enabled() {
+        return;
+    }
+    // the report comes right after the leak: younger than 5 s, hidden
+    let rows = report(&["-o", "5000"], &["malloc"]);
+    assert!(rows.is_empty(), "{rows:?}");
+    // held for 1.5 s before exiting: older than 500 ms (the default), shown
+    let rows = report(&[], &["malloc", "1500"]);
+    let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(total, 30000, "{rows:?}");
+}
+
+#[test]
+fn text_report_as_the_originals() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let leaker = fixture("leaker");
+    let finished = run(&[
+        "memleak",
+        "-o",
+        "0",
+        "--",
+        leaker.to_str().unwrap(),
+        "calloc",
+    ]);
+    finished.assert_success();
+    let lines: Vec<&str> = finished.stdout.lines().collect();
+    assert!(lines[0].starts_with('['), "{}", finished.stdout);
+    assert!(
+        lines[0].ends_with("] Top 1 stacks with outstanding allocations:"),
+        "{}",
+        finished.stdout
+    );
+    assert_eq!(lines[1], "\t30000 bytes in 1 allocations from stack");
+    assert!(
+        lines[2].starts_with("\t\tleak_with+0x") && lines[2].ends_with(" [leaker]"),
+        "{}",
+        lines[2]
+    );
+}

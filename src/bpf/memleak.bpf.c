@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * memleak, user mode: uprobes on the allocator (one uprobe.multi link for the
- * entries, one uretprobe.multi link for the returns; each probe's function is
- * its BPF cookie). Allocations are kept by address with their size, time and
- * stack until freed; a running total by stack serves --combined-only. Little
- * is done per call: a uprobe hit costs ~4-5 us here already.
+ * memleak, user mode: one session uprobe link (uprobe.multi with sessions) on
+ * the allocator's functions, each probe's function its BPF cookie. The entry
+ * half decides whether the return is wanted at all: free and munmap, calls
+ * not sampled (-s), out of -z/-Z bounds or nested in another allocator call
+ * return 1, and the kernel then sets no return probe, which saves a trap of
+ * several microseconds. Allocations are kept by address with their size,
+ * time and stack until freed; a running total by stack serves --combined-only.
  */
 #include "exitmaps.bpf.h"
 #include "memleak.h"
@@ -97,6 +99,8 @@ static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size
 	exitmaps_note_owner(a.tgid);
 }
 
+extern bool bpf_session_is_return(void) __ksym __weak;
+
 static __always_inline bool size_wanted(__u64 size)
 {
 	if (size < min_size || (max_size && size > max_size))
@@ -104,23 +108,23 @@ static __always_inline bool size_wanted(__u64 size)
 	return sample_rate <= 1 || bpf_ktime_get_ns() % sample_rate == 0;
 }
 
-SEC("uprobe.multi")
-int memleak_entry(struct pt_regs *ctx)
+/* Returns 0 when the return half is wanted, 1 when not. */
+static __always_inline int on_entry(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct memleak_call call = { .func = bpf_get_attach_cookie(ctx) };
 
 	if (!memtrace_wanted())
-		return 0;
+		return 1;
 	switch (call.func) {
 	case MEMLEAK_FREE:
 		forget(PT_REGS_PARM1(ctx));
-		return 0;
+		return 1;
 	case MEMLEAK_MUNMAP:
 		/* munmap from inside the allocator (a large free) is free's business */
 		if (!bpf_map_lookup_elem(&calls, &id))
 			forget(PT_REGS_PARM1(ctx));
-		return 0;
+		return 1;
 	case MEMLEAK_MALLOC:
 	case MEMLEAK_VALLOC:
 	case MEMLEAK_PVALLOC:
@@ -149,18 +153,22 @@ int memleak_entry(struct pt_regs *ctx)
 		call.size = PT_REGS_PARM3(ctx);
 		break;
 	default:
-		return 0;
+		return 1;
 	}
 	/* the allocator's own inner calls (malloc inside realloc, mmap inside malloc) are not counted twice */
 	if (bpf_map_lookup_elem(&calls, &id))
-		return 0;
-	if (bpf_map_update_elem(&calls, &id, &call, BPF_ANY))
+		return 1;
+	/* realloc(p, 0) frees p: its return is needed whatever the size */
+	if (!size_wanted(call.size) && !(call.func == MEMLEAK_REALLOC && call.old_addr))
+		return 1;
+	if (bpf_map_update_elem(&calls, &id, &call, BPF_ANY)) {
 		memtrace_count_drop(MEMTRACE_DROP_PENDING);
+		return 1;
+	}
 	return 0;
 }
 
-SEC("uretprobe.multi")
-int memleak_return(struct pt_regs *ctx)
+static __always_inline int on_return(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 func = bpf_get_attach_cookie(ctx);
@@ -184,9 +192,17 @@ int memleak_return(struct pt_regs *ctx)
 	if (addr) {
 		if (call->old_addr)
 			forget(call->old_addr);
-		if (size_wanted(call->size))
+		if (call->size >= min_size && (!max_size || call->size <= max_size))
 			remember(ctx, addr, call->size);
 	}
 	bpf_map_delete_elem(&calls, &id);
 	return 0;
+}
+
+SEC("uprobe.session")
+int memleak_call(struct pt_regs *ctx)
+{
+	if (bpf_session_is_return())
+		return on_return(ctx);
+	return on_entry(ctx);
 }

@@ -37,20 +37,20 @@ unsafe impl plain::Plain for memleak_combined {}
 pub const ABOUT: &str =
     "Show outstanding allocations by stack: memory that was allocated and not freed";
 
-/// enum memleak_func in memleak.h: (name, cookie, allocates).
-const FUNCS: &[(&str, u64, bool)] = &[
-    ("malloc", 0, true),
-    ("calloc", 1, true),
-    ("realloc", 2, true),
-    ("free", 3, false),
-    ("posix_memalign", 4, true),
-    ("memalign", 5, true),
-    ("aligned_alloc", 6, true),
-    ("valloc", 7, true),
-    ("pvalloc", 8, true),
-    ("mmap", 9, true),
-    ("munmap", 10, false),
-    ("mremap", 11, true),
+/// enum memleak_func in memleak.h: (name, cookie).
+const FUNCS: &[(&str, u64)] = &[
+    ("malloc", 0),
+    ("calloc", 1),
+    ("realloc", 2),
+    ("free", 3),
+    ("posix_memalign", 4),
+    ("memalign", 5),
+    ("aligned_alloc", 6),
+    ("valloc", 7),
+    ("pvalloc", 8),
+    ("mmap", 9),
+    ("munmap", 10),
+    ("mremap", 11),
 ];
 
 const MAX_DEPTH: usize = 127;
@@ -155,12 +155,12 @@ fn find_libc(pid: Option<u32>) -> Result<PathBuf> {
         .context("no libc in the target's mappings: name the allocator library with -O")
 }
 
-/// File offsets of the allocator functions in `object`; those it lacks are skipped.
-fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(String, u64, u64, bool)>> {
+/// (name, file offset, cookie) of the allocator functions in `object`; those it lacks are skipped.
+fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(String, u64, u64)>> {
     let inspector = Inspector::new();
     let names: Vec<String> = FUNCS
         .iter()
-        .map(|(n, _, _)| format!("{prefix}{n}"))
+        .map(|(n, _)| format!("{prefix}{n}"))
         .collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut elf = Elf::new(object);
@@ -170,9 +170,9 @@ fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(String, u64, u6
         .with_context(|| format!("reading the symbols of {}", object.display()))?;
     let mut functions = Vec::new();
     let mut missing = Vec::new();
-    for ((name, syms), &(_, cookie, allocates)) in names.iter().zip(found).zip(FUNCS) {
+    for ((name, syms), &(_, cookie)) in names.iter().zip(found).zip(FUNCS) {
         match syms.iter().find_map(|s| s.file_offset) {
-            Some(offset) => functions.push((name.clone(), offset, cookie, allocates)),
+            Some(offset) => functions.push((name.clone(), offset, cookie)),
             None => missing.push(name.clone()),
         }
     }
@@ -237,24 +237,19 @@ pub fn run(args: Args) -> Result<i32> {
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
 
-    // One link for every entry, one for every return: each uprobe link takes
+    // One session link for every function: each single uprobe link takes
     // ~0.1 s to remove here, a multi link ~20-35 ms.
-    let attach = |prog: &libbpf_rs::ProgramMut<'_>, retprobe: bool| -> Result<libbpf_rs::Link> {
-        let chosen: Vec<_> = functions
-            .iter()
-            .filter(|(_, _, _, allocates)| !retprobe || *allocates)
-            .collect();
-        let opts = UprobeMultiOpts {
-            offsets: chosen.iter().map(|f| f.1 as usize).collect(),
-            cookies: chosen.iter().map(|f| f.2).collect(),
-            retprobe,
-            ..Default::default()
-        };
-        prog.attach_uprobe_multi_with_opts(pid, &object, "", opts)
-            .with_context(|| format!("attaching uprobes to {}", object.display()))
+    let opts = UprobeMultiOpts {
+        offsets: functions.iter().map(|f| f.1 as usize).collect(),
+        cookies: functions.iter().map(|f| f.2).collect(),
+        session: true,
+        ..Default::default()
     };
-    let _entries = attach(&skel.progs.memleak_entry, false)?;
-    let _returns = attach(&skel.progs.memleak_return, true)?;
+    let _link = skel
+        .progs
+        .memleak_call
+        .attach_uprobe_multi_with_opts(pid, &object, "", opts)
+        .with_context(|| format!("attaching uprobes to {}", object.display()))?;
 
     let symbolizer = RefCell::new(StackSymbolizer::new(false));
     let mut builder = RingBufferBuilder::new();

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""memleak's overhead on a malloc/free storm, against no tracing and bpftrace.
+
+Workload: tests/fixtures/leaker.c `storm N`, N malloc(64)+free pairs. Interleaved
+runs, whole-process wall time (tracer start and exit included, as a user
+waits for them): untraced; a bpftrace script doing memleak's bookkeeping (uprobe
+malloc, uretprobe malloc, uprobe free, a map of live addresses); `memleak --`;
+`memleak -s 10 --`. Also `memleak -- true`: start, attach, detach, exit.
+Run as root. Prints medians and ratios.
+
+Usage: bench/memleak_bench.py [--runs N] [--pairs N] [--memtrace PATH]
+"""
+import argparse
+import functools
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+print = functools.partial(print, flush=True)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def libc_path():
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and os.path.basename(fields[5]).startswith("libc.so"):
+                return fields[5]
+    raise SystemExit("no libc in /proc/self/maps")
+
+
+def timed(cmd):
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=200_000)
+    ap.add_argument("--memtrace", default=os.path.join(ROOT, "target/release/memtrace"))
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="memtrace-memleak-bench-")
+    leaker = os.path.join(tmp, "leaker")
+    subprocess.run(["cc", "-O2", "-fno-omit-frame-pointer", "-o", leaker,
+                    os.path.join(ROOT, "tests/fixtures/leaker.c")], check=True)
+    storm = [leaker, "storm", str(args.pairs)]
+    libc = libc_path()
+    script = f"""
+uprobe:{libc}:malloc /pid == cpid/ {{ @size[tid] = arg0; }}
+uretprobe:{libc}:malloc /pid == cpid && @size[tid]/ {{ @live[retval] = @size[tid]; delete(@size[tid]); }}
+uprobe:{libc}:free /pid == cpid/ {{ delete(@live[arg0]); }}
+END {{ clear(@size); clear(@live); }}
+"""
+    configs = [("untraced", storm)]
+    if shutil.which("bpftrace"):
+        configs.append(("bpftrace malloc/free bookkeeping", ["bpftrace", "-e", script, "-c", " ".join(storm)]))
+    configs += [
+        ("memleak", [args.memtrace, "memleak", "--"] + storm),
+        ("memleak -s 10", [args.memtrace, "memleak", "-s", "10", "--"] + storm),
+    ]
+    times = {name: [] for name, _ in configs}
+    print(f"# {args.pairs} malloc(64)+free pairs, {args.runs} interleaved runs, whole-process wall time")
+    for _ in range(args.runs):
+        for name, cmd in configs:
+            times[name].append(timed(cmd))
+    base = statistics.median(times["untraced"])
+    for name, samples in times.items():
+        med = statistics.median(samples)
+        print(f"{name:36} {med:8.3f} s  {med / base:7.1f}x untraced")
+    if "bpftrace malloc/free bookkeeping" in times:
+        bt = statistics.median(times["bpftrace malloc/free bookkeeping"])
+        for name in ("memleak", "memleak -s 10"):
+            print(f"{name:36} {statistics.median(times[name]) / bt:5.2f}x bpftrace")
+    true_runs = [timed([args.memtrace, "memleak", "--", "true"]) for _ in range(args.runs * 2)]
+    print(f"\nmemleak -- true: median {statistics.median(true_runs) * 1000:.0f} ms, max {max(true_runs) * 1000:.0f} ms")
+    shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -156,8 +156,22 @@ impl StackSymbolizer {
             .collect()
     }
 
-    /// Kernel frames, leaf first, from /proc/kallsyms.
+    /// Kernel frames, leaf first, from /proc/kallsyms; the tracing program's
+    /// own frames (bpf_prog_*, bpf_trace_run*) are left out.
     pub fn kernel_frames(&self, ips: &[u64]) -> Vec<String> {
+        let frames = self.kernel_frames_all(ips);
+        let own = frames
+            .iter()
+            .take_while(|f| {
+                f.starts_with("bpf_prog_")
+                    || f.starts_with("bpf_trace_run")
+                    || f.starts_with("__bpf_trace_")
+            })
+            .count();
+        frames[own..].to_vec()
+    }
+
+    fn kernel_frames_all(&self, ips: &[u64]) -> Vec<String> {
         let kernel = Kernel {
             vmlinux: MaybeDefault::None,
             ..Kernel::default()

@@ -123,3 +123,49 @@ fn text_report_as_the_originals() {
         lines[2]
     );
 }
+
+#[test]
+fn kernel_mode_sees_pipe_buffers_held_and_released() {
+    if !root_tests_enabled() {
+        return;
+    }
+    // 64 pipes holding a byte each: a pipe buffer page apiece, held 1.2 s, then closed
+    let holder = fixture("holder");
+    let finished = run(&[
+        "memleak",
+        "--kernel",
+        "--json",
+        "-o",
+        "0",
+        "-T",
+        "1000",
+        "0.4",
+        "--",
+        holder.to_str().unwrap(),
+        "pipes",
+        "64",
+        "1200",
+    ]);
+    finished.assert_success();
+    // bytes from stacks through anon_pipe_write, per report (reports share a time_ns)
+    let mut reports: Vec<(u64, u64)> = Vec::new();
+    for row in finished.json() {
+        let time = row["time_ns"].as_u64().unwrap();
+        if reports.last().is_none_or(|(t, _)| *t != time) {
+            reports.push((time, 0));
+        }
+        if frames(&row)
+            .iter()
+            .any(|f| f.starts_with("anon_pipe_write+"))
+        {
+            reports.last_mut().unwrap().1 += row["bytes"].as_u64().unwrap();
+        }
+    }
+    let held = reports.iter().map(|(_, b)| *b).max().unwrap_or(0);
+    assert_eq!(held, 64 * 4096, "{reports:?}\n{}", finished.stdout);
+    assert_eq!(
+        reports.last().unwrap().1,
+        0,
+        "released pipes still outstanding: {reports:?}"
+    );
+}

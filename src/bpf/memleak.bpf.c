@@ -206,3 +206,84 @@ int memleak_call(struct pt_regs *ctx)
 		return on_return(ctx);
 	return on_entry(ctx);
 }
+
+/*
+ * Kernel mode: the kmem (and with --percpu, percpu) tracepoints, as BTF
+ * tracepoints (no tracefs, no perf buffer). With -p or a command, only
+ * allocations made while that process runs are kept.
+ */
+static __always_inline int kernel_alloc(void *ctx, __u64 addr, __u64 size)
+{
+	struct memleak_alloc a;
+
+	if (!addr || !memtrace_wanted() || size < min_size || (max_size && size > max_size))
+		return 0;
+	if (sample_rate > 1 && bpf_ktime_get_ns() % sample_rate != 0)
+		return 0;
+	a.size = size;
+	a.time_ns = bpf_ktime_get_ns();
+	a.tgid = bpf_get_current_pid_tgid() >> 32;
+	a.stack_id = bpf_get_stackid(ctx, &stacks, 0);
+	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY)) {
+		memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+		return 0;
+	}
+	account(a.stack_id, size, 1);
+	return 0;
+}
+
+SEC("tp_btf/kmalloc")
+int BPF_PROG(memleak_kmalloc, unsigned long call_site, const void *ptr, size_t bytes_req,
+	     size_t bytes_alloc, gfp_t gfp_flags, int node)
+{
+	return kernel_alloc(ctx, (__u64)ptr, bytes_req);
+}
+
+SEC("tp_btf/kmem_cache_alloc")
+int BPF_PROG(memleak_kmem_cache_alloc, unsigned long call_site, const void *ptr,
+	     struct kmem_cache *s, gfp_t gfp_flags, int node)
+{
+	return kernel_alloc(ctx, (__u64)ptr, BPF_CORE_READ(s, object_size));
+}
+
+SEC("tp_btf/mm_page_alloc")
+int BPF_PROG(memleak_page_alloc, struct page *page, unsigned int order, gfp_t gfp_flags,
+	     int migratetype)
+{
+	return kernel_alloc(ctx, (__u64)page, (__u64)4096 << order);
+}
+
+SEC("tp_btf/percpu_alloc_percpu")
+int BPF_PROG(memleak_percpu_alloc, unsigned long call_site, bool reserved, bool is_atomic,
+	     size_t size, size_t align, void *base_addr, int off, void *ptr)
+{
+	return kernel_alloc(ctx, (__u64)ptr, size);
+}
+
+SEC("tp_btf/kfree")
+int BPF_PROG(memleak_kfree, unsigned long call_site, const void *ptr)
+{
+	forget((__u64)ptr);
+	return 0;
+}
+
+SEC("tp_btf/kmem_cache_free")
+int BPF_PROG(memleak_kmem_cache_free, unsigned long call_site, const void *ptr)
+{
+	forget((__u64)ptr);
+	return 0;
+}
+
+SEC("tp_btf/mm_page_free")
+int BPF_PROG(memleak_page_free, struct page *page, unsigned int order)
+{
+	forget((__u64)page);
+	return 0;
+}
+
+SEC("tp_btf/percpu_free_percpu")
+int BPF_PROG(memleak_percpu_free, void *base_addr, int off, void *ptr)
+{
+	forget((__u64)ptr);
+	return 0;
+}

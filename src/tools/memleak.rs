@@ -1,6 +1,6 @@
 //! memleak: outstanding allocations by stack. User mode (`-p PID`,
-//! `-- COMMAND`): uprobes on the allocator, two multi-uprobe links in all.
-//! Kernel mode is not built yet.
+//! `-- COMMAND`): uprobes on the allocator, one multi-uprobe session link.
+//! Kernel mode (no process given, or --kernel): the kmem tracepoints.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -69,9 +69,8 @@ Examples:
   memleak -s 10 -p 181      # trace one allocation in 10: cheaper
   memleak -- ./app          # run ./app; the report after it exits is symbolized")]
 pub struct Args {
-    #[command(flatten)]
-    pub common: CommonArgs,
-
+    // The positionals come before the shared options, so that the `-- COMMAND`
+    // positional among those stays the last one, as clap requires.
     /// Seconds between reports
     #[arg(value_name = "INTERVAL", value_parser = parse_seconds, default_value = "5")]
     pub interval: Duration,
@@ -79,6 +78,9 @@ pub struct Args {
     /// Number of reports (default: until the end of the trace)
     #[arg(value_name = "COUNT")]
     pub count: Option<u64>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
 
     /// Show each outstanding allocation's address and size too
     #[arg(short = 'a', long)]
@@ -120,6 +122,15 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_allocs: u32,
 
+    /// Kernel allocations (the default without -p or a command); with -p or a
+    /// command, those made while that process runs
+    #[arg(long)]
+    pub kernel: bool,
+
+    /// Kernel mode: per-CPU allocations too
+    #[arg(long)]
+    pub percpu: bool,
+
     /// The allocator library (default: the target's libc)
     #[arg(short = 'O', long = "obj", value_name = "OBJ")]
     pub object: Option<PathBuf>,
@@ -158,10 +169,7 @@ fn find_libc(pid: Option<u32>) -> Result<PathBuf> {
 /// (name, file offset, cookie) of the allocator functions in `object`; those it lacks are skipped.
 fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(String, u64, u64)>> {
     let inspector = Inspector::new();
-    let names: Vec<String> = FUNCS
-        .iter()
-        .map(|(n, _)| format!("{prefix}{n}"))
-        .collect();
+    let names: Vec<String> = FUNCS.iter().map(|(n, _)| format!("{prefix}{n}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut elf = Elf::new(object);
     elf.debug_syms = false; // the ELF symbol tables (.dynsym is all Debian's libc has)
@@ -189,18 +197,34 @@ fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(String, u64, u6
     Ok(functions)
 }
 
+/// The kernel-mode programs: (name, needs --percpu).
+const KERNEL_PROGRAMS: &[(&str, bool)] = &[
+    ("memleak_kmalloc", false),
+    ("memleak_kmem_cache_alloc", false),
+    ("memleak_page_alloc", false),
+    ("memleak_kfree", false),
+    ("memleak_kmem_cache_free", false),
+    ("memleak_page_free", false),
+    ("memleak_percpu_alloc", true),
+    ("memleak_percpu_free", true),
+];
+
 pub fn run(args: Args) -> Result<i32> {
-    if args.common.pids.is_empty() && args.common.command.is_empty() {
-        bail!("kernel mode (no -p and no command) is not available yet: give -p PID or -- COMMAND");
+    let kernel_mode =
+        args.kernel || (args.common.pids.is_empty() && args.common.command.is_empty());
+    if !kernel_mode && args.common.pids.len() > 1 {
+        bail!("memleak traces one process in user mode: give -p once");
     }
-    if args.common.pids.len() > 1 {
-        bail!("memleak traces one process: give -p once");
-    }
-    let object = match &args.object {
-        Some(path) => path.clone(),
-        None => find_libc(args.common.pids.first().copied())?,
+    let user = if kernel_mode {
+        None
+    } else {
+        let object = match &args.object {
+            Some(path) => path.clone(),
+            None => find_libc(args.common.pids.first().copied())?,
+        };
+        let functions = resolve_functions(&object, &args.symbols_prefix)?;
+        Some((object, functions))
     };
-    let functions = resolve_functions(&object, &args.symbols_prefix)?;
     let (target, filter) = skel::prepare(&args.common)?;
     let pid = match &target {
         Target::Pids(pids) => pids[0] as i32,
@@ -223,7 +247,13 @@ pub fn run(args: Args) -> Result<i32> {
         rodata.max_size = args.max_size.unwrap_or(0);
         rodata.sample_rate = args.sample_rate.max(1);
     }
-    skel::choose_common_programs(open.open_object_mut(), &filter)?;
+    let object = open.open_object_mut();
+    skel::choose_common_programs(object, &filter)?;
+    skel::set_autoload(object, "memleak_call", !kernel_mode)?;
+    skel::set_autoload(object, "exitmaps_send_mappings", !kernel_mode)?;
+    for (prog, percpu) in KERNEL_PROGRAMS {
+        skel::set_autoload(object, prog, kernel_mode && (!percpu || args.percpu))?;
+    }
     open.maps
         .stacks
         .set_max_entries(args.stack_storage_size.max(1))
@@ -239,17 +269,23 @@ pub fn run(args: Args) -> Result<i32> {
 
     // One session link for every function: each single uprobe link takes
     // ~0.1 s to remove here, a multi link ~20-35 ms.
-    let opts = UprobeMultiOpts {
-        offsets: functions.iter().map(|f| f.1 as usize).collect(),
-        cookies: functions.iter().map(|f| f.2).collect(),
-        session: true,
-        ..Default::default()
+    let _link = match &user {
+        Some((object, functions)) => {
+            let opts = UprobeMultiOpts {
+                offsets: functions.iter().map(|f| f.1 as usize).collect(),
+                cookies: functions.iter().map(|f| f.2).collect(),
+                session: true,
+                ..Default::default()
+            };
+            let link = skel
+                .progs
+                .memleak_call
+                .attach_uprobe_multi_with_opts(pid, object, "", opts)
+                .with_context(|| format!("attaching uprobes to {}", object.display()))?;
+            Some(link)
+        }
+        None => None,
     };
-    let _link = skel
-        .progs
-        .memleak_call
-        .attach_uprobe_multi_with_opts(pid, &object, "", opts)
-        .with_context(|| format!("attaching uprobes to {}", object.display()))?;
 
     let symbolizer = RefCell::new(StackSymbolizer::new(false));
     let mut builder = RingBufferBuilder::new();
@@ -260,12 +296,12 @@ pub fn run(args: Args) -> Result<i32> {
     let ring = builder.build().context("setting up the ring buffer")?;
 
     let mut out = Output::new(args.common.json);
-    let mut session = Session::start(
-        target,
-        args.common.duration,
-        Some(args.interval),
-        "allocations",
-    )?;
+    let what = if kernel_mode {
+        "kernel allocations"
+    } else {
+        "allocations"
+    };
+    let mut session = Session::start(target, args.common.duration, Some(args.interval), what)?;
     session.max_reports = args.count;
     let mut lost_stacks = false;
     let mut report = |out: &mut Output| -> Result<()> {
@@ -276,12 +312,22 @@ pub fn run(args: Args) -> Result<i32> {
         };
         let mut symbolizer = symbolizer.borrow_mut();
         symbolizer.refresh();
+        let frames = |symbolizer: &mut StackSymbolizer, id: i32, lost: &mut bool| {
+            stack_frames(
+                symbolizer,
+                &skel.maps.stacks,
+                kernel_mode,
+                pid as u32,
+                id,
+                lost,
+            )
+        };
         print_report(
             out,
             &args,
             &mut symbolizer,
-            &skel.maps.stacks,
-            pid as u32,
+            frames,
+            pid,
             rows,
             &mut lost_stacks,
         )?;
@@ -371,6 +417,7 @@ fn combined_rows(combined: &dyn MapCore) -> Result<HashMap<i32, StackRow>> {
 fn stack_frames(
     symbolizer: &mut StackSymbolizer,
     stacks: &dyn MapCore,
+    kernel: bool,
     pid: u32,
     id: i32,
     lost: &mut bool,
@@ -388,16 +435,19 @@ fn stack_frames(
         .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
         .take_while(|&ip| ip != 0)
         .collect();
-    symbolizer.user_frames(pid, &ips)
+    if kernel {
+        symbolizer.kernel_frames(&ips)
+    } else {
+        symbolizer.user_frames(pid, &ips)
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn print_report(
     out: &mut Output,
     args: &Args,
     symbolizer: &mut StackSymbolizer,
-    stacks: &dyn MapCore,
-    pid: u32,
+    frames: impl Fn(&mut StackSymbolizer, i32, &mut bool) -> Vec<String>,
+    pid: i32,
     rows: HashMap<i32, StackRow>,
     lost: &mut bool,
 ) -> Result<()> {
@@ -415,10 +465,10 @@ fn print_report(
         for (id, row) in &rows {
             out.json_line(&json!({
                 "time_ns": time_ns,
-                "pid": pid,
+                "pid": (pid > 0).then_some(pid),
                 "bytes": row.bytes,
                 "allocations": row.allocs,
-                "stack": stack_frames(symbolizer, stacks, pid, *id, lost),
+                "stack": frames(symbolizer, *id, lost),
             }))?;
         }
         return Ok(());
@@ -438,7 +488,7 @@ fn print_report(
             "\t{} bytes in {} allocations from stack",
             row.bytes, row.allocs
         ))?;
-        for frame in stack_frames(symbolizer, stacks, pid, *id, lost) {
+        for frame in frames(symbolizer, *id, lost) {
             out.line(&format!("\t\t{frame}"))?;
         }
     }

@@ -5,6 +5,7 @@ mod cli;
 mod decode;
 mod events;
 mod faultcount;
+mod flame;
 mod kernel;
 mod output;
 mod perf;

@@ -169,3 +169,180 @@ fn kernel_mode_sees_pipe_buffers_held_and_released() {
         "released pipes still outstanding: {reports:?}"
     );
 }
+
+/// Protocol-buffer fields of a message: (field number, varint or bytes).
+fn proto_fields(mut data: &[u8]) -> Vec<(u64, Result<u64, Vec<u8>>)> {
+    fn varint(data: &mut &[u8]) -> u64 {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = data[0];
+            *data = &data[1..];
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        value
+    }
+    let mut fields = Vec::new();
+    while !data.is_empty() {
+        let key = varint(&mut data);
+        match key & 7 {
+            0 => fields.push((key >> 3, Ok(varint(&mut data)))),
+            2 => {
+                let len = varint(&mut data) as usize;
+                fields.push((key >> 3, Err(data[..len].to_vec())));
+                data = &data[len..];
+            }
+            other => panic!("wire type {other} not expected in a profile"),
+        }
+    }
+    fields
+}
+
+fn packed(data: &[u8]) -> Vec<u64> {
+    let mut values = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = rest[0];
+            rest = &rest[1..];
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        values.push(value);
+    }
+    values
+}
+
+#[test]
+fn pprof_folded_and_svg_outputs() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let leaker = fixture("leaker");
+    let profile = temp_path("memleak.pb.gz");
+    let svg = temp_path("memleak.svg");
+    let finished = run(&[
+        "memleak",
+        "-o",
+        "0",
+        "--folded",
+        "--pprof",
+        profile.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+        "--",
+        leaker.to_str().unwrap(),
+        "malloc",
+    ]);
+    finished.assert_success();
+    // folded: outermost frame first, the leak site last, then the bytes
+    let line = finished
+        .stdout
+        .lines()
+        .find(|l| l.contains("leak_with"))
+        .unwrap();
+    let (stack, bytes) = line.rsplit_once(' ').unwrap();
+    assert_eq!(bytes, "30000");
+    assert!(
+        stack
+            .split(';')
+            .next_back()
+            .unwrap()
+            .starts_with("leak_with+"),
+        "{stack}"
+    );
+
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<?xml") && svg_text.trim_end().ends_with("</svg>"));
+    assert!(svg_text.contains("leak_with"));
+
+    // the profile: gzip, then profile.proto
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(&profile).unwrap()),
+        &mut raw,
+    )
+    .unwrap();
+    let fields = proto_fields(&raw);
+    let strings: Vec<String> = fields
+        .iter()
+        .filter(|(n, _)| *n == 6)
+        .map(|(_, v)| String::from_utf8(v.clone().unwrap_err()).unwrap())
+        .collect();
+    assert_eq!(strings[0], "", "string_table[0] must be empty");
+    let sample_types: Vec<(String, String)> = fields
+        .iter()
+        .filter(|(n, _)| *n == 1)
+        .map(|(_, v)| {
+            let vt = proto_fields(&v.clone().unwrap_err());
+            let s = |i: usize| strings[*vt[i].1.as_ref().unwrap() as usize].clone();
+            (s(0), s(1))
+        })
+        .collect();
+    assert_eq!(
+        sample_types,
+        [
+            ("inuse_space".to_string(), "bytes".to_string()),
+            ("inuse_objects".to_string(), "count".to_string())
+        ]
+    );
+    // function id -> name
+    let mut functions = std::collections::HashMap::new();
+    for (_, v) in fields.iter().filter(|(n, _)| *n == 5) {
+        let f = proto_fields(&v.clone().unwrap_err());
+        let id = *f.iter().find(|(n, _)| *n == 1).unwrap().1.as_ref().unwrap();
+        let name = *f.iter().find(|(n, _)| *n == 2).unwrap().1.as_ref().unwrap();
+        functions.insert(id, strings[name as usize].clone());
+    }
+    // location id -> the function of its (first) line
+    let mut locations_fn = std::collections::HashMap::new();
+    for (_, v) in fields.iter().filter(|(n, _)| *n == 4) {
+        let l = proto_fields(&v.clone().unwrap_err());
+        let id = *l.iter().find(|(n, _)| *n == 1).unwrap().1.as_ref().unwrap();
+        let line = proto_fields(
+            &l.iter()
+                .find(|(n, _)| *n == 4)
+                .unwrap()
+                .1
+                .clone()
+                .unwrap_err(),
+        );
+        locations_fn.insert(id, *line[0].1.as_ref().unwrap());
+    }
+    let (mut space, mut objects, mut leak_space) = (0, 0, 0);
+    for (_, v) in fields.iter().filter(|(n, _)| *n == 2) {
+        let sample = proto_fields(&v.clone().unwrap_err());
+        let locations = packed(
+            &sample
+                .iter()
+                .find(|(n, _)| *n == 1)
+                .unwrap()
+                .1
+                .clone()
+                .unwrap_err(),
+        );
+        let values = packed(
+            &sample
+                .iter()
+                .find(|(n, _)| *n == 2)
+                .unwrap()
+                .1
+                .clone()
+                .unwrap_err(),
+        );
+        space += values[0];
+        objects += values[1];
+        // the leaf location comes first
+        if functions[&locations_fn[&locations[0]]].starts_with("leak_with+") {
+            leak_space += values[0];
+        }
+    }
+    assert_eq!((space, objects, leak_space), (30000, 1, 30000));
+    let _ = std::fs::remove_file(profile);
+    let _ = std::fs::remove_file(svg);
+}

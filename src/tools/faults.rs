@@ -142,7 +142,7 @@ pub fn run(args: Args) -> Result<i32> {
     report(&mut out)?;
     drop(ring);
     if let Some(path) = &args.svg {
-        write_svg(path, &whole_trace)?;
+        crate::flame::write_svg(path, "Page faults by stack", "faults", &whole_trace)?;
     }
     if lost_stacks > 0 {
         eprintln!("faults: the stacks of {lost_stacks} faults were lost: the stack map was full or colliding (raise --stack-storage-size)");
@@ -312,22 +312,4 @@ fn print_report(out: &mut Output, args: &Args, mut rows: Vec<Row>) -> Result<()>
         ))?;
     }
     Ok(())
-}
-
-fn write_svg(path: &PathBuf, folded: &HashMap<Vec<String>, u64>) -> Result<()> {
-    let lines: Vec<String> = folded
-        .iter()
-        .map(|(frames, count)| format!("{} {count}", frames.join(";")))
-        .collect();
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut options = inferno::flamegraph::Options::default();
-    options.title = "Page faults by stack".into();
-    options.count_name = "faults".into();
-    inferno::flamegraph::from_lines(
-        &mut options,
-        lines.iter().map(String::as_str),
-        std::io::BufWriter::new(file),
-    )
-    .with_context(|| format!("writing the flame graph {}", path.display()))
 }

@@ -114,6 +114,19 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = SortBy::Size)]
     pub sort: SortBy,
 
+    /// Print folded stacks (`outer;...;inner bytes`) instead of the report
+    #[arg(long, conflicts_with = "json")]
+    pub folded: bool,
+
+    /// At the end, write a flame graph of the outstanding bytes to FILE (SVG)
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
+    /// At the end, write the outstanding allocations to FILE as a gzipped pprof
+    /// profile (inuse_space, inuse_objects)
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+
     /// Distinct stacks the kernel can hold; raise it if stacks are lost
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub stack_storage_size: u32,
@@ -337,6 +350,29 @@ pub fn run(args: Args) -> Result<i32> {
     if stop != crate::events::Stop::Reports {
         report(&mut out)?;
     }
+    if args.svg.is_some() || args.pprof.is_some() {
+        let rows = if args.combined_only {
+            combined_rows(&skel.maps.combined)?
+        } else {
+            outstanding_rows(&skel.maps.allocs, args.older)?
+        };
+        let mut symbolizer = symbolizer.borrow_mut();
+        let profile: Vec<(Vec<String>, u64, u64)> = rows
+            .iter()
+            .map(|(id, row)| {
+                let frames = stack_frames(
+                    &mut symbolizer,
+                    &skel.maps.stacks,
+                    kernel_mode,
+                    pid as u32,
+                    *id,
+                    &mut lost_stacks,
+                );
+                (frames, row.bytes, row.allocs)
+            })
+            .collect();
+        write_profiles(&args, &profile)?;
+    }
     drop(ring);
     if lost_stacks {
         eprintln!("memleak: some stacks were lost: the stack map was full or colliding (raise --stack-storage-size)");
@@ -350,6 +386,33 @@ pub fn run(args: Args) -> Result<i32> {
         )],
     )?;
     Ok(session.exit_code(stop))
+}
+
+/// --svg and --pprof: the outstanding allocations at the end, by stack (frames innermost first).
+fn write_profiles(args: &Args, stacks: &[(Vec<String>, u64, u64)]) -> Result<()> {
+    if let Some(path) = &args.svg {
+        let mut folded: HashMap<Vec<String>, u64> = HashMap::new();
+        for (frames, bytes, _) in stacks {
+            let outermost_first: Vec<String> = frames.iter().rev().cloned().collect();
+            *folded.entry(outermost_first).or_default() += bytes;
+        }
+        crate::flame::write_svg(path, "Outstanding allocations", "bytes", &folded)?;
+    }
+    if let Some(path) = &args.pprof {
+        let samples: Vec<crate::flame::Sample> = stacks
+            .iter()
+            .map(|(frames, bytes, allocs)| crate::flame::Sample {
+                frames: frames.clone(),
+                values: vec![*bytes, *allocs],
+            })
+            .collect();
+        crate::flame::write_pprof(
+            path,
+            &[("inuse_space", "bytes"), ("inuse_objects", "count")],
+            &samples,
+        )?;
+    }
+    Ok(())
 }
 
 /// Outstanding bytes and allocations of one stack, and its allocations for -a.
@@ -470,6 +533,14 @@ fn print_report(
                 "allocations": row.allocs,
                 "stack": frames(symbolizer, *id, lost),
             }))?;
+        }
+        return Ok(());
+    }
+    if args.folded {
+        for (id, row) in &rows {
+            let mut stack = frames(symbolizer, *id, lost);
+            stack.reverse();
+            out.line(&crate::flame::folded_line(&stack, row.bytes))?;
         }
         return Ok(());
     }

@@ -346,3 +346,34 @@ fn pprof_folded_and_svg_outputs() {
     let _ = std::fs::remove_file(profile);
     let _ = std::fs::remove_file(svg);
 }
+
+#[test]
+fn trace_shows_each_allocation_and_free() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let leaker = fixture("leaker");
+    let finished = run(&[
+        "memleak",
+        "-t",
+        "--json",
+        "-o",
+        "0",
+        "--",
+        leaker.to_str().unwrap(),
+        "malloc",
+    ]);
+    finished.assert_success();
+    let events: Vec<Value> = finished
+        .json()
+        .into_iter()
+        .filter(|e| e.get("event").is_some())
+        .collect();
+    let of = |kind: &'static str| events.iter().filter(move |e| e["event"] == kind);
+    // churn(): 100 rounds of malloc, calloc, realloc(NULL), realloc (a free and an
+    // alloc), and three frees; then the leak: one more allocation
+    assert_eq!(of("alloc").count(), 401, "{events:?}");
+    assert_eq!(of("free").count(), 400, "{events:?}");
+    let bytes = |kind: &'static str| of(kind).map(|e| e["size"].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(bytes("alloc") - bytes("free"), 30000);
+}

@@ -16,6 +16,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u64 min_size = 0;    /* -z: 0 = no minimum */
 const volatile __u64 max_size = 0;    /* -Z: 0 = no maximum */
 const volatile __u32 sample_rate = 1; /* -s: trace one allocation in N */
+const volatile bool trace_all = false; /* -t: send each allocation and free */
 
 /* A call in flight on a thread, from entry to return. */
 struct memleak_call {
@@ -54,6 +55,35 @@ struct {
 	__uint(value_size, MEMLEAK_MAX_DEPTH * sizeof(__u64));
 } stacks SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+} trace_events SEC(".maps");
+
+/* Puts struct memleak_event into the skeleton's generated types (ring buffers have no value type). */
+struct memleak_event memleak_event_layout = {};
+
+static __always_inline void trace_event(__u64 addr, __u64 size, __s32 stack_id, __u32 is_free)
+{
+	struct memleak_event *e;
+	__u64 id = bpf_get_current_pid_tgid();
+
+	e = bpf_ringbuf_reserve(&trace_events, sizeof(*e), 0);
+	if (!e) {
+		memtrace_count_drop(MEMTRACE_DROP_RINGBUF);
+		return;
+	}
+	e->time_ns = bpf_ktime_get_ns();
+	e->addr = addr;
+	e->size = size;
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->is_free = is_free;
+	e->stack_id = stack_id;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
 static __always_inline void account(__s32 stack_id, __s64 bytes, __s64 count)
 {
 	struct memleak_combined *c = bpf_map_lookup_elem(&combined, &stack_id);
@@ -80,6 +110,8 @@ static __always_inline void forget(__u64 addr)
 	if (!a)
 		return;
 	account(a->stack_id, -(__s64)a->size, -1);
+	if (trace_all)
+		trace_event(addr, a->size, a->stack_id, 1);
 	bpf_map_delete_elem(&allocs, &addr);
 }
 
@@ -96,6 +128,8 @@ static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size
 		return;
 	}
 	account(a.stack_id, size, 1);
+	if (trace_all)
+		trace_event(addr, size, a.stack_id, 0);
 	exitmaps_note_owner(a.tgid);
 }
 
@@ -229,6 +263,8 @@ static __always_inline int kernel_alloc(void *ctx, __u64 addr, __u64 size)
 		return 0;
 	}
 	account(a.stack_id, size, 1);
+	if (trace_all)
+		trace_event(addr, size, a.stack_id, 0);
 	return 0;
 }
 

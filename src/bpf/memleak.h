@@ -31,6 +31,18 @@ struct memleak_alloc {
 	__u32 tgid;
 };
 
+/* -t: one allocation or free, as it happens. */
+struct memleak_event {
+	__u64 time_ns;
+	__u64 addr;
+	__u64 size;
+	__u32 pid;
+	__u32 tid;
+	__u32 is_free;
+	__s32 stack_id;
+	char comm[MEMTRACE_COMM_LEN];
+};
+
 /* Outstanding bytes and allocations by stack (--combined-only). */
 struct memleak_combined {
 	__u64 bytes;

@@ -24,7 +24,7 @@ use crate::target::Target;
 use crate::{kernel, set_filter_rodata, skel};
 
 crate::bpf_skeleton!("memleak");
-use bpf::types::{exitmaps_mapping, memleak_alloc, memleak_combined};
+use bpf::types::{exitmaps_mapping, memleak_alloc, memleak_combined, memleak_event};
 use bpf::MemleakSkelBuilder;
 
 // SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
@@ -33,6 +33,8 @@ unsafe impl plain::Plain for exitmaps_mapping {}
 unsafe impl plain::Plain for memleak_alloc {}
 // SAFETY: as above.
 unsafe impl plain::Plain for memleak_combined {}
+// SAFETY: as above.
+unsafe impl plain::Plain for memleak_event {}
 
 pub const ABOUT: &str =
     "Show outstanding allocations by stack: memory that was allocated and not freed";
@@ -81,6 +83,10 @@ pub struct Args {
 
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Print each allocation and free as it happens
+    #[arg(short = 't', long)]
+    pub trace: bool,
 
     /// Show each outstanding allocation's address and size too
     #[arg(short = 'a', long)]
@@ -259,6 +265,7 @@ pub fn run(args: Args) -> Result<i32> {
         rodata.min_size = args.min_size.unwrap_or(0);
         rodata.max_size = args.max_size.unwrap_or(0);
         rodata.sample_rate = args.sample_rate.max(1);
+        rodata.trace_all = args.trace;
     }
     let object = open.open_object_mut();
     skel::choose_common_programs(object, &filter)?;
@@ -300,12 +307,30 @@ pub fn run(args: Args) -> Result<i32> {
         None => None,
     };
 
+    // declared before the ring buffer, whose callbacks borrow them
+    let traced = RefCell::new(Output::new(args.common.json));
+    let trace_error: RefCell<Option<anyhow::Error>> = RefCell::new(None);
     let symbolizer = RefCell::new(StackSymbolizer::new(false));
     let mut builder = RingBufferBuilder::new();
     builder.add(&skel.maps.mappings, |data| {
         crate::record_exit_mapping!(symbolizer.borrow_mut(), exitmaps_mapping, data);
         0
     })?;
+    if args.trace {
+        builder.add(&skel.maps.trace_events, |data| {
+            let mut event = memleak_event::default();
+            if plain::copy_from_bytes(&mut event, data).is_err() {
+                return 0;
+            }
+            match print_trace_event(&mut traced.borrow_mut(), &event) {
+                Ok(()) => 0,
+                Err(err) => {
+                    *trace_error.borrow_mut() = Some(err);
+                    -1
+                }
+            }
+        })?;
+    }
     let ring = builder.build().context("setting up the ring buffer")?;
 
     let mut out = Output::new(args.common.json);
@@ -346,7 +371,13 @@ pub fn run(args: Args) -> Result<i32> {
         )?;
         out.flush()
     };
-    let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
+    let after_batch = || -> Result<()> {
+        if let Some(err) = trace_error.borrow_mut().take() {
+            return Err(err);
+        }
+        traced.borrow_mut().flush()
+    };
+    let stop = session.run(Some(&ring), after_batch, || report(&mut out))?;
     if stop != crate::events::Stop::Reports {
         report(&mut out)?;
     }
@@ -386,6 +417,27 @@ pub fn run(args: Args) -> Result<i32> {
         )],
     )?;
     Ok(session.exit_code(stop))
+}
+
+/// -t: one line (or JSON object) per allocation or free.
+fn print_trace_event(out: &mut Output, e: &memleak_event) -> Result<()> {
+    let comm = crate::output::escape_c_chars(&e.comm);
+    let what = if e.is_free != 0 { "free" } else { "alloc" };
+    if out.json {
+        return out.json_line(&json!({
+            "time_ns": e.time_ns,
+            "event": what,
+            "pid": e.pid,
+            "tid": e.tid,
+            "comm": comm,
+            "addr": e.addr,
+            "size": e.size,
+        }));
+    }
+    out.line(&format!(
+        "{:<7} {:<7} {:<16} {what:<5} {:#x} {} bytes",
+        e.pid, e.tid, comm, e.addr, e.size
+    ))
 }
 
 /// --svg and --pprof: the outstanding allocations at the end, by stack (frames innermost first).

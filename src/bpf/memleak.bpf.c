@@ -17,6 +17,7 @@ const volatile __u64 min_size = 0;    /* -z: 0 = no minimum */
 const volatile __u64 max_size = 0;    /* -Z: 0 = no maximum */
 const volatile __u32 sample_rate = 1; /* -s: trace one allocation in N */
 const volatile bool trace_all = false; /* -t: send each allocation and free */
+const volatile bool wa_missing_free = false; /* an address allocated again was freed unseen */
 
 /* A call in flight on a thread, from entry to return. */
 struct memleak_call {
@@ -121,7 +122,11 @@ static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size
 
 	a.tgid = bpf_get_current_pid_tgid() >> 32;
 	a.stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-	/* NOEXIST: an allocator called inside another is counted once */
+	/* --wa-missing-free: the allocator handed out this address again, so its
+	 * earlier allocation was freed by a path we did not see */
+	if (wa_missing_free)
+		forget(addr);
+	/* NOEXIST: an address already outstanding keeps its first allocation */
 	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_NOEXIST)) {
 		if (!bpf_map_lookup_elem(&allocs, &addr))
 			memtrace_count_drop(MEMTRACE_DROP_COUNTS);

@@ -141,6 +141,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_allocs: u32,
 
+    /// Treat an address allocated again as freed (for allocators that free by
+    /// paths the probes don't see)
+    #[arg(long)]
+    pub wa_missing_free: bool,
+
     /// Kernel allocations (the default without -p or a command); with -p or a
     /// command, those made while that process runs
     #[arg(long)]
@@ -266,6 +271,7 @@ pub fn run(args: Args) -> Result<i32> {
         rodata.max_size = args.max_size.unwrap_or(0);
         rodata.sample_rate = args.sample_rate.max(1);
         rodata.trace_all = args.trace;
+        rodata.wa_missing_free = args.wa_missing_free;
     }
     let object = open.open_object_mut();
     skel::choose_common_programs(object, &filter)?;
@@ -342,12 +348,20 @@ pub fn run(args: Args) -> Result<i32> {
     let mut session = Session::start(target, args.common.duration, Some(args.interval), what)?;
     session.max_reports = args.count;
     let mut lost_stacks = false;
+    // outstanding allocations whose stack could not be stored, at the last report
+    let lost_allocs = std::cell::Cell::new(0u64);
     let mut report = |out: &mut Output| -> Result<()> {
         let rows = if args.combined_only {
             combined_rows(&skel.maps.combined)?
         } else {
             outstanding_rows(&skel.maps.allocs, args.older)?
         };
+        lost_allocs.set(
+            rows.iter()
+                .filter(|(id, _)| **id < 0 && (-**id == libc::EEXIST || -**id == libc::ENOMEM))
+                .map(|(_, row)| row.allocs)
+                .sum(),
+        );
         let mut symbolizer = symbolizer.borrow_mut();
         symbolizer.refresh();
         let frames = |symbolizer: &mut StackSymbolizer, id: i32, lost: &mut bool| {
@@ -406,7 +420,10 @@ pub fn run(args: Args) -> Result<i32> {
     }
     drop(ring);
     if lost_stacks {
-        eprintln!("memleak: some stacks were lost: the stack map was full or colliding (raise --stack-storage-size)");
+        eprintln!(
+            "memleak: the stacks of {} outstanding allocations were lost: the stack map was full or colliding (raise --stack-storage-size)",
+            lost_allocs.get()
+        );
     }
     skel::report_drops(
         "memleak",

@@ -377,3 +377,46 @@ fn trace_shows_each_allocation_and_free() {
     let bytes = |kind: &'static str| of(kind).map(|e| e["size"].as_u64().unwrap()).sum::<u64>();
     assert_eq!(bytes("alloc") - bytes("free"), 30000);
 }
+
+#[test]
+fn size_bounds_combined_totals_and_show_allocs() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let total = |rows: &[Value]| {
+        rows.iter()
+            .map(|r| r["bytes"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(total(&report(&["-o", "0", "-z", "30001"], &["malloc"])), 0);
+    assert_eq!(total(&report(&["-o", "0", "-Z", "29999"], &["malloc"])), 0);
+    assert_eq!(
+        total(&report(
+            &["-o", "0", "-z", "30000", "-Z", "30000"],
+            &["malloc"]
+        )),
+        30000
+    );
+    // the running totals by stack, kept in the kernel as allocations come and go
+    assert_eq!(total(&report(&["--combined-only"], &["malloc"])), 30000);
+
+    let leaker = fixture("leaker");
+    let finished = run(&[
+        "memleak",
+        "-a",
+        "-o",
+        "0",
+        "--",
+        leaker.to_str().unwrap(),
+        "malloc",
+    ]);
+    finished.assert_success();
+    assert!(
+        finished
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("\taddr = ") && l.ends_with(" size = 30000")),
+        "{}",
+        finished.stdout
+    );
+}

@@ -37,12 +37,18 @@ struct {
 	__type(value, __u64);
 } drop_counts SEC(".maps");
 
-static __always_inline void memtrace_count_drop(__u32 reason)
+/* Adds one to slot `index` of a per-CPU array of u64 (no atomics: the slot is this CPU's). */
+static __always_inline void memtrace_percpu_inc(void *map, __u32 index)
 {
-	__u64 *count = bpf_map_lookup_elem(&drop_counts, &reason);
+	__u64 *count = bpf_map_lookup_elem(map, &index);
 
 	if (count)
-		*count += 1; /* per-CPU slot: no atomics needed */
+		*count += 1;
+}
+
+static __always_inline void memtrace_count_drop(__u32 reason)
+{
+	memtrace_percpu_inc(&drop_counts, reason);
 }
 
 /* Should the current task be traced? The cheap tests come first. */

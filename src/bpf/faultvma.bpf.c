@@ -116,10 +116,7 @@ struct {
 
 static __always_inline void faultvma_stat(__u32 stat)
 {
-	__u64 *count = bpf_map_lookup_elem(&vma_stats, &stat);
-
-	if (count)
-		*count += 1;
+	memtrace_percpu_inc(&vma_stats, stat);
 }
 
 /* Remembers a file's name the first time one of its pages faults. */

@@ -11,7 +11,8 @@ use crate::target::Target;
 /// common.h; index 1 is MEMTRACE_DROP_PENDING).
 pub const DROP_RINGBUF: usize = 0;
 pub const DROP_COUNTS: usize = 2;
-const DROP_NR: usize = 3;
+pub const DROP_STACKS: usize = 3;
+const DROP_NR: usize = 4;
 
 fn print_libbpf(_level: PrintLevel, msg: String) {
     eprint!("libbpf: {msg}");
@@ -166,6 +167,7 @@ pub fn report_drops(tool: &str, object: &Object, hints: &[(usize, &str)]) -> Res
         "events lost: the ring buffer was full",
         "calls not traced: too many in flight at once",
         "counts lost: the counting map was full",
+        "stacks lost: the stack store was full",
     ];
     let mut lost = false;
     for (reason, &count) in counts.iter().enumerate() {

@@ -11,7 +11,15 @@ enum memtrace_drop_reason {
 	MEMTRACE_DROP_RINGBUF = 0, /* ring buffer full */
 	MEMTRACE_DROP_PENDING = 1, /* no room to remember a syscall's arguments until it returns */
 	MEMTRACE_DROP_COUNTS = 2,  /* counting map full */
-	MEMTRACE_DROP_NR = 3,
+	MEMTRACE_DROP_STACKS = 3,  /* stack store full */
+	MEMTRACE_DROP_NR = 4,
+};
+
+/* A stack as stacks.bpf.h stores it: nr frames, innermost first. */
+#define MEMTRACE_STACK_DEPTH 127
+struct memtrace_stack {
+	__u64 nr;
+	__u64 ips[MEMTRACE_STACK_DEPTH];
 };
 
 /* A file path as the BPF side found it: components leaf first, each NUL-terminated. */

@@ -9,6 +9,7 @@
  * time and stack until freed; a running total by stack serves --combined-only.
  */
 #include "exitmaps.bpf.h"
+#include "stacks.bpf.h"
 #include "memleak.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -45,16 +46,9 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __s32); /* stack id */
+	__type(key, __s64); /* stack key */
 	__type(value, struct memleak_combined);
 } combined SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 16384); /* user space may resize before load */
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, MEMLEAK_MAX_DEPTH * sizeof(__u64));
-} stacks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -64,7 +58,7 @@ struct {
 /* Puts struct memleak_event into the skeleton's generated types (ring buffers have no value type). */
 struct memleak_event memleak_event_layout = {};
 
-static __always_inline void trace_event(__u64 addr, __u64 size, __s32 stack_id, __u32 is_free)
+static __always_inline void trace_event(__u64 addr, __u64 size, __s64 stack, __u32 is_free)
 {
 	struct memleak_event *e;
 	__u64 id = bpf_get_current_pid_tgid();
@@ -80,21 +74,21 @@ static __always_inline void trace_event(__u64 addr, __u64 size, __s32 stack_id, 
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
 	e->is_free = is_free;
-	e->stack_id = stack_id;
+	e->stack = stack;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline void account(__s32 stack_id, __s64 bytes, __s64 count)
+static __always_inline void account(__s64 stack, __s64 bytes, __s64 count)
 {
-	struct memleak_combined *c = bpf_map_lookup_elem(&combined, &stack_id);
+	struct memleak_combined *c = bpf_map_lookup_elem(&combined, &stack);
 	struct memleak_combined first = {};
 
 	if (!c) {
 		if (bytes < 0)
 			return;
-		bpf_map_update_elem(&combined, &stack_id, &first, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&combined, &stack_id);
+		bpf_map_update_elem(&combined, &stack, &first, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&combined, &stack);
 		if (!c) {
 			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
 			return;
@@ -110,9 +104,9 @@ static __always_inline void forget(__u64 addr)
 
 	if (!a)
 		return;
-	account(a->stack_id, -(__s64)a->size, -1);
+	account(a->stack, -(__s64)a->size, -1);
 	if (trace_all)
-		trace_event(addr, a->size, a->stack_id, 1);
+		trace_event(addr, a->size, a->stack, 1);
 	bpf_map_delete_elem(&allocs, &addr);
 }
 
@@ -121,7 +115,7 @@ static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size
 	struct memleak_alloc a = { .size = size, .time_ns = bpf_ktime_get_ns() };
 
 	a.tgid = bpf_get_current_pid_tgid() >> 32;
-	a.stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	a.stack = memtrace_stack(ctx, BPF_F_USER_STACK);
 	/* --wa-missing-free: the allocator handed out this address again, so its
 	 * earlier allocation was freed by a path we did not see */
 	if (wa_missing_free)
@@ -132,9 +126,9 @@ static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size
 			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
 		return;
 	}
-	account(a.stack_id, size, 1);
+	account(a.stack, size, 1);
 	if (trace_all)
-		trace_event(addr, size, a.stack_id, 0);
+		trace_event(addr, size, a.stack, 0);
 	exitmaps_note_owner(a.tgid);
 }
 
@@ -253,7 +247,7 @@ int memleak_call(struct pt_regs *ctx)
  */
 static __always_inline int kernel_alloc(void *ctx, __u64 addr, __u64 size)
 {
-	struct memleak_alloc a;
+	struct memleak_alloc a = {};
 
 	if (!addr || !memtrace_wanted() || size < min_size || (max_size && size > max_size))
 		return 0;
@@ -262,14 +256,14 @@ static __always_inline int kernel_alloc(void *ctx, __u64 addr, __u64 size)
 	a.size = size;
 	a.time_ns = bpf_ktime_get_ns();
 	a.tgid = bpf_get_current_pid_tgid() >> 32;
-	a.stack_id = bpf_get_stackid(ctx, &stacks, 0);
+	a.stack = memtrace_stack(ctx, 0);
 	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY)) {
 		memtrace_count_drop(MEMTRACE_DROP_COUNTS);
 		return 0;
 	}
-	account(a.stack_id, size, 1);
+	account(a.stack, size, 1);
 	if (trace_all)
-		trace_event(addr, size, a.stack_id, 0);
+		trace_event(addr, size, a.stack, 0);
 	return 0;
 }
 

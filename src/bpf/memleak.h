@@ -4,8 +4,6 @@
 
 #include "common.h"
 
-#define MEMLEAK_MAX_DEPTH 127
-
 /* The allocator functions, passed to the probes as BPF cookies. */
 enum memleak_func {
 	MEMLEAK_MALLOC = 0,
@@ -27,8 +25,9 @@ enum memleak_func {
 struct memleak_alloc {
 	__u64 size;
 	__u64 time_ns;
-	__s32 stack_id; /* or -errno: the stack was lost */
+	__s64 stack; /* key in stack_store, or -errno: no stack */
 	__u32 tgid;
+	__u32 pad;
 };
 
 /* -t: one allocation or free, as it happens. */
@@ -39,7 +38,8 @@ struct memleak_event {
 	__u32 pid;
 	__u32 tid;
 	__u32 is_free;
-	__s32 stack_id;
+	__u32 pad;
+	__s64 stack;
 	char comm[MEMTRACE_COMM_LEN];
 };
 

@@ -24,7 +24,9 @@ use crate::target::Target;
 use crate::{kernel, set_filter_rodata, skel};
 
 crate::bpf_skeleton!("memleak");
-use bpf::types::{exitmaps_mapping, memleak_alloc, memleak_combined, memleak_event};
+use bpf::types::{
+    exitmaps_mapping, memleak_alloc, memleak_combined, memleak_event, memtrace_stack,
+};
 use bpf::MemleakSkelBuilder;
 
 // SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
@@ -35,6 +37,8 @@ unsafe impl plain::Plain for memleak_alloc {}
 unsafe impl plain::Plain for memleak_combined {}
 // SAFETY: as above.
 unsafe impl plain::Plain for memleak_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for memtrace_stack {}
 
 pub const ABOUT: &str =
     "Show outstanding allocations by stack: memory that was allocated and not freed";
@@ -54,8 +58,6 @@ const FUNCS: &[(&str, u64)] = &[
     ("munmap", 10),
     ("mremap", 11),
 ];
-
-const MAX_DEPTH: usize = 127;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SortBy {
@@ -281,7 +283,7 @@ pub fn run(args: Args) -> Result<i32> {
         skel::set_autoload(object, prog, kernel_mode && (!percpu || args.percpu))?;
     }
     open.maps
-        .stacks
+        .stack_store
         .set_max_entries(args.stack_storage_size.max(1))
         .context("sizing the stack map")?;
     open.maps
@@ -358,16 +360,16 @@ pub fn run(args: Args) -> Result<i32> {
         };
         lost_allocs.set(
             rows.iter()
-                .filter(|(id, _)| **id < 0 && (-**id == libc::EEXIST || -**id == libc::ENOMEM))
+                .filter(|(id, _)| **id == -i64::from(libc::ENOSPC))
                 .map(|(_, row)| row.allocs)
                 .sum(),
         );
         let mut symbolizer = symbolizer.borrow_mut();
         symbolizer.refresh();
-        let frames = |symbolizer: &mut StackSymbolizer, id: i32, lost: &mut bool| {
+        let frames = |symbolizer: &mut StackSymbolizer, id: i64, lost: &mut bool| {
             stack_frames(
                 symbolizer,
-                &skel.maps.stacks,
+                &skel.maps.stack_store,
                 kernel_mode,
                 pid as u32,
                 id,
@@ -407,7 +409,7 @@ pub fn run(args: Args) -> Result<i32> {
             .map(|(id, row)| {
                 let frames = stack_frames(
                     &mut symbolizer,
-                    &skel.maps.stacks,
+                    &skel.maps.stack_store,
                     kernel_mode,
                     pid as u32,
                     *id,
@@ -421,17 +423,20 @@ pub fn run(args: Args) -> Result<i32> {
     drop(ring);
     if lost_stacks {
         eprintln!(
-            "memleak: the stacks of {} outstanding allocations were lost: the stack map was full or colliding (raise --stack-storage-size)",
+            "memleak: the stacks of {} outstanding allocations were lost: the stack store was full (raise --stack-storage-size)",
             lost_allocs.get()
         );
     }
     skel::report_drops(
         "memleak",
         skel.object(),
-        &[(
-            skel::DROP_COUNTS,
-            "allocations not tracked: raise --max-allocs",
-        )],
+        &[
+            (
+                skel::DROP_COUNTS,
+                "allocations not tracked: raise --max-allocs",
+            ),
+            (skel::DROP_STACKS, "raise --stack-storage-size"),
+        ],
     )?;
     Ok(session.exit_code(stop))
 }
@@ -492,9 +497,9 @@ struct StackRow {
     addresses: Vec<(u64, u64)>,
 }
 
-fn outstanding_rows(allocs: &dyn MapCore, older_ms: u64) -> Result<HashMap<i32, StackRow>> {
+fn outstanding_rows(allocs: &dyn MapCore, older_ms: u64) -> Result<HashMap<i64, StackRow>> {
     let now = monotonic_ns();
-    let mut rows: HashMap<i32, StackRow> = HashMap::new();
+    let mut rows: HashMap<i64, StackRow> = HashMap::new();
     for raw_key in allocs.keys() {
         let Some(raw) = allocs.lookup(&raw_key, MapFlags::ANY)? else {
             continue;
@@ -511,7 +516,7 @@ fn outstanding_rows(allocs: &dyn MapCore, older_ms: u64) -> Result<HashMap<i32, 
             .and_then(|b| b.try_into().ok())
             .map(u64::from_ne_bytes)
             .unwrap_or(0);
-        let row = rows.entry(alloc.stack_id).or_default();
+        let row = rows.entry(alloc.stack).or_default();
         row.bytes += alloc.size;
         row.allocs += 1;
         row.addresses.push((addr, alloc.size));
@@ -519,14 +524,14 @@ fn outstanding_rows(allocs: &dyn MapCore, older_ms: u64) -> Result<HashMap<i32, 
     Ok(rows)
 }
 
-fn combined_rows(combined: &dyn MapCore) -> Result<HashMap<i32, StackRow>> {
+fn combined_rows(combined: &dyn MapCore) -> Result<HashMap<i64, StackRow>> {
     let mut rows = HashMap::new();
     for raw_key in combined.keys() {
         let Some(raw) = combined.lookup(&raw_key, MapFlags::ANY)? else {
             continue;
         };
         let mut c = memleak_combined::default();
-        let mut id = 0i32;
+        let mut id = 0i64;
         if plain::copy_from_bytes(&mut c, &raw).is_err()
             || plain::copy_from_bytes(&mut id, &raw_key).is_err()
         {
@@ -551,26 +556,27 @@ fn stack_frames(
     stacks: &dyn MapCore,
     kernel: bool,
     pid: u32,
-    id: i32,
+    id: i64,
     lost: &mut bool,
 ) -> Vec<String> {
     if id < 0 {
-        *lost |= -id == libc::EEXIST || -id == libc::ENOMEM;
+        // -ENOSPC: the stack store was full; -EFAULT: there was no stack
+        *lost |= -id == i64::from(libc::ENOSPC);
         return vec!["[stack lost]".into()];
     }
-    let Ok(Some(raw)) = stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY) else {
+    let mut stack = memtrace_stack::default();
+    let found = stacks
+        .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten();
+    if found.is_none_or(|raw| plain::copy_from_bytes(&mut stack, &raw).is_err()) {
         return vec!["[stack lost]".into()];
-    };
-    let ips: Vec<u64> = raw
-        .chunks_exact(8)
-        .take(MAX_DEPTH)
-        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
-        .take_while(|&ip| ip != 0)
-        .collect();
+    }
+    let ips = &stack.ips[..(stack.nr as usize).min(stack.ips.len())];
     if kernel {
-        symbolizer.kernel_frames(&ips)
+        symbolizer.kernel_frames(ips)
     } else {
-        symbolizer.user_frames(pid, &ips)
+        symbolizer.user_frames(pid, ips)
     }
 }
 
@@ -578,12 +584,12 @@ fn print_report(
     out: &mut Output,
     args: &Args,
     symbolizer: &mut StackSymbolizer,
-    frames: impl Fn(&mut StackSymbolizer, i32, &mut bool) -> Vec<String>,
+    frames: impl Fn(&mut StackSymbolizer, i64, &mut bool) -> Vec<String>,
     pid: i32,
-    rows: HashMap<i32, StackRow>,
+    rows: HashMap<i64, StackRow>,
     lost: &mut bool,
 ) -> Result<()> {
-    let mut rows: Vec<(i32, StackRow)> = rows.into_iter().collect();
+    let mut rows: Vec<(i64, StackRow)> = rows.into_iter().collect();
     rows.sort_by(|(ia, a), (ib, b)| {
         let key = |r: &StackRow| match args.sort {
             SortBy::Size => (r.bytes, r.allocs),

@@ -5,18 +5,12 @@
  * book's faults.bt. exitmaps.bpf.h keeps exited processes symbolizable.
  */
 #include "exitmaps.bpf.h"
+#include "stacks.bpf.h"
 #include "faults.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 const volatile bool kernel_stacks = false;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 16384); /* user space may resize before load */
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, FAULTS_MAX_DEPTH * sizeof(__u64));
-} stacks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -33,10 +27,9 @@ static __always_inline int count_fault(struct bpf_perf_event_data *ctx, __u32 ki
 	if (!memtrace_wanted())
 		return 0;
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
-	/* FAST_STACK_CMP: a stack is known by its 32-bit hash, not compared frame by frame */
-	key.user_stack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP);
+	key.user_stack = memtrace_stack(ctx, BPF_F_USER_STACK);
 	if (kernel_stacks)
-		key.kernel_stack = bpf_get_stackid(ctx, &stacks, BPF_F_FAST_STACK_CMP);
+		key.kernel_stack = memtrace_stack(ctx, 0);
 
 	value = bpf_map_lookup_elem(&counts, &key);
 	if (value) { /* the hot path: a stack seen before */

@@ -4,15 +4,15 @@
 
 #include "common.h"
 
-#define FAULTS_MAX_DEPTH 127      /* PERF_MAX_STACK_DEPTH */
 #define FAULTS_NO_STACK (-100000) /* kernel stacks not asked for */
 
 /* Faults counted by process, kind and stacks. */
 struct faults_key {
 	__u32 tgid;
 	__u32 kind;         /* 0 minor, 1 major */
-	__s32 user_stack;   /* id in the stacks map, or -errno */
-	__s32 kernel_stack; /* id, -errno, or FAULTS_NO_STACK */
+	__u32 pad;
+	__s64 user_stack;   /* key in stack_store, or -errno */
+	__s64 kernel_stack; /* key, -errno, or FAULTS_NO_STACK */
 };
 
 /* The comm is kept at a stack's first fault, not read on every fault. */

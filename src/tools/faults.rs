@@ -20,7 +20,7 @@ use crate::symbolize::StackSymbolizer;
 use crate::{kernel, perf, set_filter_rodata, skel};
 
 crate::bpf_skeleton!("faults");
-use bpf::types::{exitmaps_mapping, faults_key as Key, faults_value as Value};
+use bpf::types::{exitmaps_mapping, faults_key as Key, faults_value as Value, memtrace_stack};
 use bpf::FaultsSkelBuilder;
 
 // SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
@@ -29,12 +29,13 @@ unsafe impl plain::Plain for Key {}
 unsafe impl plain::Plain for exitmaps_mapping {}
 // SAFETY: as above.
 unsafe impl plain::Plain for Value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for memtrace_stack {}
 
 pub const ABOUT: &str = "Count page faults by user stack: which code grows the RSS";
 
 /// FAULTS_NO_STACK in faults.h: kernel stacks were not asked for.
-const NO_STACK: i32 = -100000;
-const MAX_DEPTH: usize = 127;
+const NO_STACK: i64 = -100000;
 
 #[derive(Parser, Debug)]
 #[command(about = ABOUT, after_help = "\
@@ -89,7 +90,7 @@ pub fn run(args: Args) -> Result<i32> {
         .kernel_stacks = args.kernel_stack;
     skel::choose_common_programs(open.open_object_mut(), &filter)?;
     open.maps
-        .stacks
+        .stack_store
         .set_max_entries(args.stack_storage_size.max(1))
         .context("sizing the stack map")?;
     open.maps
@@ -125,7 +126,7 @@ pub fn run(args: Args) -> Result<i32> {
         symbolizer.refresh();
         let rows = symbolize_rows(
             &mut symbolizer,
-            &skel.maps.stacks,
+            &skel.maps.stack_store,
             &counts,
             &mut lost_stacks,
         )?;
@@ -145,7 +146,7 @@ pub fn run(args: Args) -> Result<i32> {
         crate::flame::write_svg(path, "Page faults by stack", "faults", &whole_trace)?;
     }
     if lost_stacks > 0 {
-        eprintln!("faults: the stacks of {lost_stacks} faults were lost: the stack map was full or colliding (raise --stack-storage-size)");
+        eprintln!("faults: the stacks of {lost_stacks} faults were lost: the stack store was full (raise --stack-storage-size)");
     }
     skel::report_drops(
         "faults",
@@ -191,27 +192,24 @@ impl Row {
     }
 }
 
-fn stack_ips(stacks: &dyn MapCore, id: i32) -> Option<Vec<u64>> {
+fn stack_ips(stacks: &dyn MapCore, id: i64) -> Option<Vec<u64>> {
     let raw = stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY).ok()??;
-    Some(
-        raw.chunks_exact(8)
-            .take(MAX_DEPTH)
-            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
-            .take_while(|&ip| ip != 0)
-            .collect(),
-    )
+    let mut stack = memtrace_stack::default();
+    plain::copy_from_bytes(&mut stack, &raw).ok()?;
+    Some(stack.ips[..(stack.nr as usize).min(stack.ips.len())].to_vec())
 }
 
-/// Why bpf_get_stackid() gave no stack, as a frame. A fault taken in user
-/// mode has no kernel stack of its own (the perf event carries user registers).
-fn missing_stack(id: i32, kernel: bool, lost: &mut u64, count: u64) -> Vec<String> {
-    match -id {
-        libc::EEXIST | libc::ENOMEM | libc::E2BIG => {
-            *lost += count;
-            vec!["[stack lost: the stack map was full]".into()]
-        }
-        _ if kernel => vec!["[fault in user mode]".into()],
-        _ => vec!["[no user stack]".into()],
+/// Why there is no stack, as a frame. A fault taken in user mode has no
+/// kernel stack of its own (the perf event carries user registers).
+fn missing_stack(id: i64, kernel: bool, lost: &mut u64, count: u64) -> Vec<String> {
+    if id == -i64::from(libc::ENOSPC) {
+        *lost += count;
+        return vec!["[stack lost: the stack store was full]".into()];
+    }
+    if kernel {
+        vec!["[fault in user mode]".into()]
+    } else {
+        vec!["[no user stack]".into()]
     }
 }
 
@@ -221,7 +219,7 @@ fn symbolize_rows(
     counts: &[(Key, Value)],
     lost: &mut u64,
 ) -> Result<Vec<Row>> {
-    type Group = (u32, String, i32, i32);
+    type Group = (u32, String, i64, i64);
     let mut grouped: HashMap<Group, [u64; 2]> = HashMap::new();
     for (key, value) in counts {
         let comm = crate::output::escape_c_chars(&value.comm);

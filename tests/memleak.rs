@@ -420,3 +420,30 @@ fn size_bounds_combined_totals_and_show_allocs() {
         finished.stdout
     );
 }
+
+#[test]
+fn count_ends_after_that_many_reports() {
+    if !root_tests_enabled() {
+        return;
+    }
+    // the leaker holds its leak for 3 s: without COUNT there would be ~10 reports
+    let leaker = fixture("leaker");
+    let finished = run(&[
+        "memleak",
+        "-o",
+        "0",
+        "0.3",
+        "2",
+        "--",
+        leaker.to_str().unwrap(),
+        "malloc",
+        "3000",
+    ]);
+    finished.assert_success();
+    let reports = finished
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with("stacks with outstanding allocations:"))
+        .count();
+    assert_eq!(reports, 2, "{}", finished.stdout);
+}

@@ -276,16 +276,14 @@ fn file_path(e: &Event) -> Option<FilePath> {
 fn event_json(e: &Event) -> serde_json::Value {
     let errno = decode::syscall_errno(e.ret);
     let error = errno.map(decode::errno_name);
-    let mut value = json!({
-        "time_ns": e.time_ns,
-        "call": call_name(e.call),
-        "pid": e.pid,
-        "tid": e.tid,
-        "uid": e.uid,
-        "comm": escape_c_chars(&e.comm),
-        "error": error,
-    });
-    let fields = value.as_object_mut().expect("a JSON object");
+    let mut fields = serde_json::Map::new();
+    fields.insert("time_ns".into(), json!(e.time_ns));
+    fields.insert("call".into(), json!(call_name(e.call)));
+    fields.insert("pid".into(), json!(e.pid));
+    fields.insert("tid".into(), json!(e.tid));
+    fields.insert("uid".into(), json!(e.uid));
+    fields.insert("comm".into(), json!(escape_c_chars(&e.comm)));
+    fields.insert("error".into(), json!(error));
     let result_addr = if errno.is_some() {
         None
     } else {
@@ -325,5 +323,5 @@ fn event_json(e: &Event) -> serde_json::Value {
             fields.insert("len".into(), json!(e.len));
         }
     }
-    value
+    serde_json::Value::Object(fields)
 }

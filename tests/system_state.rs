@@ -231,3 +231,115 @@ fn hfaults_counts_two_huge_page_faults() {
         "{rows:?}"
     );
 }
+
+/// A child memory cgroup of this test's own, with a limit; Drop kills what is
+/// left in it and removes it.
+struct MemoryCgroup {
+    dir: PathBuf,
+    /// Its path as the kernel names it, from the hierarchy's root.
+    path: String,
+}
+
+impl MemoryCgroup {
+    fn create(limit: u64) -> MemoryCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let name = format!("memtrace-test-{}", std::process::id());
+        // cgroup v1's memory controller, else the v2 unified hierarchy
+        let (root, parent, limit_file) = match own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+        {
+            Some(parent) => ("/sys/fs/cgroup/memory", parent, "memory.limit_in_bytes"),
+            None => {
+                let parent = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .unwrap()
+                    .to_string();
+                ("/sys/fs/cgroup", parent, "memory.max")
+            }
+        };
+        let path = format!("{}/{name}", parent.trim_end_matches('/'));
+        let dir = PathBuf::from(format!("{root}{path}"));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let cgroup = MemoryCgroup { dir, path };
+        std::fs::write(cgroup.dir.join(limit_file), limit.to_string()).unwrap();
+        cgroup
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a pid read from our own test cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn oomkill_reports_a_memcg_kill() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let _lock = lock();
+    let cgroup = MemoryCgroup::create(64 << 20);
+    let toucher = fixture("toucher");
+    let mut held = Held::start(&toucher, &["anon", "256"]);
+    cgroup.add(held.pid());
+    let tracer = Tracer::start(&["oomkill", "--json"]);
+    let status = held.go();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "256 MiB in a 64 MiB cgroup must be OOM-killed: {status:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let finished = tracer.stop();
+    finished.assert_success();
+    let kills = finished.json();
+    let kill = kills
+        .iter()
+        .find(|k| k["victim_pid"] == held.pid())
+        .unwrap_or_else(|| panic!("no OOM kill of {} reported: {kills:?}", held.pid()));
+    assert_eq!(kill["victim_comm"], "toucher");
+    assert_eq!(kill["trigger_pid"], held.pid());
+    assert_eq!(kill["cgroup"], cgroup.path.as_str());
+    assert_eq!(kill["constraint"], "memcg");
+    assert_eq!(kill["pages"], 16384, "the cgroup's limit in pages");
+    // the victim filled its 64 MiB limit with anonymous memory
+    let anon = kill["anon_rss"].as_u64().unwrap();
+    assert!((48 << 20..=64 << 20).contains(&anon), "anon_rss {anon}");
+    for field in [
+        "file_rss",
+        "shmem_rss",
+        "oom_score_adj",
+        "loadavg",
+        "time_ns",
+        "trigger_comm",
+    ] {
+        assert!(kill.get(field).is_some(), "{field} missing: {kill}");
+    }
+}
+
+#[test]
+fn oomkill_prints_nothing_when_nothing_happens() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let _lock = lock();
+    let finished = run(&["oomkill", "-d", "0.5"]);
+    finished.assert_success();
+    assert_eq!(finished.stdout, "", "no OOM kill, no output");
+}

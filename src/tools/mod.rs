@@ -14,6 +14,7 @@ pub mod hfaults;
 pub mod memleak;
 pub mod mmapfiles;
 pub mod mmapsnoop;
+pub mod oomkill;
 
 pub struct Tool {
     pub name: &'static str,
@@ -50,6 +51,7 @@ pub static TOOLS: &[Tool] = &[
     tool!(hfaults),
     tool!(faults),
     tool!(memleak, memleak::command),
+    tool!(oomkill),
 ];
 
 pub fn find(name: &str) -> Option<&'static Tool> {

@@ -1,0 +1,227 @@
+//! oomkill: one line per OOM kill, as the BCC and bpftrace originals, plus
+//! the victim's memory cgroup, whether a cgroup limit or the whole machine ran
+//! out, the victim's RSS by kind and its oom_score_adj.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
+use serde_json::json;
+
+use crate::cli::CommonArgs;
+use crate::events::Session;
+use crate::output::{escape_bytes, escape_c_chars, wall_clock_hms, Output};
+use crate::symbolize::StackSymbolizer;
+use crate::{kernel, set_filter_rodata, skel};
+
+crate::bpf_skeleton!("oomkill");
+use bpf::types::{memtrace_stack, oomkill_event as Event};
+use bpf::OomkillSkelBuilder;
+
+// SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
+unsafe impl plain::Plain for Event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for memtrace_stack {}
+
+pub const ABOUT: &str =
+    "Show each OOM kill: who triggered it, who died, how big, which memory cgroup";
+
+const PAGE_SIZE: u64 = 4096;
+
+#[derive(Parser, Debug)]
+#[command(about = ABOUT, after_help = "\
+-p and -n select the task that triggered the kill (whose allocation failed).
+
+Examples:
+  oomkill                   # until Ctrl-C
+  oomkill --json -d 3600    # an hour of OOM kills as JSON lines")]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let (target, filter) = skel::prepare(&args.common)?;
+    let mut storage = MaybeUninit::uninit();
+    let mut open = OomkillSkelBuilder::default()
+        .open(&mut storage)
+        .context("opening the BPF object")?;
+    set_filter_rodata!(open, &filter);
+    skel::choose_common_programs(open.open_object_mut(), &filter)?;
+    kernel::check_attach_points(open.open_object())?;
+    let mut skel = open.load().context(skel::LOAD_FAILED)?;
+    skel::fill_traced_tgids(skel.object(), &target)?;
+    skel.attach().context(skel::ATTACH_FAILED)?;
+
+    let out = RefCell::new(Output::new(args.common.json));
+    let error: RefCell<Option<anyhow::Error>> = RefCell::new(None);
+    let symbolizer = StackSymbolizer::new(false);
+    let mut builder = RingBufferBuilder::new();
+    builder.add(&skel.maps.events, |data| {
+        let mut event = Event::default();
+        if plain::copy_from_bytes(&mut event, data).is_err() {
+            return 0;
+        }
+        let kill = Kill::from_event(&event, &symbolizer, &skel.maps.stack_store);
+        match kill.print(&mut out.borrow_mut()) {
+            Ok(()) => 0,
+            Err(err) => {
+                *error.borrow_mut() = Some(err);
+                -1
+            }
+        }
+    })?;
+    let ring = builder.build().context("setting up the ring buffer")?;
+    let mut session = Session::start(target, args.common.duration, None, "OOM kills")?;
+    let after_batch = || -> Result<()> {
+        if let Some(err) = error.borrow_mut().take() {
+            return Err(err);
+        }
+        out.borrow_mut().flush()
+    };
+    let stop = session.run(Some(&ring), after_batch, || Ok(()))?;
+    drop(ring);
+    skel::report_drops("oomkill", skel.object(), &[])?;
+    Ok(session.exit_code(stop))
+}
+
+/// An OOM kill as reported.
+struct Kill {
+    time_ns: u64,
+    trigger_pid: u32,
+    trigger_comm: String,
+    victim_pid: u32,
+    victim_comm: String,
+    cgroup: String,
+    memcg: bool,
+    pages: u64,
+    event: Event,
+    loadavg: String,
+}
+
+impl Kill {
+    fn from_event(e: &Event, symbolizer: &StackSymbolizer, stacks: &dyn MapCore) -> Kill {
+        let cgroup = cgroup_path(e);
+        // the OOM killer's own call chain says why it ran
+        let memcg = stack_ips(stacks, e.stack).is_some_and(|ips| {
+            symbolizer.kernel_frames(&ips).iter().any(|f| {
+                f.starts_with("mem_cgroup_out_of_memory+") || f.starts_with("try_charge_memcg+")
+            })
+        });
+        let pages = if memcg {
+            cgroup_limit(&cgroup).map(|bytes| bytes / PAGE_SIZE)
+        } else {
+            machine_pages()
+        };
+        Kill {
+            time_ns: e.time_ns,
+            trigger_pid: e.trigger_pid,
+            trigger_comm: escape_c_chars(&e.trigger_comm),
+            victim_pid: e.victim_pid,
+            victim_comm: escape_c_chars(&e.victim_comm),
+            cgroup,
+            memcg,
+            pages: pages.unwrap_or(0),
+            event: *e,
+            loadavg: std::fs::read_to_string("/proc/loadavg")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn print(&self, out: &mut Output) -> Result<()> {
+        let e = &self.event;
+        let constraint = if self.memcg { "memcg" } else { "global" };
+        if out.json {
+            return out.json_line(&json!({
+                "time_ns": self.time_ns,
+                "trigger_pid": self.trigger_pid,
+                "trigger_comm": self.trigger_comm,
+                "victim_pid": self.victim_pid,
+                "victim_comm": self.victim_comm,
+                "pages": self.pages,
+                "total_vm": e.total_vm * PAGE_SIZE,
+                "anon_rss": e.anon_rss * PAGE_SIZE,
+                "file_rss": e.file_rss * PAGE_SIZE,
+                "shmem_rss": e.shmem_rss * PAGE_SIZE,
+                "pgtables": e.pgtables_bytes,
+                "oom_score_adj": e.oom_score_adj,
+                "uid": e.uid,
+                "cgroup": self.cgroup,
+                "constraint": constraint,
+                "loadavg": self.loadavg,
+            }));
+        }
+        out.line(&format!(
+            "{} Triggered by PID {} (\"{}\"), OOM kill of PID {} (\"{}\"), {} pages, loadavg: {}",
+            wall_clock_hms(),
+            self.trigger_pid,
+            self.trigger_comm,
+            self.victim_pid,
+            self.victim_comm,
+            self.pages,
+            self.loadavg
+        ))?;
+        out.line(&format!(
+            "    {constraint} OOM in memory cgroup {}; victim rss: anon {} KiB, file {} KiB, shmem {} KiB; oom_score_adj {}",
+            self.cgroup,
+            e.anon_rss * 4,
+            e.file_rss * 4,
+            e.shmem_rss * 4,
+            e.oom_score_adj
+        ))
+    }
+}
+
+/// The victim's memory cgroup as a path from the hierarchy's root.
+fn cgroup_path(e: &Event) -> String {
+    let bytes: Vec<u8> = e.cgroup[..(e.cgroup_len as usize).min(e.cgroup.len())]
+        .iter()
+        .map(|&c| c as u8)
+        .collect();
+    let mut components: Vec<&[u8]> = bytes
+        .split(|&b| b == 0)
+        .take(e.cgroup_depth as usize)
+        .collect();
+    components.reverse();
+    let mut path = String::new();
+    for component in components {
+        path.push('/');
+        path.push_str(&escape_bytes(component));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    path
+}
+
+/// The memory limit of a cgroup (v1 memory.limit_in_bytes or v2 memory.max).
+fn cgroup_limit(path: &str) -> Option<u64> {
+    [
+        format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"),
+        format!("/sys/fs/cgroup{path}/memory.max"),
+        format!("/sys/fs/cgroup/unified{path}/memory.max"),
+    ]
+    .iter()
+    .find_map(|file| std::fs::read_to_string(file).ok()?.trim().parse().ok())
+}
+
+/// RAM and swap in pages: the OOM killer's domain when the whole machine ran out.
+fn machine_pages() -> Option<u64> {
+    use procfs::Current;
+    let meminfo = procfs::Meminfo::current().ok()?;
+    Some((meminfo.mem_total + meminfo.swap_total) / PAGE_SIZE)
+}
+
+fn stack_ips(stacks: &dyn MapCore, key: i64) -> Option<Vec<u64>> {
+    if key < 0 {
+        return None;
+    }
+    let raw = stacks.lookup(&key.to_ne_bytes(), MapFlags::ANY).ok()??;
+    let mut stack = memtrace_stack::default();
+    plain::copy_from_bytes(&mut stack, &raw).ok()?;
+    Some(stack.ips[..(stack.nr as usize).min(stack.ips.len())].to_vec())
+}

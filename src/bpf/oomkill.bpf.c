@@ -17,6 +17,18 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
+/* Before Linux 6.15 a kernfs node's parent was called `parent`. */
+struct kernfs_node___old {
+	struct kernfs_node *parent;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct kernfs_node *kernfs_parent(struct kernfs_node *kn)
+{
+	if (bpf_core_field_exists(kn->__parent))
+		return BPF_CORE_READ(kn, __parent);
+	return BPF_CORE_READ((struct kernfs_node___old *)kn, parent);
+}
+
 /* Puts struct oomkill_event into the skeleton's generated types. */
 struct oomkill_event oomkill_event_layout = {};
 
@@ -53,7 +65,7 @@ int BPF_PROG(oomkill_mark_victim, struct task_struct *victim, uid_t uid)
 	e->cgroup_depth = 0;
 	kn = BPF_CORE_READ(victim, cgroups, subsys[memory], cgroup, kn);
 	for (int i = 0; i < OOMKILL_CGROUP_DEPTH && kn; i++) {
-		struct kernfs_node *parent = BPF_CORE_READ(kn, __parent);
+		struct kernfs_node *parent = kernfs_parent(kn);
 		long n;
 
 		if (!parent)

@@ -11,17 +11,14 @@ Run as root. Prints medians and ratios.
 Usage: bench/memleak_bench.py [--runs N] [--pairs N] [--memtrace PATH]
 """
 import argparse
-import functools
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-print = functools.partial(print, flush=True)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, build_fixture, say as print, timed
 
 
 def libc_path():
@@ -33,10 +30,9 @@ def libc_path():
     raise SystemExit("no libc in /proc/self/maps")
 
 
-def timed(cmd):
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+def quiet(cmd):
+    """Seconds to run cmd to its end, its output discarded."""
+    return timed(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)[0]
 
 
 def main():
@@ -46,9 +42,7 @@ def main():
     ap.add_argument("--memtrace", default=os.path.join(ROOT, "target/release/memtrace"))
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="memtrace-memleak-bench-")
-    leaker = os.path.join(tmp, "leaker")
-    subprocess.run(["cc", "-O2", "-fno-omit-frame-pointer", "-o", leaker,
-                    os.path.join(ROOT, "tests/fixtures/leaker.c")], check=True)
+    leaker = build_fixture("leaker", tmp)
     storm = [leaker, "storm", str(args.pairs)]
     libc = libc_path()
     script = f"""
@@ -68,7 +62,7 @@ END {{ clear(@size); clear(@live); }}
     print(f"# {args.pairs} malloc(64)+free pairs, {args.runs} interleaved runs, whole-process wall time")
     for _ in range(args.runs):
         for name, cmd in configs:
-            times[name].append(timed(cmd))
+            times[name].append(quiet(cmd))
     base = statistics.median(times["untraced"])
     for name, samples in times.items():
         med = statistics.median(samples)
@@ -77,7 +71,7 @@ END {{ clear(@size); clear(@live); }}
         bt = statistics.median(times["bpftrace malloc/free bookkeeping"])
         for name in ("memleak", "memleak -s 10"):
             print(f"{name:36} {statistics.median(times[name]) / bt:5.2f}x bpftrace")
-    true_runs = [timed([args.memtrace, "memleak", "--", "true"]) for _ in range(args.runs * 2)]
+    true_runs = [quiet([args.memtrace, "memleak", "--", "true"]) for _ in range(args.runs * 2)]
     print(f"\nmemleak -- true: median {statistics.median(true_runs) * 1000:.0f} ms, max {max(true_runs) * 1000:.0f} ms")
     shutil.rmtree(tmp)
 

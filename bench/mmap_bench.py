@@ -12,17 +12,15 @@ Usage: bench/mmap_bench.py [--runs N] [--pairs N] [--memtrace PATH]
 Run as root. Prints medians; the machines are noisy, so read the ratios.
 """
 import argparse
-import functools
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, build_fixture, say as print, start_tracer, stop_tracer, timed
 
 BPFTRACE_SNOOP = r"""
 BEGIN { printf("ready\n"); }
@@ -40,42 +38,15 @@ tracepoint:syscalls:sys_exit_mmap { @x[tid] = 1; }
 """
 
 
-def build_mapper(tmp):
-    out = os.path.join(tmp, "mapper")
-    subprocess.run(["cc", "-O2", "-o", out, os.path.join(ROOT, "tests/fixtures/mapper.c")], check=True)
-    return out
-
-
-def startup(cmd, ready):
+def startup(cmd):
     """Seconds from exec until the tracer says it is ready, and until it has exited after SIGINT."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stream = p.stderr if ready == "stderr" else p.stdout
-    for line in stream:
-        if line.startswith("Tracing") or line.strip() == "ready":
-            break
+    p = start_tracer(cmd)
     up = time.perf_counter() - t0
-    # let every tracer settle (bpftrace can miss a SIGINT right after BEGIN)
-    time.sleep(0.3)
+    time.sleep(0.3)  # let every tracer settle before Ctrl-C
     t1 = time.perf_counter()
-    while True:
-        # bpftrace sometimes misses a SIGINT that comes right after BEGIN: ask again
-        p.send_signal(signal.SIGINT)
-        try:
-            p.communicate(timeout=2)
-            break
-        except subprocess.TimeoutExpired:
-            pass
+    stop_tracer(p)
     return up, time.perf_counter() - t1
-
-
-def timed(cmd, **kw):
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, **kw)
-    return time.perf_counter() - t0, r
-
-
-print = functools.partial(print, flush=True)
 
 
 def main():
@@ -86,16 +57,16 @@ def main():
     args = ap.parse_args()
     have_bpftrace = shutil.which("bpftrace") is not None
     tmp = tempfile.mkdtemp(prefix="memtrace-bench-")
-    mapper = build_mapper(tmp)
+    mapper = build_fixture("mapper", tmp)
     storm = [mapper, "storm", str(args.pairs)]
 
     print(f"# startup (median of {args.runs * 2}): exec -> attached, and Ctrl-C -> exited")
-    peers = [("memtrace mmapsnoop", [args.memtrace, "mmapsnoop"], "stderr"),
-             ("memtrace mmapfiles", [args.memtrace, "mmapfiles"], "stderr")]
+    peers = [("memtrace mmapsnoop", [args.memtrace, "mmapsnoop"]),
+             ("memtrace mmapfiles", [args.memtrace, "mmapfiles"])]
     if have_bpftrace:
-        peers.append(("bpftrace (2 tracepoints)", ["bpftrace", "-e", BPFTRACE_READY], "stdout"))
-    for name, cmd, ready in peers:
-        samples = [startup(cmd, ready) for _ in range(args.runs * 2)]
+        peers.append(("bpftrace (2 tracepoints)", ["bpftrace", "-e", BPFTRACE_READY]))
+    for name, cmd in peers:
+        samples = [startup(cmd) for _ in range(args.runs * 2)]
         up = statistics.median(s[0] for s in samples) * 1000
         down = statistics.median(s[1] for s in samples) * 1000
         print(f"{name:28} attach {up:7.1f} ms   exit {down:7.1f} ms")

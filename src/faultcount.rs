@@ -232,6 +232,10 @@ fn read_u64(bytes: &[u8]) -> u64 {
 #[derive(Default)]
 struct SlotReader {
     previous: Vec<u64>,
+    /// Each slot's process, file and kind (its count aside): fixed once the slot is published.
+    described: Vec<Option<Count>>,
+    /// File names read so far: the map is read again only for a file not in it.
+    names: Names,
 }
 
 impl SlotReader {
@@ -243,31 +247,52 @@ impl SlotReader {
             .unwrap_or(0);
         let counts_map = map(object, "slot_counts")?;
         let info_map = map(object, "slot_info")?;
-        let slots = used.min(counts_map.max_entries());
-        self.previous.resize(slots as usize, 0);
-        let names = read_names(object)?;
+        let slots = used.min(counts_map.max_entries()) as usize;
+        self.previous.resize(slots, 0);
+        self.described.resize(slots, None);
+        let mut names_read = false;
         let mut counts = Vec::new();
         for slot in 0..slots {
-            let key = slot.to_ne_bytes();
+            let key = (slot as u32).to_ne_bytes();
             let total = read_u64(&counts_map.lookup(&key, MapFlags::ANY)?.unwrap_or_default());
-            let delta = total.saturating_sub(self.previous[slot as usize]);
+            let delta = total.saturating_sub(self.previous[slot]);
             if delta == 0 {
                 continue;
             }
-            let mut info = faultvma_slot_info::default();
-            let raw = info_map.lookup(&key, MapFlags::ANY)?.unwrap_or_default();
-            if plain::copy_from_bytes(&mut info, &raw).is_err() || info.valid == 0 {
-                continue;
+            if self.described[slot].is_none() {
+                let mut info = faultvma_slot_info::default();
+                let raw = info_map.lookup(&key, MapFlags::ANY)?.unwrap_or_default();
+                if plain::copy_from_bytes(&mut info, &raw).is_err() || info.valid == 0 {
+                    continue;
+                }
+                let file = &info.key.file;
+                let id = (file.dev, file.ino);
+                if file.label == LABEL_FILE && !self.names.contains_key(&id) && !names_read {
+                    self.names = read_names(object)?;
+                    names_read = true;
+                }
+                let described = Count {
+                    pid: info.key.tgid,
+                    comm: escape_c_chars(&info.comm),
+                    file: describe(&self.names, file.label, file.flags, file.dev, file.ino),
+                    major: info.key.kind == 1,
+                    count: 0,
+                };
+                // a file whose name is not known yet is looked up again next time
+                if file.label != LABEL_FILE || self.names.contains_key(&id) {
+                    self.described[slot] = Some(described.clone());
+                }
+                counts.push(Count {
+                    count: delta,
+                    ..described
+                });
+            } else if let Some(described) = &self.described[slot] {
+                counts.push(Count {
+                    count: delta,
+                    ..described.clone()
+                });
             }
-            self.previous[slot as usize] = total;
-            let file = &info.key.file;
-            counts.push(Count {
-                pid: info.key.tgid,
-                comm: escape_c_chars(&info.comm),
-                file: describe(&names, file.label, file.flags, file.dev, file.ino),
-                major: info.key.kind == 1,
-                count: delta,
-            });
+            self.previous[slot] = total;
         }
         Ok(counts)
     }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
+use libbpf_rs::{MapCore, MapFlags};
 
 use crate::output::escape_bytes;
 
@@ -189,6 +190,24 @@ impl StackSymbolizer {
             Err(_) => ips.iter().map(|ip| format!("{ip:#x} [kernel]")).collect(),
         }
     }
+}
+
+/// The frames (innermost first) of a stack that stacks.bpf.h keeps under
+/// `key` in `stacks`, decoded with the skeleton's generated memtrace_stack
+/// type `S`; None for a negative key (an errno: no stack) or one not found.
+pub fn stored_stack<S: plain::Plain + Default>(
+    stacks: &dyn MapCore,
+    key: i64,
+    frames: impl Fn(&S) -> (u64, &[u64]),
+) -> Option<Vec<u64>> {
+    if key < 0 {
+        return None;
+    }
+    let raw = stacks.lookup(&key.to_ne_bytes(), MapFlags::ANY).ok()??;
+    let mut stack = S::default();
+    plain::copy_from_bytes(&mut stack, &raw).ok()?;
+    let (nr, ips) = frames(&stack);
+    Some(ips[..(nr as usize).min(ips.len())].to_vec())
 }
 
 /// Decodes an exitmaps_mapping record (exitmaps.h) from a skeleton's ring

@@ -8,13 +8,9 @@ use serde_json::Value;
 /// JSON rows of `TOOL --json [extra] -- toucher ARGS`, and the toucher's pid
 /// (null from tools that count by name).
 fn count_faults(tool: &str, extra: &[&str], toucher_args: &[&str]) -> (Value, Vec<Value>) {
-    let toucher = fixture("toucher");
     let mut args = vec![tool, "--json"];
     args.extend_from_slice(extra);
-    args.push("--");
-    args.push(toucher.to_str().unwrap());
-    args.extend_from_slice(toucher_args);
-    let finished = run(&args);
+    let finished = run_on(&args, "toucher", toucher_args);
     finished.assert_success();
     let rows = finished.json();
     let pid = rows
@@ -173,11 +169,9 @@ fn interval_reports_add_up_to_the_total() {
 
 /// `faults --json [extra] -- toucher anon 16`: the toucher's rows.
 fn stack_rows(extra: &[&str]) -> Vec<Value> {
-    let toucher = fixture("toucher");
     let mut args = vec!["faults", "--json"];
     args.extend_from_slice(extra);
-    args.extend(["--", toucher.to_str().unwrap(), "anon", "16"]);
-    let finished = run(&args);
+    let finished = run_on(&args, "toucher", &["anon", "16"]);
     finished.assert_success();
     finished
         .json()

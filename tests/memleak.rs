@@ -7,13 +7,9 @@ use serde_json::Value;
 
 /// `memleak --json [extra] -- leaker ARGS`: the report after the leaker exited.
 fn report(extra: &[&str], leaker_args: &[&str]) -> Vec<Value> {
-    let leaker = fixture("leaker");
     let mut args = vec!["memleak", "--json"];
     args.extend_from_slice(extra);
-    args.push("--");
-    args.push(leaker.to_str().unwrap());
-    args.extend_from_slice(leaker_args);
-    let finished = run(&args);
+    let finished = run_on(&args, "leaker", leaker_args);
     finished.assert_success();
     finished.json()
 }
@@ -130,22 +126,13 @@ fn kernel_mode_sees_pipe_buffers_held_and_released() {
         return;
     }
     // 64 pipes holding a byte each: a pipe buffer page apiece, held 1.2 s, then closed
-    let holder = fixture("holder");
-    let finished = run(&[
-        "memleak",
-        "--kernel",
-        "--json",
-        "-o",
-        "0",
-        "-T",
-        "1000",
-        "0.4",
-        "--",
-        holder.to_str().unwrap(),
-        "pipes",
-        "64",
-        "1200",
-    ]);
+    let finished = run_on(
+        &[
+            "memleak", "--kernel", "--json", "-o", "0", "-T", "1000", "0.4",
+        ],
+        "holder",
+        &["pipes", "64", "1200"],
+    );
     finished.assert_success();
     // bytes from stacks through anon_pipe_write, per report (reports share a time_ns)
     let mut reports: Vec<(u64, u64)> = Vec::new();
@@ -223,22 +210,22 @@ fn pprof_folded_and_svg_outputs() {
     if !root_tests_enabled() {
         return;
     }
-    let leaker = fixture("leaker");
     let profile = temp_path("memleak.pb.gz");
     let svg = temp_path("memleak.svg");
-    let finished = run(&[
-        "memleak",
-        "-o",
-        "0",
-        "--folded",
-        "--pprof",
-        profile.to_str().unwrap(),
-        "--svg",
-        svg.to_str().unwrap(),
-        "--",
-        leaker.to_str().unwrap(),
-        "malloc",
-    ]);
+    let finished = run_on(
+        &[
+            "memleak",
+            "-o",
+            "0",
+            "--folded",
+            "--pprof",
+            profile.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        "leaker",
+        &["malloc"],
+    );
     finished.assert_success();
     // folded: outermost frame first, the leak site last, then the bytes
     let line = finished
@@ -352,17 +339,11 @@ fn trace_shows_each_allocation_and_free() {
     if !root_tests_enabled() {
         return;
     }
-    let leaker = fixture("leaker");
-    let finished = run(&[
-        "memleak",
-        "-t",
-        "--json",
-        "-o",
-        "0",
-        "--",
-        leaker.to_str().unwrap(),
-        "malloc",
-    ]);
+    let finished = run_on(
+        &["memleak", "-t", "--json", "-o", "0"],
+        "leaker",
+        &["malloc"],
+    );
     finished.assert_success();
     let events: Vec<Value> = finished
         .json()
@@ -399,17 +380,7 @@ fn size_bounds_combined_totals_and_show_allocs() {
     );
     // the running totals by stack, kept in the kernel as allocations come and go
     assert_eq!(total(&report(&["--combined-only"], &["malloc"])), 30000);
-
-    let leaker = fixture("leaker");
-    let finished = run(&[
-        "memleak",
-        "-a",
-        "-o",
-        "0",
-        "--",
-        leaker.to_str().unwrap(),
-        "malloc",
-    ]);
+    let finished = run_on(&["memleak", "-a", "-o", "0"], "leaker", &["malloc"]);
     finished.assert_success();
     assert!(
         finished
@@ -427,18 +398,11 @@ fn count_ends_after_that_many_reports() {
         return;
     }
     // the leaker holds its leak for 3 s: without COUNT there would be ~10 reports
-    let leaker = fixture("leaker");
-    let finished = run(&[
-        "memleak",
-        "-o",
-        "0",
-        "0.3",
-        "2",
-        "--",
-        leaker.to_str().unwrap(),
-        "malloc",
-        "3000",
-    ]);
+    let finished = run_on(
+        &["memleak", "-o", "0", "0.3", "2"],
+        "leaker",
+        &["malloc", "3000"],
+    );
     finished.assert_success();
     let reports = finished
         .stdout

@@ -9,17 +9,12 @@ fn counts_a_files_mappings_exactly() {
     if !root_tests_enabled() {
         return;
     }
-    let mapper = fixture("mapper");
     let file = temp_path("counted.dat");
-    let finished = run(&[
-        "mmapfiles",
-        "--json",
-        "--",
-        mapper.to_str().unwrap(),
-        "repeat",
-        file.to_str().unwrap(),
-        "37",
-    ]);
+    let finished = run_on(
+        &["mmapfiles", "--json"],
+        "mapper",
+        &["repeat", file.to_str().unwrap(), "37"],
+    );
     finished.assert_success();
     let rows = finished.json();
     let name = file.file_name().unwrap().to_str().unwrap();

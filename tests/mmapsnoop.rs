@@ -31,13 +31,9 @@ fn file_name(path: &std::path::Path) -> &str {
 
 /// Runs `mmapsnoop --json [extra] -- mapper ARGS` and returns the command's pid and events.
 fn trace_mapper(extra: &[&str], mapper_args: &[&str]) -> (u64, Vec<Value>, Finished) {
-    let mapper = fixture("mapper");
     let mut args = vec!["mmapsnoop", "--json"];
     args.extend_from_slice(extra);
-    args.push("--");
-    args.push(mapper.to_str().unwrap());
-    args.extend_from_slice(mapper_args);
-    let finished = run(&args);
+    let finished = run_on(&args, "mapper", mapper_args);
     finished.assert_success();
     let events = finished.json();
     let pid = events
@@ -168,15 +164,7 @@ fn command_is_traced_from_its_first_mmap_and_its_status_returned() {
     if !root_tests_enabled() {
         return;
     }
-    let mapper = fixture("mapper");
-    let finished = run(&[
-        "mmapsnoop",
-        "--json",
-        "--",
-        mapper.to_str().unwrap(),
-        "anon64",
-        "7",
-    ]);
+    let finished = run_on(&["mmapsnoop", "--json"], "mapper", &["anon64", "7"]);
     assert_eq!(
         finished.status.code(),
         Some(7),

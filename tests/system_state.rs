@@ -71,15 +71,7 @@ fn tracefs_is_mounted_when_missing() {
         mounted_fs_at("/sys/kernel/tracing").as_deref(),
         Some("tracefs")
     );
-
-    let mapper = fixture("mapper");
-    let finished = run(&[
-        "mmapsnoop",
-        "--json",
-        "--",
-        mapper.to_str().unwrap(),
-        "anon64",
-    ]);
+    let finished = run_on(&["mmapsnoop", "--json"], "mapper", &["anon64"]);
     finished.assert_success();
     assert!(finished.json().iter().any(|e| e["len"] == 67108864u64));
     assert_eq!(

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
+use libbpf_rs::{MapCore, RingBufferBuilder};
 use serde_json::json;
 
 use crate::cli::{CommonArgs, ReportArgs};
@@ -192,11 +192,8 @@ impl Row {
     }
 }
 
-fn stack_ips(stacks: &dyn MapCore, id: i64) -> Option<Vec<u64>> {
-    let raw = stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY).ok()??;
-    let mut stack = memtrace_stack::default();
-    plain::copy_from_bytes(&mut stack, &raw).ok()?;
-    Some(stack.ips[..(stack.nr as usize).min(stack.ips.len())].to_vec())
+fn stack_ips(stacks: &dyn MapCore, key: i64) -> Option<Vec<u64>> {
+    crate::symbolize::stored_stack::<memtrace_stack>(stacks, key, |s| (s.nr, &s.ips))
 }
 
 /// Why there is no stack, as a frame. A fault taken in user mode has no

@@ -349,15 +349,27 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut session = Session::start(target, args.common.duration, Some(args.interval), what)?;
     session.max_reports = args.count;
-    let mut lost_stacks = false;
+    // what is outstanding now: each allocation (filtered by -o), or the kernel's totals by stack
+    let current_rows = || {
+        if args.combined_only {
+            combined_rows(&skel.maps.combined)
+        } else {
+            outstanding_rows(&skel.maps.allocs, args.older)
+        }
+    };
+    let frames = |symbolizer: &mut StackSymbolizer, id: i64| {
+        stack_frames(
+            symbolizer,
+            &skel.maps.stack_store,
+            kernel_mode,
+            pid as u32,
+            id,
+        )
+    };
     // outstanding allocations whose stack could not be stored, at the last report
     let lost_allocs = std::cell::Cell::new(0u64);
-    let mut report = |out: &mut Output| -> Result<()> {
-        let rows = if args.combined_only {
-            combined_rows(&skel.maps.combined)?
-        } else {
-            outstanding_rows(&skel.maps.allocs, args.older)?
-        };
+    let report = |out: &mut Output| -> Result<()> {
+        let rows = current_rows()?;
         lost_allocs.set(
             rows.iter()
                 .filter(|(id, _)| **id == -i64::from(libc::ENOSPC))
@@ -366,25 +378,7 @@ pub fn run(args: Args) -> Result<i32> {
         );
         let mut symbolizer = symbolizer.borrow_mut();
         symbolizer.refresh();
-        let frames = |symbolizer: &mut StackSymbolizer, id: i64, lost: &mut bool| {
-            stack_frames(
-                symbolizer,
-                &skel.maps.stack_store,
-                kernel_mode,
-                pid as u32,
-                id,
-                lost,
-            )
-        };
-        print_report(
-            out,
-            &args,
-            &mut symbolizer,
-            frames,
-            pid,
-            rows,
-            &mut lost_stacks,
-        )?;
+        print_report(out, &args, &mut symbolizer, frames, pid, rows)?;
         out.flush()
     };
     let after_batch = || -> Result<()> {
@@ -398,30 +392,15 @@ pub fn run(args: Args) -> Result<i32> {
         report(&mut out)?;
     }
     if args.svg.is_some() || args.pprof.is_some() {
-        let rows = if args.combined_only {
-            combined_rows(&skel.maps.combined)?
-        } else {
-            outstanding_rows(&skel.maps.allocs, args.older)?
-        };
         let mut symbolizer = symbolizer.borrow_mut();
-        let profile: Vec<(Vec<String>, u64, u64)> = rows
+        let profile: Vec<(Vec<String>, u64, u64)> = current_rows()?
             .iter()
-            .map(|(id, row)| {
-                let frames = stack_frames(
-                    &mut symbolizer,
-                    &skel.maps.stack_store,
-                    kernel_mode,
-                    pid as u32,
-                    *id,
-                    &mut lost_stacks,
-                );
-                (frames, row.bytes, row.allocs)
-            })
+            .map(|(id, row)| (frames(&mut symbolizer, *id), row.bytes, row.allocs))
             .collect();
         write_profiles(&args, &profile)?;
     }
     drop(ring);
-    if lost_stacks {
+    if lost_allocs.get() > 0 {
         eprintln!(
             "memleak: the stacks of {} outstanding allocations were lost: the stack store was full (raise --stack-storage-size)",
             lost_allocs.get()
@@ -557,22 +536,14 @@ fn stack_frames(
     kernel: bool,
     pid: u32,
     id: i64,
-    lost: &mut bool,
 ) -> Vec<String> {
-    if id < 0 {
-        // -ENOSPC: the stack store was full; -EFAULT: there was no stack
-        *lost |= -id == i64::from(libc::ENOSPC);
+    // a negative key: -ENOSPC (the stack store was full) or -EFAULT (no stack)
+    let Some(ips) =
+        crate::symbolize::stored_stack::<memtrace_stack>(stacks, id, |s| (s.nr, &s.ips))
+    else {
         return vec!["[stack lost]".into()];
-    }
-    let mut stack = memtrace_stack::default();
-    let found = stacks
-        .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-        .ok()
-        .flatten();
-    if found.is_none_or(|raw| plain::copy_from_bytes(&mut stack, &raw).is_err()) {
-        return vec!["[stack lost]".into()];
-    }
-    let ips = &stack.ips[..(stack.nr as usize).min(stack.ips.len())];
+    };
+    let ips = &ips[..];
     if kernel {
         symbolizer.kernel_frames(ips)
     } else {
@@ -584,10 +555,9 @@ fn print_report(
     out: &mut Output,
     args: &Args,
     symbolizer: &mut StackSymbolizer,
-    frames: impl Fn(&mut StackSymbolizer, i64, &mut bool) -> Vec<String>,
+    frames: impl Fn(&mut StackSymbolizer, i64) -> Vec<String>,
     pid: i32,
     rows: HashMap<i64, StackRow>,
-    lost: &mut bool,
 ) -> Result<()> {
     let mut rows: Vec<(i64, StackRow)> = rows.into_iter().collect();
     rows.sort_by(|(ia, a), (ib, b)| {
@@ -606,14 +576,14 @@ fn print_report(
                 "pid": (pid > 0).then_some(pid),
                 "bytes": row.bytes,
                 "allocations": row.allocs,
-                "stack": frames(symbolizer, *id, lost),
+                "stack": frames(symbolizer, *id),
             }))?;
         }
         return Ok(());
     }
     if args.folded {
         for (id, row) in &rows {
-            let mut stack = frames(symbolizer, *id, lost);
+            let mut stack = frames(symbolizer, *id);
             stack.reverse();
             out.line(&crate::flame::folded_line(&stack, row.bytes))?;
         }
@@ -634,7 +604,7 @@ fn print_report(
             "\t{} bytes in {} allocations from stack",
             row.bytes, row.allocs
         ))?;
-        for frame in frames(symbolizer, *id, lost) {
+        for frame in frames(symbolizer, *id) {
             out.line(&format!("\t\t{frame}"))?;
         }
     }

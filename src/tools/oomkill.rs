@@ -8,13 +8,13 @@ use std::mem::MaybeUninit;
 use anyhow::{Context, Result};
 use clap::Parser;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
+use libbpf_rs::{MapCore, RingBufferBuilder};
 use serde_json::json;
 
 use crate::cli::CommonArgs;
 use crate::events::Session;
 use crate::output::{escape_bytes, escape_c_chars, wall_clock_hms, Output};
-use crate::symbolize::StackSymbolizer;
+use crate::symbolize::{stored_stack, StackSymbolizer};
 use crate::{kernel, set_filter_rodata, skel};
 
 crate::bpf_skeleton!("oomkill");
@@ -106,11 +106,12 @@ impl Kill {
     fn from_event(e: &Event, symbolizer: &StackSymbolizer, stacks: &dyn MapCore) -> Kill {
         let cgroup = cgroup_path(e);
         // the OOM killer's own call chain says why it ran
-        let memcg = stack_ips(stacks, e.stack).is_some_and(|ips| {
-            symbolizer.kernel_frames(&ips).iter().any(|f| {
-                f.starts_with("mem_cgroup_out_of_memory+") || f.starts_with("try_charge_memcg+")
-            })
-        });
+        let memcg = stored_stack::<memtrace_stack>(stacks, e.stack, |s| (s.nr, &s.ips))
+            .is_some_and(|ips| {
+                symbolizer.kernel_frames(&ips).iter().any(|f| {
+                    f.starts_with("mem_cgroup_out_of_memory+") || f.starts_with("try_charge_memcg+")
+                })
+            });
         let pages = if memcg {
             cgroup_limit(&cgroup).map(|bytes| bytes / PAGE_SIZE)
         } else {
@@ -214,14 +215,4 @@ fn machine_pages() -> Option<u64> {
     use procfs::Current;
     let meminfo = procfs::Meminfo::current().ok()?;
     Some((meminfo.mem_total + meminfo.swap_total) / PAGE_SIZE)
-}
-
-fn stack_ips(stacks: &dyn MapCore, key: i64) -> Option<Vec<u64>> {
-    if key < 0 {
-        return None;
-    }
-    let raw = stacks.lookup(&key.to_ne_bytes(), MapFlags::ANY).ok()??;
-    let mut stack = memtrace_stack::default();
-    plain::copy_from_bytes(&mut stack, &raw).ok()?;
-    Some(stack.ips[..(stack.nr as usize).min(stack.ips.len())].to_vec())
 }

@@ -237,6 +237,17 @@ pub fn run(args: &[&str]) -> Finished {
     Tracer::start(args).wait()
 }
 
+/// Runs `memtrace TOOL_ARGS -- FIXTURE FIXTURE_ARGS` to its end, the fixture
+/// compiled from tests/fixtures/FIXTURE.c.
+pub fn run_on(tool_args: &[&str], fixture_name: &str, fixture_args: &[&str]) -> Finished {
+    let program = fixture(fixture_name);
+    let mut args = tool_args.to_vec();
+    args.push("--");
+    args.push(program.to_str().unwrap());
+    args.extend_from_slice(fixture_args);
+    run(&args)
+}
+
 /// Events of one pid from JSON lines.
 pub fn of_pid(events: &[Value], pid: u64) -> Vec<&Value> {
     events.iter().filter(|e| e["pid"] == pid).collect()

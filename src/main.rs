@@ -9,6 +9,7 @@ mod flame;
 mod kernel;
 mod output;
 mod perf;
+mod probe_site;
 mod skel;
 mod symbolize;
 mod target;

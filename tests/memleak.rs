@@ -120,40 +120,112 @@ fn text_report_as_the_originals() {
     );
 }
 
+/// Outstanding bytes from stacks with a frame of `function`, one total per
+/// report (a report's rows share a time_ns), in order.
+fn bytes_per_report(rows: &[Value], function: &str) -> Vec<u64> {
+    let prefix = format!("{function}+");
+    let mut reports: Vec<(u64, u64)> = Vec::new();
+    for row in rows {
+        let time = row["time_ns"].as_u64().unwrap();
+        if reports.last().is_none_or(|(t, _)| *t != time) {
+            reports.push((time, 0));
+        }
+        if frames(row).iter().any(|f| f.starts_with(&prefix)) {
+            reports.last_mut().unwrap().1 += row["bytes"].as_u64().unwrap();
+        }
+    }
+    reports.into_iter().map(|(_, bytes)| bytes).collect()
+}
+
+/// `memleak --kernel` with `extra` options on `holder ARGS`, reporting every 0.4 s.
+fn kernel_reports(extra: &[&str], holder_args: &[&str]) -> Vec<Value> {
+    let mut args = vec!["memleak", "--kernel", "--json", "-o", "0", "-T", "1000"];
+    args.extend_from_slice(extra);
+    args.push("0.4");
+    let finished = run_on(&args, "holder", holder_args);
+    finished.assert_success();
+    finished.json()
+}
+
 #[test]
 fn kernel_mode_sees_pipe_buffers_held_and_released() {
     if !root_tests_enabled() {
         return;
     }
     // 64 pipes holding a byte each: a pipe buffer page apiece, held 1.2 s, then closed
-    let finished = run_on(
-        &[
-            "memleak", "--kernel", "--json", "-o", "0", "-T", "1000", "0.4",
-        ],
-        "holder",
-        &["pipes", "64", "1200"],
+    let rows = kernel_reports(&[], &["pipes", "64", "1200"]);
+    let reports = bytes_per_report(&rows, "anon_pipe_write");
+    assert_eq!(
+        reports.iter().max(),
+        Some(&(64 * 4096)),
+        "{reports:?}\n{rows:?}"
     );
-    finished.assert_success();
-    // bytes from stacks through anon_pipe_write, per report (reports share a time_ns)
-    let mut reports: Vec<(u64, u64)> = Vec::new();
-    for row in finished.json() {
-        let time = row["time_ns"].as_u64().unwrap();
-        if reports.last().is_none_or(|(t, _)| *t != time) {
-            reports.push((time, 0));
-        }
-        if frames(&row)
-            .iter()
-            .any(|f| f.starts_with("anon_pipe_write+"))
+    assert_eq!(
+        reports.last(),
+        Some(&0),
+        "released pipes still outstanding: {reports:?}"
+    );
+}
+
+/// Outstanding bytes from stacks with a frame of `function` in each text
+/// report, in order; unlike JSON, the text shows reports with no rows too.
+fn text_bytes_per_report(stdout: &str, function: &str) -> Vec<u64> {
+    let prefix = format!("{function}+");
+    let mut reports = Vec::new();
+    let mut block_bytes = 0;
+    for line in stdout.lines() {
+        if line.starts_with('[') {
+            reports.push(0);
+        } else if let Some(bytes) = line
+            .strip_prefix('\t')
+            .and_then(|l| l.split_once(" bytes in "))
         {
-            reports.last_mut().unwrap().1 += row["bytes"].as_u64().unwrap();
+            block_bytes = bytes.0.parse::<u64>().unwrap();
+        } else if line.trim_start().starts_with(&prefix) {
+            *reports.last_mut().unwrap() += std::mem::take(&mut block_bytes);
         }
     }
-    let held = reports.iter().map(|(_, b)| *b).max().unwrap_or(0);
-    assert_eq!(held, 64 * 4096, "{reports:?}\n{}", finished.stdout);
+    reports
+}
+
+#[test]
+fn kernel_mode_percpu_sees_per_cpu_allocations() {
+    if !root_tests_enabled() {
+        return;
+    }
+    // a BPF per-CPU array of 50 values of 1000 bytes: 50 per-CPU allocations of
+    // 1000 bytes, made under bpf(BPF_MAP_CREATE), held 2 s, then the map is closed
+    // (and freed after an RCU grace period, in a kworker)
+    let holder_args = ["percpu", "50", "2000"];
+    let reports = |percpu: &[&str]| {
+        let mut args = vec![
+            "memleak", "--kernel", "-o", "0", "-T", "1000", "-z", "1000", "-Z", "1000",
+        ];
+        args.extend_from_slice(percpu);
+        args.push("0.4");
+        let finished = run_on(&args, "holder", &holder_args);
+        finished.assert_success();
+        (
+            text_bytes_per_report(&finished.stdout, "__sys_bpf"),
+            finished.stdout,
+        )
+    };
+    let (with_percpu, stdout) = reports(&["--percpu"]);
     assert_eq!(
-        reports.last().unwrap().1,
-        0,
-        "released pipes still outstanding: {reports:?}"
+        with_percpu.iter().max(),
+        Some(&50_000),
+        "{with_percpu:?}\n{stdout}"
+    );
+    assert_eq!(
+        with_percpu.last(),
+        Some(&0),
+        "freed map still outstanding: {with_percpu:?}"
+    );
+    // without --percpu those allocations are not traced
+    let (without, stdout) = reports(&[]);
+    assert!(
+        without.len() >= 5 && without.iter().all(|&b| b == 0),
+        "{without:?}\n{stdout}"
     );
 }
 
@@ -390,6 +462,29 @@ fn size_bounds_combined_totals_and_show_allocs() {
         "{}",
         finished.stdout
     );
+}
+
+#[test]
+fn sort_by_size_or_by_count() {
+    if !root_tests_enabled() {
+        return;
+    }
+    // leak_with(): 30000 bytes in 1 allocation; leak_small(): 1600 bytes in 100
+    let first_frame = |sort: &str| {
+        let rows = report(&["-o", "0", "--sort", sort], &["many"]);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let top = &rows[0];
+        let leak_with = frames(top).iter().any(|f| f.starts_with("leak_with+"));
+        let leak_small = frames(top).iter().any(|f| f.starts_with("leak_small+"));
+        (
+            leak_with,
+            leak_small,
+            top["bytes"].clone(),
+            top["allocations"].clone(),
+        )
+    };
+    assert_eq!(first_frame("size"), (true, false, 30000.into(), 1.into()));
+    assert_eq!(first_frame("count"), (false, true, 1600.into(), 100.into()));
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +23,7 @@ use crate::events::{monotonic_ns, Session};
 use crate::output::{wall_clock_hms, Output};
 use crate::symbolize::StackSymbolizer;
 use crate::target::Target;
-use crate::{kernel, set_filter_rodata, skel};
+use crate::{kernel, probe_site, set_filter_rodata, skel};
 
 crate::bpf_skeleton!("memleak");
 use bpf::types::{
@@ -202,11 +204,16 @@ fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(String, u64, u6
     let found = inspector
         .lookup(&Source::Elf(elf), &refs)
         .with_context(|| format!("reading the symbols of {}", object.display()))?;
+    let mut file = File::open(object).with_context(|| format!("opening {}", object.display()))?;
     let mut functions = Vec::new();
     let mut missing = Vec::new();
     for ((name, syms), &(_, cookie)) in names.iter().zip(found).zip(FUNCS) {
         match syms.iter().find_map(|s| s.file_offset) {
-            Some(offset) => functions.push((name.clone(), offset, cookie)),
+            Some(offset) => {
+                let site = cheap_probe_site(&mut file, offset)
+                    .with_context(|| format!("reading {name} in {}", object.display()))?;
+                functions.push((name.clone(), offset + site, cookie));
+            }
             None => missing.push(name.clone()),
         }
     }
@@ -221,6 +228,16 @@ fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(String, u64, u6
         bail!("{} has none of the allocator functions", object.display());
     }
     Ok(functions)
+}
+
+/// How far into the function at `offset` its uprobe can go and cost one trap
+/// instead of two (see probe_site).
+fn cheap_probe_site(file: &mut File, offset: u64) -> std::io::Result<u64> {
+    let mut code = Vec::with_capacity(probe_site::PROLOGUE_BYTES);
+    file.seek(SeekFrom::Start(offset))?;
+    file.take(probe_site::PROLOGUE_BYTES as u64)
+        .read_to_end(&mut code)?;
+    Ok(probe_site::emulated_site(&code))
 }
 
 /// The kernel-mode programs: (name, needs --percpu).

@@ -43,9 +43,25 @@ pub struct Options<'a> {
     pub grouping: Grouping,
     /// Count slots: distinct (process image, kind, file) triples.
     pub max_entries: u32,
-    pub only_files: bool,
-    pub only_hugetlb: bool,
+    pub only: Only,
     pub what: &'static str,
+    /// Printed after each report (swapin: the kernel's own swap-in counters).
+    pub footer: Option<Footer<'a>>,
+}
+
+/// Something a tool prints after each report.
+pub type Footer<'a> = Box<dyn FnMut(&mut Output) -> Result<()> + 'a>;
+
+/// Which faults a tool counts (the BPF side's only_* options).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    All,
+    /// Faults on file-backed mappings.
+    Files,
+    /// Faults on hugetlb mappings.
+    Hugetlb,
+    /// Major faults on anonymous or shmem memory: reads from swap.
+    Swap,
 }
 
 /// Faults counted since the last report for one process image, kind and target.
@@ -69,7 +85,7 @@ pub fn kind_name(major: bool) -> &'static str {
 
 /// Traces until the session ends, printing the counts since the previous
 /// report at each interval and at the end.
-pub fn run(options: Options<'_>) -> Result<i32> {
+pub fn run(mut options: Options<'_>) -> Result<i32> {
     let (target, filter) = skel::prepare(options.common)?;
     let mut storage = MaybeUninit::uninit();
     let mut open = FaultvmaSkelBuilder::default()
@@ -83,8 +99,9 @@ pub fn run(options: Options<'_>) -> Result<i32> {
             .rodata_data
             .as_deref_mut()
             .context("BPF object has no .rodata")?;
-        rodata.only_files = options.only_files;
-        rodata.only_hugetlb = options.only_hugetlb;
+        rodata.only_files = options.only == Only::Files;
+        rodata.only_hugetlb = options.only == Only::Hugetlb;
+        rodata.only_swap = options.only == Only::Swap;
         rodata.max_slots = slots;
     }
     skel::choose_common_programs(open.open_object_mut(), &filter)?;
@@ -100,14 +117,17 @@ pub fn run(options: Options<'_>) -> Result<i32> {
     let mut skel = open.load().context(skel::LOAD_FAILED)?;
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
-    let _links =
-        perf::attach_fault_programs(&skel.progs.faultvma_minor, &skel.progs.faultvma_major)?;
+    // swap-ins are major faults: minor ones are not even looked at
+    let minor = (options.only != Only::Swap).then_some(&skel.progs.faultvma_minor);
+    let _links = perf::attach_fault_programs(minor, &skel.progs.faultvma_major)?;
 
     let mut out = Output::new(options.common.json);
     let interval = options.report.interval;
     let clock_header = interval.is_some() || options.common.timestamp;
     let mut session = Session::start(target, options.common.duration, interval, options.what)?;
     let mut reader = SlotReader::default();
+    let majors_only = options.only == Only::Swap;
+    let mut footer = options.footer.take();
     let mut report_now = |out: &mut Output| -> Result<()> {
         let counts = reader.take(skel.object())?;
         print_counts(
@@ -116,7 +136,11 @@ pub fn run(options: Options<'_>) -> Result<i32> {
             options.grouping,
             options.report.top,
             clock_header,
+            majors_only,
         )?;
+        if let Some(footer) = footer.as_mut() {
+            footer(out)?;
+        }
         out.flush()
     };
     let stop = session.run(None, || Ok(()), || report_now(&mut out))?;
@@ -141,14 +165,16 @@ pub struct Grouping {
 }
 
 /// Prints counts grouped, sorted by total descending, the `top` first:
-/// a table (COMM, PID, MINOR, MAJOR, FAULTS, FILE as grouped) or JSON lines
-/// (pid, comm, file, kind, count; null where not grouped).
+/// a table (COMM, PID, MINOR, MAJOR, FAULTS, FILE as grouped; with
+/// `majors_only` one COUNT column) or JSON lines (pid, comm, file, kind,
+/// count; null where not grouped).
 fn print_counts(
     out: &mut Output,
     counts: &[Count],
     grouping: Grouping,
     top: Option<usize>,
     clock_header: bool,
+    majors_only: bool,
 ) -> Result<()> {
     type Group = (Option<String>, Option<u32>, Option<String>);
     let mut grouped: HashMap<Group, [u64; 2]> = HashMap::new();
@@ -192,7 +218,11 @@ fn print_counts(
     if grouping.pid {
         columns.push(">PID");
     }
-    columns.extend([">MINOR", ">MAJOR", ">FAULTS"]);
+    if majors_only {
+        columns.push(">COUNT");
+    } else {
+        columns.extend([">MINOR", ">MAJOR", ">FAULTS"]);
+    }
     if grouping.file {
         columns.push("FILE");
     }
@@ -201,11 +231,15 @@ fn print_counts(
         let mut cells: Vec<String> = Vec::new();
         cells.extend(comm);
         cells.extend(pid.map(|p| p.to_string()));
-        cells.extend([
-            minor.to_string(),
-            major.to_string(),
-            (minor + major).to_string(),
-        ]);
+        if majors_only {
+            cells.push(major.to_string());
+        } else {
+            cells.extend([
+                minor.to_string(),
+                major.to_string(),
+                (minor + major).to_string(),
+            ]);
+        }
         cells.extend(file);
         table.row(cells);
     }

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use libbpf_rs::btf::{types, Btf};
 use libbpf_rs::OpenObject;
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -108,15 +109,44 @@ fn check_tracepoints(root: &Path, tracepoints: &[(String, String)]) -> Result<()
     Ok(())
 }
 
+/// Whether the kernel has the BTF tracepoint `name` (a `tp_btf/` target):
+/// the kernel's BTF then has the typedef btf_trace_NAME.
+pub fn btf_tracepoint_exists(name: &str) -> Result<bool> {
+    let btf = Btf::from_vmlinux().context("reading the kernel's BTF")?;
+    Ok(has_btf_tracepoint(&btf, name))
+}
+
+fn has_btf_tracepoint(btf: &Btf, name: &str) -> bool {
+    btf.type_by_name::<types::Typedef>(&format!("btf_trace_{name}"))
+        .is_some()
+}
+
 /// After the tool chose its programs: mounts tracefs if a classic tracepoint
-/// needs it, and checks that each tracepoint to attach exists.
+/// needs it, and checks that each tracepoint to attach exists, so a missing
+/// one is named instead of failing the load.
 pub fn check_attach_points(object: &OpenObject) -> Result<()> {
-    let tracepoints: Vec<(String, String)> = object
+    let sections: Vec<String> = object
         .progs()
         .filter(|prog| prog.autoload())
-        .filter_map(|prog| {
-            let section = prog.section().to_string_lossy().into_owned();
-            tracepoint_of_section(&section).map(|(c, n)| (c.to_string(), n.to_string()))
+        .map(|prog| prog.section().to_string_lossy().into_owned())
+        .collect();
+    let btf_tracepoints: Vec<&str> = sections
+        .iter()
+        .filter_map(|s| s.strip_prefix("tp_btf/"))
+        .collect();
+    if !btf_tracepoints.is_empty() {
+        let btf = Btf::from_vmlinux().context("reading the kernel's BTF")?;
+        if let Some(missing) = btf_tracepoints
+            .iter()
+            .find(|name| !has_btf_tracepoint(&btf, name))
+        {
+            bail!("tracepoint {missing} does not exist on this kernel (no btf_trace_{missing} in its BTF), so this tool can't run here");
+        }
+    }
+    let tracepoints: Vec<(String, String)> = sections
+        .iter()
+        .filter_map(|section| {
+            tracepoint_of_section(section).map(|(c, n)| (c.to_string(), n.to_string()))
         })
         .collect();
     if tracepoints.is_empty() {

@@ -180,6 +180,33 @@ impl Table {
     }
 }
 
+/// A log2 histogram as the BCC tools print it: bucket 0 holds 0 and 1, bucket
+/// i (i > 0) the values from 2^i to 2^(i+1) - 1; empty buckets at the ends are left out.
+pub fn log2_histogram(unit: &str, buckets: &[u64]) -> Vec<String> {
+    const BAR: u64 = 40;
+    let Some(last) = buckets.iter().rposition(|&c| c > 0) else {
+        return Vec::new();
+    };
+    let max = buckets.iter().copied().max().unwrap_or(1).max(1);
+    let mut lines = vec![format!("{:>24} : {:<8} distribution", unit, "count")];
+    for (i, &count) in buckets.iter().enumerate().take(last + 1) {
+        let (low, high) = if i == 0 {
+            (0, 1)
+        } else {
+            (1u64 << i, (1u64 << (i + 1)) - 1)
+        };
+        let stars = (count * BAR).div_ceil(max) as usize;
+        lines.push(format!(
+            "{:>10} -> {:<10} : {:<8} |{:<40}|",
+            low,
+            high,
+            count,
+            "*".repeat(stars)
+        ));
+    }
+    lines
+}
+
 /// The local wall-clock time as `HH:MM:SS`, as the BCC tools print before each report.
 pub fn wall_clock_hms() -> String {
     // SAFETY: time(NULL) and localtime_r with valid pointers to locals are
@@ -222,6 +249,17 @@ mod tests {
         assert_eq!(escape_bytes(b"\x7f"), "\\x7f");
         let escaped = escape_bytes(b"\x1b]0;title\x07\x00");
         assert!(!escaped.chars().any(|c| c.is_control()), "{escaped}");
+    }
+
+    #[test]
+    fn log2_histogram_buckets() {
+        assert!(log2_histogram("usecs", &[0, 0, 0]).is_empty());
+        let lines = log2_histogram("usecs", &[1, 0, 4, 0, 0]);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[0].trim_start().starts_with("usecs : count"));
+        assert!(lines[1].contains("0 -> 1 ") && lines[1].contains("|**********"));
+        assert!(lines[2].contains("2 -> 3 ") && lines[2].contains(": 0 "));
+        assert!(lines[3].contains("4 -> 7 ") && lines[3].contains(&"*".repeat(40)));
     }
 
     #[test]

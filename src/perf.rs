@@ -78,9 +78,15 @@ fn attach_software_event(prog: &ProgramMut<'_>, config: u64, name: &str) -> Resu
     Ok(links)
 }
 
-/// Attaches a minor- and a major-fault program on every online CPU.
-pub fn attach_fault_programs(minor: &ProgramMut<'_>, major: &ProgramMut<'_>) -> Result<Vec<Link>> {
-    let mut links = attach_software_event(minor, PAGE_FAULTS_MIN, "page-faults-min")?;
+/// Attaches a major-fault program, and a minor-fault one if given, on every online CPU.
+pub fn attach_fault_programs(
+    minor: Option<&ProgramMut<'_>>,
+    major: &ProgramMut<'_>,
+) -> Result<Vec<Link>> {
+    let mut links = match minor {
+        Some(minor) => attach_software_event(minor, PAGE_FAULTS_MIN, "page-faults-min")?,
+        None => Vec::new(),
+    };
     links.extend(attach_software_event(
         major,
         PAGE_FAULTS_MAJ,

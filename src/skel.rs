@@ -37,6 +37,10 @@ pub struct Filter {
     pub by_tgid: bool,
     pub follow_forks: bool,
     pub comm: Option<[i8; 16]>,
+    /// One thread (a tool's `-t TID`), set by the tool after `prepare`.
+    pub tid: Option<u32>,
+    /// One user (a tool's `-u UID`), set by the tool after `prepare`.
+    pub uid: Option<u32>,
 }
 
 impl Filter {
@@ -53,6 +57,8 @@ impl Filter {
             by_tgid: target.initial_tgids().is_some(),
             follow_forks: target.follows_forks(),
             comm,
+            tid: None,
+            uid: None,
         }
     }
 }
@@ -101,6 +107,14 @@ macro_rules! set_filter_rodata {
             rodata.filter_by_comm = true;
             rodata.filter_comm = comm;
         }
+        if let Some(tid) = filter.tid {
+            rodata.filter_by_tid = true;
+            rodata.filter_tid = tid;
+        }
+        if let Some(uid) = filter.uid {
+            rodata.filter_by_uid = true;
+            rodata.filter_uid = uid;
+        }
     }};
 }
 
@@ -142,21 +156,28 @@ pub fn fill_traced_tgids(object: &Object, target: &Target) -> Result<()> {
     Ok(())
 }
 
+/// The first `n` slots of a per-CPU array of u64, each summed over the CPUs.
+pub fn percpu_sums(map: &dyn MapCore, n: usize) -> Result<Vec<u64>> {
+    (0..n as u32)
+        .map(|slot| {
+            let per_cpu = map
+                .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+                .with_context(|| format!("reading {}", map.name().to_string_lossy()))?
+                .unwrap_or_default();
+            Ok(per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_ne_bytes)
+                .sum())
+        })
+        .collect()
+}
+
 /// What the BPF side could not record, summed over CPUs, by reason.
 pub fn drop_counts(object: &Object) -> Result<[u64; DROP_NR]> {
-    let drops = map(object, "drop_counts")?;
+    let sums = percpu_sums(&map(object, "drop_counts")?, DROP_NR)?;
     let mut totals = [0u64; DROP_NR];
-    for (reason, total) in totals.iter_mut().enumerate() {
-        let per_cpu = drops
-            .lookup_percpu(&(reason as u32).to_ne_bytes(), MapFlags::ANY)
-            .context("reading drop counts")?
-            .unwrap_or_default();
-        *total = per_cpu
-            .iter()
-            .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-            .map(u64::from_ne_bytes)
-            .sum();
-    }
+    totals.copy_from_slice(&sums);
     Ok(totals)
 }
 

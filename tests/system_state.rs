@@ -1,4 +1,5 @@
-//! Tests that change system-wide state (tracefs mount, huge pages). They run
+//! Tests that change system-wide state (tracefs mount, huge pages, memory
+//! cgroups, swap, vm.page-cluster). They run
 //! one at a time (a lock; cargo runs test binaries one after another) and
 //! restore what they changed even when they fail (guards' Drop).
 
@@ -334,4 +335,231 @@ fn oomkill_prints_nothing_when_nothing_happens() {
     let finished = run(&["oomkill", "-d", "0.5"]);
     finished.assert_success();
     assert_eq!(finished.stdout, "", "no OOM kill, no output");
+}
+
+/// A swap file, on for the test, off and removed after.
+struct SwapFile {
+    path: PathBuf,
+}
+
+impl SwapFile {
+    fn on(bytes: u64) -> SwapFile {
+        let path = temp_path("swapfile");
+        let guard = SwapFile { path };
+        let p = guard.path.display();
+        // a file of real blocks (swapon refuses holes), private to root
+        assert!(
+            sh(&format!(
+                "dd if=/dev/zero of={p} bs=1M count={} status=none && chmod 600 {p} && mkswap {p} >/dev/null && swapon {p}",
+                bytes >> 20
+            )),
+            "making and enabling a swap file at {p}"
+        );
+        guard
+    }
+}
+
+impl Drop for SwapFile {
+    fn drop(&mut self) {
+        sh(&format!("swapoff {} 2>/dev/null", self.path.display()));
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A sysctl under /proc/sys set for the test and put back after.
+struct Sysctl {
+    file: &'static str,
+    original: String,
+}
+
+impl Sysctl {
+    fn set(file: &'static str, value: &str) -> Sysctl {
+        let original = std::fs::read_to_string(file).unwrap();
+        let guard = Sysctl { file, original };
+        std::fs::write(file, value).unwrap();
+        guard
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.file, self.original.trim());
+    }
+}
+
+fn vmstat(name: &str) -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn sum_u64<'a>(rows: impl Iterator<Item = &'a Value>, field: &str) -> u64 {
+    rows.map(|r| r[field].as_u64().unwrap_or(0)).sum()
+}
+
+#[test]
+fn drsnoop_and_vmscan_see_memcg_reclaim() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let _lock = lock();
+    let cgroup = MemoryCgroup::create(64 << 20);
+    let file = temp_path("stream");
+    let mut held = Held::start(
+        &fixture("pressure"),
+        &["stream", file.to_str().unwrap(), "256"],
+    );
+    cgroup.add(held.pid());
+    let drsnoop = Tracer::start(&["drsnoop", "--json"]);
+    let vmscan = Tracer::start(&["vmscan", "--json", "-i", "0.5"]);
+    let status = held.go();
+    assert!(status.success(), "pressure stream: {status:?}");
+    let _ = std::fs::remove_file(&file);
+    let stalls = drsnoop.stop();
+    stalls.assert_success();
+    let summary = vmscan.stop();
+    summary.assert_success();
+
+    let stalls = stalls.json();
+    let ours: Vec<&Value> = stalls.iter().filter(|s| s["pid"] == held.pid()).collect();
+    assert!(
+        !ours.is_empty(),
+        "no reclaim stall for {}: {stalls:?}",
+        held.pid()
+    );
+    for stall in &ours {
+        assert_eq!(stall["kind"], "memcg", "{stall}");
+        assert_eq!(stall["comm"], "pressure", "{stall}");
+        assert_eq!(stall["tid"], held.pid(), "{stall}");
+        assert!(stall["latency_ns"].as_u64().unwrap() > 0, "{stall}");
+    }
+    // Reading the 256 MiB back alone charges 65536 pages to a cgroup that holds
+    // at most 16384, so at least 49152 had to be reclaimed by this task; all it
+    // ever brought in is the file twice (written, then read) and its own pages.
+    let pages = sum_u64(ours.iter().copied(), "pages");
+    assert!(
+        (49152..=2 * 65536 + 4096).contains(&pages),
+        "{pages} pages reclaimed in {} stalls",
+        ours.len()
+    );
+
+    // vmscan counts the same reclaim (for the whole machine: at least ours)
+    let rows = summary.json();
+    let intervals = || rows.iter().filter(|r| r.get("memcg_reclaims").is_some());
+    assert!(intervals().count() >= 2, "{rows:?}");
+    let reclaims = sum_u64(intervals(), "memcg_reclaims");
+    assert!(reclaims >= ours.len() as u64, "{reclaims} < {}", ours.len());
+    assert!(sum_u64(intervals(), "memcg_reclaim_pages") >= pages);
+    assert!(sum_u64(intervals(), "memcg_reclaim_ns") > 0);
+    // and its histogram holds each of those reclaims once
+    let histogram = rows
+        .iter()
+        .find(|r| r["histogram"] == "memcg_reclaim_latency")
+        .unwrap_or_else(|| panic!("no memcg reclaim histogram: {rows:?}"));
+    let in_buckets: u64 = histogram["log2_buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(in_buckets, reclaims);
+}
+
+#[test]
+fn swapin_counts_reads_from_swap() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let _lock = lock();
+    let _swap = SwapFile::on(256 << 20);
+    // no swap readahead: each page read from swap is then one major fault
+    let _page_cluster = Sysctl::set("/proc/sys/vm/page-cluster", "0");
+    let cgroup = MemoryCgroup::create(64 << 20);
+    let mut held = Held::start(&fixture("pressure"), &["swap", "128"]);
+    cgroup.add(held.pid());
+    let tracer = Tracer::start(&["swapin", "--json"]);
+    let before = vmstat("pswpin") + vmstat("zswpin");
+    let status = held.go();
+    let after = vmstat("pswpin") + vmstat("zswpin");
+    assert!(
+        status.success(),
+        "pressure swap (checks every page): {status:?}"
+    );
+    let finished = tracer.stop();
+    finished.assert_success();
+    let rows = finished.json();
+    let counted = sum_u64(
+        rows.iter()
+            .filter(|r| r["pid"] == held.pid() && r["comm"] == "pressure"),
+        "count",
+    );
+    // 128 MiB written in a 64 MiB cgroup: at least 64 MiB (16384 pages) went to
+    // swap and was read back. The kernel's count of pages read from swap over
+    // the same time is the bound: every counted fault read one page (no
+    // readahead), and the few pages it counted beyond ours are other processes'
+    // or swap-cache races.
+    let machine = after - before;
+    assert!(counted >= 16384, "{counted} swap-ins counted: {rows:?}");
+    assert!(
+        counted <= machine,
+        "{counted} counted, pswpin+zswpin {machine}"
+    );
+    assert!(
+        machine - counted <= machine / 100 + 64,
+        "{counted} counted, pswpin+zswpin {machine}"
+    );
+    // the machine-wide figures are reported alongside, and agree
+    let reported = sum_u64(rows.iter(), "machine_pswpin") + sum_u64(rows.iter(), "machine_zswpin");
+    assert!(
+        reported >= counted,
+        "reported {reported}, counted {counted}"
+    );
+}
+
+#[test]
+fn pressure_tools_print_nothing_misleading_when_idle() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let _lock = lock();
+    // this test process reclaims and swaps nothing while it waits
+    let me = std::process::id().to_string();
+    let finished = run(&["drsnoop", "--json", "-p", &me, "-d", "0.5"]);
+    finished.assert_success();
+    assert_eq!(finished.stdout, "", "no stall, no output");
+    let finished = run(&["drsnoop", "-p", &me, "-d", "0.5"]);
+    finished.assert_success();
+    assert_eq!(
+        finished.stdout.lines().collect::<Vec<_>>(),
+        ["COMM             PID     TID       LAT(ms)   PAGES KIND"],
+        "the header alone"
+    );
+
+    let finished = run(&["vmscan", "--json", "-p", &me, "-d", "0.5", "-i", "10"]);
+    finished.assert_success();
+    let rows = finished.json();
+    assert_eq!(
+        rows.len(),
+        1,
+        "one (partial) interval, no histogram: {rows:?}"
+    );
+    for field in [
+        "slab_ns",
+        "direct_reclaim_ns",
+        "memcg_reclaim_ns",
+        "direct_reclaims",
+        "memcg_reclaims",
+    ] {
+        assert_eq!(rows[0][field], 0, "{field}: {rows:?}");
+    }
+
+    let finished = run(&["swapin", "--json", "-p", &me, "-d", "0.5"]);
+    finished.assert_success();
+    let rows = finished.json();
+    assert!(
+        rows.iter().all(|r| r.get("count").is_none()),
+        "no swap-in counted: {rows:?}"
+    );
 }

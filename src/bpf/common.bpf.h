@@ -22,6 +22,10 @@ const volatile bool filter_by_tgid = false; /* only tgids in traced_tgids */
 const volatile bool follow_forks = false;   /* children of traced tgids are traced too */
 const volatile bool filter_by_comm = false;
 const volatile char filter_comm[MEMTRACE_COMM_LEN] = {};
+const volatile bool filter_by_tid = false; /* one thread (drsnoop, shmsnoop -t) */
+const volatile __u32 filter_tid = 0;
+const volatile bool filter_by_uid = false; /* one user (drsnoop -u) */
+const volatile __u32 filter_uid = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -54,6 +58,10 @@ static __always_inline void memtrace_count_drop(__u32 reason)
 /* Should the current task be traced? The cheap tests come first. */
 static __always_inline bool memtrace_wanted(void)
 {
+	if (filter_by_tid && (__u32)bpf_get_current_pid_tgid() != filter_tid)
+		return false;
+	if (filter_by_uid && (__u32)bpf_get_current_uid_gid() != filter_uid)
+		return false;
 	if (filter_by_tgid) {
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 

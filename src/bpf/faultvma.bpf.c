@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * The kernel side of ffaults, fmapfault and hfaults: page faults counted by
+ * The kernel side of ffaults, fmapfault, hfaults and swapin: page faults counted by
  * process image, kind (minor, major) and what they hit (a file, or a kind of
  * anonymous memory). The tools differ only in options (only_files,
- * only_hugetlb) and in how user space groups the counts.
+ * only_hugetlb, only_swap) and in how user space groups the counts.
  *
  * Which VMA did a page fault hit? bpf_find_vma() answers, but costs ~12 us on
  * this kernel: on every fault it slows a fault storm ~6x. So answers are
@@ -24,6 +24,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define FAULTVMA_REGION_SHIFT 21
 #define VM_SHARED 0x00000008
 #define VM_HUGETLB 0x00400000
+#define TMPFS_MAGIC 0x01021994
 
 struct faultvma_cached {
 	__u64 mm;
@@ -39,6 +40,7 @@ struct faultvma_cached {
 /* Options: which faults a tool counts. */
 const volatile bool only_files = false;   /* fmapfault: file-backed VMAs */
 const volatile bool only_hugetlb = false; /* hfaults: VM_HUGETLB VMAs */
+const volatile bool only_swap = false;    /* swapin: major faults on anonymous or shmem memory */
 const volatile __u32 max_slots = 10240;   /* entries of the slot maps below */
 
 struct faultvma_region_key {
@@ -154,6 +156,8 @@ static long faultvma_describe(struct task_struct *task, struct vm_area_struct *v
 		struct inode *inode = BPF_CORE_READ(vm_file, f_inode);
 
 		c->file.label = FAULTVMA_FILE;
+		if (BPF_CORE_READ(inode, i_sb, s_magic) == TMPFS_MAGIC)
+			c->file.flags |= FAULTVMA_SHMEM;
 		c->file.ino = BPF_CORE_READ(inode, i_ino);
 		c->file.dev = BPF_CORE_READ(inode, i_sb, s_dev);
 		faultvma_remember_name(&c->file, vm_file);
@@ -314,6 +318,11 @@ static __always_inline int faultvma_count_fault(__u64 addr, __u32 kind)
 	if (only_files && c->file.label != FAULTVMA_FILE)
 		return 0;
 	if (only_hugetlb && !(c->file.flags & FAULTVMA_HUGETLB))
+		return 0;
+	/* a major fault on memory with no file behind it (or shmem's) is a read from swap */
+	if (only_swap && (kind != FAULTVMA_MAJOR || c->file.label == FAULTVMA_UNKNOWN ||
+			  (c->file.flags & FAULTVMA_HUGETLB) ||
+			  (c->file.label == FAULTVMA_FILE && !(c->file.flags & FAULTVMA_SHMEM))))
 		return 0;
 	count = faultvma_counter(c, kind, bpf_get_current_pid_tgid() >> 32);
 	if (count)

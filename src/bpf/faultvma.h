@@ -16,6 +16,7 @@ enum faultvma_label {
 
 #define FAULTVMA_HUGETLB 0x1 /* VM_HUGETLB */
 #define FAULTVMA_SHARED 0x2  /* VM_SHARED */
+#define FAULTVMA_SHMEM 0x4   /* a file on tmpfs/shmem: SysV shm, memfd, /dev/shm, shared anonymous */
 
 /* Identity of what a fault hit; dev and ino are 0 unless label is FAULTVMA_FILE. */
 struct faultvma_file {

@@ -101,7 +101,8 @@ pub fn run(args: Args) -> Result<i32> {
     let mut skel = open.load().context(skel::LOAD_FAILED)?;
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
-    let _links = perf::attach_fault_programs(&skel.progs.faults_minor, &skel.progs.faults_major)?;
+    let _links =
+        perf::attach_fault_programs(Some(&skel.progs.faults_minor), &skel.progs.faults_major)?;
 
     let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let mut builder = RingBufferBuilder::new();

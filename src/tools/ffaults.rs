@@ -50,8 +50,8 @@ pub fn run(args: Args) -> Result<i32> {
             file: args.by != By::Process,
         },
         max_entries: args.max_entries,
-        only_files: false,
-        only_hugetlb: false,
+        only: faults::Only::All,
         what: "page faults",
+        footer: None,
     })
 }

@@ -42,8 +42,8 @@ pub fn run(args: Args) -> Result<i32> {
             file: true,
         },
         max_entries: args.max_entries,
-        only_files: true,
-        only_hugetlb: false,
+        only: faults::Only::Files,
         what: "page faults on file mappings",
+        footer: None,
     })
 }

@@ -37,8 +37,8 @@ pub fn run(args: Args) -> Result<i32> {
             file: true,
         },
         max_entries: args.max_entries,
-        only_files: false,
-        only_hugetlb: true,
+        only: faults::Only::Hugetlb,
         what: "hugetlb page faults",
+        footer: None,
     })
 }

@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+pub mod drsnoop;
 pub mod faults;
 pub mod ffaults;
 pub mod fmapfault;
@@ -15,6 +16,8 @@ pub mod memleak;
 pub mod mmapfiles;
 pub mod mmapsnoop;
 pub mod oomkill;
+pub mod swapin;
+pub mod vmscan;
 
 pub struct Tool {
     pub name: &'static str,
@@ -52,6 +55,9 @@ pub static TOOLS: &[Tool] = &[
     tool!(faults),
     tool!(memleak, memleak::command),
     tool!(oomkill),
+    tool!(drsnoop),
+    tool!(vmscan),
+    tool!(swapin),
 ];
 
 pub fn find(name: &str) -> Option<&'static Tool> {

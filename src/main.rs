@@ -14,6 +14,7 @@ mod skel;
 mod symbolize;
 mod target;
 mod tools;
+mod unwind;
 
 use std::ffi::OsString;
 use std::path::Path;

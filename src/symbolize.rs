@@ -120,6 +120,15 @@ impl StackSymbolizer {
         self.live.get(&pid)
     }
 
+    /// The file mapped at a user address of a process, and the address's offset in it.
+    pub fn locate(&mut self, pid: u32, addr: u64) -> Option<(PathBuf, u64)> {
+        let map = self
+            .mappings(pid)?
+            .iter()
+            .find(|m| (m.start..m.end).contains(&addr))?;
+        Some((map.path.clone(), addr - map.start + map.file_offset))
+    }
+
     /// User-space frames, leaf first, as `func+0xoff [module]`.
     pub fn user_frames(&mut self, pid: u32, ips: &[u64]) -> Vec<String> {
         let with_source = self.with_source;

@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+pub mod brkstack;
 pub mod drsnoop;
 pub mod faults;
 pub mod ffaults;
@@ -58,6 +59,7 @@ pub static TOOLS: &[Tool] = &[
     tool!(drsnoop),
     tool!(vmscan),
     tool!(swapin),
+    tool!(brkstack),
 ];
 
 pub fn find(name: &str) -> Option<&'static Tool> {

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * brkstack: brk(2) calls with the heap growth each caused and the caller's
+ * stack. The kernel's frame-pointer walk loses the frames that matter here:
+ * brk is called from libc's sbrk, and a libc built without frame pointers
+ * (Debian's) leaves the walk nothing past the leaf. So each call sends its
+ * user registers and the top 8 KiB of its stack, as `perf record
+ * --call-graph dwarf` does, and user space unwinds them with .eh_frame.
+ * brk is called rarely (glibc grows the heap 128 KiB at a time), so an event
+ * per call is affordable.
+ */
+#include "exitmaps.bpf.h"
+#include "brkstack.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);   /* tid */
+	__type(value, __u64); /* mm->brk at entry */
+} old_brks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024);
+} events SEC(".maps");
+
+/* Puts struct brkstack_event into the skeleton's generated types. */
+struct brkstack_event brkstack_event_layout = {};
+
+SEC("tp/syscalls/sys_enter_brk")
+int brkstack_enter(void *ctx)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 old_brk;
+
+	if (!memtrace_wanted())
+		return 0;
+	old_brk = BPF_CORE_READ(task, mm, brk);
+	if (bpf_map_update_elem(&old_brks, &tid, &old_brk, BPF_ANY))
+		memtrace_count_drop(MEMTRACE_DROP_PENDING);
+	return 0;
+}
+
+SEC("tp/syscalls/sys_exit_brk")
+int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct brkstack_event *e;
+	__u64 *old_brk, sp;
+	__u32 i;
+
+	old_brk = bpf_map_lookup_elem(&old_brks, &tid);
+	if (!old_brk)
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		memtrace_count_drop(MEMTRACE_DROP_RINGBUF);
+		bpf_map_delete_elem(&old_brks, &tid);
+		return 0;
+	}
+	e->time_ns = bpf_ktime_get_ns();
+	e->old_brk = *old_brk;
+	e->new_brk = ctx->ret;
+	e->pid = id >> 32;
+	e->tid = tid;
+	e->pad = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->ip = BPF_CORE_READ(regs, ip);
+	e->sp = sp = BPF_CORE_READ(regs, sp);
+	e->bp = BPF_CORE_READ(regs, bp);
+	/* in chunks: the stack may end (its VMA's top) less than 8 KiB above sp */
+	for (i = 0; i < BRKSTACK_CHUNKS; i++) {
+		if (bpf_probe_read_user(&e->stack[i * BRKSTACK_CHUNK], BRKSTACK_CHUNK,
+					(void *)(sp + i * BRKSTACK_CHUNK)))
+			break;
+	}
+	e->stack_len = i * BRKSTACK_CHUNK;
+	bpf_ringbuf_submit(e, 0);
+	bpf_map_delete_elem(&old_brks, &tid);
+	/* its mappings are wanted when it exits, to unwind and symbolize after */
+	exitmaps_note_owner(id >> 32);
+	return 0;
+}

@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+#ifndef BRKSTACK_H
+#define BRKSTACK_H
+
+#include "common.h"
+
+/* The top of the user stack copied with each call, for unwinding in user space. */
+#define BRKSTACK_CHUNK 512
+#define BRKSTACK_CHUNKS 16
+#define BRKSTACK_STACK_BYTES (BRKSTACK_CHUNK * BRKSTACK_CHUNKS)
+
+/* One brk(2) call as it returned, with what user space needs to unwind its stack. */
+struct brkstack_event {
+	__u64 time_ns;
+	__u64 old_brk;   /* the heap's end before the call */
+	__u64 new_brk;   /* and after (the return value) */
+	__u64 ip;        /* user registers at the syscall */
+	__u64 sp;
+	__u64 bp;
+	__u32 pid;
+	__u32 tid;
+	__u32 stack_len; /* bytes of stack[] copied from sp up */
+	__u32 pad;
+	char comm[MEMTRACE_COMM_LEN];
+	__u8 stack[BRKSTACK_STACK_BYTES];
+};
+
+#endif

@@ -1,0 +1,257 @@
+//! User stacks unwound from a copy of the stack's top and the registers, with
+//! the call frame information (.eh_frame) of each mapped file, as `perf
+//! --call-graph dwarf` does. The kernel's own user stack walk follows frame
+//! pointers, which libraries built without them (Debian's libc) break: a
+//! syscall made from libc then shows no caller at all.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, NativeEndian, RegisterRule, UnwindContext,
+    UnwindSection, X86_64,
+};
+use object::{Object, ObjectSection, ObjectSegment};
+
+/// The user registers unwinding starts from.
+#[derive(Clone, Copy, Debug)]
+pub struct Registers {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+/// Frames beyond this are not followed (as the kernel's PERF_MAX_STACK_DEPTH).
+const MAX_FRAMES: usize = 127;
+
+/// What one file offers for unwinding: its bytes and where its sections are.
+struct UnwindObject {
+    data: Vec<u8>,
+    eh_frame: Range<usize>,
+    eh_frame_addr: u64,
+    eh_frame_hdr: Option<(Range<usize>, u64)>,
+    /// PT_LOAD segments: (file offset, virtual address, file size).
+    loads: Vec<(u64, u64, u64)>,
+}
+
+fn file_range(range: Option<(u64, u64)>) -> Option<Range<usize>> {
+    let (offset, size) = range?;
+    Some(offset as usize..(offset + size) as usize)
+}
+
+impl UnwindObject {
+    fn load(path: &Path) -> Option<UnwindObject> {
+        let data = std::fs::read(path).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let eh_frame = file.section_by_name(".eh_frame")?;
+        let eh_frame_range = file_range(eh_frame.file_range())?;
+        let eh_frame_addr = eh_frame.address();
+        let eh_frame_hdr = file
+            .section_by_name(".eh_frame_hdr")
+            .and_then(|s| Some((file_range(s.file_range())?, s.address())));
+        let loads = file
+            .segments()
+            .map(|s| {
+                let (offset, size) = s.file_range();
+                (offset, s.address(), size)
+            })
+            .collect();
+        Some(UnwindObject {
+            eh_frame: eh_frame_range,
+            eh_frame_addr,
+            eh_frame_hdr,
+            loads,
+            data,
+        })
+    }
+
+    /// The virtual address (as the ELF file numbers them) of a file offset.
+    fn address_of(&self, file_offset: u64) -> Option<u64> {
+        self.loads
+            .iter()
+            .find(|(offset, _, size)| (*offset..offset + size).contains(&file_offset))
+            .map(|(offset, vaddr, _)| file_offset - offset + vaddr)
+    }
+
+    /// How to find the caller's frame at `address`: (CFA register, CFA
+    /// offset, where RA is, where RBP is), from the file's CFI.
+    fn frame_rule(&self, address: u64) -> Option<FrameRule> {
+        let eh_frame = EhFrame::new(self.data.get(self.eh_frame.clone())?, NativeEndian);
+        let mut bases = BaseAddresses::default().set_eh_frame(self.eh_frame_addr);
+        let mut ctx = UnwindContext::new();
+        let row = match &self.eh_frame_hdr {
+            Some((range, addr)) => {
+                bases = bases.set_eh_frame_hdr(*addr);
+                let hdr = EhFrameHdr::new(self.data.get(range.clone())?, NativeEndian)
+                    .parse(&bases, 8)
+                    .ok()?;
+                let table = hdr.table()?;
+                table
+                    .unwind_info_for_address(
+                        &eh_frame,
+                        &bases,
+                        &mut ctx,
+                        address,
+                        EhFrame::cie_from_offset,
+                    )
+                    .ok()?
+                    .clone()
+            }
+            None => eh_frame
+                .unwind_info_for_address(&bases, &mut ctx, address, EhFrame::cie_from_offset)
+                .ok()?
+                .clone(),
+        };
+        let CfaRule::RegisterAndOffset { register, offset } = *row.cfa() else {
+            return None; // DWARF expressions (PLT stubs): not followed
+        };
+        Some(FrameRule {
+            cfa_register: register,
+            cfa_offset: offset,
+            ra: row.register(X86_64::RA)?,
+            rbp: row.register(X86_64::RBP),
+        })
+    }
+}
+
+struct FrameRule {
+    cfa_register: gimli::Register,
+    cfa_offset: i64,
+    ra: RegisterRule<usize>,
+    rbp: Option<RegisterRule<usize>>,
+}
+
+/// Unwinds stacks; keeps each file it has read.
+#[derive(Default)]
+pub struct Unwinder {
+    objects: HashMap<PathBuf, Option<Rc<UnwindObject>>>,
+}
+
+impl Unwinder {
+    fn object(&mut self, path: &Path) -> Option<Rc<UnwindObject>> {
+        self.objects
+            .entry(path.to_path_buf())
+            .or_insert_with(|| UnwindObject::load(path).map(Rc::new))
+            .clone()
+    }
+
+    /// The return addresses of a stack, leaf (the registers' ip) first.
+    /// `locate` gives the file and file offset of an address; `stack` holds
+    /// the bytes from `regs.sp` up. Unwinding stops where the CFI ends (the
+    /// program's entry point), where a read falls outside the copy, or where
+    /// no file or rule is known; a frame without CFI is tried with the frame
+    /// pointer.
+    pub fn unwind(
+        &mut self,
+        regs: Registers,
+        stack: &[u8],
+        mut locate: impl FnMut(u64) -> Option<(PathBuf, u64)>,
+    ) -> Vec<u64> {
+        let read = |addr: u64| -> Option<u64> {
+            let at = usize::try_from(addr.checked_sub(regs.sp)?).ok()?;
+            let bytes = stack.get(at..at.checked_add(8)?)?;
+            Some(u64::from_ne_bytes(bytes.try_into().ok()?))
+        };
+        let Registers {
+            mut ip,
+            mut sp,
+            mut bp,
+        } = regs;
+        let mut ips = vec![ip];
+        while ips.len() < MAX_FRAMES {
+            // a return address points after the call: look up the call itself
+            let lookup = if ips.len() == 1 { ip } else { ip - 1 };
+            let rule = locate(lookup).and_then(|(path, offset)| {
+                let object = self.object(&path)?;
+                object.frame_rule(object.address_of(offset)?)
+            });
+            let (next_ip, next_sp, next_bp) = match rule {
+                Some(rule) => {
+                    let base = if rule.cfa_register == X86_64::RSP {
+                        sp
+                    } else if rule.cfa_register == X86_64::RBP {
+                        bp
+                    } else {
+                        break;
+                    };
+                    let cfa = base.wrapping_add_signed(rule.cfa_offset);
+                    let RegisterRule::Offset(ra_at) = rule.ra else {
+                        break; // undefined: the outermost frame
+                    };
+                    let next_bp = match rule.rbp {
+                        Some(RegisterRule::Offset(at)) => read(cfa.wrapping_add_signed(at)),
+                        _ => Some(bp),
+                    };
+                    (read(cfa.wrapping_add_signed(ra_at)), cfa, next_bp)
+                }
+                None => (read(bp.wrapping_add(8)), bp.wrapping_add(16), read(bp)),
+            };
+            let (Some(next_ip), Some(next_bp)) = (next_ip, next_bp) else {
+                break;
+            };
+            // the stack grows down: a caller's frame is above its callee's
+            if next_ip == 0 || next_sp <= sp {
+                break;
+            }
+            (ip, sp, bp) = (next_ip, next_sp, next_bp);
+            ips.push(ip);
+        }
+        ips
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unwinds this test's own stack: a copy of it from a known sp, and the
+    /// addresses of this process's mappings; the test function must be found.
+    #[inline(never)]
+    fn capture() -> (Registers, Vec<u8>) {
+        let (ip, sp, bp): (u64, u64, u64);
+        // SAFETY: reads three registers into locals; touches no memory.
+        unsafe {
+            std::arch::asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+            );
+        }
+        let len = 16 * 1024;
+        // SAFETY: the 16 KiB above this frame's sp are the live stack of this
+        // thread (its callers' frames; a test thread's stack is 2 MiB).
+        let stack = unsafe { std::slice::from_raw_parts(sp as *const u8, len) }.to_vec();
+        (Registers { ip, sp, bp }, stack)
+    }
+
+    #[test]
+    fn unwinds_own_stack_through_eh_frame() {
+        let (regs, stack) = capture();
+        let maps = procfs::process::Process::myself().unwrap().maps().unwrap();
+        let locate = |addr: u64| {
+            maps.iter()
+                .find(|m| (m.address.0..m.address.1).contains(&addr))
+                .and_then(|m| match &m.pathname {
+                    procfs::process::MMapPath::Path(p) => {
+                        Some((p.clone(), addr - m.address.0 + m.offset))
+                    }
+                    _ => None,
+                })
+        };
+        let ips = Unwinder::default().unwind(regs, &stack, locate);
+        assert!(ips.len() >= 3, "{ips:x?}");
+        // every frame lies in a file mapping of this process
+        assert!(ips.iter().all(|&ip| locate(ip).is_some()), "{ips:x?}");
+        // the caller of capture() is this test function
+        let me = unwinds_own_stack_through_eh_frame as *const () as usize as u64;
+        assert!(
+            ips.iter().any(|&ip| (me..me + 4096).contains(&ip)),
+            "{me:x} not among {ips:x?}"
+        );
+    }
+}

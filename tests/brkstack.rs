@@ -1,0 +1,115 @@
+//! brkstack against a fixture that grows its heap through known functions (root).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn frames(row: &Value) -> Vec<&str> {
+    row["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect()
+}
+
+/// The JSON rows of the grower's own pid whose stack has `function`.
+fn rows_through<'a>(rows: &'a [Value], function: &str) -> Vec<&'a Value> {
+    let prefix = format!("{function}+");
+    rows.iter()
+        .filter(|r| r["comm"] == "grower")
+        .filter(|r| frames(r).iter().any(|f| f.starts_with(&prefix)))
+        .collect()
+}
+
+#[test]
+fn sbrk_calls_and_bytes_by_stack() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let finished = run_on(&["brkstack", "--json"], "grower", &["sbrk", "16", "65536"]);
+    finished.assert_success();
+    let rows = finished.json();
+    let grown = rows_through(&rows, "grow_heap");
+    assert_eq!(grown.len(), 1, "{rows:?}");
+    assert_eq!(grown[0]["calls"], 16, "{rows:?}");
+    assert_eq!(grown[0]["bytes_grown"], 16 * 65536, "{rows:?}");
+    assert_eq!(grown[0]["bytes_shrunk"], 0, "{rows:?}");
+    // unwound through libc (built without frame pointers here) down to main
+    let stack = frames(grown[0]);
+    let at = |name: &str| stack.iter().position(|f| f.contains(name));
+    let (sbrk, grow, main) = (at("sbrk+"), at("grow_heap+"), at("main+"));
+    assert!(sbrk < grow && grow < main && sbrk.is_some(), "{stack:?}");
+    assert!(stack[grow.unwrap()].ends_with("[grower]"), "{stack:?}");
+    // the sbrk(0) in main is a brk call of its own stack, growing nothing
+    let all_calls: u64 = rows
+        .iter()
+        .filter(|r| r["comm"] == "grower")
+        .map(|r| r["calls"].as_u64().unwrap())
+        .sum();
+    assert!(all_calls > 16, "{rows:?}");
+}
+
+#[test]
+fn malloc_growth_is_attributed_to_its_caller() {
+    if !root_tests_enabled() {
+        return;
+    }
+    // 64 blocks of 100000 bytes, under glibc's mmap threshold: from the heap
+    let finished = run_on(
+        &["brkstack", "--json"],
+        "grower",
+        &["malloc", "64", "100000"],
+    );
+    finished.assert_success();
+    let rows = finished.json();
+    let grown: u64 = rows_through(&rows, "grow_with_malloc")
+        .iter()
+        .map(|r| r["bytes_grown"].as_u64().unwrap())
+        .sum();
+    // the heap grows by what was asked plus glibc's top pad (128 KiB) per extension
+    assert!(
+        (6_400_000..6_400_000 + (1 << 20)).contains(&grown),
+        "{grown} bytes: {rows:?}"
+    );
+    assert!(
+        rows_through(&rows, "grow_with_malloc")
+            .iter()
+            .all(|r| frames(r)
+                .iter()
+                .any(|f| f.starts_with("malloc+") || f.contains("_int_malloc"))),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn folded_by_bytes_and_svg() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let svg = temp_path("brkstack.svg");
+    let finished = run_on(
+        &[
+            "brkstack",
+            "--folded",
+            "--weight",
+            "bytes",
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        "grower",
+        &["sbrk", "8", "4096"],
+    );
+    finished.assert_success();
+    let line = finished
+        .stdout
+        .lines()
+        .find(|l| l.contains(";grow_heap+"))
+        .unwrap_or_else(|| panic!("{}", finished.stdout));
+    assert!(line.starts_with("grower;"), "{line}");
+    assert!(line.ends_with(" 32768"), "{line}");
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.contains("<svg") && svg_text.contains("grow_heap"));
+    let _ = std::fs::remove_file(svg);
+}

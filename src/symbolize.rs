@@ -122,11 +122,18 @@ impl StackSymbolizer {
 
     /// The file mapped at a user address of a process, and the address's offset in it.
     pub fn locate(&mut self, pid: u32, addr: u64) -> Option<(PathBuf, u64)> {
-        let map = self
-            .mappings(pid)?
-            .iter()
-            .find(|m| (m.start..m.end).contains(&addr))?;
-        Some((map.path.clone(), addr - map.start + map.file_offset))
+        let find = |maps: &Vec<Mapping>| {
+            let map = maps.iter().find(|m| (m.start..m.end).contains(&addr))?;
+            Some((map.path.clone(), addr - map.start + map.file_offset))
+        };
+        if let Some(found) = self.mappings(pid).and_then(find) {
+            return Some(found);
+        }
+        // a live process may have mapped the file since its maps were read
+        if self.live.remove(&pid).is_some() {
+            return self.mappings(pid).and_then(find);
+        }
+        None
     }
 
     /// User-space frames, leaf first, as `func+0xoff [module]`.

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, NativeEndian, RegisterRule, UnwindContext,
@@ -116,6 +115,7 @@ impl UnwindObject {
     }
 }
 
+#[derive(Clone)]
 struct FrameRule {
     cfa_register: gimli::Register,
     cfa_offset: i64,
@@ -123,17 +123,48 @@ struct FrameRule {
     rbp: Option<RegisterRule<usize>>,
 }
 
-/// Unwinds stacks; keeps each file it has read.
+/// A file read for unwinding, and the rules looked up in it so far: stacks
+/// repeat, and a rule's lookup (the CFI program run to the address) is the
+/// costly part.
+struct CachedObject {
+    object: Option<UnwindObject>,
+    rules: HashMap<u64, Option<FrameRule>>,
+}
+
+/// Stacks remembered by unwind_memo() before the memo starts over.
+const MAX_MEMO: usize = 65536;
+
+/// (address space, ip, sp, bp) -> the words an unwinding read, and its result.
+type Memo = HashMap<(u32, u64, u64, u64), Vec<(Vec<(u64, u64)>, Vec<u64>)>>;
+
+/// Unwinds stacks; keeps each file it has read, each rule it has found, and
+/// the stacks it has unwound.
 #[derive(Default)]
 pub struct Unwinder {
-    objects: HashMap<PathBuf, Option<Rc<UnwindObject>>>,
+    objects: HashMap<PathBuf, CachedObject>,
+    memo: Memo,
+    memo_entries: usize,
 }
 
 impl Unwinder {
-    fn object(&mut self, path: &Path) -> Option<Rc<UnwindObject>> {
-        self.objects
-            .entry(path.to_path_buf())
-            .or_insert_with(|| UnwindObject::load(path).map(Rc::new))
+    /// The rule at a file offset of a file.
+    fn rule(&mut self, path: &Path, file_offset: u64) -> Option<FrameRule> {
+        if !self.objects.contains_key(path) {
+            let object = UnwindObject::load(path);
+            self.objects.insert(
+                path.to_path_buf(),
+                CachedObject {
+                    object,
+                    rules: HashMap::new(),
+                },
+            );
+        }
+        let cached = self.objects.get_mut(path)?;
+        let object = cached.object.as_ref()?;
+        cached
+            .rules
+            .entry(file_offset)
+            .or_insert_with(|| object.frame_rule(object.address_of(file_offset)?))
             .clone()
     }
 
@@ -143,16 +174,55 @@ impl Unwinder {
     /// program's entry point), where a read falls outside the copy, or where
     /// no file or rule is known; a frame without CFI is tried with the frame
     /// pointer.
-    pub fn unwind(
+    ///
+    /// Remembered: a stack unwound before from the same registers is
+    /// recognised by the words the unwinding read (return addresses and saved
+    /// frame pointers), which decide the result, and is not unwound again.
+    /// `key` names the address space (a pid).
+    pub fn unwind_memo(
+        &mut self,
+        key: u32,
+        regs: Registers,
+        stack: &[u8],
+        locate: impl FnMut(u64) -> Option<(PathBuf, u64)>,
+    ) -> Vec<u64> {
+        let memo_key = (key, regs.ip, regs.sp, regs.bp);
+        if let Some(seen) = self.memo.get(&memo_key) {
+            let same = |reads: &[(u64, u64)]| {
+                reads.iter().all(|&(addr, value)| {
+                    read_word(regs.sp, stack, addr).unwrap_or(u64::MAX) == value
+                })
+            };
+            if let Some((_, ips)) = seen.iter().find(|(reads, _)| same(reads)) {
+                return ips.clone();
+            }
+        }
+        let (ips, reads) = self.unwind_recording(regs, stack, locate);
+        if self.memo_entries >= MAX_MEMO {
+            self.memo.clear();
+            self.memo_entries = 0;
+        }
+        self.memo_entries += 1;
+        self.memo
+            .entry(memo_key)
+            .or_default()
+            .push((reads, ips.clone()));
+        ips
+    }
+
+    /// The unwound return addresses, and each stack word read on the way.
+    fn unwind_recording(
         &mut self,
         regs: Registers,
         stack: &[u8],
         mut locate: impl FnMut(u64) -> Option<(PathBuf, u64)>,
-    ) -> Vec<u64> {
+    ) -> (Vec<u64>, Vec<(u64, u64)>) {
+        let reads = std::cell::RefCell::new(Vec::new());
         let read = |addr: u64| -> Option<u64> {
-            let at = usize::try_from(addr.checked_sub(regs.sp)?).ok()?;
-            let bytes = stack.get(at..at.checked_add(8)?)?;
-            Some(u64::from_ne_bytes(bytes.try_into().ok()?))
+            let value = read_word(regs.sp, stack, addr);
+            // a failed read decides too: the unwinding stopped there
+            reads.borrow_mut().push((addr, value.unwrap_or(u64::MAX)));
+            value
         };
         let Registers {
             mut ip,
@@ -163,10 +233,7 @@ impl Unwinder {
         while ips.len() < MAX_FRAMES {
             // a return address points after the call: look up the call itself
             let lookup = if ips.len() == 1 { ip } else { ip - 1 };
-            let rule = locate(lookup).and_then(|(path, offset)| {
-                let object = self.object(&path)?;
-                object.frame_rule(object.address_of(offset)?)
-            });
+            let rule = locate(lookup).and_then(|(path, offset)| self.rule(&path, offset));
             let (next_ip, next_sp, next_bp) = match rule {
                 Some(rule) => {
                     let base = if rule.cfa_register == X86_64::RSP {
@@ -198,8 +265,15 @@ impl Unwinder {
             (ip, sp, bp) = (next_ip, next_sp, next_bp);
             ips.push(ip);
         }
-        ips
+        (ips, reads.into_inner())
     }
+}
+
+/// The word at `addr` in a copy of the stack from `sp` up.
+fn read_word(sp: u64, stack: &[u8], addr: u64) -> Option<u64> {
+    let at = usize::try_from(addr.checked_sub(sp)?).ok()?;
+    let bytes = stack.get(at..at.checked_add(8)?)?;
+    Some(u64::from_ne_bytes(bytes.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -243,8 +317,17 @@ mod tests {
                     _ => None,
                 })
         };
-        let ips = Unwinder::default().unwind(regs, &stack, locate);
+        let mut unwinder = Unwinder::default();
+        let ips = unwinder.unwind_memo(1, regs, &stack, locate);
         assert!(ips.len() >= 3, "{ips:x?}");
+        // the same stack again is recognised; one with a return address changed is not
+        assert_eq!(unwinder.unwind_memo(1, regs, &stack, locate), ips);
+        let (_, reads) = unwinder.unwind_recording(regs, &stack, locate);
+        let (ra_at, _) = reads[0];
+        let mut changed = stack.clone();
+        let at = (ra_at - regs.sp) as usize;
+        changed[at..at + 8].copy_from_slice(&0u64.to_ne_bytes());
+        assert_ne!(unwinder.unwind_memo(1, regs, &changed, locate), ips);
         // every frame lies in a file mapping of this process
         assert!(ips.iter().all(|&ip| locate(ip).is_some()), "{ips:x?}");
         // the caller of capture() is this test function

@@ -21,10 +21,21 @@ struct {
 	__type(value, __u64); /* mm->brk at entry */
 } old_brks SEC(".maps");
 
+/* set by user space to the ring buffer's size (--buffer-size) */
+const volatile __u64 ring_bytes = 32 * 1024 * 1024;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 * 1024 * 1024);
+	__uint(max_entries, 32 * 1024 * 1024); /* ~4000 calls */
 } events SEC(".maps");
+
+/* Calls sent to no one (the ring buffer was full): their heap growth, by CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost_growth SEC(".maps");
 
 /* Puts struct brkstack_event into the skeleton's generated types. */
 struct brkstack_event brkstack_event_layout = {};
@@ -52,7 +63,8 @@ int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct brkstack_event *e;
-	__u64 *old_brk, sp;
+	__u64 *old_brk, sp, top, len, avail;
+	bool wake;
 	__u32 i;
 
 	old_brk = bpf_map_lookup_elem(&old_brks, &tid);
@@ -60,7 +72,12 @@ int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&lost_growth, &zero);
+
 		memtrace_count_drop(MEMTRACE_DROP_RINGBUF);
+		if (lost && (__u64)ctx->ret > *old_brk)
+			*lost += ctx->ret - *old_brk;
 		bpf_map_delete_elem(&old_brks, &tid);
 		return 0;
 	}
@@ -70,18 +87,41 @@ int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
 	e->pid = id >> 32;
 	e->tid = tid;
 	e->pad = 0;
+	e->stack_len = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->ip = BPF_CORE_READ(regs, ip);
 	e->sp = sp = BPF_CORE_READ(regs, sp);
 	e->bp = BPF_CORE_READ(regs, bp);
-	/* in chunks: the stack may end (its VMA's top) less than 8 KiB above sp */
-	for (i = 0; i < BRKSTACK_CHUNKS; i++) {
+	/*
+	 * A read that crosses the top of the stack fails whole (and faults on the
+	 * way), so read up to the top where it is known: on the main thread the
+	 * environment strings end just under it. Elsewhere (a thread's stack) read
+	 * in chunks up to the first that fails.
+	 */
+	top = BPF_CORE_READ(task, mm, env_end);
+	len = top > sp && top - sp < BRKSTACK_STACK_BYTES ? top - sp : BRKSTACK_STACK_BYTES;
+	if (len > BRKSTACK_STACK_BYTES) /* for the verifier: it is not */
+		len = BRKSTACK_STACK_BYTES;
+	if (!bpf_probe_read_user(e->stack, len, (void *)sp)) {
+		e->stack_len = len;
+		i = BRKSTACK_CHUNKS;
+	} else {
+		i = 0;
+	}
+	for (; i < BRKSTACK_CHUNKS; i++) {
 		if (bpf_probe_read_user(&e->stack[i * BRKSTACK_CHUNK], BRKSTACK_CHUNK,
 					(void *)(sp + i * BRKSTACK_CHUNK)))
 			break;
+		e->stack_len = (i + 1) * BRKSTACK_CHUNK;
 	}
-	e->stack_len = i * BRKSTACK_CHUNK;
-	bpf_ringbuf_submit(e, 0);
+	/*
+	 * User space reads at its reports, not per call: wake it only as the
+	 * buffer crosses a quarter full. A wake-up is an IPI, a VM exit here,
+	 * paid by the traced task; one per crossing, not one per call past it.
+	 */
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	wake = avail >= ring_bytes / 4 && avail < ring_bytes / 4 + sizeof(*e) + 8;
+	bpf_ringbuf_submit(e, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	bpf_map_delete_elem(&old_brks, &tid);
 	/* its mappings are wanted when it exits, to unwind and symbolize after */
 	exitmaps_note_owner(id >> 32);

@@ -32,9 +32,9 @@ unsafe impl plain::Plain for exitmaps_mapping {}
 
 pub const ABOUT: &str = "Count brk(2) calls and heap growth by user stack";
 
-/// Calls kept raw (with their stack copies) before they are unwound; beyond
-/// this they are unwound at once, so memory stays bounded between reports.
-const MAX_PENDING: usize = 1024;
+/// Calls of exited processes kept raw (with their stack copies) until their
+/// mappings arrive; beyond this they are counted by their leaf frame alone.
+const MAX_PENDING: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Weight {
@@ -71,6 +71,10 @@ pub struct Args {
     /// What --folded and --svg count
     #[arg(long, value_enum, default_value_t = Weight::Calls)]
     pub weight: Weight,
+
+    /// Ring buffer size in MiB (a power of two; a call takes 8 KiB): raise it if calls are lost
+    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub buffer_size: u32,
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -80,6 +84,16 @@ pub fn run(args: Args) -> Result<i32> {
         .open(&mut storage)
         .context("opening the BPF object")?;
     set_filter_rodata!(open, &filter);
+    let ring_bytes = args.buffer_size.next_power_of_two() << 20;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .context("BPF object has no .rodata")?
+        .ring_bytes = u64::from(ring_bytes);
+    open.maps
+        .events
+        .set_max_entries(ring_bytes)
+        .context("sizing the ring buffer")?;
     skel::choose_common_programs(open.open_object_mut(), &filter)?;
     kernel::check_attach_points(open.open_object())?;
     let mut skel = open.load().context(skel::LOAD_FAILED)?;
@@ -93,8 +107,8 @@ pub fn run(args: Args) -> Result<i32> {
         0
     })?;
     builder.add(&skel.maps.events, |data| {
-        let mut event = Event::default();
-        if plain::copy_from_bytes(&mut event, data).is_ok() {
+        // in place: an event is 8 KiB, and storms of them come faster than copies go
+        if let Ok(event) = plain::from_bytes::<Event>(data) {
             stacks.borrow_mut().add(event);
         }
         0
@@ -129,14 +143,17 @@ pub fn run(args: Args) -> Result<i32> {
         };
         crate::flame::write_svg(path, title, unit, &whole_trace)?;
     }
-    skel::report_drops(
+    if skel::report_drops(
         "brkstack",
         skel.object(),
         &[(
             skel::DROP_RINGBUF,
-            "exited processes' mappings or brk calls: raise the interval's frequency with -i",
+            "brk calls, or exited processes' mappings: raise --buffer-size",
         )],
-    )?;
+    )? {
+        let lost = skel::percpu_sums(&skel.maps.lost_growth, 1)?[0];
+        eprintln!("brkstack: the calls lost grew the heap by {lost} bytes in all");
+    }
     Ok(session.exit_code(stop))
 }
 
@@ -148,13 +165,24 @@ struct Totals {
     shrunk: u64,
 }
 
-/// Calls gathered between reports. A call is unwound at the report, once the
-/// mappings of a process that exited meanwhile have arrived.
+/// Calls gathered between reports: unwound as they come (most are a stack
+/// seen before: see Unwinder::unwind_memo), or at the report for a process
+/// that exited before its mappings arrived; symbolized once each, at the report.
 struct Stacks {
     symbolizer: StackSymbolizer,
     unwinder: Unwinder,
-    pending: Vec<Event>,
-    counted: HashMap<(u32, String, Vec<String>), Totals>,
+    /// Calls not unwound yet, with the used part of their stack copies.
+    pending: Vec<(Call, Vec<u8>)>,
+    counted: HashMap<(u32, String, Vec<u64>), Totals>,
+}
+
+/// A call as counted: who, from where, and how the heap moved.
+struct Call {
+    pid: u32,
+    comm: String,
+    regs: Registers,
+    old_brk: u64,
+    new_brk: u64,
 }
 
 impl Stacks {
@@ -167,50 +195,58 @@ impl Stacks {
         }
     }
 
-    fn add(&mut self, event: Event) {
-        self.pending.push(event);
-        if self.pending.len() >= MAX_PENDING {
-            self.unwind_pending();
-        }
-    }
-
-    fn unwind_pending(&mut self) {
-        self.symbolizer.refresh();
-        for e in std::mem::take(&mut self.pending) {
-            let regs = Registers {
+    /// Counts a call, unwinding it now if its process's mappings are known
+    /// (alive, or its exit already reported); else keeps it for the report.
+    fn add(&mut self, e: &Event) {
+        let call = Call {
+            pid: e.pid,
+            comm: escape_c_chars(&e.comm),
+            regs: Registers {
                 ip: e.ip,
                 sp: e.sp,
                 bp: e.bp,
-            };
-            let stack = &e.stack[..(e.stack_len as usize).min(e.stack.len())];
-            let symbolizer = &mut self.symbolizer;
-            let ips = self
-                .unwinder
-                .unwind(regs, stack, |addr| symbolizer.locate(e.pid, addr));
-            let frames = self.symbolizer.user_frames(e.pid, &ips);
-            let totals = self
-                .counted
-                .entry((e.pid, escape_c_chars(&e.comm), frames))
-                .or_default();
-            totals.calls += 1;
-            if e.new_brk > e.old_brk {
-                totals.grown += e.new_brk - e.old_brk;
-            } else {
-                totals.shrunk += e.old_brk - e.new_brk;
-            }
+            },
+            old_brk: e.old_brk,
+            new_brk: e.new_brk,
+        };
+        let stack = &e.stack[..(e.stack_len as usize).min(e.stack.len())];
+        if self.pending.len() < MAX_PENDING && self.symbolizer.locate(e.pid, e.ip).is_none() {
+            self.pending.push((call, stack.to_vec()));
+        } else {
+            // beyond MAX_PENDING, unwound as far as it can be: its leaf frame
+            self.count(call, stack);
+        }
+    }
+
+    fn count(&mut self, call: Call, stack: &[u8]) {
+        let symbolizer = &mut self.symbolizer;
+        let ips = self
+            .unwinder
+            .unwind_memo(call.pid, call.regs, stack, |addr| {
+                symbolizer.locate(call.pid, addr)
+            });
+        let totals = self.counted.entry((call.pid, call.comm, ips)).or_default();
+        totals.calls += 1;
+        if call.new_brk > call.old_brk {
+            totals.grown += call.new_brk - call.old_brk;
+        } else {
+            totals.shrunk += call.old_brk - call.new_brk;
         }
     }
 
     /// The rows counted since the last call, the most calls first.
     fn take(&mut self) -> Vec<Row> {
-        self.unwind_pending();
-        let mut rows: Vec<Row> = self
-            .counted
-            .drain()
-            .map(|((pid, comm, frames), totals)| Row {
+        for (call, stack) in std::mem::take(&mut self.pending) {
+            self.count(call, &stack);
+        }
+        self.symbolizer.refresh();
+        let counted: Vec<_> = self.counted.drain().collect();
+        let mut rows: Vec<Row> = counted
+            .into_iter()
+            .map(|((pid, comm, ips), totals)| Row {
                 pid,
                 comm,
-                frames,
+                frames: self.symbolizer.user_frames(pid, &ips),
                 totals,
             })
             .collect();

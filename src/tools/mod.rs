@@ -17,6 +17,7 @@ pub mod memleak;
 pub mod mmapfiles;
 pub mod mmapsnoop;
 pub mod oomkill;
+pub mod pmap;
 pub mod swapin;
 pub mod vmscan;
 
@@ -60,6 +61,7 @@ pub static TOOLS: &[Tool] = &[
     tool!(vmscan),
     tool!(swapin),
     tool!(brkstack),
+    tool!(pmap, pmap::command),
 ];
 
 pub fn find(name: &str) -> Option<&'static Tool> {

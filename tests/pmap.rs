@@ -1,0 +1,354 @@
+//! pmap against a real process on this kernel. No BPF: reading our own
+//! child's smaps needs no root (only the permission test does).
+
+mod common;
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+/// The pmapped fixture with 64 MiB mapped and 16 MiB of it touched, set up
+/// and sleeping; killed when dropped.
+struct Pmapped {
+    child: Child,
+}
+
+impl Pmapped {
+    fn start(files: &[&Path]) -> Pmapped {
+        let mut child = Command::new(fixture("pmapped"))
+            .args(["64", "16"])
+            .args(files)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting pmapped");
+        let stdout = child.stdout.take().unwrap();
+        let fixture = Pmapped { child };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n", "pmapped did not set up");
+        fixture
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for Pmapped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pmap(args: &[&str]) -> Output {
+    memtrace().arg("pmap").args(args).output().unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pmap failed: {stderr}");
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn records<'a>(lines: &'a [Value], record: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["record"] == record).collect()
+}
+
+fn number(value: &Value, field: &str) -> u64 {
+    value[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {value}"))
+}
+
+/// Every size column of pmap's JSON.
+const SIZES: [&str; 10] = [
+    "size",
+    "rss",
+    "pss",
+    "shared_clean",
+    "shared_dirty",
+    "private_clean",
+    "private_dirty",
+    "swap",
+    "anon_huge_pages",
+    "hugetlb",
+];
+
+const KINDS: [&str; 7] = [
+    "anonymous",
+    "heap",
+    "stack",
+    "file",
+    "shmem",
+    "hugetlb",
+    "vdso",
+];
+
+/// /proc/PID/smaps_rollup in bytes by key, None where the kernel has none (before 4.14).
+fn rollup(pid: &str) -> Option<HashMap<String, u64>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let key = words.next()?.strip_suffix(':')?;
+                let value: u64 = words.next()?.parse().ok()?;
+                (words.next() == Some("kB")).then(|| (key.to_string(), value * 1024))
+            })
+            .collect(),
+    )
+}
+
+fn on_tmpfs(path: &Path) -> bool {
+    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statfs(2) with a NUL-terminated path and a zeroed struct to fill.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(c_path.as_ptr(), &mut fs) }, 0);
+    #[allow(clippy::unnecessary_cast)] // both types differ between architectures
+    let tmpfs = fs.f_type as i64 == libc::TMPFS_MAGIC as i64;
+    tmpfs
+}
+
+#[test]
+fn a_64_mib_mapping_with_16_mib_resident_and_totals_that_add_up() {
+    let file = temp_path("pmapped.dat");
+    let fixture = Pmapped::start(&[&file]);
+    let pid = fixture.pid();
+
+    // How many processes share a page (libc's, say) moves Pss and the
+    // shared/private split of clean pages: take a reading with the same
+    // smaps_rollup before and after it, so the machine's other processes
+    // starting and exiting can't make the comparison flaky.
+    let mut attempts = 0;
+    let (lines, rolled, steady) = loop {
+        attempts += 1;
+        let before = rollup(&pid);
+        let lines = json_lines(&pmap(&["-p", &pid, "--json"]));
+        let after = rollup(&pid);
+        let steady = before == after;
+        if steady || attempts == 10 {
+            break (lines, after, steady);
+        }
+    };
+    let mappings = records(&lines, "mapping");
+    let totals = records(&lines, "total");
+    assert!(mappings
+        .iter()
+        .all(|m| m["pid"] == pid.parse::<u64>().unwrap()));
+
+    let big: Vec<&&Value> = mappings.iter().filter(|m| m["size"] == 67108864).collect();
+    assert_eq!(big.len(), 1, "one 64 MiB mapping: {mappings:?}");
+    let big = big[0];
+    assert_eq!(big["rss"], 16777216, "{big}");
+    assert_eq!(big["private_dirty"], 16777216, "{big}");
+    assert_eq!(big["anon_huge_pages"], 0, "{big}");
+    assert_eq!(big["kind"], "anonymous");
+    assert_eq!(big["name"], Value::Null);
+    assert_eq!(big["perms"], "rw-p");
+    assert_eq!(number(big, "end") - number(big, "start"), 67108864);
+    assert!(
+        big["vm_flags"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("nh")),
+        "{big}"
+    );
+
+    let name = file.to_str().unwrap();
+    let mapped = mappings
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not shown: {mappings:?}"));
+    assert_eq!(mapped["size"], 65536);
+    assert_eq!(mapped["perms"], "r--s");
+    let expected = if on_tmpfs(&file) { "shmem" } else { "file" };
+    assert_eq!(mapped["kind"], expected, "{mapped}");
+
+    let memfd = mappings
+        .iter()
+        .find(|m| m["name"] == "/memfd:pmapped (deleted)")
+        .unwrap_or_else(|| panic!("no memfd: {mappings:?}"));
+    assert_eq!(memfd["kind"], "shmem");
+    assert_eq!(memfd["rss"], 1 << 20);
+    for kind in ["heap", "stack", "file", "vdso"] {
+        assert!(mappings.iter().any(|m| m["kind"] == kind), "no {kind}");
+    }
+
+    // totals: one per kind, then all, each the sum of its rows
+    let kinds: Vec<&str> = totals.iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    let mut expected_kinds = KINDS.to_vec();
+    expected_kinds.push("all");
+    assert_eq!(kinds, expected_kinds);
+    for total in &totals {
+        let rows: Vec<&&Value> = mappings
+            .iter()
+            .filter(|m| total["kind"] == "all" || m["kind"] == total["kind"])
+            .collect();
+        assert_eq!(number(total, "mappings"), rows.len() as u64, "{total}");
+        for size in SIZES {
+            let sum: u64 = rows.iter().map(|m| number(m, size)).sum();
+            assert_eq!(number(total, size), sum, "{size} of {total}");
+        }
+    }
+
+    // and the kernel's own sums, where it has smaps_rollup
+    let Some(rolled) = rolled else {
+        eprintln!("no smaps_rollup on this kernel: not compared");
+        return;
+    };
+    let all = totals.last().unwrap();
+    let kernel = |keys: &[&str]| -> u64 { keys.iter().map(|k| rolled[*k]).sum() };
+    for (column, keys) in [
+        ("rss", &["Rss"][..]),
+        ("shared_dirty", &["Shared_Dirty"]),
+        ("private_dirty", &["Private_Dirty"]),
+        ("swap", &["Swap"]),
+        ("anon_huge_pages", &["AnonHugePages"]),
+        ("hugetlb", &["Shared_Hugetlb", "Private_Hugetlb"]),
+    ] {
+        assert_eq!(
+            number(all, column),
+            kernel(keys),
+            "{column}: {all} {rolled:?}"
+        );
+    }
+    assert_eq!(
+        number(all, "shared_clean") + number(all, "private_clean"),
+        kernel(&["Shared_Clean", "Private_Clean"])
+    );
+    if !steady {
+        eprintln!("smaps_rollup kept changing: Pss and the clean split not compared");
+        return;
+    }
+    assert_eq!(number(all, "shared_clean"), rolled["Shared_Clean"]);
+    assert_eq!(number(all, "private_clean"), rolled["Private_Clean"]);
+    // smaps rounds each mapping's Pss down to a KiB, smaps_rollup only the sum
+    let pss = number(all, "pss");
+    let short = rolled["Pss"]
+        .checked_sub(pss)
+        .unwrap_or_else(|| panic!("Pss {pss} above smaps_rollup's {}", rolled["Pss"]));
+    assert!(
+        short <= 1024 * mappings.len() as u64,
+        "Pss {pss}, rollup {rolled:?}"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn hostile_names_sorting_summary_and_table() {
+    let dir = temp_path("pmap-names");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hostile: PathBuf = dir.join(OsStr::from_bytes(b"\x1b[31mbad\xffname"));
+    let fixture = Pmapped::start(&[&hostile]);
+    let pid = fixture.pid();
+
+    // a name that is not UTF-8 is shown, escaped
+    let by_rss = json_lines(&pmap(&["-p", &pid, "--json", "--sort", "rss"]));
+    let mappings = records(&by_rss, "mapping");
+    let escaped = format!("{}/\\x1b[31mbad\\xffname", dir.to_str().unwrap());
+    assert!(
+        mappings.iter().any(|m| m["name"] == escaped.as_str()),
+        "{escaped} not shown: {mappings:?}"
+    );
+    // largest Rss first: the 16 MiB touched
+    assert_eq!(mappings[0]["rss"], 16777216);
+    let rss: Vec<u64> = mappings.iter().map(|m| number(m, "rss")).collect();
+    assert!(rss.windows(2).all(|w| w[0] >= w[1]), "{rss:?}");
+
+    let summary = json_lines(&pmap(&["-p", &pid, "--json", "--summary"]));
+    assert_eq!(summary.len(), 8, "seven kinds and all: {summary:?}");
+    assert!(summary.iter().all(|l| l["record"] == "total"));
+
+    let table = pmap(&["-p", &pid]);
+    assert!(table.status.success());
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(!text.contains('\x1b'), "a raw escape reached the terminal");
+    assert!(text.contains("\\x1b[31mbad\\xffname"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with(&format!("{pid}:   ")), "{text}");
+    assert!(lines[0].contains("pmapped 64 16"), "{text}");
+    let header: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        header[..6],
+        ["Address", "Perm", "Offset", "Device", "Inode", "Size"]
+    );
+    assert_eq!(header.last(), Some(&"Mapping"));
+    let big = lines
+        .iter()
+        .find(|l| l.split_whitespace().nth(5) == Some("65536"))
+        .unwrap_or_else(|| panic!("no 65536 KiB row: {text}"));
+    assert_eq!(
+        big.split_whitespace().nth(6),
+        Some("16384"),
+        "Rss in KiB: {big}"
+    );
+
+    let summary = pmap(&["-p", &pid, "--summary"]);
+    let text = String::from_utf8(summary.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 10, "title, header, 7 kinds, total: {text}");
+    assert!(lines[1].starts_with("Kind"));
+    assert!(lines[9].starts_with("total"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_missing_process_is_one_clear_line() {
+    // pids run below pid_max: this one can't exist
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap();
+    let pid = pid_max.trim();
+    let out = pmap(&["-p", pid]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr, format!("pmap: no process with PID {pid}\n"));
+}
+
+#[test]
+fn usage_errors() {
+    for args in [
+        &[][..],
+        &["-p", "1", "-p", "2"],
+        &["-p", "1", "-n", "init"],
+        &["-p", "1", "--", "true"],
+        &["-p", "1", "--sort", "colour"],
+    ] {
+        let out = pmap(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn another_users_process_is_permission_denied() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let fixture = Pmapped::start(&[]);
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(memtrace_bin())
+        .args(["pmap", "-p", &fixture.pid()])
+        .output()
+        .expect("running setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+}

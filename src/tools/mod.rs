@@ -15,6 +15,7 @@ pub mod memleak;
 pub mod mmapfiles;
 pub mod mmapsnoop;
 pub mod oomkill;
+pub mod shmsnoop;
 
 pub struct Tool {
     pub name: &'static str,
@@ -52,6 +53,7 @@ pub static TOOLS: &[Tool] = &[
     tool!(faults),
     tool!(memleak, memleak::command),
     tool!(oomkill),
+    tool!(shmsnoop),
 ];
 
 pub fn find(name: &str) -> Option<&'static Tool> {

@@ -1,5 +1,5 @@
 //! Decoding of syscall arguments and results: mmap PROT_*/MAP_* bits,
-//! mremap flags, errno names. Values are Linux's generic ones (x86_64, arm64).
+//! mremap flags, System V shm flags and commands, errno names. Values are Linux's generic ones (x86_64, arm64).
 
 /// PROT_* as the book prints them: `RWE` with `-` for an absent right.
 pub fn prot_string(prot: u32) -> String {
@@ -144,6 +144,125 @@ pub fn mremap_flag_names(flags: u32) -> Vec<String> {
     names
 }
 
+/// Permission bits of a shmget flags word (the low 9, as in open's mode).
+const SHM_MODE_MASK: u32 = 0o777;
+const SHM_HUGETLB: u32 = 0o4000;
+const SHM_HUGE_SHIFT: u32 = 26;
+const SHM_HUGE_MASK: u32 = 0x3f;
+
+/// shmget's IPC_* and SHM_* flag bits (linux/ipc.h, linux/shm.h).
+const SHMGET_FLAG_NAMES: &[(u32, &str)] = &[
+    (0o1000, "IPC_CREAT"),
+    (0o2000, "IPC_EXCL"),
+    (SHM_HUGETLB, "SHM_HUGETLB"),
+    (0o10000, "SHM_NORESERVE"),
+];
+
+/// shmat's SHM_* flag bits.
+const SHMAT_FLAG_NAMES: &[(u32, &str)] = &[
+    (0o10000, "SHM_RDONLY"),
+    (0o20000, "SHM_RND"),
+    (0o40000, "SHM_REMAP"),
+    (0o100000, "SHM_EXEC"),
+];
+
+/// Names of the bits of `flags` in `table`, then any bit neither named nor `known` (decoded
+/// elsewhere, like a mode) in hex.
+fn flag_names(flags: u32, table: &[(u32, &str)], known: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut known = known;
+    for &(bit, name) in table {
+        known |= bit;
+        if flags & bit != 0 {
+            names.push(name.to_string());
+        }
+    }
+    let unknown = flags & !known;
+    if unknown != 0 {
+        names.push(format!("{unknown:#x}"));
+    }
+    names
+}
+
+/// shmget's flag names without the mode: IPC_CREAT, IPC_EXCL, SHM_HUGETLB with
+/// its page size (`SHM_HUGE_2MB`), SHM_NORESERVE; unknown bits in hex.
+pub fn shmget_flag_names(flags: u32) -> Vec<String> {
+    let huge_bits = SHM_HUGE_MASK << SHM_HUGE_SHIFT;
+    let mut names = flag_names(flags & !huge_bits, SHMGET_FLAG_NAMES, SHM_MODE_MASK);
+    let log2 = (flags >> SHM_HUGE_SHIFT) & SHM_HUGE_MASK;
+    if log2 != 0 {
+        // with SHM_HUGETLB the top bits give log2 of the page size; alone they mean nothing
+        if flags & SHM_HUGETLB != 0 {
+            names.push(format!("SHM_HUGE_{}", huge_size_name(log2)));
+        } else {
+            names.push(format!("{:#x}", flags & huge_bits));
+        }
+    }
+    names
+}
+
+/// The permission bits of a shmget flags word.
+pub fn shmget_mode(flags: u32) -> u32 {
+    flags & SHM_MODE_MASK
+}
+
+/// `0x380 (IPC_CREAT|0600)`, as BCC's shmsnoop writes shmget's flags: the
+/// raw word, then the names and the octal mode; `0x0` alone.
+pub fn shmget_flags_string(flags: u32) -> String {
+    let mut parts = shmget_flag_names(flags);
+    let mode = shmget_mode(flags);
+    if mode != 0 || parts.is_empty() {
+        parts.push(format!("0{mode:o}"));
+    }
+    raw_and_names(flags, &parts)
+}
+
+/// shmat's flag names: SHM_RDONLY, SHM_RND, SHM_REMAP, SHM_EXEC; unknown bits in hex.
+pub fn shmat_flag_names(flags: u32) -> Vec<String> {
+    flag_names(flags, SHMAT_FLAG_NAMES, 0)
+}
+
+/// `0x1000 (SHM_RDONLY)`; `0x0` alone.
+pub fn shmat_flags_string(flags: u32) -> String {
+    raw_and_names(flags, &shmat_flag_names(flags))
+}
+
+fn raw_and_names(flags: u32, names: &[String]) -> String {
+    if flags == 0 {
+        "0x0".into()
+    } else {
+        format!("{flags:#x} ({})", names.join("|"))
+    }
+}
+
+/// The IPC_64 bit some libcs add to a shmctl command to ask for the 64-bit structures.
+pub const IPC_64: i32 = 0x100;
+
+/// The name of a shmctl command, IPC_64 aside (linux/ipc.h, linux/shm.h); None if unknown.
+pub fn shmctl_cmd_name(cmd: i32) -> Option<&'static str> {
+    Some(match cmd & !IPC_64 {
+        0 => "IPC_RMID",
+        1 => "IPC_SET",
+        2 => "IPC_STAT",
+        3 => "IPC_INFO",
+        11 => "SHM_LOCK",
+        12 => "SHM_UNLOCK",
+        13 => "SHM_STAT",
+        14 => "SHM_INFO",
+        15 => "SHM_STAT_ANY",
+        _ => return None,
+    })
+}
+
+/// `0 (IPC_RMID)`, `258 (IPC_STAT|IPC_64)`, or the bare number of an unknown command.
+pub fn shmctl_cmd_string(cmd: i32) -> String {
+    match shmctl_cmd_name(cmd) {
+        Some(name) if cmd & IPC_64 != 0 => format!("{cmd} ({name}|IPC_64)"),
+        Some(name) => format!("{cmd} ({name})"),
+        None => cmd.to_string(),
+    }
+}
+
 /// `EACCES` for 13; `E123` for a number this libc doesn't name.
 pub fn errno_name(errno: i32) -> String {
     let err = nix::errno::Errno::from_raw(errno);
@@ -277,6 +396,61 @@ mod tests {
         assert_eq!(mremap_flag_names(1), ["MREMAP_MAYMOVE"]);
         assert_eq!(mremap_flag_names(3), ["MREMAP_MAYMOVE", "MREMAP_FIXED"]);
         assert_eq!(mremap_flag_names(0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn shmget_flags() {
+        assert_eq!(
+            shmget_flags_string(0o1000 | 0o600),
+            "0x380 (IPC_CREAT|0600)"
+        );
+        assert_eq!(shmget_flag_names(0o1000 | 0o600), ["IPC_CREAT"]);
+        assert_eq!(shmget_mode(0o1000 | 0o600), 0o600);
+        assert_eq!(shmget_flags_string(0), "0x0");
+        assert_eq!(shmget_flags_string(0o666), "0x1b6 (0666)");
+        assert_eq!(
+            shmget_flags_string(0o1000 | 0o2000 | 0o640),
+            "0x7a0 (IPC_CREAT|IPC_EXCL|0640)"
+        );
+        assert_eq!(
+            shmget_flag_names(0o1000 | 0o4000 | (21 << 26)),
+            ["IPC_CREAT", "SHM_HUGETLB", "SHM_HUGE_2MB"]
+        );
+        assert_eq!(
+            shmget_flag_names(0o4000 | 0o10000 | (30 << 26)),
+            ["SHM_HUGETLB", "SHM_NORESERVE", "SHM_HUGE_1GB"]
+        );
+        // huge page size bits without SHM_HUGETLB, and a bit shmget doesn't know
+        assert_eq!(shmget_flag_names(21 << 26), ["0x54000000"]);
+        assert_eq!(
+            shmget_flag_names(0x20000 | 0o1000),
+            ["IPC_CREAT", "0x20000"]
+        );
+        assert_eq!(shmget_flags_string(0o1000), "0x200 (IPC_CREAT)");
+    }
+
+    #[test]
+    fn shmat_flags() {
+        assert_eq!(shmat_flags_string(0), "0x0");
+        assert_eq!(shmat_flags_string(0o10000), "0x1000 (SHM_RDONLY)");
+        assert_eq!(
+            shmat_flag_names(0o20000 | 0o40000 | 0o100000),
+            ["SHM_RND", "SHM_REMAP", "SHM_EXEC"]
+        );
+        assert_eq!(shmat_flag_names(0x1), ["0x1"]);
+    }
+
+    #[test]
+    fn shmctl_cmds() {
+        assert_eq!(shmctl_cmd_string(0), "0 (IPC_RMID)");
+        assert_eq!(shmctl_cmd_string(2), "2 (IPC_STAT)");
+        assert_eq!(shmctl_cmd_string(0x100 | 2), "258 (IPC_STAT|IPC_64)");
+        assert_eq!(shmctl_cmd_string(15), "15 (SHM_STAT_ANY)");
+        assert_eq!(shmctl_cmd_name(0x100 | 11), Some("SHM_LOCK"));
+        assert_eq!(shmctl_cmd_name(12), Some("SHM_UNLOCK"));
+        assert_eq!(shmctl_cmd_name(14), Some("SHM_INFO"));
+        assert_eq!(shmctl_cmd_name(7), None);
+        assert_eq!(shmctl_cmd_string(-1), "-1");
     }
 
     #[test]

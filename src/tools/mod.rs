@@ -18,6 +18,7 @@ pub mod mmapfiles;
 pub mod mmapsnoop;
 pub mod oomkill;
 pub mod pmap;
+pub mod shmsnoop;
 pub mod swapin;
 pub mod vmscan;
 
@@ -62,6 +63,7 @@ pub static TOOLS: &[Tool] = &[
     tool!(swapin),
     tool!(brkstack),
     tool!(pmap, pmap::command),
+    tool!(shmsnoop),
 ];
 
 pub fn find(name: &str) -> Option<&'static Tool> {

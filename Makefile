@@ -28,17 +28,22 @@ lint:
 test: build lint
 	$(CARGO) test --release --locked
 
+# Tools that get no link: it would shadow a standard command (procps's pmap).
+NO_LINK := pmap
+
 # One binary and a link per tool, named after it: mmapsnoop -> memtrace.
 install: build
 	install -d $(DESTDIR)$(BINDIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/memtrace
 	for tool in $$($(BIN) --list | awk 'NR > 1 { print $$1 }'); do \
+		case " $(NO_LINK) " in *" $$tool "*) continue ;; esac; \
 		ln -sf memtrace $(DESTDIR)$(BINDIR)/$$tool; \
 	done
 
 uninstall:
 	for tool in $$($(DESTDIR)$(BINDIR)/memtrace --list | awk 'NR > 1 { print $$1 }'); do \
-		rm -f $(DESTDIR)$(BINDIR)/$$tool; \
+		case " $(NO_LINK) " in *" $$tool "*) continue ;; esac; \
+		if [ -L $(DESTDIR)$(BINDIR)/$$tool ]; then rm -f $(DESTDIR)$(BINDIR)/$$tool; fi; \
 	done
 	rm -f $(DESTDIR)$(BINDIR)/memtrace
 

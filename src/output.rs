@@ -40,6 +40,9 @@ fn map_io(err: io::Error) -> anyhow::Error {
 pub struct Output {
     out: BufWriter<Stdout>,
     pub json: bool,
+    /// A write error inside a ring buffer callback (which can only return a
+    /// number), surfaced by finish_batch() after the poll.
+    kept_error: Option<anyhow::Error>,
 }
 
 impl Output {
@@ -47,7 +50,28 @@ impl Output {
         Output {
             out: BufWriter::with_capacity(64 * 1024, io::stdout()),
             json,
+            kept_error: None,
         }
+    }
+
+    /// A ring buffer callback's return for what it wrote: 0, or -1 (which
+    /// ends the poll) with the error kept for finish_batch().
+    pub fn callback_status(&mut self, written: anyhow::Result<()>) -> i32 {
+        match written {
+            Ok(()) => 0,
+            Err(err) => {
+                self.kept_error = Some(err);
+                -1
+            }
+        }
+    }
+
+    /// After a poll: the write error a callback kept, else a flush.
+    pub fn finish_batch(&mut self) -> anyhow::Result<()> {
+        if let Some(err) = self.kept_error.take() {
+            return Err(err);
+        }
+        self.flush()
     }
 
     pub fn line(&mut self, line: &str) -> anyhow::Result<()> {

@@ -5,21 +5,12 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn frames(row: &Value) -> Vec<&str> {
-    row["stack"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect()
-}
-
 /// The JSON rows of the grower's own pid whose stack has `function`.
 fn rows_through<'a>(rows: &'a [Value], function: &str) -> Vec<&'a Value> {
     let prefix = format!("{function}+");
     rows.iter()
         .filter(|r| r["comm"] == "grower")
-        .filter(|r| frames(r).iter().any(|f| f.starts_with(&prefix)))
+        .filter(|r| stack_frames(r).iter().any(|f| f.starts_with(&prefix)))
         .collect()
 }
 
@@ -37,7 +28,7 @@ fn sbrk_calls_and_bytes_by_stack() {
     assert_eq!(grown[0]["bytes_grown"], 16 * 65536, "{rows:?}");
     assert_eq!(grown[0]["bytes_shrunk"], 0, "{rows:?}");
     // unwound through libc (built without frame pointers here) down to main
-    let stack = frames(grown[0]);
+    let stack = stack_frames(grown[0]);
     let at = |name: &str| stack.iter().position(|f| f.contains(name));
     let (sbrk, grow, main) = (at("sbrk+"), at("grow_heap+"), at("main+"));
     assert!(sbrk < grow && grow < main && sbrk.is_some(), "{stack:?}");
@@ -76,7 +67,7 @@ fn malloc_growth_is_attributed_to_its_caller() {
     assert!(
         rows_through(&rows, "grow_with_malloc")
             .iter()
-            .all(|r| frames(r)
+            .all(|r| stack_frames(r)
                 .iter()
                 .any(|f| f.starts_with("malloc+") || f.contains("_int_malloc"))),
         "{rows:?}"

@@ -14,27 +14,18 @@ fn report(extra: &[&str], leaker_args: &[&str]) -> Vec<Value> {
     finished.json()
 }
 
-fn frames(row: &Value) -> Vec<&str> {
-    row["stack"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect()
-}
-
 /// The leak is reported whole, once, from leak_with(); nothing else is outstanding.
 fn assert_leaks_30000(allocator: &str) {
     let rows = report(&["-o", "0"], &[allocator]);
     let leaks: Vec<&Value> = rows
         .iter()
-        .filter(|r| frames(r).iter().any(|f| f.starts_with("leak_with+")))
+        .filter(|r| stack_frames(r).iter().any(|f| f.starts_with("leak_with+")))
         .collect();
     assert_eq!(leaks.len(), 1, "{allocator}: {rows:?}");
     assert_eq!(leaks[0]["bytes"], 30000, "{allocator}: {rows:?}");
     assert_eq!(leaks[0]["allocations"], 1, "{allocator}: {rows:?}");
     // symbolized although the leaker had exited before the report
-    assert!(frames(leaks[0])
+    assert!(stack_frames(leaks[0])
         .iter()
         .any(|f| f.starts_with("main+") && f.ends_with("[leaker]")));
     let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
@@ -130,7 +121,7 @@ fn bytes_per_report(rows: &[Value], function: &str) -> Vec<u64> {
         if reports.last().is_none_or(|(t, _)| *t != time) {
             reports.push((time, 0));
         }
-        if frames(row).iter().any(|f| f.starts_with(&prefix)) {
+        if stack_frames(row).iter().any(|f| f.starts_with(&prefix)) {
             reports.last_mut().unwrap().1 += row["bytes"].as_u64().unwrap();
         }
     }
@@ -474,8 +465,12 @@ fn sort_by_size_or_by_count() {
         let rows = report(&["-o", "0", "--sort", sort], &["many"]);
         assert_eq!(rows.len(), 2, "{rows:?}");
         let top = &rows[0];
-        let leak_with = frames(top).iter().any(|f| f.starts_with("leak_with+"));
-        let leak_small = frames(top).iter().any(|f| f.starts_with("leak_small+"));
+        let leak_with = stack_frames(top)
+            .iter()
+            .any(|f| f.starts_with("leak_with+"));
+        let leak_small = stack_frames(top)
+            .iter()
+            .any(|f| f.starts_with("leak_small+"));
         (
             leak_with,
             leak_small,

@@ -488,17 +488,7 @@ fn non_root_user_gets_a_clear_error() {
     if !root_tests_enabled() {
         return;
     }
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(memtrace_bin())
-        .arg("mmapsnoop")
-        .output()
-        .expect("running setpriv (util-linux)");
+    let out = memtrace_as_nobody(&["mmapsnoop"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");

@@ -336,17 +336,7 @@ fn another_users_process_is_permission_denied() {
         return;
     }
     let fixture = Pmapped::start(&[]);
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(memtrace_bin())
-        .args(["pmap", "-p", &fixture.pid()])
-        .output()
-        .expect("running setpriv (util-linux)");
+    let out = memtrace_as_nobody(&["pmap", "-p", &fixture.pid()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");

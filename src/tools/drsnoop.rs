@@ -102,7 +102,6 @@ pub fn run(args: Args) -> Result<i32> {
         print_uid: args.print_uid,
         extended: args.extended,
         start_ns: 0,
-        error: None,
     });
     let mut builder = RingBufferBuilder::new();
     builder.add(&skel.maps.events, |data| printer.borrow_mut().event(data))?;
@@ -117,7 +116,7 @@ pub fn run(args: Args) -> Result<i32> {
     printer.borrow_mut().header()?;
     let stop = session.run(
         Some(&ring),
-        || printer.borrow_mut().finish_batch(),
+        || printer.borrow_mut().out.finish_batch(),
         || Ok(()),
     );
     drop(ring);
@@ -132,8 +131,6 @@ struct Printer {
     print_uid: bool,
     extended: bool,
     start_ns: u64,
-    /// A write error from inside the ring buffer callback, surfaced after the poll.
-    error: Option<anyhow::Error>,
 }
 
 impl Printer {
@@ -166,13 +163,7 @@ impl Printer {
             return 0;
         }
         let result = self.print(&e);
-        match result {
-            Ok(()) => 0,
-            Err(err) => {
-                self.error = Some(err);
-                -1
-            }
-        }
+        self.out.callback_status(result)
     }
 
     fn print(&mut self, e: &Event) -> Result<()> {
@@ -222,13 +213,6 @@ impl Printer {
             }
         }
         self.out.line(line.trim_end())
-    }
-
-    fn finish_batch(&mut self) -> Result<()> {
-        if let Some(err) = self.error.take() {
-            return Err(err);
-        }
-        self.out.flush()
     }
 }
 

@@ -334,7 +334,6 @@ pub fn run(args: Args) -> Result<i32> {
 
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
-    let trace_error: RefCell<Option<anyhow::Error>> = RefCell::new(None);
     let symbolizer = RefCell::new(StackSymbolizer::new(false));
     let mut builder = RingBufferBuilder::new();
     builder.add(&skel.maps.mappings, |data| {
@@ -347,13 +346,9 @@ pub fn run(args: Args) -> Result<i32> {
             if plain::copy_from_bytes(&mut event, data).is_err() {
                 return 0;
             }
-            match print_trace_event(&mut traced.borrow_mut(), &event) {
-                Ok(()) => 0,
-                Err(err) => {
-                    *trace_error.borrow_mut() = Some(err);
-                    -1
-                }
-            }
+            let mut traced = traced.borrow_mut();
+            let written = print_trace_event(&mut traced, &event);
+            traced.callback_status(written)
         })?;
     }
     let ring = builder.build().context("setting up the ring buffer")?;
@@ -398,13 +393,11 @@ pub fn run(args: Args) -> Result<i32> {
         print_report(out, &args, &mut symbolizer, frames, pid, rows)?;
         out.flush()
     };
-    let after_batch = || -> Result<()> {
-        if let Some(err) = trace_error.borrow_mut().take() {
-            return Err(err);
-        }
-        traced.borrow_mut().flush()
-    };
-    let stop = session.run(Some(&ring), after_batch, || report(&mut out))?;
+    let stop = session.run(
+        Some(&ring),
+        || traced.borrow_mut().finish_batch(),
+        || report(&mut out),
+    )?;
     if stop != crate::events::Stop::Reports {
         report(&mut out)?;
     }

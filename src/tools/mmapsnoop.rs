@@ -97,7 +97,7 @@ pub fn run(args: Args) -> Result<i32> {
     printer.borrow_mut().start_ns = session.start_ns;
     let stop = session.run(
         Some(&ring),
-        || printer.borrow_mut().finish_batch(),
+        || printer.borrow_mut().out.finish_batch(),
         || Ok(()),
     );
     drop(ring);
@@ -116,8 +116,6 @@ struct Printer {
     full_path: bool,
     show_call: bool,
     start_ns: u64,
-    /// A write error from inside the ring buffer callback, surfaced after the poll.
-    error: Option<anyhow::Error>,
     record: Vec<u8>,
 }
 
@@ -129,7 +127,6 @@ impl Printer {
             full_path: args.full_path,
             show_call: args.munmap,
             start_ns: 0,
-            error: None,
             record: vec![0; std::mem::size_of::<Event>()],
         }
     }
@@ -170,20 +167,7 @@ impl Printer {
             let line = self.table_line(&event);
             self.out.line(&line)
         };
-        match result {
-            Ok(()) => 0,
-            Err(err) => {
-                self.error = Some(err);
-                -1
-            }
-        }
-    }
-
-    fn finish_batch(&mut self) -> Result<()> {
-        if let Some(err) = self.error.take() {
-            return Err(err);
-        }
-        self.out.flush()
+        self.out.callback_status(result)
     }
 
     fn table_line(&self, e: &Event) -> String {

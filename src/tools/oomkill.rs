@@ -57,7 +57,6 @@ pub fn run(args: Args) -> Result<i32> {
     skel.attach().context(skel::ATTACH_FAILED)?;
 
     let out = RefCell::new(Output::new(args.common.json));
-    let error: RefCell<Option<anyhow::Error>> = RefCell::new(None);
     let symbolizer = StackSymbolizer::new(false);
     let mut builder = RingBufferBuilder::new();
     builder.add(&skel.maps.events, |data| {
@@ -66,23 +65,13 @@ pub fn run(args: Args) -> Result<i32> {
             return 0;
         }
         let kill = Kill::from_event(&event, &symbolizer, &skel.maps.stack_store);
-        match kill.print(&mut out.borrow_mut()) {
-            Ok(()) => 0,
-            Err(err) => {
-                *error.borrow_mut() = Some(err);
-                -1
-            }
-        }
+        let mut out = out.borrow_mut();
+        let written = kill.print(&mut out);
+        out.callback_status(written)
     })?;
     let ring = builder.build().context("setting up the ring buffer")?;
     let mut session = Session::start(target, args.common.duration, None, "OOM kills")?;
-    let after_batch = || -> Result<()> {
-        if let Some(err) = error.borrow_mut().take() {
-            return Err(err);
-        }
-        out.borrow_mut().flush()
-    };
-    let stop = session.run(Some(&ring), after_batch, || Ok(()))?;
+    let stop = session.run(Some(&ring), || out.borrow_mut().finish_batch(), || Ok(()))?;
     drop(ring);
     skel::report_drops("oomkill", skel.object(), &[])?;
     Ok(session.exit_code(stop))

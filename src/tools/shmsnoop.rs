@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<i32> {
     printer.borrow_mut().start_ns = session.start_ns;
     let stop = session.run(
         Some(&ring),
-        || printer.borrow_mut().finish_batch(),
+        || printer.borrow_mut().out.finish_batch(),
         || Ok(()),
     );
     drop(ring);
@@ -108,8 +108,6 @@ struct Printer {
     out: Output,
     timestamp: bool,
     start_ns: u64,
-    /// A write error from inside the ring buffer callback, surfaced after the poll.
-    error: Option<anyhow::Error>,
 }
 
 impl Printer {
@@ -118,7 +116,6 @@ impl Printer {
             out: Output::new(args.common.json),
             timestamp: args.common.timestamp,
             start_ns: 0,
-            error: None,
         }
     }
 
@@ -143,20 +140,7 @@ impl Printer {
             let line = table_line(&event, self.timestamp.then_some(self.start_ns));
             self.out.line(&line)
         };
-        match result {
-            Ok(()) => 0,
-            Err(err) => {
-                self.error = Some(err);
-                -1
-            }
-        }
-    }
-
-    fn finish_batch(&mut self) -> Result<()> {
-        if let Some(err) = self.error.take() {
-            return Err(err);
-        }
-        self.out.flush()
+        self.out.callback_status(result)
     }
 }
 

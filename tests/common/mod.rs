@@ -37,6 +37,31 @@ pub fn memtrace() -> Command {
     Command::new(memtrace_bin())
 }
 
+/// `memtrace ARGS` as user nobody with no capabilities (setpriv, util-linux).
+pub fn memtrace_as_nobody(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(memtrace_bin())
+        .args(args)
+        .output()
+        .expect("running setpriv (util-linux)")
+}
+
+/// The frames of a JSON row's `stack` array.
+pub fn stack_frames(row: &Value) -> Vec<&str> {
+    row["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect()
+}
+
 fn scratch_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("memtrace-tests");
     std::fs::create_dir_all(&dir).unwrap();

@@ -413,6 +413,10 @@ fn drsnoop_and_vmscan_see_memcg_reclaim() {
     );
     cgroup.add(held.pid());
     let drsnoop = Tracer::start(&["drsnoop", "--json"]);
+    // the filters: another user's stalls only, and this thread's only
+    let other_user = Tracer::start(&["drsnoop", "--json", "-u", "65534"]);
+    let tid = held.pid().to_string();
+    let this_thread = Tracer::start(&["drsnoop", "--json", "-t", &tid, "-U"]);
     let vmscan = Tracer::start(&["vmscan", "--json", "-i", "0.5"]);
     let status = held.go();
     assert!(status.success(), "pressure stream: {status:?}");
@@ -421,6 +425,23 @@ fn drsnoop_and_vmscan_see_memcg_reclaim() {
     stalls.assert_success();
     let summary = vmscan.stop();
     summary.assert_success();
+    let other_user = other_user.stop();
+    other_user.assert_success();
+    assert!(
+        other_user.json().iter().all(|s| s["pid"] != held.pid()),
+        "-u 65534 showed root's stalls: {}",
+        other_user.stdout
+    );
+    let this_thread = this_thread.stop();
+    this_thread.assert_success();
+    let only_ours = this_thread.json();
+    assert!(!only_ours.is_empty());
+    assert!(
+        only_ours
+            .iter()
+            .all(|s| s["tid"] == held.pid() && s["uid"] == 0),
+        "{only_ours:?}"
+    );
 
     let stalls = stalls.json();
     let ours: Vec<&Value> = stalls.iter().filter(|s| s["pid"] == held.pid()).collect();

@@ -469,7 +469,7 @@ fn drsnoop_and_vmscan_see_memcg_reclaim() {
     // vmscan counts the same reclaim (for the whole machine: at least ours)
     let rows = summary.json();
     let intervals = || rows.iter().filter(|r| r.get("memcg_reclaims").is_some());
-    assert!(intervals().count() >= 2, "{rows:?}");
+    assert!(intervals().count() >= 1, "{rows:?}");
     let reclaims = sum_u64(intervals(), "memcg_reclaims");
     assert!(reclaims >= ours.len() as u64, "{reclaims} < {}", ours.len());
     assert!(sum_u64(intervals(), "memcg_reclaim_pages") >= pages);

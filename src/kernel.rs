@@ -109,11 +109,25 @@ fn check_tracepoints(root: &Path, tracepoints: &[(String, String)]) -> Result<()
     Ok(())
 }
 
+thread_local! {
+    /// The kernel's BTF, parsed once however many checks a tool makes.
+    static VMLINUX_BTF: std::cell::OnceCell<Btf<'static>> = const { std::cell::OnceCell::new() };
+}
+
+fn with_vmlinux_btf<T>(f: impl FnOnce(&Btf<'static>) -> T) -> Result<T> {
+    VMLINUX_BTF.with(|cell| {
+        if let Some(btf) = cell.get() {
+            return Ok(f(btf));
+        }
+        let btf = Btf::from_vmlinux().context("reading the kernel's BTF")?;
+        Ok(f(cell.get_or_init(|| btf)))
+    })
+}
+
 /// Whether the kernel has the BTF tracepoint `name` (a `tp_btf/` target):
 /// the kernel's BTF then has the typedef btf_trace_NAME.
 pub fn btf_tracepoint_exists(name: &str) -> Result<bool> {
-    let btf = Btf::from_vmlinux().context("reading the kernel's BTF")?;
-    Ok(has_btf_tracepoint(&btf, name))
+    with_vmlinux_btf(|btf| has_btf_tracepoint(btf, name))
 }
 
 fn has_btf_tracepoint(btf: &Btf, name: &str) -> bool {
@@ -135,11 +149,13 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
         .filter_map(|s| s.strip_prefix("tp_btf/"))
         .collect();
     if !btf_tracepoints.is_empty() {
-        let btf = Btf::from_vmlinux().context("reading the kernel's BTF")?;
-        if let Some(missing) = btf_tracepoints
-            .iter()
-            .find(|name| !has_btf_tracepoint(&btf, name))
-        {
+        let missing = with_vmlinux_btf(|btf| {
+            btf_tracepoints
+                .iter()
+                .find(|name| !has_btf_tracepoint(btf, name))
+                .copied()
+        })?;
+        if let Some(missing) = missing {
             bail!("tracepoint {missing} does not exist on this kernel (no btf_trace_{missing} in its BTF), so this tool can't run here");
         }
     }

@@ -120,6 +120,11 @@ impl StackSymbolizer {
         self.live.get(&pid)
     }
 
+    /// Whether the process's mappings are known: it lives, or its exit was recorded.
+    pub fn has_mappings(&mut self, pid: u32) -> bool {
+        self.mappings(pid).is_some()
+    }
+
     /// The file mapped at a user address of a process, and the address's offset in it.
     pub fn locate(&mut self, pid: u32, addr: u64) -> Option<(PathBuf, u64)> {
         let find = |maps: &Vec<Mapping>| {

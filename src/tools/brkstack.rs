@@ -210,7 +210,7 @@ impl Stacks {
             new_brk: e.new_brk,
         };
         let stack = &e.stack[..(e.stack_len as usize).min(e.stack.len())];
-        if self.pending.len() < MAX_PENDING && self.symbolizer.locate(e.pid, e.ip).is_none() {
+        if self.pending.len() < MAX_PENDING && !self.symbolizer.has_mappings(e.pid) {
             self.pending.push((call, stack.to_vec()));
         } else {
             // beyond MAX_PENDING, unwound as far as it can be: its leaf frame

@@ -102,6 +102,7 @@ pub fn run(args: Args) -> Result<i32> {
         print_uid: args.print_uid,
         extended: args.extended,
         start_ns: 0,
+        batch_free_kib: None,
     });
     let mut builder = RingBufferBuilder::new();
     builder.add(&skel.maps.events, |data| printer.borrow_mut().event(data))?;
@@ -116,7 +117,7 @@ pub fn run(args: Args) -> Result<i32> {
     printer.borrow_mut().header()?;
     let stop = session.run(
         Some(&ring),
-        || printer.borrow_mut().out.finish_batch(),
+        || printer.borrow_mut().finish_batch(),
         || Ok(()),
     );
     drop(ring);
@@ -131,9 +132,16 @@ struct Printer {
     print_uid: bool,
     extended: bool,
     start_ns: u64,
+    /// -e: MemFree, read once for the stalls of one poll, not once per stall.
+    batch_free_kib: Option<Option<u64>>,
 }
 
 impl Printer {
+    fn finish_batch(&mut self) -> Result<()> {
+        self.batch_free_kib = None;
+        self.out.finish_batch()
+    }
+
     fn header(&mut self) -> Result<()> {
         if self.out.json {
             return Ok(());
@@ -173,7 +181,11 @@ impl Printer {
             "memcg"
         };
         let comm = escape_c_chars(&e.comm);
-        let free_kib = self.extended.then(mem_free_kib).flatten();
+        let free_kib = if self.extended {
+            *self.batch_free_kib.get_or_insert_with(mem_free_kib)
+        } else {
+            None
+        };
         if self.out.json {
             return self.out.json_line(&json!({
                 "time_ns": e.time_ns,
@@ -217,7 +229,8 @@ impl Printer {
 }
 
 /// MemFree in KiB. BCC's drsnoop reads the kernel's free page count in BPF;
-/// vm_zone_stat is not in this kernel's BTF, so it is read when printing.
+/// vm_zone_stat is not in this kernel's BTF, so it is read when printing
+/// (once per batch of stalls).
 fn mem_free_kib() -> Option<u64> {
     use procfs::Current;
     procfs::Meminfo::current().ok().map(|m| m.mem_free / 1024)

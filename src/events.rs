@@ -2,11 +2,12 @@
 //! Ctrl-C, SIGTERM, `-d` expiry, the end of `-- COMMAND` or of every `-p`
 //! process, and call the tool back at each `-i` interval.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::RingBuffer;
+use libbpf_rs::{MapCore, RingBuffer, RingBufferBuilder};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use crate::target::{process_exists, Target};
@@ -203,4 +204,42 @@ impl Session {
             Stop::Duration | Stop::TargetsExited | Stop::Reports => 0,
         }
     }
+}
+
+/// A tool that prints each event as it arrives (oomkill and the snoop tools).
+pub trait EventPrinter {
+    /// Tracing has started: print the column header. `start_ns` is the
+    /// origin of -T times (CLOCK_MONOTONIC at attach).
+    fn start(&mut self, start_ns: u64) -> Result<()>;
+
+    /// One ring buffer record. The return value is the ring buffer
+    /// callback's: nonzero ends this poll (see Output::callback_status).
+    fn event(&mut self, data: &[u8]) -> i32;
+
+    /// After each poll: flush, and surface a write error kept by `event`.
+    fn finish_batch(&mut self) -> Result<()>;
+}
+
+/// Traces until a stop condition, handing every record of the ring buffer
+/// `events` to `printer`. Returns the session (for its exit code) and why
+/// the trace ended.
+pub fn print_events(
+    events: &dyn MapCore,
+    printer: impl EventPrinter,
+    target: Target,
+    duration: Option<Duration>,
+    what: &str,
+) -> Result<(Session, Stop)> {
+    let printer = RefCell::new(printer);
+    let mut builder = RingBufferBuilder::new();
+    builder.add(events, |data| printer.borrow_mut().event(data))?;
+    let ring = builder.build().context("setting up the ring buffer")?;
+    let mut session = Session::start(target, duration, None, what)?;
+    printer.borrow_mut().start(session.start_ns)?;
+    let stop = session.run(
+        Some(&ring),
+        || printer.borrow_mut().finish_batch(),
+        || Ok(()),
+    )?;
+    Ok((session, stop))
 }

@@ -1,17 +1,15 @@
 //! drsnoop: each reclaim stall a task suffered, direct reclaim and memory
 //! cgroup reclaim, with its latency and the pages it reclaimed.
 
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::RingBufferBuilder;
 use serde_json::json;
 
 use crate::cli::CommonArgs;
-use crate::events::Session;
+use crate::events::{self, EventPrinter};
 use crate::output::{escape_c_chars, Output};
 use crate::{kernel, set_filter_rodata, skel};
 
@@ -96,32 +94,26 @@ pub fn run(args: Args) -> Result<i32> {
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
 
-    let printer = RefCell::new(Printer {
+    let printer = Printer {
         out: Output::new(args.common.json),
         timestamp: args.common.timestamp,
         print_uid: args.print_uid,
         extended: args.extended,
         start_ns: 0,
         batch_free_kib: None,
-    });
-    let mut builder = RingBufferBuilder::new();
-    builder.add(&skel.maps.events, |data| printer.borrow_mut().event(data))?;
-    let ring = builder.build().context("setting up the ring buffer")?;
+    };
     let what = match args.kind {
         Kind::All => "direct and memory cgroup reclaim",
         Kind::Direct => "direct reclaim",
         Kind::Memcg => "memory cgroup reclaim",
     };
-    let mut session = Session::start(target, args.common.duration, None, what)?;
-    printer.borrow_mut().start_ns = session.start_ns;
-    printer.borrow_mut().header()?;
-    let stop = session.run(
-        Some(&ring),
-        || printer.borrow_mut().finish_batch(),
-        || Ok(()),
-    );
-    drop(ring);
-    let stop = stop?;
+    let (mut session, stop) = events::print_events(
+        &skel.maps.events,
+        printer,
+        target,
+        args.common.duration,
+        what,
+    )?;
     skel::report_drops("drsnoop", skel.object(), &[])?;
     Ok(session.exit_code(stop))
 }
@@ -136,13 +128,9 @@ struct Printer {
     batch_free_kib: Option<Option<u64>>,
 }
 
-impl Printer {
-    fn finish_batch(&mut self) -> Result<()> {
-        self.batch_free_kib = None;
-        self.out.finish_batch()
-    }
-
-    fn header(&mut self) -> Result<()> {
+impl EventPrinter for Printer {
+    fn start(&mut self, start_ns: u64) -> Result<()> {
+        self.start_ns = start_ns;
         if self.out.json {
             return Ok(());
         }
@@ -164,7 +152,6 @@ impl Printer {
         self.out.flush()
     }
 
-    /// The ring buffer callback: a nonzero return stops this poll.
     fn event(&mut self, data: &[u8]) -> i32 {
         let mut e = Event::default();
         if plain::copy_from_bytes(&mut e, data).is_err() {
@@ -174,6 +161,13 @@ impl Printer {
         self.out.callback_status(result)
     }
 
+    fn finish_batch(&mut self) -> Result<()> {
+        self.batch_free_kib = None;
+        self.out.finish_batch()
+    }
+}
+
+impl Printer {
     fn print(&mut self, e: &Event) -> Result<()> {
         let kind = if e.kind == KIND_DIRECT {
             "direct"

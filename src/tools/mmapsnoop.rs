@@ -1,18 +1,16 @@
 //! mmapsnoop: every mmap(2) as it returns, with who made it, the protection,
 //! the flags, the offset, the size, the file and the result.
 
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::RingBufferBuilder;
 use serde_json::json;
 
 use crate::cli::CommonArgs;
 use crate::decode::{self, FilePath};
-use crate::events::Session;
+use crate::events::{self, EventPrinter};
 use crate::output::{escape_bytes, escape_c_chars, human_size, Output};
 use crate::skel;
 use crate::{kernel, set_filter_rodata};
@@ -82,26 +80,19 @@ pub fn run(args: Args) -> Result<i32> {
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
 
-    let printer = RefCell::new(Printer::new(&args));
-    let mut builder = RingBufferBuilder::new();
-    builder.add(&skel.maps.events, |data| printer.borrow_mut().event(data))?;
-    let ring = builder.build().context("setting up the ring buffer")?;
-
     let what = if args.munmap {
         "mmap(), munmap() and mremap() calls"
     } else {
         "mmap() calls"
     };
-    let mut session = Session::start(target, args.common.duration, None, what)?;
-    printer.borrow_mut().header()?;
-    printer.borrow_mut().start_ns = session.start_ns;
-    let stop = session.run(
-        Some(&ring),
-        || printer.borrow_mut().out.finish_batch(),
-        || Ok(()),
-    );
-    drop(ring);
-    let stop = stop?;
+    let printer = Printer::new(&args);
+    let (mut session, stop) = events::print_events(
+        &skel.maps.events,
+        printer,
+        target,
+        args.common.duration,
+        what,
+    )?;
     skel::report_drops(
         "mmapsnoop",
         skel.object(),
@@ -119,19 +110,9 @@ struct Printer {
     record: Vec<u8>,
 }
 
-impl Printer {
-    fn new(args: &Args) -> Printer {
-        Printer {
-            out: Output::new(args.common.json),
-            timestamp: args.common.timestamp,
-            full_path: args.full_path,
-            show_call: args.munmap,
-            start_ns: 0,
-            record: vec![0; std::mem::size_of::<Event>()],
-        }
-    }
-
-    fn header(&mut self) -> Result<()> {
+impl EventPrinter for Printer {
+    fn start(&mut self, start_ns: u64) -> Result<()> {
+        self.start_ns = start_ns;
         if self.out.json {
             return Ok(());
         }
@@ -151,7 +132,6 @@ impl Printer {
         self.out.flush()
     }
 
-    /// The ring buffer callback: a nonzero return stops this poll.
     fn event(&mut self, data: &[u8]) -> i32 {
         // Records carry only the used part of path[]: pad them to a whole event.
         let n = data.len().min(self.record.len());
@@ -168,6 +148,23 @@ impl Printer {
             self.out.line(&line)
         };
         self.out.callback_status(result)
+    }
+
+    fn finish_batch(&mut self) -> Result<()> {
+        self.out.finish_batch()
+    }
+}
+
+impl Printer {
+    fn new(args: &Args) -> Printer {
+        Printer {
+            out: Output::new(args.common.json),
+            timestamp: args.common.timestamp,
+            full_path: args.full_path,
+            show_call: args.munmap,
+            start_ns: 0,
+            record: vec![0; std::mem::size_of::<Event>()],
+        }
     }
 
     fn table_line(&self, e: &Event) -> String {

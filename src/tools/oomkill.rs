@@ -2,17 +2,16 @@
 //! the victim's memory cgroup, whether a cgroup limit or the whole machine ran
 //! out, the victim's RSS by kind and its oom_score_adj.
 
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, RingBufferBuilder};
+use libbpf_rs::MapCore;
 use serde_json::json;
 
 use crate::cli::CommonArgs;
-use crate::events::Session;
+use crate::events::{self, EventPrinter};
 use crate::output::{escape_bytes, escape_c_chars, wall_clock_hms, Output};
 use crate::symbolize::{stored_stack, StackSymbolizer};
 use crate::{kernel, set_filter_rodata, skel};
@@ -56,25 +55,47 @@ pub fn run(args: Args) -> Result<i32> {
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
 
-    let out = RefCell::new(Output::new(args.common.json));
-    let symbolizer = StackSymbolizer::new(false);
-    let mut builder = RingBufferBuilder::new();
-    builder.add(&skel.maps.events, |data| {
+    let printer = KillPrinter {
+        out: Output::new(args.common.json),
+        symbolizer: StackSymbolizer::new(false),
+        stacks: &skel.maps.stack_store,
+    };
+    let (mut session, stop) = events::print_events(
+        &skel.maps.events,
+        printer,
+        target,
+        args.common.duration,
+        "OOM kills",
+    )?;
+    skel::report_drops("oomkill", skel.object(), &[])?;
+    Ok(session.exit_code(stop))
+}
+
+/// Prints each kill as it comes; the originals have no header.
+struct KillPrinter<'a> {
+    out: Output,
+    symbolizer: StackSymbolizer,
+    stacks: &'a dyn MapCore,
+}
+
+impl EventPrinter for KillPrinter<'_> {
+    fn start(&mut self, _start_ns: u64) -> Result<()> {
+        Ok(())
+    }
+
+    fn event(&mut self, data: &[u8]) -> i32 {
         let mut event = Event::default();
         if plain::copy_from_bytes(&mut event, data).is_err() {
             return 0;
         }
-        let kill = Kill::from_event(&event, &symbolizer, &skel.maps.stack_store);
-        let mut out = out.borrow_mut();
-        let written = kill.print(&mut out);
-        out.callback_status(written)
-    })?;
-    let ring = builder.build().context("setting up the ring buffer")?;
-    let mut session = Session::start(target, args.common.duration, None, "OOM kills")?;
-    let stop = session.run(Some(&ring), || out.borrow_mut().finish_batch(), || Ok(()))?;
-    drop(ring);
-    skel::report_drops("oomkill", skel.object(), &[])?;
-    Ok(session.exit_code(stop))
+        let kill = Kill::from_event(&event, &self.symbolizer, self.stacks);
+        let written = kill.print(&mut self.out);
+        self.out.callback_status(written)
+    }
+
+    fn finish_batch(&mut self) -> Result<()> {
+        self.out.finish_batch()
+    }
 }
 
 /// An OOM kill as reported.

@@ -2,18 +2,16 @@
 //! they return, with the caller, the decoded arguments and the result, as BCC's
 //! shmsnoop shows them.
 
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::RingBufferBuilder;
 use serde_json::json;
 
 use crate::cli::CommonArgs;
 use crate::decode;
-use crate::events::Session;
+use crate::events::{self, EventPrinter};
 use crate::output::{escape_c_chars, Output};
 use crate::skel;
 use crate::{kernel, set_filter_rodata};
@@ -76,26 +74,13 @@ pub fn run(args: Args) -> Result<i32> {
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
 
-    let printer = RefCell::new(Printer::new(&args));
-    let mut builder = RingBufferBuilder::new();
-    builder.add(&skel.maps.events, |data| printer.borrow_mut().event(data))?;
-    let ring = builder.build().context("setting up the ring buffer")?;
-
-    let mut session = Session::start(
+    let (mut session, stop) = events::print_events(
+        &skel.maps.events,
+        Printer::new(&args),
         target,
         args.common.duration,
-        None,
         "shmget(), shmat(), shmdt() and shmctl() calls",
     )?;
-    printer.borrow_mut().header()?;
-    printer.borrow_mut().start_ns = session.start_ns;
-    let stop = session.run(
-        Some(&ring),
-        || printer.borrow_mut().out.finish_batch(),
-        || Ok(()),
-    );
-    drop(ring);
-    let stop = stop?;
     skel::report_drops(
         "shmsnoop",
         skel.object(),
@@ -118,8 +103,11 @@ impl Printer {
             start_ns: 0,
         }
     }
+}
 
-    fn header(&mut self) -> Result<()> {
+impl EventPrinter for Printer {
+    fn start(&mut self, start_ns: u64) -> Result<()> {
+        self.start_ns = start_ns;
         if self.out.json {
             return Ok(());
         }
@@ -128,7 +116,6 @@ impl Printer {
         self.out.flush()
     }
 
-    /// The ring buffer callback: a nonzero return stops this poll.
     fn event(&mut self, data: &[u8]) -> i32 {
         let mut event = Event::default();
         if plain::copy_from_bytes(&mut event, data).is_err() {
@@ -141,6 +128,10 @@ impl Printer {
             self.out.line(&line)
         };
         self.out.callback_status(result)
+    }
+
+    fn finish_batch(&mut self) -> Result<()> {
+        self.out.finish_batch()
     }
 }
 

@@ -5,47 +5,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
-use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
-
-/// The pmapped fixture with 64 MiB mapped and 16 MiB of it touched, set up
-/// and sleeping; killed when dropped.
-struct Pmapped {
-    child: Child,
-}
-
-impl Pmapped {
-    fn start(files: &[&Path]) -> Pmapped {
-        let mut child = Command::new(fixture("pmapped"))
-            .args(["64", "16"])
-            .args(files)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting pmapped");
-        let stdout = child.stdout.take().unwrap();
-        let fixture = Pmapped { child };
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert_eq!(line, "ready\n", "pmapped did not set up");
-        fixture
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-}
-
-impl Drop for Pmapped {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn pmap(args: &[&str]) -> Output {
     memtrace().arg("pmap").args(args).output().unwrap()
@@ -143,7 +108,7 @@ fn on_tmpfs(path: &Path) -> bool {
 #[test]
 fn a_64_mib_mapping_with_16_mib_resident_and_totals_that_add_up() {
     let file = temp_path("pmapped.dat");
-    let fixture = Pmapped::start(&[&file]);
+    let fixture = Pmapped::start(&[], &[&file]);
     let pid = fixture.pid();
 
     // The fixture may still fault in the code it waits in after saying it is
@@ -257,7 +222,7 @@ fn hostile_names_sorting_summary_and_table() {
     let dir = temp_path("pmap-names");
     std::fs::create_dir_all(&dir).unwrap();
     let hostile: PathBuf = dir.join(OsStr::from_bytes(b"\x1b[31mbad\xffname"));
-    let fixture = Pmapped::start(&[&hostile]);
+    let fixture = Pmapped::start(&[], &[&hostile]);
     let pid = fixture.pid();
 
     // a name that is not UTF-8 is shown, escaped
@@ -342,7 +307,7 @@ fn another_users_process_is_permission_denied() {
     if !root_tests_enabled() {
         return;
     }
-    let fixture = Pmapped::start(&[]);
+    let fixture = Pmapped::start(&[], &[]);
     let out = memtrace_as_nobody(&["pmap", "-p", &fixture.pid()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -225,6 +225,56 @@ fn hfaults_counts_two_huge_page_faults() {
     );
 }
 
+#[test]
+fn pmap_shows_hugetlb_pages_apart() {
+    if !root_tests_enabled() {
+        return;
+    }
+    let _lock = lock();
+    let _pages = HugePages::reserve(2);
+    let fixture = Pmapped::start(&["--huge", "2"], &[]);
+    let out = memtrace()
+        .args(["pmap", "-p", &fixture.pid(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let huge: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["record"] == "mapping" && l["kind"] == "hugetlb")
+        .collect();
+    assert_eq!(huge.len(), 1, "{lines:?}");
+    assert_eq!(huge[0]["size"], 4 << 20, "{}", huge[0]);
+    assert_eq!(huge[0]["hugetlb"], 4 << 20, "{}", huge[0]);
+    // smaps counts hugetlb pages apart from Rss
+    assert_eq!(huge[0]["rss"], 0, "{}", huge[0]);
+    let total = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l["record"] == "total" && l["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} total: {lines:?}"))
+            .clone()
+    };
+    assert_eq!(total("hugetlb")["hugetlb"], 4 << 20);
+    assert_eq!(total("hugetlb")["mappings"], 1);
+    assert_eq!(total("all")["hugetlb"], 4 << 20);
+    // the ordinary 64 MiB mapping is still counted as it was
+    let big = lines
+        .iter()
+        .find(|l| l["record"] == "mapping" && l["size"] == 64 << 20)
+        .unwrap_or_else(|| panic!("no 64 MiB mapping: {lines:?}"));
+    assert_eq!(big["kind"], "anonymous");
+    assert_eq!(big["rss"], 16 << 20);
+}
+
 /// A child memory cgroup of this test's own, with a limit; Drop kills what is
 /// left in it and removes it.
 struct MemoryCgroup {

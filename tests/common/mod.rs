@@ -311,3 +311,39 @@ impl Drop for Held {
         let _ = self.child.wait();
     }
 }
+
+/// The pmapped fixture with 64 MiB mapped and 16 MiB of it touched, and
+/// `files` mapped, set up and sleeping; killed when dropped. `options` go
+/// first (`--huge N`).
+pub struct Pmapped {
+    child: Child,
+}
+
+impl Pmapped {
+    pub fn start(options: &[&str], files: &[&Path]) -> Pmapped {
+        let mut child = Command::new(fixture("pmapped"))
+            .args(options)
+            .args(["64", "16"])
+            .args(files)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting pmapped");
+        let stdout = child.stdout.take().unwrap();
+        let fixture = Pmapped { child };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n", "pmapped did not set up");
+        fixture
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for Pmapped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

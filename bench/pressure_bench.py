@@ -7,7 +7,7 @@ Workloads (tests/fixtures/pressure.c and grower.c):
            64 MiB (memcg reclaim all along); drsnoop, vmscan, and bpftrace scripts
            doing what they do (a line per stall; the book's vmscan.bt)
   swap:    128 MiB filled and read back in that cgroup with a temporary swap file;
-           swapin, and bpftrace counting major faults by comm and pid
+           swapin, and bpftrace counting major faults and pages read by comm and pid
   brk:     20000 sbrk(4096) calls back to back (a storm: ~1.5 M calls/s); brkstack
            with a ring buffer that holds them all, and the book's brkstack.bt
   heap:    4000 blocks of 100000 bytes malloc'ed and written (about 3000 brk calls)
@@ -53,7 +53,10 @@ interval:s:1 { time("%H:%M:%S"); printf(" %10d %12d %12d %7d %10d\\n", @ss / 100
   @mr / 1000000, @kw, @wp); @ss = 0; @dr = 0; @mr = 0; @kw = 0; @wp = 0; }
 """
 
-BT_SWAPIN = READY + "software:major-faults:1 { @[comm, pid] = count(); }"
+BT_SWAPIN = READY + """
+software:major-faults:1 { @faults[comm, pid] = count(); }
+tracepoint:block:block_bio_queue /args->rwbs == "R"/ { @pages[comm, pid] = sum(args->nr_sector / 8); }
+"""
 BT_BRKSTACK = READY + "tracepoint:syscalls:sys_enter_brk { @[ustack, comm] = count(); }"
 
 
@@ -99,7 +102,7 @@ def main():
             ]),
             "swap": (in_cgroup(cgroup, [pressure, "swap", "128"]), [
                 ("memtrace swapin", [mt, "swapin"]),
-                ("bpftrace major-faults @[comm,pid]", ["bpftrace", "-e", BT_SWAPIN]),
+                ("bpftrace major faults + read bio pages", ["bpftrace", "-e", BT_SWAPIN]),
             ]),
             "brk": ([grower, "sbrk", "20000", "4096"], [
                 ("memtrace brkstack --buffer-size 256", [mt, "brkstack", "--buffer-size", "256"]),

@@ -103,8 +103,14 @@ pub fn run(mut options: Options<'_>) -> Result<i32> {
         rodata.only_hugetlb = options.only == Only::Hugetlb;
         rodata.only_swap = options.only == Only::Swap;
         rodata.max_slots = slots;
+        rodata.page_shift = page_size().trailing_zeros();
     }
     skel::choose_common_programs(open.open_object_mut(), &filter)?;
+    skel::set_autoload(
+        open.open_object_mut(),
+        "faultvma_swap_read",
+        options.only == Only::Swap,
+    )?;
     for map in [
         &mut open.maps.slot_of,
         &mut open.maps.slot_info,
@@ -118,6 +124,7 @@ pub fn run(mut options: Options<'_>) -> Result<i32> {
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
     // swap-ins are major faults: minor ones are not even looked at
+    // swapin's kind-0 slots count pages read from swap, not minor faults
     let minor = (options.only != Only::Swap).then_some(&skel.progs.faultvma_minor);
     let _links = perf::attach_fault_programs(minor, &skel.progs.faultvma_major)?;
 
@@ -126,7 +133,7 @@ pub fn run(mut options: Options<'_>) -> Result<i32> {
     let clock_header = interval.is_some() || options.common.timestamp;
     let mut session = Session::start(target, options.common.duration, interval, options.what)?;
     let mut reader = SlotReader::default();
-    let majors_only = options.only == Only::Swap;
+    let swap = options.only == Only::Swap;
     let mut footer = options.footer.take();
     let mut report_now = |out: &mut Output| -> Result<()> {
         let counts = reader.take(skel.object())?;
@@ -136,7 +143,7 @@ pub fn run(mut options: Options<'_>) -> Result<i32> {
             options.grouping,
             options.report.top,
             clock_header,
-            majors_only,
+            swap,
         )?;
         if let Some(footer) = footer.as_mut() {
             footer(out)?;
@@ -165,16 +172,17 @@ pub struct Grouping {
 }
 
 /// Prints counts grouped, sorted by total descending, the `top` first:
-/// a table (COMM, PID, MINOR, MAJOR, FAULTS, FILE as grouped; with
-/// `majors_only` one COUNT column) or JSON lines (pid, comm, file, kind,
-/// count; null where not grouped).
+/// a table (COMM, PID, MINOR, MAJOR, FAULTS, FILE as grouped; for `swap`,
+/// COUNT (major faults) and PAGES (read from swap: the kind-0 slots)) or JSON
+/// lines (pid, comm, file, kind, count, null where not grouped; for `swap`
+/// pid, comm, count, pages).
 fn print_counts(
     out: &mut Output,
     counts: &[Count],
     grouping: Grouping,
     top: Option<usize>,
     clock_header: bool,
-    majors_only: bool,
+    swap: bool,
 ) -> Result<()> {
     type Group = (Option<String>, Option<u32>, Option<String>);
     let mut grouped: HashMap<Group, [u64; 2]> = HashMap::new();
@@ -192,15 +200,25 @@ fn print_counts(
 
     if out.json {
         let time_ns = crate::events::monotonic_ns();
-        for ((comm, pid, file), kinds) in &rows {
-            for (kind, &count) in kinds.iter().enumerate() {
-                if count > 0 {
+        for ((comm, pid, file), [minor, major]) in &rows {
+            if swap {
+                out.json_line(&serde_json::json!({
+                    "time_ns": time_ns,
+                    "pid": pid,
+                    "comm": comm,
+                    "count": major,
+                    "pages": minor,
+                }))?;
+                continue;
+            }
+            for (major, count) in [(false, minor), (true, major)] {
+                if *count > 0 {
                     out.json_line(&serde_json::json!({
                         "time_ns": time_ns,
                         "pid": pid,
                         "comm": comm,
                         "file": file,
-                        "kind": kind_name(kind == 1),
+                        "kind": kind_name(major),
                         "count": count,
                     }))?;
                 }
@@ -218,8 +236,8 @@ fn print_counts(
     if grouping.pid {
         columns.push(">PID");
     }
-    if majors_only {
-        columns.push(">COUNT");
+    if swap {
+        columns.extend([">COUNT", ">PAGES"]);
     } else {
         columns.extend([">MINOR", ">MAJOR", ">FAULTS"]);
     }
@@ -231,8 +249,8 @@ fn print_counts(
         let mut cells: Vec<String> = Vec::new();
         cells.extend(comm);
         cells.extend(pid.map(|p| p.to_string()));
-        if majors_only {
-            cells.push(major.to_string());
+        if swap {
+            cells.extend([major.to_string(), minor.to_string()]);
         } else {
             cells.extend([
                 minor.to_string(),
@@ -244,6 +262,13 @@ fn print_counts(
         table.row(cells);
     }
     table.print(out)
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |size| size as u64)
 }
 
 fn map<'a>(object: &'a Object, name: &str) -> Result<libbpf_rs::Map<'a>> {

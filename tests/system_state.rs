@@ -545,9 +545,42 @@ fn swapin_counts_reads_from_swap() {
     }
     let _lock = lock();
     let _swap = SwapFile::on(256 << 20);
-    // no swap readahead: each page read from swap is then one major fault
-    let _page_cluster = Sysctl::set("/proc/sys/vm/page-cluster", "0");
     let cgroup = MemoryCgroup::create(64 << 20);
+
+    // 128 MiB written in a 64 MiB cgroup: at least 64 MiB (16384 pages) went
+    // to swap and is read back. The kernel's count of pages read from swap
+    // over the same time is the bound: the few pages it counted beyond ours
+    // are other processes' or swap-cache races.
+    let within = |ours: u64, machine: u64| ours <= machine && machine - ours <= machine / 100 + 64;
+
+    // No swap readahead: each page read from swap is then one major fault.
+    let (faults, pages, machine) = swap_in_128_mib(&cgroup, "0");
+    assert!(faults >= 16384, "{faults} swap-in faults counted");
+    assert!(
+        within(faults, machine),
+        "{faults} faults, pswpin+zswpin {machine}"
+    );
+    assert!(
+        within(pages, machine),
+        "{pages} pages, pswpin+zswpin {machine}"
+    );
+
+    // Readahead (the default page-cluster, 3: 8 pages a read): fewer faults,
+    // the same pages.
+    let (faults, pages, machine) = swap_in_128_mib(&cgroup, "3");
+    assert!(pages >= 16384, "{pages} pages read from swap counted");
+    assert!(
+        within(pages, machine),
+        "{pages} pages, pswpin+zswpin {machine}"
+    );
+    assert!(faults < pages / 2, "{faults} faults for {pages} pages");
+}
+
+/// Runs `pressure swap 128` in the cgroup under swapin with vm.page-cluster
+/// set (and restored): the swap-in faults and pages counted for it, and the
+/// machine's pswpin+zswpin over the run.
+fn swap_in_128_mib(cgroup: &MemoryCgroup, page_cluster: &str) -> (u64, u64, u64) {
+    let _page_cluster = Sysctl::set("/proc/sys/vm/page-cluster", page_cluster);
     let mut held = Held::start(&fixture("pressure"), &["swap", "128"]);
     cgroup.add(held.pid());
     let tracer = Tracer::start(&["swapin", "--json"]);
@@ -561,32 +594,18 @@ fn swapin_counts_reads_from_swap() {
     let finished = tracer.stop();
     finished.assert_success();
     let rows = finished.json();
-    let counted = sum_u64(
+    let ours = || {
         rows.iter()
-            .filter(|r| r["pid"] == held.pid() && r["comm"] == "pressure"),
-        "count",
-    );
-    // 128 MiB written in a 64 MiB cgroup: at least 64 MiB (16384 pages) went to
-    // swap and was read back. The kernel's count of pages read from swap over
-    // the same time is the bound: every counted fault read one page (no
-    // readahead), and the few pages it counted beyond ours are other processes'
-    // or swap-cache races.
-    let machine = after - before;
-    assert!(counted >= 16384, "{counted} swap-ins counted: {rows:?}");
-    assert!(
-        counted <= machine,
-        "{counted} counted, pswpin+zswpin {machine}"
-    );
-    assert!(
-        machine - counted <= machine / 100 + 64,
-        "{counted} counted, pswpin+zswpin {machine}"
-    );
+            .filter(|r| r["pid"] == held.pid() && r["comm"] == "pressure")
+    };
+    let (faults, pages) = (sum_u64(ours(), "count"), sum_u64(ours(), "pages"));
     // the machine-wide figures are reported alongside, and agree
     let reported = sum_u64(rows.iter(), "machine_pswpin") + sum_u64(rows.iter(), "machine_zswpin");
     assert!(
-        reported >= counted,
-        "reported {reported}, counted {counted}"
+        reported >= pages,
+        "reported {reported}, counted {pages}: {rows:?}"
     );
+    (faults, pages, after - before)
 }
 
 #[test]

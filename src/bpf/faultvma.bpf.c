@@ -3,7 +3,8 @@
  * The kernel side of ffaults, fmapfault, hfaults and swapin: page faults counted by
  * process image, kind (minor, major) and what they hit (a file, or a kind of
  * anonymous memory). The tools differ only in options (only_files,
- * only_hugetlb, only_swap) and in how user space groups the counts.
+ * only_hugetlb, only_swap) and in how user space groups the counts; swapin
+ * also counts the pages each process reads from swap (faultvma_swap_read).
  *
  * Which VMA did a page fault hit? bpf_find_vma() answers, but costs ~12 us on
  * this kernel: on every fault it slows a fault storm ~6x. So answers are
@@ -42,6 +43,7 @@ const volatile bool only_files = false;   /* fmapfault: file-backed VMAs */
 const volatile bool only_hugetlb = false; /* hfaults: VM_HUGETLB VMAs */
 const volatile bool only_swap = false;    /* swapin: major faults on anonymous or shmem memory */
 const volatile __u32 max_slots = 10240;   /* entries of the slot maps below */
+const volatile __u32 page_shift = 12;     /* swapin: bytes read from swap to pages */
 
 struct faultvma_region_key {
 	__u64 mm;
@@ -344,4 +346,43 @@ SEC("perf_event")
 int faultvma_major(struct bpf_perf_event_data *ctx)
 {
 	return faultvma_count_fault(ctx->addr, FAULTVMA_MAJOR);
+}
+
+#define REQ_OP_MASK 0xff /* the low bits of bi_opf: REQ_OP_BITS is 8 */
+#define BIO_CLONED_BIT 1 /* BIO_CLONED in bi_flags; an anonymous enum, so no CO-RE */
+
+/*
+ * swapin: pages read from swap, by the process that reads them (the one that
+ * faulted, with its readahead; swapoff; MADV_WILLNEED), counted in the
+ * process's FAULTVMA_SWAP_READ slot of kind MINOR (swapin counts no minor
+ * faults). A swap read is a read bio into a swap-backed folio (anonymous or
+ * shmem) that is in no mapping yet: a new folio, which an O_DIRECT read into
+ * a process's own memory is not. Clones (device mapper, splits) carry the
+ * same pages again: skipped. Swap-ins from zswap need no bio: not seen here.
+ */
+SEC("tp_btf/block_bio_queue")
+int BPF_PROG(faultvma_swap_read, struct bio *bio)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct faultvma_cached c = {};
+	unsigned long flags = 0;
+	struct page *page;
+	__u64 *count;
+
+	if ((bio->bi_opf & REQ_OP_MASK) != REQ_OP_READ || (bio->bi_flags & (1 << BIO_CLONED_BIT)))
+		return 0;
+	if (!memtrace_wanted())
+		return 0;
+	page = BPF_CORE_READ(bio, bi_io_vec, bv_page);
+	if (!page || BPF_CORE_READ(page, mapping))
+		return 0;
+	bpf_core_read(&flags, sizeof(flags), &page->flags); /* memdesc_flags_t since 6.17: one word */
+	if (!(flags & (1UL << bpf_core_enum_value(enum pageflags, PG_swapbacked))))
+		return 0;
+	c.mm = (__u64)task->mm;
+	c.file.label = FAULTVMA_SWAP_READ;
+	count = faultvma_counter(&c, FAULTVMA_MINOR, bpf_get_current_pid_tgid() >> 32);
+	if (count)
+		__sync_fetch_and_add(count, bio->bi_iter.bi_size >> page_shift);
+	return 0;
 }

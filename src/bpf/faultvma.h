@@ -12,6 +12,7 @@ enum faultvma_label {
 	FAULTVMA_HEAP = 2,
 	FAULTVMA_STACK = 3,
 	FAULTVMA_UNKNOWN = 4, /* no VMA there, or the mm was busy: counted, not dropped */
+	FAULTVMA_SWAP_READ = 5, /* swapin: pages read from swap (kind MINOR), not faults */
 };
 
 #define FAULTVMA_HUGETLB 0x1 /* VM_HUGETLB */

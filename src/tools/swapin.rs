@@ -1,7 +1,9 @@
 //! swapin: swap-ins counted by process, as the book's swapin (a kprobe on
-//! swap_readpage there, which this kernel lacks). Here a swap-in is a major
-//! page fault on anonymous or shmem memory: such memory has no file to be
-//! read from, so a fault that had to wait for I/O read it from swap.
+//! swap_readpage there, which this kernel lacks). Here two counts: major page
+//! faults on anonymous or shmem memory (such memory has no file to be read
+//! from, so a fault that had to wait for I/O read it from swap), and the pages
+//! a process read from swap devices (read bios into new swap-backed folios),
+//! readahead included, which is what the book's tool counts.
 
 use std::time::Duration;
 
@@ -13,19 +15,18 @@ use crate::cli::{CommonArgs, ReportArgs};
 use crate::faultcount::{self as faults, Grouping};
 use crate::output::Output;
 
-pub const ABOUT: &str = "Count swap-ins by process (major faults on anonymous and shmem memory)";
+pub const ABOUT: &str = "Count swap-ins by process: faults that read from swap, and the pages read";
 
 #[derive(Parser, Debug)]
 #[command(about = ABOUT, after_help = "\
-What is counted: faults that read a page of anonymous or shmem memory back from
-swap (major faults there), by the process that waited for it. With swap
-readahead (vm.page-cluster, default 3) one such fault can bring in up to 8 pages;
-the pages that readahead brought in and that are touched later are not faults that
-wait, so they are not counted. After each report, the kernel's own counts of pages
-read from swap (pswpin, and zswpin for zswap) over the same time, for the whole
-machine, are printed for comparison. Swap-ins by swapoff, by madvise(MADV_WILLNEED)
-and by the kernel on a process's behalf (process_madvise, get_user_pages) are not
-faults by that process and are missed.
+What is counted, by process: COUNT, the faults that read a page of anonymous or
+shmem memory back from swap (major faults there); PAGES, the pages the process
+read from swap devices (its reads into new swap-backed pages, seen as block I/O
+is queued), readahead (vm.page-cluster) included: one fault may read up to 8.
+PAGES also holds reads that are not faults (swapoff, madvise(MADV_WILLNEED));
+pages loaded from zswap need no I/O and are in neither count. After each
+report, the kernel's own counts of pages read from swap (pswpin, and zswpin
+for zswap) over the same time, for the whole machine, follow for comparison.
 
 Examples:
   swapin                    # counts every second until Ctrl-C

@@ -554,7 +554,7 @@ fn swapin_counts_reads_from_swap() {
     let within = |ours: u64, machine: u64| ours <= machine && machine - ours <= machine / 100 + 64;
 
     // No swap readahead: each page read from swap is then one major fault.
-    let (faults, pages, machine) = swap_in_128_mib(&cgroup, "0");
+    let (faults, pages, machine) = swap_in_128_mib(&cgroup, "swap", "0");
     assert!(faults >= 16384, "{faults} swap-in faults counted");
     assert!(
         within(faults, machine),
@@ -567,21 +567,31 @@ fn swapin_counts_reads_from_swap() {
 
     // Readahead (the default page-cluster, 3: 8 pages a read): fewer faults,
     // the same pages.
-    let (faults, pages, machine) = swap_in_128_mib(&cgroup, "3");
+    let (faults, pages, machine) = swap_in_128_mib(&cgroup, "swap", "3");
     assert!(pages >= 16384, "{pages} pages read from swap counted");
     assert!(
         within(pages, machine),
         "{pages} pages, pswpin+zswpin {machine}"
     );
     assert!(faults < pages / 2, "{faults} faults for {pages} pages");
+
+    // madvise(MADV_WILLNEED) reads the swapped memory back with no faults
+    // (the few there are come from filling it: the loader's pages swapped out)
+    let (faults, pages, machine) = swap_in_128_mib(&cgroup, "willneed", "0");
+    assert!(pages >= 16384, "{pages} pages read from swap counted");
+    assert!(
+        within(pages, machine),
+        "{pages} pages, pswpin+zswpin {machine}"
+    );
+    assert!(faults < pages / 100, "{faults} faults for {pages} pages");
 }
 
-/// Runs `pressure swap 128` in the cgroup under swapin with vm.page-cluster
-/// set (and restored): the swap-in faults and pages counted for it, and the
-/// machine's pswpin+zswpin over the run.
-fn swap_in_128_mib(cgroup: &MemoryCgroup, page_cluster: &str) -> (u64, u64, u64) {
+/// Runs `pressure MODE 128` (swap, willneed) in the cgroup under swapin with
+/// vm.page-cluster set (and restored): the swap-in faults and pages counted
+/// for it, and the machine's pswpin+zswpin over the run.
+fn swap_in_128_mib(cgroup: &MemoryCgroup, mode: &str, page_cluster: &str) -> (u64, u64, u64) {
     let _page_cluster = Sysctl::set("/proc/sys/vm/page-cluster", page_cluster);
-    let mut held = Held::start(&fixture("pressure"), &["swap", "128"]);
+    let mut held = Held::start(&fixture("pressure"), &[mode, "128"]);
     cgroup.add(held.pid());
     let tracer = Tracer::start(&["swapin", "--json"]);
     let before = vmstat("pswpin") + vmstat("zswpin");

@@ -123,8 +123,8 @@ pub fn run(mut options: Options<'_>) -> Result<i32> {
     let mut skel = open.load().context(skel::LOAD_FAILED)?;
     skel::fill_traced_tgids(skel.object(), &target)?;
     skel.attach().context(skel::ATTACH_FAILED)?;
-    // swap-ins are major faults: minor ones are not even looked at
-    // swapin's kind-0 slots count pages read from swap, not minor faults
+    // swap-ins are major faults: minor ones are not even looked at (swapin's
+    // kind-0 slots count the pages read from swap instead)
     let minor = (options.only != Only::Swap).then_some(&skel.progs.faultvma_minor);
     let _links = perf::attach_fault_programs(minor, &skel.progs.faultvma_major)?;
 

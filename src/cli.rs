@@ -7,6 +7,10 @@ use clap::Args;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct CommonArgs {
+    /// The tool's name, for messages (set by the registry, not an option)
+    #[arg(skip)]
+    pub tool: &'static str,
+
     /// Trace only this process (may be given more than once)
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,

@@ -1,20 +1,11 @@
 //! memtrace: eBPF tools that show where Linux memory goes, in one binary.
 //! `memtrace <tool> ARGS`, or `<tool> ARGS` through a link named after the tool.
 
+mod analysis;
 mod cli;
-mod decode;
-mod events;
-mod faultcount;
-mod flame;
-mod kernel;
-mod output;
-mod perf;
-mod probe_site;
-mod skel;
-mod symbolize;
-mod target;
+mod engine;
+mod present;
 mod tools;
-mod unwind;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -58,7 +49,7 @@ fn dispatch(args: Vec<OsString>) -> i32 {
         if !first.starts_with('-') && tools::find(first).is_none() && first != "help" {
             eprintln!(
                 "memtrace: unknown tool '{}'\n\n{}",
-                output::escape_bytes(first.as_bytes()),
+                present::escape::escape_bytes(first.as_bytes()),
                 tool_list()
             );
             return 2;
@@ -136,7 +127,7 @@ fn run_tool(tool: &Tool, args: Vec<OsString>) -> i32 {
 fn finish(tool: &Tool, result: anyhow::Result<i32>) -> i32 {
     match result {
         Ok(code) => code,
-        Err(err) if output::is_output_closed(&err) => 0,
+        Err(err) if present::output::is_output_closed(&err) => 0,
         Err(err) => {
             eprintln!("{}: {:#}", tool.name, err);
             1

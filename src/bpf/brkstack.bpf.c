@@ -89,9 +89,10 @@ int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
 	e->pad = 0;
 	e->stack_len = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->ip = BPF_CORE_READ(regs, ip);
-	e->sp = sp = BPF_CORE_READ(regs, sp);
-	e->bp = BPF_CORE_READ(regs, bp);
+	/* bpf_tracing.h's names for this architecture's pt_regs fields */
+	e->ip = PT_REGS_IP_CORE(regs);
+	e->sp = sp = PT_REGS_SP_CORE(regs);
+	e->bp = PT_REGS_FP_CORE(regs);
 	/*
 	 * A read that crosses the top of the stack fails whole (and faults on the
 	 * way), so read up to the top where it is known: on the main thread the
@@ -116,8 +117,8 @@ int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
 	}
 	/*
 	 * User space reads at its reports, not per call: wake it only as the
-	 * buffer crosses a quarter full. A wake-up is an IPI, a VM exit here,
-	 * paid by the traced task; one per crossing, not one per call past it.
+	 * buffer crosses a quarter full. A wake-up is an IPI (a VM exit under
+	 * virtualization) paid by the traced task; one per crossing, not one per call past it.
 	 */
 	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	wake = avail >= ring_bytes / 4 && avail < ring_bytes / 4 + sizeof(*e) + 8;

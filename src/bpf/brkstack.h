@@ -16,7 +16,7 @@ struct brkstack_event {
 	__u64 new_brk;   /* and after (the return value) */
 	__u64 ip;        /* user registers at the syscall */
 	__u64 sp;
-	__u64 bp;
+	__u64 bp;        /* the frame pointer (rbp on x86-64) */
 	__u32 pid;
 	__u32 tid;
 	__u32 stack_len; /* bytes of stack[] copied from sp up */

@@ -2,8 +2,8 @@
 /*
  * Pieces every memtrace BPF program uses: the process filter (pid set, comm),
  * following forks for `-- COMMAND`, drop accounting, and file names read from
- * the calling task's fd table (no kprobes on this kernel, so tools learn the
- * file of an mmap at the syscall tracepoint).
+ * the calling task's fd table (tools learn the file of an mmap at the
+ * syscall tracepoint, which needs no kprobes).
  */
 #ifndef MEMTRACE_COMMON_BPF_H
 #define MEMTRACE_COMMON_BPF_H

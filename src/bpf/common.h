@@ -15,6 +15,12 @@ enum memtrace_drop_reason {
 	MEMTRACE_DROP_NR = 4,
 };
 
+/* The page-fault perf events a program counts (faults, faultvma). */
+enum memtrace_fault_kind {
+	MEMTRACE_FAULT_MINOR = 0,
+	MEMTRACE_FAULT_MAJOR = 1,
+};
+
 /* A stack as stacks.bpf.h stores it: nr frames, innermost first. */
 #define MEMTRACE_STACK_DEPTH 127
 struct memtrace_stack {
@@ -25,9 +31,11 @@ struct memtrace_stack {
 /* A file path as the BPF side found it: components leaf first, each NUL-terminated. */
 #define MEMTRACE_PATH_BUF 4096
 #define MEMTRACE_PATH_DEPTH 48
-#define MEMTRACE_PATH_ROOTED 0x1    /* reached the root of the mount namespace */
-#define MEMTRACE_PATH_TRUNCATED 0x2 /* deeper or longer than the buffer */
-#define MEMTRACE_PATH_DELETED 0x4   /* unlinked */
+enum memtrace_path_flag {
+	MEMTRACE_PATH_ROOTED = 0x1,    /* reached the root of the mount namespace */
+	MEMTRACE_PATH_TRUNCATED = 0x2, /* deeper or longer than the buffer */
+	MEMTRACE_PATH_DELETED = 0x4,   /* unlinked */
+};
 
 struct memtrace_path {
 	__u16 len;   /* bytes used in the buffer */

@@ -44,7 +44,7 @@ static __always_inline int reclaim_begin(int order, gfp_t gfp_flags)
 	return 0;
 }
 
-static __always_inline int reclaim_end(unsigned long nr_reclaimed, __u32 kind)
+static __always_inline int reclaim_end(unsigned long nr_reclaimed, enum drsnoop_kind kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;

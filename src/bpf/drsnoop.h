@@ -18,7 +18,7 @@ struct drsnoop_event {
 	__u32 pid;
 	__u32 tid;
 	__u32 uid;
-	__u32 kind;     /* enum drsnoop_kind */
+	enum drsnoop_kind kind;
 	__s32 order;    /* of the allocation that needed the memory */
 	__u32 gfp_flags;
 	char comm[MEMTRACE_COMM_LEN];

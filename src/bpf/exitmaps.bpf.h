@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * For tools that count user stacks: when a process whose stacks were counted
- * exits, its executable file mappings go to user space (the mm is still there
- * at sched_process_exit on this kernel), so its stacks are symbolized after
- * /proc/PID/maps has gone. A tool calls exitmaps_note_owner() when it counts
+ * exits, its executable file mappings go to user space, so its stacks are
+ * symbolized after /proc/PID/maps has gone. Needs the task's mm still
+ * attached at sched_process_exit (a kernel that runs exit_mm() first sends
+ * no mappings, and an exited process's stacks show addresses). A tool calls exitmaps_note_owner() when it counts
  * a new stack.
  */
 #ifndef EXITMAPS_BPF_H

@@ -12,6 +12,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 const volatile bool kernel_stacks = false;
 
+/* Puts enum faults_stack_key into the skeleton's generated types. */
+enum faults_stack_key faults_stack_key_layout;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -53,11 +56,11 @@ static __always_inline int count_fault(struct bpf_perf_event_data *ctx, __u32 ki
 SEC("perf_event")
 int faults_minor(struct bpf_perf_event_data *ctx)
 {
-	return count_fault(ctx, 0);
+	return count_fault(ctx, MEMTRACE_FAULT_MINOR);
 }
 
 SEC("perf_event")
 int faults_major(struct bpf_perf_event_data *ctx)
 {
-	return count_fault(ctx, 1);
+	return count_fault(ctx, MEMTRACE_FAULT_MAJOR);
 }

@@ -4,12 +4,15 @@
 
 #include "common.h"
 
-#define FAULTS_NO_STACK (-100000) /* kernel stacks not asked for */
+/* The kernel_stack of a count when kernel stacks were not asked for (stack keys are > 0). */
+enum faults_stack_key {
+	FAULTS_NO_STACK = 0,
+};
 
 /* Faults counted by process, kind and stacks. */
 struct faults_key {
 	__u32 tgid;
-	__u32 kind;         /* 0 minor, 1 major */
+	__u32 kind;         /* enum memtrace_fault_kind */
 	__u32 pad;
 	__s64 user_stack;   /* key in stack_store, or -errno */
 	__s64 kernel_stack; /* key, -errno, or FAULTS_NO_STACK */

@@ -6,8 +6,8 @@
  * only_hugetlb, only_swap) and in how user space groups the counts; swapin
  * also counts the pages each process reads from swap (faultvma_swap_read).
  *
- * Which VMA did a page fault hit? bpf_find_vma() answers, but costs ~12 us on
- * this kernel: on every fault it slows a fault storm ~6x. So answers are
+ * Which VMA did a page fault hit? bpf_find_vma() answers, but costs ~12 us a
+ * call (measured on a 2-vCPU VM): on every fault it slows a fault storm ~6x. So answers are
  * cached, in two levels:
  *   1. each CPU's last VMA (a per-CPU array: no hashing, no sharing);
  *   2. an LRU hash of (mm, 2 MiB region) -> the VMA last found there.
@@ -35,7 +35,7 @@ struct faultvma_cached {
 	__u32 valid;
 	struct faultvma_file file;
 	__u32 tgid;    /* whose count slots these are */
-	__u32 slot[2]; /* count slot + 1 per enum faultvma_kind; 0: not looked up yet */
+	__u32 slot[2]; /* count slot + 1 per enum memtrace_fault_kind; 0: not looked up yet */
 };
 
 /* Options: which faults a tool counts. */
@@ -117,6 +117,11 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } vma_stats SEC(".maps");
+
+/* Put the enums user space decodes slots with into the skeleton's generated types. */
+enum faultvma_label faultvma_label_layout;
+enum faultvma_flag faultvma_flag_layout;
+enum faultvma_stat faultvma_stat_layout;
 
 static __always_inline void faultvma_stat(__u32 stat)
 {
@@ -322,7 +327,7 @@ static __always_inline int faultvma_count_fault(__u64 addr, __u32 kind)
 	if (only_hugetlb && !(c->file.flags & FAULTVMA_HUGETLB))
 		return 0;
 	/* a major fault on memory with no file behind it (or shmem's) is a read from swap */
-	if (only_swap && (kind != FAULTVMA_MAJOR || c->file.label == FAULTVMA_UNKNOWN ||
+	if (only_swap && (kind != MEMTRACE_FAULT_MAJOR || c->file.label == FAULTVMA_UNKNOWN ||
 			  (c->file.flags & FAULTVMA_HUGETLB) ||
 			  (c->file.label == FAULTVMA_FILE && !(c->file.flags & FAULTVMA_SHMEM))))
 		return 0;
@@ -339,13 +344,13 @@ static __always_inline int faultvma_count_fault(__u64 addr, __u32 kind)
 SEC("perf_event")
 int faultvma_minor(struct bpf_perf_event_data *ctx)
 {
-	return faultvma_count_fault(ctx->addr, FAULTVMA_MINOR);
+	return faultvma_count_fault(ctx->addr, MEMTRACE_FAULT_MINOR);
 }
 
 SEC("perf_event")
 int faultvma_major(struct bpf_perf_event_data *ctx)
 {
-	return faultvma_count_fault(ctx->addr, FAULTVMA_MAJOR);
+	return faultvma_count_fault(ctx->addr, MEMTRACE_FAULT_MAJOR);
 }
 
 #define REQ_OP_MASK 0xff /* the low bits of bi_opf: REQ_OP_BITS is 8 */
@@ -381,7 +386,7 @@ int BPF_PROG(faultvma_swap_read, struct bio *bio)
 		return 0;
 	c.mm = (__u64)task->mm;
 	c.file.label = FAULTVMA_SWAP_READ;
-	count = faultvma_counter(&c, FAULTVMA_MINOR, bpf_get_current_pid_tgid() >> 32);
+	count = faultvma_counter(&c, MEMTRACE_FAULT_MINOR, bpf_get_current_pid_tgid() >> 32);
 	if (count)
 		__sync_fetch_and_add(count, bio->bi_iter.bi_size >> page_shift);
 	return 0;

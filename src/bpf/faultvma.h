@@ -15,16 +15,19 @@ enum faultvma_label {
 	FAULTVMA_SWAP_READ = 5, /* swapin: pages read from swap (kind MINOR), not faults */
 };
 
-#define FAULTVMA_HUGETLB 0x1 /* VM_HUGETLB */
-#define FAULTVMA_SHARED 0x2  /* VM_SHARED */
-#define FAULTVMA_SHMEM 0x4   /* a file on tmpfs/shmem: SysV shm, memfd, /dev/shm, shared anonymous */
+/* What else is known of the memory: bits of faultvma_file.flags. */
+enum faultvma_flag {
+	FAULTVMA_HUGETLB = 0x1, /* VM_HUGETLB */
+	FAULTVMA_SHARED = 0x2,  /* VM_SHARED */
+	FAULTVMA_SHMEM = 0x4,   /* a file on tmpfs/shmem: SysV shm, memfd, /dev/shm, shared anonymous */
+};
 
 /* Identity of what a fault hit; dev and ino are 0 unless label is FAULTVMA_FILE. */
 struct faultvma_file {
 	__u64 ino;
 	__u32 dev;
-	__u16 label;
-	__u16 flags;
+	__u16 label; /* enum faultvma_label */
+	__u16 flags; /* enum faultvma_flag bits */
 };
 
 /* The file's name, read once per file (not per fault) from the VMA's dentry. */
@@ -32,15 +35,10 @@ struct faultvma_name {
 	char name[MEMTRACE_NAME_MAX_LEN];
 };
 
-enum faultvma_kind {
-	FAULTVMA_MINOR = 0,
-	FAULTVMA_MAJOR = 1,
-};
-
 /* What a count slot counts: faults of one kind, by one process image, on one file. */
 struct faultvma_count_key {
 	__u32 tgid;
-	__u32 kind; /* enum faultvma_kind */
+	__u32 kind; /* enum memtrace_fault_kind */
 	__u64 mm;   /* tells a process's images apart across exec */
 	struct faultvma_file file;
 };

@@ -57,6 +57,8 @@ struct {
 
 /* Puts struct memleak_event into the skeleton's generated types (ring buffers have no value type). */
 struct memleak_event memleak_event_layout = {};
+/* and enum memleak_func: user space gives each probe its function as the cookie */
+enum memleak_func memleak_func_layout;
 
 static __always_inline void trace_event(__u64 addr, __u64 size, __s64 stack, __u32 is_free)
 {

@@ -2,7 +2,8 @@
 /*
  * mmapsnoop: every mmap (and with --munmap, munmap and mremap) as it returns.
  * The arguments are kept at sys_enter until sys_exit gives the result; the
- * file comes from the caller's fd table, since this kernel has no kprobes.
+ * file comes from the caller's fd table: syscall tracepoints need no kprobes,
+ * which not every kernel has (CONFIG_KPROBES).
  */
 #include "common.bpf.h"
 #include "mmapsnoop.h"
@@ -20,7 +21,7 @@ struct mmapsnoop_call_args {
 	__u32 prot;
 	__u32 flags;
 	__s32 fd;
-	__u32 call;
+	enum mmapsnoop_call call;
 };
 
 struct {

@@ -28,7 +28,7 @@ struct mmapsnoop_event {
 	__u32 prot;
 	__u32 flags;    /* MAP_* for mmap, MREMAP_* for mremap */
 	__s32 fd;
-	__u32 call;     /* enum mmapsnoop_call */
+	enum mmapsnoop_call call;
 	struct memtrace_path path_info; /* depth 0: no file */
 	char comm[MEMTRACE_COMM_LEN];
 	char path[MEMTRACE_PATH_BUF];

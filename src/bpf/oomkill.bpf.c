@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * oomkill: each OOM kill at oom:mark_victim (a BTF tracepoint; the book's
- * kprobe on oom_kill_process does not exist here). The running task is the
+ * kprobe on oom_kill_process needs CONFIG_KPROBES). The running task is the
  * one whose allocation invoked the OOM killer; the victim's memory cgroup path
  * is walked from its kernfs node, and the killer's kernel stack tells a
  * memory cgroup limit from a global OOM.

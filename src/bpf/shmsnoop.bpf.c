@@ -2,7 +2,8 @@
 /*
  * shmsnoop: System V shared memory calls (shmget, shmat, shmdt, shmctl) as
  * they return. The arguments are kept per thread at sys_enter until sys_exit
- * gives the result: this kernel has no kprobes, so syscall tracepoints it is.
+ * gives the result: syscall tracepoints, which need no kprobes (not every
+ * kernel has them: CONFIG_KPROBES).
  */
 #include "common.bpf.h"
 #include "shmsnoop.h"

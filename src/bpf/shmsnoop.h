@@ -25,7 +25,7 @@ struct shmsnoop_event {
 	__s32 shmid;   /* shmat, shmctl */
 	__u32 shmflg;  /* shmget: IPC_*, SHM_* and the mode; shmat: SHM_RDONLY, ... */
 	__s32 cmd;     /* shmctl: IPC_RMID, ..., maybe with IPC_64 */
-	__u32 sys;     /* enum shmsnoop_sys */
+	enum shmsnoop_sys sys;
 	char comm[MEMTRACE_COMM_LEN];
 };
 

@@ -38,6 +38,11 @@ struct {
 	__type(value, __u64);
 } histograms SEC(".maps");
 
+/* Put the enums user space indexes the arrays with into the skeleton's generated types. */
+enum vmscan_total vmscan_total_layout;
+enum vmscan_histogram vmscan_histogram_layout;
+enum vmscan_hist_size vmscan_hist_size_layout;
+
 static __always_inline void add_total(__u32 slot, __u64 n)
 {
 	__u64 *total = bpf_map_lookup_elem(&totals, &slot);

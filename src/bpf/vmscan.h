@@ -24,6 +24,8 @@ enum vmscan_histogram {
 	VMSCAN_HIST_MEMCG,
 	VMSCAN_HIST_NR,
 };
-#define VMSCAN_HIST_BUCKETS 32
+enum vmscan_hist_size {
+	VMSCAN_HIST_BUCKETS = 32,
+};
 
 #endif

@@ -1,7 +1,8 @@
 //! brkstack: brk(2) calls counted by user stack and process, with the bytes
 //! of heap growth each stack caused, as the book's brkstack (which counts
 //! calls only). Stacks are unwound in user space from a copy of the stack
-//! (see unwind.rs), so libc's frames without frame pointers don't cut them.
+//! (see analysis/unwind.rs), so libc's frames without frame pointers don't
+//! cut them. x86-64 only, as the unwinder is.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,25 +11,28 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::Skel;
 use libbpf_rs::RingBufferBuilder;
-use serde_json::json;
+use serde::Serialize;
 
+use crate::analysis::symbolize::StackSymbolizer;
+use crate::analysis::unwind::{self, Registers, Unwinder};
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::events::{monotonic_ns, Session};
-use crate::output::{escape_c_chars, human_size, wall_clock_hms, Output};
-use crate::symbolize::StackSymbolizer;
-use crate::unwind::{Registers, Unwinder};
-use crate::{kernel, set_filter_rodata, skel};
+use crate::engine::drops;
+use crate::engine::loader::{self, Trace};
+use crate::engine::maps::percpu_sums;
+use crate::engine::records::exit_mapping;
+use crate::engine::session::{monotonic_ns, Session};
+use crate::engine::skeleton::{DropReason, OpenSkeleton};
+use crate::present::escape::escape_c_chars;
+use crate::present::format::{human_size, wall_clock_hms};
+use crate::present::output::Output;
+use crate::present::profile::FlameGraph;
+use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
 
-crate::bpf_skeleton!("brkstack");
-use bpf::types::{brkstack_event as Event, exitmaps_mapping};
+crate::bpf_skeleton!("brkstack", OpenBrkstackSkel, records: [brkstack_event]);
+use bpf::types::brkstack_event as Event;
 use bpf::BrkstackSkelBuilder;
-
-// SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
-unsafe impl plain::Plain for Event {}
-// SAFETY: as above.
-unsafe impl plain::Plain for exitmaps_mapping {}
 
 pub const ABOUT: &str = "Count brk(2) calls and heap growth by user stack";
 
@@ -73,37 +77,37 @@ pub struct Args {
     pub weight: Weight,
 
     /// Ring buffer size in MiB (a power of two; a call takes 8 KiB): raise it if calls are lost
-    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub buffer_size: u32,
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let (target, filter) = skel::prepare(&args.common)?;
+    unwind::check_architecture()?;
+    let trace = Trace::prepare(&args.common)?;
+    let ring_bytes = loader::ring_buffer_bytes(args.buffer_size)?;
     let mut storage = MaybeUninit::uninit();
-    let mut open = BrkstackSkelBuilder::default()
-        .open(&mut storage)
-        .context("opening the BPF object")?;
-    set_filter_rodata!(open, &filter);
-    let ring_bytes = args.buffer_size.next_power_of_two() << 20;
-    open.maps
-        .rodata_data
-        .as_deref_mut()
-        .context("BPF object has no .rodata")?
-        .ring_bytes = u64::from(ring_bytes);
-    open.maps
-        .events
-        .set_max_entries(ring_bytes)
-        .context("sizing the ring buffer")?;
-    skel::choose_common_programs(open.open_object_mut(), &filter)?;
-    kernel::check_attach_points(open.open_object())?;
-    let mut skel = open.load().context(skel::LOAD_FAILED)?;
-    skel::fill_traced_tgids(skel.object(), &target)?;
-    skel.attach().context(skel::ATTACH_FAILED)?;
+    let skel = loader::load(
+        BrkstackSkelBuilder::default(),
+        &mut storage,
+        &trace,
+        |open, _| {
+            open.rodata()?.ring_bytes = u64::from(ring_bytes);
+            open.maps
+                .events
+                .set_max_entries(ring_bytes)
+                .context("sizing the ring buffer")?;
+            Ok(())
+        },
+    )?;
 
     let stacks = RefCell::new(Stacks::new());
     let mut builder = RingBufferBuilder::new();
     builder.add(&skel.maps.mappings, |data| {
-        crate::record_exit_mapping!(stacks.borrow_mut().symbolizer, exitmaps_mapping, data);
+        let (pid, mapping) = exit_mapping(data);
+        stacks
+            .borrow_mut()
+            .symbolizer
+            .add_exited_mapping(pid, mapping);
         0
     })?;
     builder.add(&skel.maps.events, |data| {
@@ -116,42 +120,31 @@ pub fn run(args: Args) -> Result<i32> {
     let ring = builder.build().context("setting up the ring buffer")?;
 
     let mut out = Output::new(args.common.json);
-    let mut whole_trace: HashMap<Vec<String>, u64> = HashMap::new();
-    let mut session = Session::start(
-        target,
-        args.common.duration,
-        args.report.interval,
-        "brk() calls",
-    )?;
+    let flame = args.svg.as_deref().map(|path| match args.weight {
+        Weight::Calls => FlameGraph::new(path, "brk() calls by stack", "calls"),
+        Weight::Bytes => FlameGraph::new(path, "Heap growth by stack", "bytes"),
+    });
+    let mut report_stacks = StackReport::new(args.folded, args.report.top, flame);
+    let clock_heading = args.report.interval.is_some() || args.common.timestamp;
+    let interval = args.report.interval;
+    let mut session = Session::start(trace, args.common.duration, interval, "brk() calls")?;
     let mut report = |out: &mut Output| -> Result<()> {
-        let rows = stacks.borrow_mut().take();
-        if args.svg.is_some() {
-            for row in &rows {
-                *whole_trace.entry(row.folded_frames()).or_default() += row.weight(args.weight);
-            }
-        }
-        print_report(out, &args, rows)?;
+        let rows = stacks.borrow_mut().take(args.weight);
+        report_stacks.print(out, rows, |_| {
+            clock_heading.then(|| format!("\n{}", wall_clock_hms()))
+        })?;
         out.flush()
     };
     let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
     report(&mut out)?;
     drop(ring);
-    if let Some(path) = &args.svg {
-        let (title, unit) = match args.weight {
-            Weight::Calls => ("brk() calls by stack", "calls"),
-            Weight::Bytes => ("Heap growth by stack", "bytes"),
-        };
-        crate::flame::write_svg(path, title, unit, &whole_trace)?;
-    }
-    if skel::report_drops(
-        "brkstack",
-        skel.object(),
-        &[(
-            skel::DROP_RINGBUF,
-            "brk calls, or exited processes' mappings: raise --buffer-size",
-        )],
-    )? {
-        let lost = skel::percpu_sums(&skel.maps.lost_growth, 1)?[0];
+    report_stacks.finish()?;
+    let hints = [(
+        DropReason::MEMTRACE_DROP_RINGBUF,
+        "brk calls, or exited processes' mappings: raise --buffer-size",
+    )];
+    if drops::report(args.common.tool, skel.object(), &hints)? {
+        let lost = percpu_sums(&skel.maps.lost_growth, 1)?[0];
         eprintln!("brkstack: the calls lost grew the heap by {lost} bytes in all");
     }
     Ok(session.exit_code(stop))
@@ -234,97 +227,81 @@ impl Stacks {
         }
     }
 
-    /// The rows counted since the last call, the most calls first.
-    fn take(&mut self) -> Vec<Row> {
+    /// The rows counted since the last call, the most calls first; `weight`
+    /// says what their folded lines and flame graph count.
+    fn take(&mut self, weight: Weight) -> Vec<Row> {
         for (call, stack) in std::mem::take(&mut self.pending) {
             self.count(call, &stack);
         }
         self.symbolizer.refresh();
+        let time_ns = monotonic_ns();
         let counted: Vec<_> = self.counted.drain().collect();
         let mut rows: Vec<Row> = counted
             .into_iter()
             .map(|((pid, comm, ips), totals)| Row {
+                time_ns,
                 pid,
                 comm,
-                frames: self.symbolizer.user_frames(pid, &ips),
-                totals,
+                calls: totals.calls,
+                bytes_grown: totals.grown,
+                bytes_shrunk: totals.shrunk,
+                stack: self.symbolizer.user_frames(pid, &ips),
+                weight: match weight {
+                    Weight::Calls => totals.calls,
+                    Weight::Bytes => totals.grown,
+                },
             })
             .collect();
         rows.sort_by(|a, b| {
-            (b.totals.calls, b.totals.grown)
-                .cmp(&(a.totals.calls, a.totals.grown))
-                .then_with(|| (a.pid, &a.frames).cmp(&(b.pid, &b.frames)))
+            (b.calls, b.bytes_grown)
+                .cmp(&(a.calls, a.bytes_grown))
+                .then_with(|| (a.pid, &a.stack).cmp(&(b.pid, &b.stack)))
         });
         rows
     }
 }
 
+/// One (process, stack) of a report; the JSON fields are documented in the README.
+#[derive(Serialize)]
 struct Row {
+    time_ns: u64,
     pid: u32,
     comm: String,
+    calls: u64,
+    bytes_grown: u64,
+    bytes_shrunk: u64,
     /// Leaf first.
-    frames: Vec<String>,
-    totals: Totals,
+    stack: Vec<String>,
+    /// What --folded and --svg count (--weight).
+    #[serde(skip)]
+    weight: u64,
 }
 
-impl Row {
-    fn weight(&self, weight: Weight) -> u64 {
-        match weight {
-            Weight::Calls => self.totals.calls,
-            Weight::Bytes => self.totals.grown,
-        }
-    }
-
+impl StackRow for Row {
     /// `comm`, then frames outermost first.
     fn folded_frames(&self) -> Vec<String> {
         std::iter::once(self.comm.clone())
-            .chain(self.frames.iter().rev().cloned())
+            .chain(self.stack.iter().rev().cloned())
             .collect()
     }
-}
 
-fn print_report(out: &mut Output, args: &Args, mut rows: Vec<Row>) -> Result<()> {
-    rows.truncate(args.report.top.unwrap_or(usize::MAX));
-    if out.json {
-        let time_ns = monotonic_ns();
-        for row in &rows {
-            out.json_line(&json!({
-                "time_ns": time_ns,
-                "pid": row.pid,
-                "comm": row.comm,
-                "calls": row.totals.calls,
-                "bytes_grown": row.totals.grown,
-                "bytes_shrunk": row.totals.shrunk,
-                "stack": row.frames,
-            }))?;
-        }
-        return Ok(());
+    fn weight(&self) -> u64 {
+        self.weight
     }
-    if args.folded {
-        for row in &rows {
-            let line = crate::flame::folded_line(&row.folded_frames(), row.weight(args.weight));
-            out.line(&line)?;
-        }
-        return Ok(());
+
+    fn write_json(&self, out: &mut Output) -> Result<()> {
+        out.json_line(self)
     }
-    if args.report.interval.is_some() || args.common.timestamp {
-        out.line(&format!("\n{}", wall_clock_hms()))?;
-    }
-    // BCC stackcount's layout: frames, the process, the count
-    for row in &rows {
-        for frame in &row.frames {
-            out.line(&format!("    {frame}"))?;
-        }
-        out.line(&format!("    -                {} ({})", row.comm, row.pid))?;
-        let mut line = format!(
-            "        {} calls, heap grown {}",
-            row.totals.calls,
-            human_size(row.totals.grown)
+
+    fn write_text(&self, out: &mut Output) -> Result<()> {
+        let mut counts = format!(
+            "{} calls, heap grown {}",
+            self.calls,
+            human_size(self.bytes_grown)
         );
-        if row.totals.shrunk > 0 {
-            line.push_str(&format!(", shrunk {}", human_size(row.totals.shrunk)));
+        if self.bytes_shrunk > 0 {
+            counts.push_str(&format!(", shrunk {}", human_size(self.bytes_shrunk)));
         }
-        out.line(&format!("{line}\n"))?;
+        write_stackcount(out, None, &self.stack, (&self.comm, self.pid), &counts)
     }
-    Ok(())
 }

@@ -3,28 +3,26 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, ValueEnum};
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use serde_json::json;
+use libbpf_rs::skel::Skel;
+use serde::Serialize;
 
 use crate::cli::CommonArgs;
-use crate::events::{self, EventPrinter};
-use crate::output::{escape_c_chars, Output};
-use crate::{kernel, set_filter_rodata, skel};
+use crate::engine::drops;
+use crate::engine::loader::{self, Trace};
+use crate::engine::records;
+use crate::engine::stream::{self, EventPrinter};
+use crate::present::escape::escape_c_chars;
+use crate::present::format::elapsed_cell;
+use crate::present::output::Output;
 
-crate::bpf_skeleton!("drsnoop");
-use bpf::types::drsnoop_event as Event;
+crate::bpf_skeleton!("drsnoop", OpenDrsnoopSkel, records: [drsnoop_event]);
+use bpf::types::{drsnoop_event as Event, drsnoop_kind};
 use bpf::DrsnoopSkelBuilder;
-
-// SAFETY: a C struct of integers and byte arrays: every bit pattern is valid.
-unsafe impl plain::Plain for Event {}
 
 pub const ABOUT: &str =
     "Trace reclaim stalls: direct and memory cgroup reclaim latency per task, pages reclaimed";
-
-/// enum drsnoop_kind in drsnoop.h.
-const KIND_DIRECT: u32 = 0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
@@ -72,34 +70,31 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let (target, mut filter) = skel::prepare(&args.common)?;
-    filter.tid = args.tid;
-    filter.uid = args.uid;
-
+    let mut trace = Trace::prepare(&args.common)?;
+    trace.filter.tid = args.tid;
+    trace.filter.uid = args.uid;
     let mut storage = MaybeUninit::uninit();
-    let mut open = DrsnoopSkelBuilder::default()
-        .open(&mut storage)
-        .context("opening the BPF object")?;
-    set_filter_rodata!(open, &filter);
-    let object = open.open_object_mut();
-    skel::choose_common_programs(object, &filter)?;
-    let direct = args.kind != Kind::Memcg;
-    let memcg = args.kind != Kind::Direct;
-    skel::set_autoload(object, "drsnoop_direct_begin", direct)?;
-    skel::set_autoload(object, "drsnoop_direct_end", direct)?;
-    skel::set_autoload(object, "drsnoop_memcg_begin", memcg)?;
-    skel::set_autoload(object, "drsnoop_memcg_end", memcg)?;
-    kernel::check_attach_points(open.open_object())?;
-    let mut skel = open.load().context(skel::LOAD_FAILED)?;
-    skel::fill_traced_tgids(skel.object(), &target)?;
-    skel.attach().context(skel::ATTACH_FAILED)?;
-
+    let skel = loader::load(
+        DrsnoopSkelBuilder::default(),
+        &mut storage,
+        &trace,
+        |_, programs| {
+            let direct = args.kind != Kind::Memcg;
+            let memcg = args.kind != Kind::Direct;
+            programs
+                .load_if(direct, &["drsnoop_direct_begin", "drsnoop_direct_end"])
+                .load_if(memcg, &["drsnoop_memcg_begin", "drsnoop_memcg_end"]);
+            Ok(())
+        },
+    )?;
     let printer = Printer {
         out: Output::new(args.common.json),
-        timestamp: args.common.timestamp,
-        print_uid: args.print_uid,
-        extended: args.extended,
-        start_ns: 0,
+        columns: Columns {
+            start_ns: 0,
+            timestamp: args.common.timestamp,
+            print_uid: args.print_uid,
+            extended: args.extended,
+        },
         batch_free_kib: None,
     };
     let what = match args.kind {
@@ -107,33 +102,101 @@ pub fn run(args: Args) -> Result<i32> {
         Kind::Direct => "direct reclaim",
         Kind::Memcg => "memory cgroup reclaim",
     };
-    let (mut session, stop) = events::print_events(
+    let (mut session, stop) = stream::print_events(
         &skel.maps.events,
         printer,
-        target,
+        trace,
         args.common.duration,
         what,
     )?;
-    skel::report_drops("drsnoop", skel.object(), &[])?;
+    drops::report(args.common.tool, skel.object(), &[])?;
     Ok(session.exit_code(stop))
+}
+
+/// One stall as printed; the JSON fields are documented in the README.
+#[derive(Serialize)]
+struct StallRow {
+    /// When it ended (CLOCK_MONOTONIC).
+    time_ns: u64,
+    comm: String,
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    latency_ns: u64,
+    /// Pages reclaimed.
+    pages: u64,
+    kind: &'static str,
+    /// Of the allocation that needed the memory.
+    order: i32,
+    gfp_flags: u32,
+    /// -e: MemFree when printed.
+    free_bytes: Option<u64>,
 }
 
 struct Printer {
     out: Output,
-    timestamp: bool,
-    print_uid: bool,
-    extended: bool,
-    start_ns: u64,
+    columns: Columns,
     /// -e: MemFree, read once for the stalls of one poll, not once per stall.
     batch_free_kib: Option<Option<u64>>,
 }
 
+/// What the table shows.
+struct Columns {
+    /// The origin of -T times.
+    start_ns: u64,
+    timestamp: bool,
+    print_uid: bool,
+    extended: bool,
+}
+
 impl EventPrinter for Printer {
+    fn output(&mut self) -> &mut Output {
+        &mut self.out
+    }
+
     fn start(&mut self, start_ns: u64) -> Result<()> {
-        self.start_ns = start_ns;
-        if self.out.json {
-            return Ok(());
-        }
+        self.columns.start_ns = start_ns;
+        let header = self.columns.header();
+        self.out.heading(&header)?;
+        self.out.flush()
+    }
+
+    fn print(&mut self, record: &[u8]) -> Result<()> {
+        let e: Event = records::decode(record);
+        let free_kib = if self.columns.extended {
+            *self.batch_free_kib.get_or_insert_with(mem_free_kib)
+        } else {
+            None
+        };
+        let row = StallRow {
+            time_ns: e.time_ns,
+            comm: escape_c_chars(&e.comm),
+            pid: e.pid,
+            tid: e.tid,
+            uid: e.uid,
+            latency_ns: e.latency_ns,
+            pages: e.pages,
+            kind: if e.kind == drsnoop_kind::DRSNOOP_DIRECT {
+                "direct"
+            } else {
+                "memcg"
+            },
+            order: e.order,
+            gfp_flags: e.gfp_flags,
+            free_bytes: free_kib.map(|kib| kib * 1024),
+        };
+        let columns = &self.columns;
+        self.out.record(&row, |row| columns.line(row))
+    }
+
+    fn finish_batch(&mut self) -> Result<()> {
+        self.batch_free_kib = None;
+        self.out.finish_batch()
+    }
+}
+
+impl Columns {
+    fn header(&self) -> String {
         let mut line = String::new();
         if self.timestamp {
             line.push_str(&format!("{:<12} ", "TIME(s)"));
@@ -148,82 +211,38 @@ impl EventPrinter for Printer {
         if self.extended {
             line.push_str(&format!(" {:>10}", "FREE(KB)"));
         }
-        self.out.line(line.trim_end())?;
-        self.out.flush()
+        line.trim_end().to_string()
     }
 
-    fn event(&mut self, data: &[u8]) -> i32 {
-        let mut e = Event::default();
-        if plain::copy_from_bytes(&mut e, data).is_err() {
-            return 0;
-        }
-        let result = self.print(&e);
-        self.out.callback_status(result)
-    }
-
-    fn finish_batch(&mut self) -> Result<()> {
-        self.batch_free_kib = None;
-        self.out.finish_batch()
-    }
-}
-
-impl Printer {
-    fn print(&mut self, e: &Event) -> Result<()> {
-        let kind = if e.kind == KIND_DIRECT {
-            "direct"
-        } else {
-            "memcg"
-        };
-        let comm = escape_c_chars(&e.comm);
-        let free_kib = if self.extended {
-            *self.batch_free_kib.get_or_insert_with(mem_free_kib)
-        } else {
-            None
-        };
-        if self.out.json {
-            return self.out.json_line(&json!({
-                "time_ns": e.time_ns,
-                "comm": comm,
-                "pid": e.pid,
-                "tid": e.tid,
-                "uid": e.uid,
-                "latency_ns": e.latency_ns,
-                "pages": e.pages,
-                "kind": kind,
-                "order": e.order,
-                "gfp_flags": e.gfp_flags,
-                "free_bytes": free_kib.map(|kib| kib * 1024),
-            }));
-        }
+    fn line(&self, row: &StallRow) -> String {
         let mut line = String::with_capacity(96);
         if self.timestamp {
-            let secs = e.time_ns.saturating_sub(self.start_ns) as f64 / 1e9;
-            line.push_str(&format!("{secs:<12.6} "));
+            line.push_str(&elapsed_cell(row.time_ns, self.start_ns));
         }
         if self.print_uid {
-            line.push_str(&format!("{:<6} ", e.uid));
+            line.push_str(&format!("{:<6} ", row.uid));
         }
         line.push_str(&format!(
             "{:<16} {:<7} {:<7} {:>9.3} {:>7} {:<6}",
-            comm,
-            e.pid,
-            e.tid,
-            e.latency_ns as f64 / 1e6,
-            e.pages,
-            kind
+            row.comm,
+            row.pid,
+            row.tid,
+            row.latency_ns as f64 / 1e6,
+            row.pages,
+            row.kind
         ));
         if self.extended {
-            match free_kib {
-                Some(kib) => line.push_str(&format!(" {kib:>10}")),
+            match row.free_bytes {
+                Some(bytes) => line.push_str(&format!(" {:>10}", bytes / 1024)),
                 None => line.push_str(&format!(" {:>10}", "?")),
             }
         }
-        self.out.line(line.trim_end())
+        line.trim_end().to_string()
     }
 }
 
 /// MemFree in KiB. BCC's drsnoop reads the kernel's free page count in BPF;
-/// vm_zone_stat is not in this kernel's BTF, so it is read when printing
+/// vm_zone_stat is not in every kernel's BTF, so it is read when printing
 /// (once per batch of stalls).
 fn mem_free_kib() -> Option<u64> {
     use procfs::Current;

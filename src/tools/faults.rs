@@ -9,33 +9,30 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, RingBufferBuilder};
-use serde_json::json;
+use libbpf_rs::skel::Skel;
+use libbpf_rs::{MapCore, OpenObject, RingBufferBuilder};
+use serde::Serialize;
 
+use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::events::{monotonic_ns, Session};
-use crate::output::{wall_clock_hms, Output};
-use crate::symbolize::StackSymbolizer;
-use crate::{kernel, perf, set_filter_rodata, skel};
+use crate::engine::drops;
+use crate::engine::loader::{self, Trace};
+use crate::engine::maps::{stored_stack, take_entries};
+use crate::engine::perf;
+use crate::engine::records::exit_mapping;
+use crate::engine::session::{monotonic_ns, Session};
+use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
+use crate::present::escape::escape_c_chars;
+use crate::present::format::wall_clock_hms;
+use crate::present::output::Output;
+use crate::present::profile::FlameGraph;
+use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
 
-crate::bpf_skeleton!("faults");
-use bpf::types::{exitmaps_mapping, faults_key as Key, faults_value as Value, memtrace_stack};
-use bpf::FaultsSkelBuilder;
-
-// SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
-unsafe impl plain::Plain for Key {}
-// SAFETY: as above.
-unsafe impl plain::Plain for exitmaps_mapping {}
-// SAFETY: as above.
-unsafe impl plain::Plain for Value {}
-// SAFETY: as above.
-unsafe impl plain::Plain for memtrace_stack {}
+crate::bpf_skeleton!("faults", OpenFaultsSkel, records: [faults_key, faults_value]);
+use bpf::types::{faults_key as Key, faults_stack_key, faults_value as Value};
+use bpf::{FaultsSkel, FaultsSkelBuilder};
 
 pub const ABOUT: &str = "Count page faults by user stack: which code grows the RSS";
-
-/// FAULTS_NO_STACK in faults.h: kernel stacks were not asked for.
-const NO_STACK: i64 = -100000;
 
 #[derive(Parser, Debug)]
 #[command(about = ABOUT, after_help = "\
@@ -77,52 +74,33 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let (target, filter) = skel::prepare(&args.common)?;
+    let trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
-    let mut open = FaultsSkelBuilder::default()
-        .open(&mut storage)
-        .context("opening the BPF object")?;
-    set_filter_rodata!(open, &filter);
-    open.maps
-        .rodata_data
-        .as_deref_mut()
-        .context("BPF object has no .rodata")?
-        .kernel_stacks = args.kernel_stack;
-    skel::choose_common_programs(open.open_object_mut(), &filter)?;
-    open.maps
-        .stack_store
-        .set_max_entries(args.stack_storage_size.max(1))
-        .context("sizing the stack map")?;
-    open.maps
-        .counts
-        .set_max_entries(args.max_entries.max(1))
-        .context("sizing the counting map")?;
-    kernel::check_attach_points(open.open_object())?;
-    let mut skel = open.load().context(skel::LOAD_FAILED)?;
-    skel::fill_traced_tgids(skel.object(), &target)?;
-    skel.attach().context(skel::ATTACH_FAILED)?;
+    let skel = load(&mut storage, &trace, &args)?;
     let _links =
         perf::attach_fault_programs(Some(&skel.progs.faults_minor), &skel.progs.faults_major)?;
 
     let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let mut builder = RingBufferBuilder::new();
     builder.add(&skel.maps.mappings, |data| {
-        crate::record_exit_mapping!(symbolizer.borrow_mut(), exitmaps_mapping, data);
+        let (pid, mapping) = exit_mapping(data);
+        symbolizer.borrow_mut().add_exited_mapping(pid, mapping);
         0
     })?;
     let ring = builder.build().context("setting up the ring buffer")?;
 
     let mut out = Output::new(args.common.json);
-    let mut whole_trace: HashMap<Vec<String>, u64> = HashMap::new();
+    let flame = args
+        .svg
+        .as_deref()
+        .map(|path| FlameGraph::new(path, "Page faults by stack", "faults"));
+    let mut stacks = StackReport::new(args.folded, args.report.top, flame);
     let mut lost_stacks = 0u64;
-    let mut session = Session::start(
-        target,
-        args.common.duration,
-        args.report.interval,
-        "page faults",
-    )?;
+    let clock_heading = args.report.interval.is_some() || args.common.timestamp;
+    let interval = args.report.interval;
+    let mut session = Session::start(trace, args.common.duration, interval, "page faults")?;
     let mut report = |out: &mut Output| -> Result<()> {
-        let counts = skel::take_entries::<Key, Value>(&skel.maps.counts)?;
+        let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
         let mut symbolizer = symbolizer.borrow_mut();
         symbolizer.refresh();
         let rows = symbolize_rows(
@@ -130,71 +108,125 @@ pub fn run(args: Args) -> Result<i32> {
             &skel.maps.stack_store,
             &counts,
             &mut lost_stacks,
-        )?;
-        if args.svg.is_some() {
-            for row in &rows {
-                *whole_trace.entry(row.folded_frames()).or_default() += row.total();
-            }
-        }
-        print_report(out, &args, rows)?;
+        );
+        stacks.print(out, rows, |_| {
+            clock_heading.then(|| format!("\n{}", wall_clock_hms()))
+        })?;
         out.flush()
     };
-    let stop = session.run(Some(&ring), || Ok(()), || report(&mut out));
-    let stop = stop?;
+    let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
     report(&mut out)?;
     drop(ring);
-    if let Some(path) = &args.svg {
-        crate::flame::write_svg(path, "Page faults by stack", "faults", &whole_trace)?;
-    }
+    stacks.finish()?;
     if lost_stacks > 0 {
         eprintln!("faults: the stacks of {lost_stacks} faults were lost: the stack store was full (raise --stack-storage-size)");
     }
-    skel::report_drops(
-        "faults",
-        skel.object(),
-        &[
-            (skel::DROP_COUNTS, "raise --max-entries"),
-            (
-                skel::DROP_RINGBUF,
-                "exited processes' mappings: their stacks show addresses",
-            ),
-        ],
-    )?;
+    drops::report(args.common.tool, skel.object(), DROP_HINTS)?;
     Ok(session.exit_code(stop))
+}
+
+/// What was lost, and what to do about it.
+const DROP_HINTS: &[(DropReason, &str)] = &[
+    (DropReason::MEMTRACE_DROP_COUNTS, "raise --max-entries"),
+    (
+        DropReason::MEMTRACE_DROP_RINGBUF,
+        "exited processes' mappings: their stacks show addresses",
+    ),
+];
+
+/// The skeleton with -K, and its maps sized.
+fn load<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    trace: &Trace,
+    args: &Args,
+) -> Result<FaultsSkel<'obj>> {
+    loader::load(FaultsSkelBuilder::default(), storage, trace, |open, _| {
+        open.rodata()?.kernel_stacks = args.kernel_stack;
+        open.maps
+            .stack_store
+            .set_max_entries(args.stack_storage_size.max(1))
+            .context("sizing the stack map")?;
+        open.maps
+            .counts
+            .set_max_entries(args.max_entries.max(1))
+            .context("sizing the counting map")?;
+        Ok(())
+    })
 }
 
 /// One report row: a process, its stacks (leaf first) and counts by kind.
 struct Row {
+    time_ns: u64,
     pid: u32,
     comm: String,
     user: Vec<String>,
     kernel: Option<Vec<String>>,
-    counts: [u64; 2],
+    minor: u64,
+    major: u64,
 }
 
-impl Row {
-    fn total(&self) -> u64 {
-        self.counts[0] + self.counts[1]
-    }
+/// A JSON line: one kind of fault of a row (`file` is null: faults has no
+/// file column, but its lines read as ffaults' do).
+#[derive(Serialize)]
+struct KindRow<'a> {
+    time_ns: u64,
+    pid: u32,
+    comm: &'a str,
+    file: Option<&'a str>,
+    kind: &'static str,
+    count: u64,
+    stack: &'a [String],
+    kernel_stack: Option<&'a [String]>,
+}
 
+impl StackRow for Row {
     /// `comm`, then frames outermost first, kernel frames (marked `_[k]`) innermost.
     fn folded_frames(&self) -> Vec<String> {
-        let mut frames = vec![self.comm.replace(';', ":")];
-        frames.extend(self.user.iter().rev().map(|f| f.replace(';', ":")));
+        let mut frames = vec![self.comm.clone()];
+        frames.extend(self.user.iter().rev().cloned());
         if let Some(kernel) = &self.kernel {
-            frames.extend(
-                kernel
-                    .iter()
-                    .rev()
-                    .map(|f| format!("{}_[k]", f.replace(';', ":"))),
-            );
+            frames.extend(kernel.iter().rev().map(|f| format!("{f}_[k]")));
         }
         frames
     }
-}
 
-fn stack_ips(stacks: &dyn MapCore, key: i64) -> Option<Vec<u64>> {
-    crate::symbolize::stored_stack::<memtrace_stack>(stacks, key, |s| (s.nr, &s.ips))
+    fn weight(&self) -> u64 {
+        self.minor + self.major
+    }
+
+    fn write_json(&self, out: &mut Output) -> Result<()> {
+        for (kind, count) in [("minor", self.minor), ("major", self.major)] {
+            if count > 0 {
+                out.json_line(&KindRow {
+                    time_ns: self.time_ns,
+                    pid: self.pid,
+                    comm: &self.comm,
+                    file: None,
+                    kind,
+                    count,
+                    stack: &self.user,
+                    kernel_stack: self.kernel.as_deref(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_text(&self, out: &mut Output) -> Result<()> {
+        let counts = format!(
+            "{} ({} minor, {} major)",
+            self.weight(),
+            self.minor,
+            self.major
+        );
+        write_stackcount(
+            out,
+            self.kernel.as_deref(),
+            &self.user,
+            (&self.comm, self.pid),
+            &counts,
+        )
+    }
 }
 
 /// Why there is no stack, as a frame. A fault taken in user mode has no
@@ -211,101 +243,49 @@ fn missing_stack(id: i64, kernel: bool, lost: &mut u64, count: u64) -> Vec<Strin
     }
 }
 
+/// The counts grouped by process and stacks, symbolized, the most faults first.
 fn symbolize_rows(
     symbolizer: &mut StackSymbolizer,
     stacks: &dyn MapCore,
     counts: &[(Key, Value)],
     lost: &mut u64,
-) -> Result<Vec<Row>> {
+) -> Vec<Row> {
     type Group = (u32, String, i64, i64);
     let mut grouped: HashMap<Group, [u64; 2]> = HashMap::new();
     for (key, value) in counts {
-        let comm = crate::output::escape_c_chars(&value.comm);
+        let comm = escape_c_chars(&value.comm);
         let group = (key.tgid, comm, key.user_stack, key.kernel_stack);
-        grouped.entry(group).or_default()[(key.kind as usize).min(1)] += value.count;
+        let major = key.kind == FaultKind::MEMTRACE_FAULT_MAJOR.0;
+        grouped.entry(group).or_default()[usize::from(major)] += value.count;
     }
+    let no_kernel_stack = i64::from(faults_stack_key::FAULTS_NO_STACK.0);
+    let time_ns = monotonic_ns();
     let mut rows = Vec::with_capacity(grouped.len());
-    for ((pid, comm, user_id, kernel_id), counts) in grouped {
-        let total = counts[0] + counts[1];
-        let user = match stack_ips(stacks, user_id).filter(|_| user_id >= 0) {
+    for ((pid, comm, user_id, kernel_id), [minor, major]) in grouped {
+        let total = minor + major;
+        let user = match stored_stack(stacks, user_id) {
             Some(ips) => symbolizer.user_frames(pid, &ips),
             None => missing_stack(user_id, false, lost, total),
         };
-        let kernel = (kernel_id != NO_STACK).then(|| {
-            match stack_ips(stacks, kernel_id).filter(|_| kernel_id >= 0) {
+        let kernel =
+            (kernel_id != no_kernel_stack).then(|| match stored_stack(stacks, kernel_id) {
                 Some(ips) => symbolizer.kernel_frames(&ips),
                 None => missing_stack(kernel_id, true, lost, total),
-            }
-        });
+            });
         rows.push(Row {
+            time_ns,
             pid,
             comm,
             user,
             kernel,
-            counts,
+            minor,
+            major,
         });
     }
     rows.sort_by(|a, b| {
-        b.total()
-            .cmp(&a.total())
+        b.weight()
+            .cmp(&a.weight())
             .then_with(|| (a.pid, &a.user).cmp(&(b.pid, &b.user)))
     });
-    Ok(rows)
-}
-
-fn print_report(out: &mut Output, args: &Args, mut rows: Vec<Row>) -> Result<()> {
-    rows.truncate(args.report.top.unwrap_or(usize::MAX));
-    if out.json {
-        let time_ns = monotonic_ns();
-        for row in &rows {
-            for (kind, &count) in row.counts.iter().enumerate() {
-                if count > 0 {
-                    out.json_line(&json!({
-                        "time_ns": time_ns,
-                        "pid": row.pid,
-                        "comm": row.comm,
-                        "file": null,
-                        "kind": if kind == 1 { "major" } else { "minor" },
-                        "count": count,
-                        "stack": row.user,
-                        "kernel_stack": row.kernel,
-                    }))?;
-                }
-            }
-        }
-        return Ok(());
-    }
-    if args.folded {
-        for row in &rows {
-            out.line(&format!(
-                "{} {}",
-                row.folded_frames().join(";"),
-                row.total()
-            ))?;
-        }
-        return Ok(());
-    }
-    if args.report.interval.is_some() || args.common.timestamp {
-        out.line(&format!("\n{}", wall_clock_hms()))?;
-    }
-    // BCC stackcount's layout: kernel frames, user frames, the process, the count
-    for row in &rows {
-        for frame in row.kernel.iter().flatten() {
-            out.line(&format!("    {frame}"))?;
-        }
-        if row.kernel.is_some() {
-            out.line("    --")?;
-        }
-        for frame in &row.user {
-            out.line(&format!("    {frame}"))?;
-        }
-        out.line(&format!("    -                {} ({})", row.comm, row.pid))?;
-        out.line(&format!(
-            "        {} ({} minor, {} major)\n",
-            row.total(),
-            row.counts[0],
-            row.counts[1]
-        ))?;
-    }
-    Ok(())
+    rows
 }

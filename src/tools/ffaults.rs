@@ -5,7 +5,8 @@ use anyhow::Result;
 use clap::{Parser, ValueEnum};
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::faultcount::{self as faults, Grouping};
+use crate::engine::faultvma::Only;
+use crate::tools::fault_counts::{self, Grouping};
 
 pub const ABOUT: &str =
     "Count page faults by the file they hit ([anon], [heap], [stack] for anonymous memory), per process";
@@ -40,8 +41,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    faults::run(faults::Options {
-        tool: "ffaults",
+    fault_counts::run(fault_counts::Options {
         common: &args.common,
         report: &args.report,
         grouping: Grouping {
@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<i32> {
             file: args.by != By::Process,
         },
         max_entries: args.max_entries,
-        only: faults::Only::All,
+        only: Only::All,
         what: "page faults",
         footer: None,
     })

@@ -5,7 +5,8 @@ use anyhow::Result;
 use clap::Parser;
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::faultcount::{self as faults, Grouping};
+use crate::engine::faultvma::Only;
+use crate::tools::fault_counts::{self, Grouping};
 
 pub const ABOUT: &str = "Count page faults on file-backed mappings by process name and file name";
 
@@ -32,8 +33,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    faults::run(faults::Options {
-        tool: "fmapfault",
+    fault_counts::run(fault_counts::Options {
         common: &args.common,
         report: &args.report,
         grouping: Grouping {
@@ -42,7 +42,7 @@ pub fn run(args: Args) -> Result<i32> {
             file: true,
         },
         max_entries: args.max_entries,
-        only: faults::Only::Files,
+        only: Only::Files,
         what: "page faults on file mappings",
         footer: None,
     })

@@ -5,7 +5,8 @@ use anyhow::Result;
 use clap::Parser;
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::faultcount::{self as faults, Grouping};
+use crate::engine::faultvma::Only;
+use crate::tools::fault_counts::{self, Grouping};
 
 pub const ABOUT: &str = "Count hugetlb page faults by process and hugetlbfs file";
 
@@ -27,8 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    faults::run(faults::Options {
-        tool: "hfaults",
+    fault_counts::run(fault_counts::Options {
         common: &args.common,
         report: &args.report,
         grouping: Grouping {
@@ -37,7 +37,7 @@ pub fn run(args: Args) -> Result<i32> {
             file: true,
         },
         max_entries: args.max_entries,
-        only: faults::Only::Hugetlb,
+        only: Only::Hugetlb,
         what: "hugetlb page faults",
         footer: None,
     })

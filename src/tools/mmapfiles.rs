@@ -5,22 +5,23 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::Skel;
 use libbpf_rs::MapCore;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::events::{monotonic_ns, Session};
-use crate::output::{escape_c_chars, wall_clock_hms, Output, Table};
-use crate::skel;
-use crate::{kernel, set_filter_rodata};
+use crate::engine::drops;
+use crate::engine::loader::{self, Trace};
+use crate::engine::maps::take_counts;
+use crate::engine::session::{monotonic_ns, Session};
+use crate::engine::skeleton::DropReason;
+use crate::present::escape::escape_c_chars;
+use crate::present::format::wall_clock_hms;
+use crate::present::output::Output;
 
-crate::bpf_skeleton!("mmapfiles");
+crate::bpf_skeleton!("mmapfiles", OpenMmapfilesSkel, records: [mmapfiles_key]);
 use bpf::types::mmapfiles_key as Key;
 use bpf::MmapfilesSkelBuilder;
-
-// SAFETY: a C struct of byte arrays: every bit pattern is valid.
-unsafe impl plain::Plain for Key {}
 
 pub const ABOUT: &str = "Count mmap(2)s of files by directory and name ([anon] for anonymous maps)";
 
@@ -43,30 +44,23 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let (target, filter) = skel::prepare(&args.common)?;
-
+    let trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
-    let mut open = MmapfilesSkelBuilder::default()
-        .open(&mut storage)
-        .context("opening the BPF object")?;
-    set_filter_rodata!(open, &filter);
-    skel::choose_common_programs(open.open_object_mut(), &filter)?;
-    open.maps
-        .counts
-        .set_max_entries(args.max_files.max(1))
-        .context("sizing the counting map")?;
-    kernel::check_attach_points(open.open_object())?;
-    let mut skel = open.load().context(skel::LOAD_FAILED)?;
-    skel::fill_traced_tgids(skel.object(), &target)?;
-    skel.attach().context(skel::ATTACH_FAILED)?;
-
-    let mut out = Output::new(args.common.json);
-    let mut session = Session::start(
-        target,
-        args.common.duration,
-        args.report.interval,
-        "mmap() of files",
+    let skel = loader::load(
+        MmapfilesSkelBuilder::default(),
+        &mut storage,
+        &trace,
+        |open, _| {
+            open.maps
+                .counts
+                .set_max_entries(args.max_files.max(1))
+                .context("sizing the counting map")?;
+            Ok(())
+        },
     )?;
+    let mut out = Output::new(args.common.json);
+    let interval = args.report.interval;
+    let mut session = Session::start(trace, args.common.duration, interval, "mmap() of files")?;
     let report = |out: &mut Output| -> Result<()> {
         let rows = read_rows(&skel.maps.counts)?;
         print_report(out, &args, &rows)?;
@@ -74,15 +68,18 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let stop = session.run(None, || Ok(()), || report(&mut out))?;
     report(&mut out)?;
-    skel::report_drops(
-        "mmapfiles",
+    drops::report(
+        args.common.tool,
         skel.object(),
-        &[(skel::DROP_COUNTS, "raise --max-files")],
+        &[(DropReason::MEMTRACE_DROP_COUNTS, "raise --max-files")],
     )?;
     Ok(session.exit_code(stop))
 }
 
+/// The maps of one file counted since the last report.
+#[derive(Serialize)]
 struct Row {
+    time_ns: u64,
     grandparent: String,
     parent: String,
     file: String,
@@ -90,9 +87,11 @@ struct Row {
 }
 
 fn read_rows(counts: &dyn MapCore) -> Result<Vec<Row>> {
-    let mut rows: Vec<Row> = skel::take_counts::<Key>(counts)?
+    let time_ns = monotonic_ns();
+    let mut rows: Vec<Row> = take_counts::<Key>(counts)?
         .into_iter()
         .map(|(key, count)| Row {
+            time_ns,
             grandparent: escape_c_chars(&key.grandparent),
             parent: escape_c_chars(&key.parent),
             file: escape_c_chars(&key.file),
@@ -109,31 +108,15 @@ fn read_rows(counts: &dyn MapCore) -> Result<Vec<Row>> {
 
 fn print_report(out: &mut Output, args: &Args, rows: &[Row]) -> Result<()> {
     let rows = &rows[..args.report.top.map_or(rows.len(), |n| n.min(rows.len()))];
-    if out.json {
-        let time_ns = monotonic_ns();
-        for row in rows {
-            out.json_line(&json!({
-                "time_ns": time_ns,
-                "grandparent": row.grandparent,
-                "parent": row.parent,
-                "file": row.file,
-                "count": row.count,
-            }))?;
-        }
-        return Ok(());
-    }
     if args.report.interval.is_some() || args.common.timestamp {
-        out.line(&format!("\n{}", wall_clock_hms()))?;
+        out.heading(&format!("\n{}", wall_clock_hms()))?;
     }
-    let mut table = Table::new(&["GRANDPARENT", "PARENT", "FILE", ">COUNT"]);
-    for row in rows {
-        table.row(vec![
+    out.table(&["GRANDPARENT", "PARENT", "FILE", ">COUNT"], rows, |row| {
+        vec![
             row.grandparent.clone(),
             row.parent.clone(),
             row.file.clone(),
             row.count.to_string(),
-        ]);
-    }
-    table.print(out)?;
-    Ok(())
+        ]
+    })
 }

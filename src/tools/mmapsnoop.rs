@@ -5,28 +5,25 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use serde_json::json;
+use libbpf_rs::skel::Skel;
+use serde::Serialize;
 
 use crate::cli::CommonArgs;
-use crate::decode::{self, FilePath};
-use crate::events::{self, EventPrinter};
-use crate::output::{escape_bytes, escape_c_chars, human_size, Output};
-use crate::skel;
-use crate::{kernel, set_filter_rodata};
+use crate::engine::drops;
+use crate::engine::loader::{self, Trace};
+use crate::engine::records::{self, FilePath};
+use crate::engine::skeleton::DropReason;
+use crate::engine::stream::{self, EventPrinter};
+use crate::present::decode;
+use crate::present::escape::{escape_bytes, escape_c_chars};
+use crate::present::format::{elapsed_cell, human_size};
+use crate::present::output::Output;
 
-crate::bpf_skeleton!("mmapsnoop");
-use bpf::types::mmapsnoop_event as Event;
+crate::bpf_skeleton!("mmapsnoop", OpenMmapsnoopSkel, records: [mmapsnoop_event]);
+use bpf::types::{mmapsnoop_call as Call, mmapsnoop_event as Event};
 use bpf::MmapsnoopSkelBuilder;
 
-// SAFETY: a C struct of integers and byte arrays: every bit pattern is valid.
-unsafe impl plain::Plain for Event {}
-
 pub const ABOUT: &str = "Trace mmap(2) calls: who, protection, flags, offset, size, file, result";
-
-const CALL_MMAP: u32 = 0;
-const CALL_MUNMAP: u32 = 1;
-const CALL_MREMAP: u32 = 2;
 
 #[derive(Parser, Debug)]
 #[command(about = ABOUT, after_help = "\
@@ -53,69 +50,205 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let (target, filter) = skel::prepare(&args.common)?;
-
+    let trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
-    let mut open = MmapsnoopSkelBuilder::default()
-        .open(&mut storage)
-        .context("opening the BPF object")?;
-    set_filter_rodata!(open, &filter);
-    let object = open.open_object_mut();
-    skel::choose_common_programs(object, &filter)?;
-    for prog in [
-        "mmapsnoop_enter_munmap",
-        "mmapsnoop_exit_munmap",
-        "mmapsnoop_enter_mremap",
-        "mmapsnoop_exit_mremap",
-    ] {
-        skel::set_autoload(object, prog, args.munmap)?;
-    }
-    let ring_bytes = args.buffer_size.next_power_of_two() << 20;
-    open.maps
-        .events
-        .set_max_entries(ring_bytes)
-        .context("sizing the ring buffer")?;
-    kernel::check_attach_points(open.open_object())?;
-    let mut skel = open.load().context(skel::LOAD_FAILED)?;
-    skel::fill_traced_tgids(skel.object(), &target)?;
-    skel.attach().context(skel::ATTACH_FAILED)?;
-
+    let skel = loader::load(
+        MmapsnoopSkelBuilder::default(),
+        &mut storage,
+        &trace,
+        |open, programs| {
+            programs.load_if(
+                args.munmap,
+                &[
+                    "mmapsnoop_enter_munmap",
+                    "mmapsnoop_exit_munmap",
+                    "mmapsnoop_enter_mremap",
+                    "mmapsnoop_exit_mremap",
+                ],
+            );
+            open.maps
+                .events
+                .set_max_entries(loader::ring_buffer_bytes(args.buffer_size)?)
+                .context("sizing the ring buffer")?;
+            Ok(())
+        },
+    )?;
     let what = if args.munmap {
         "mmap(), munmap() and mremap() calls"
     } else {
         "mmap() calls"
     };
-    let printer = Printer::new(&args);
-    let (mut session, stop) = events::print_events(
+    let printer = Printer {
+        out: Output::new(args.common.json),
+        columns: Columns {
+            start_ns: 0,
+            timestamp: args.common.timestamp,
+            full_path: args.full_path,
+            show_call: args.munmap,
+        },
+    };
+    let (mut session, stop) = stream::print_events(
         &skel.maps.events,
         printer,
-        target,
+        trace,
         args.common.duration,
         what,
     )?;
-    skel::report_drops(
-        "mmapsnoop",
+    drops::report(
+        args.common.tool,
         skel.object(),
-        &[(skel::DROP_RINGBUF, "raise --buffer-size")],
+        &[(DropReason::MEMTRACE_DROP_RINGBUF, "raise --buffer-size")],
     )?;
     Ok(session.exit_code(stop))
 }
 
+/// One call as printed; the JSON fields are documented in the README.
+#[derive(Serialize)]
+struct CallRow {
+    /// CLOCK_MONOTONIC at return.
+    time_ns: u64,
+    call: &'static str,
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    comm: String,
+    /// The errno name, if the call failed.
+    error: Option<String>,
+    #[serde(flatten)]
+    args: CallArgs,
+}
+
+/// A call's own fields.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum CallArgs {
+    Mmap {
+        /// The address mapped.
+        addr: Option<u64>,
+        hint: u64,
+        len: u64,
+        prot: String,
+        prot_bits: u32,
+        flags: Vec<String>,
+        flags_bits: u32,
+        offset: u64,
+        fd: i32,
+        /// The file's name and path, escaped.
+        file: Option<String>,
+        path: Option<String>,
+    },
+    Munmap {
+        /// The address unmapped.
+        addr: u64,
+        len: u64,
+    },
+    Mremap {
+        /// The address it moved to.
+        addr: Option<u64>,
+        /// The new length.
+        len: u64,
+        old_addr: u64,
+        old_len: u64,
+        new_addr: u64,
+        flags: Vec<String>,
+    },
+}
+
+impl CallRow {
+    fn new(e: &Event) -> CallRow {
+        let errno = decode::syscall_errno(e.ret);
+        let result_addr = errno.is_none().then_some(e.ret as u64);
+        let (call, args) = match e.call {
+            Call::MMAPSNOOP_MMAP => {
+                let file = FilePath::from_bpf(
+                    &e.path,
+                    e.path_info.len as usize,
+                    e.path_info.depth as usize,
+                    e.path_info.flags,
+                );
+                let args = CallArgs::Mmap {
+                    addr: result_addr,
+                    hint: e.addr,
+                    len: e.len,
+                    prot: decode::prot_string(e.prot),
+                    prot_bits: e.prot,
+                    flags: decode::map_flag_names(e.flags),
+                    flags_bits: e.flags,
+                    offset: e.offset,
+                    fd: e.fd,
+                    file: file.as_ref().map(|f| escape_bytes(&f.name)),
+                    path: file.as_ref().map(|f| escape_bytes(&f.path)),
+                };
+                ("mmap", args)
+            }
+            Call::MMAPSNOOP_MREMAP => {
+                let args = CallArgs::Mremap {
+                    addr: result_addr,
+                    len: e.new_len,
+                    old_addr: e.addr,
+                    old_len: e.len,
+                    new_addr: e.new_addr,
+                    flags: decode::mremap_flag_names(e.flags),
+                };
+                ("mremap", args)
+            }
+            _ => {
+                let args = CallArgs::Munmap {
+                    addr: e.addr,
+                    len: e.len,
+                };
+                ("munmap", args)
+            }
+        };
+        CallRow {
+            time_ns: e.time_ns,
+            call,
+            pid: e.pid,
+            tid: e.tid,
+            uid: e.uid,
+            comm: escape_c_chars(&e.comm),
+            error: errno.map(decode::errno_name),
+            args,
+        }
+    }
+}
+
 struct Printer {
     out: Output,
+    columns: Columns,
+}
+
+/// What the table shows.
+struct Columns {
+    /// The origin of -T times.
+    start_ns: u64,
     timestamp: bool,
     full_path: bool,
     show_call: bool,
-    start_ns: u64,
-    record: Vec<u8>,
 }
 
 impl EventPrinter for Printer {
+    fn output(&mut self) -> &mut Output {
+        &mut self.out
+    }
+
     fn start(&mut self, start_ns: u64) -> Result<()> {
-        self.start_ns = start_ns;
-        if self.out.json {
-            return Ok(());
-        }
+        self.columns.start_ns = start_ns;
+        let header = self.columns.header();
+        self.out.heading(&header)?;
+        self.out.flush()
+    }
+
+    fn print(&mut self, record: &[u8]) -> Result<()> {
+        // records carry only the used part of path[]
+        let row = CallRow::new(&records::decode::<Event>(record));
+        let columns = &self.columns;
+        self.out.record(&row, |row| columns.line(row))
+    }
+}
+
+impl Columns {
+    fn header(&self) -> String {
         let mut line = String::new();
         if self.timestamp {
             line.push_str(&format!("{:<12} ", "TIME(s)"));
@@ -128,181 +261,107 @@ impl EventPrinter for Printer {
             "{:<4} {:<3} {:<14} {:<8} {:<8} {:<14} {}",
             "PROT", "MAP", "FLAGS", "OFFS", "SIZE", "RESULT", "FILE"
         ));
-        self.out.line(&line)?;
-        self.out.flush()
+        line
     }
 
-    fn event(&mut self, data: &[u8]) -> i32 {
-        // Records carry only the used part of path[]: pad them to a whole event.
-        let n = data.len().min(self.record.len());
-        self.record[..n].copy_from_slice(&data[..n]);
-        self.record[n..].fill(0);
-        let mut event = Event::default();
-        if plain::copy_from_bytes(&mut event, &self.record).is_err() {
-            return 0;
-        }
-        let result = if self.out.json {
-            self.out.json_line(&event_json(&event))
-        } else {
-            let line = self.table_line(&event);
-            self.out.line(&line)
-        };
-        self.out.callback_status(result)
-    }
-
-    fn finish_batch(&mut self) -> Result<()> {
-        self.out.finish_batch()
-    }
-}
-
-impl Printer {
-    fn new(args: &Args) -> Printer {
-        Printer {
-            out: Output::new(args.common.json),
-            timestamp: args.common.timestamp,
-            full_path: args.full_path,
-            show_call: args.munmap,
-            start_ns: 0,
-            record: vec![0; std::mem::size_of::<Event>()],
-        }
-    }
-
-    fn table_line(&self, e: &Event) -> String {
+    fn line(&self, row: &CallRow) -> String {
         let mut line = String::with_capacity(160);
         if self.timestamp {
-            let secs = e.time_ns.saturating_sub(self.start_ns) as f64 / 1e9;
-            line.push_str(&format!("{secs:<12.6} "));
+            line.push_str(&elapsed_cell(row.time_ns, self.start_ns));
         }
-        line.push_str(&format!(
-            "{:<7} {:<7} {:<16} ",
-            e.pid,
-            e.tid,
-            escape_c_chars(&e.comm)
-        ));
+        line.push_str(&format!("{:<7} {:<7} {:<16} ", row.pid, row.tid, row.comm));
         if self.show_call {
-            line.push_str(&format!("{:<6} ", call_name(e.call)));
+            line.push_str(&format!("{:<6} ", row.call));
         }
-        let errno = decode::syscall_errno(e.ret);
-        let result = match errno {
-            Some(errno) => decode::errno_name(errno),
-            None if e.call == CALL_MUNMAP => format!("{:#x}", e.addr),
-            None => format!("{:#x}", e.ret as u64),
-        };
-        let file = file_path(e)
-            .map(|f| escape_bytes(if self.full_path { &f.path } else { &f.name }))
-            .unwrap_or_default();
-        let (prot, map, flags, offset, size, file) = match e.call {
-            CALL_MMAP => (
-                decode::prot_string(e.prot),
-                decode::map_letters(e.flags),
-                decode::map_extra_flags(e.flags),
-                human_size(e.offset),
-                human_size(e.len),
-                file,
-            ),
-            CALL_MREMAP => {
-                let flags = decode::mremap_flag_names(e.flags);
-                let flags: Vec<&str> = flags
-                    .iter()
-                    .map(|f| f.trim_start_matches("MREMAP_"))
-                    .collect();
-                (
-                    "-".into(),
-                    "-".into(),
-                    if flags.is_empty() {
-                        "-".into()
-                    } else {
-                        flags.join(",")
-                    },
-                    "-".into(),
-                    format!("{}->{}", human_size(e.len), human_size(e.new_len)),
-                    format!("[from {:#x}]", e.addr),
-                )
-            }
-            _ => (
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                human_size(e.len),
-                String::new(),
-            ),
-        };
+        let Cells {
+            prot,
+            map,
+            flags,
+            offset,
+            size,
+            result,
+            file,
+        } = self.cells(row);
         line.push_str(&format!(
             "{prot:<4} {map:<3} {flags:<14} {offset:<8} {size:<8} {result:<14} {file}"
         ));
         line.trim_end().to_string()
     }
-}
 
-fn call_name(call: u32) -> &'static str {
-    match call {
-        CALL_MMAP => "mmap",
-        CALL_MUNMAP => "munmap",
-        CALL_MREMAP => "mremap",
-        _ => "?",
-    }
-}
-
-fn file_path(e: &Event) -> Option<FilePath> {
-    FilePath::from_bpf(
-        &e.path,
-        e.path_info.len as usize,
-        e.path_info.depth as usize,
-        e.path_info.flags,
-    )
-}
-
-/// The documented JSON fields (README): numbers as numbers, bytes in bytes.
-fn event_json(e: &Event) -> serde_json::Value {
-    let errno = decode::syscall_errno(e.ret);
-    let error = errno.map(decode::errno_name);
-    let mut fields = serde_json::Map::new();
-    fields.insert("time_ns".into(), json!(e.time_ns));
-    fields.insert("call".into(), json!(call_name(e.call)));
-    fields.insert("pid".into(), json!(e.pid));
-    fields.insert("tid".into(), json!(e.tid));
-    fields.insert("uid".into(), json!(e.uid));
-    fields.insert("comm".into(), json!(escape_c_chars(&e.comm)));
-    fields.insert("error".into(), json!(error));
-    let result_addr = if errno.is_some() {
-        None
-    } else {
-        Some(e.ret as u64)
-    };
-    match e.call {
-        CALL_MMAP => {
-            let file = file_path(e);
-            fields.insert("addr".into(), json!(result_addr));
-            fields.insert("hint".into(), json!(e.addr));
-            fields.insert("len".into(), json!(e.len));
-            fields.insert("prot".into(), json!(decode::prot_string(e.prot)));
-            fields.insert("prot_bits".into(), json!(e.prot));
-            fields.insert("flags".into(), json!(decode::map_flag_names(e.flags)));
-            fields.insert("flags_bits".into(), json!(e.flags));
-            fields.insert("offset".into(), json!(e.offset));
-            fields.insert("fd".into(), json!(e.fd));
-            fields.insert(
-                "file".into(),
-                json!(file.as_ref().map(|f| escape_bytes(&f.name))),
-            );
-            fields.insert(
-                "path".into(),
-                json!(file.as_ref().map(|f| escape_bytes(&f.path))),
-            );
-        }
-        CALL_MREMAP => {
-            fields.insert("addr".into(), json!(result_addr));
-            fields.insert("len".into(), json!(e.new_len));
-            fields.insert("old_addr".into(), json!(e.addr));
-            fields.insert("old_len".into(), json!(e.len));
-            fields.insert("new_addr".into(), json!(e.new_addr));
-            fields.insert("flags".into(), json!(decode::mremap_flag_names(e.flags)));
-        }
-        _ => {
-            fields.insert("addr".into(), json!(e.addr));
-            fields.insert("len".into(), json!(e.len));
+    /// The columns a call fills its own way; `-` where it has no such thing.
+    fn cells(&self, row: &CallRow) -> Cells {
+        let none = || "-".to_string();
+        let result = |addr: Option<u64>| match &row.error {
+            Some(errno) => errno.clone(),
+            None => format!("{:#x}", addr.unwrap_or(0)),
+        };
+        match &row.args {
+            CallArgs::Mmap {
+                addr,
+                len,
+                prot,
+                flags_bits,
+                offset,
+                file,
+                path,
+                ..
+            } => Cells {
+                prot: prot.clone(),
+                map: decode::map_letters(*flags_bits),
+                flags: decode::map_extra_flags(*flags_bits),
+                offset: human_size(*offset),
+                size: human_size(*len),
+                result: result(*addr),
+                file: if self.full_path { path } else { file }
+                    .clone()
+                    .unwrap_or_default(),
+            },
+            CallArgs::Mremap {
+                addr,
+                len,
+                old_addr,
+                old_len,
+                flags,
+                ..
+            } => {
+                let flags: Vec<&str> = flags
+                    .iter()
+                    .map(|f| f.trim_start_matches("MREMAP_"))
+                    .collect();
+                Cells {
+                    prot: none(),
+                    map: none(),
+                    flags: if flags.is_empty() {
+                        none()
+                    } else {
+                        flags.join(",")
+                    },
+                    offset: none(),
+                    size: format!("{}->{}", human_size(*old_len), human_size(*len)),
+                    result: result(*addr),
+                    file: format!("[from {old_addr:#x}]"),
+                }
+            }
+            CallArgs::Munmap { addr, len } => Cells {
+                prot: none(),
+                map: none(),
+                flags: none(),
+                offset: none(),
+                size: human_size(*len),
+                result: result(Some(*addr)),
+                file: String::new(),
+            },
         }
     }
-    serde_json::Value::Object(fields)
+}
+
+/// PROT MAP FLAGS OFFS SIZE RESULT FILE of a table row.
+struct Cells {
+    prot: String,
+    map: String,
+    flags: String,
+    offset: String,
+    size: String,
+    result: String,
+    file: String,
 }

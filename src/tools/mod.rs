@@ -9,6 +9,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 pub mod brkstack;
 pub mod drsnoop;
+pub mod fault_counts;
 pub mod faults;
 pub mod ffaults;
 pub mod fmapfault;
@@ -42,6 +43,7 @@ macro_rules! tool {
             command: || ($command)().name(stringify!($module)),
             run: |matches, command| {
                 let mut args = $module::Args::from_arg_matches(matches)?;
+                args.common.tool = stringify!($module);
                 args.common.command = command;
                 $module::run(args)
             },

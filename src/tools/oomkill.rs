@@ -4,31 +4,30 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::Skel;
 use libbpf_rs::MapCore;
-use serde_json::json;
+use serde::Serialize;
 
+use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::CommonArgs;
-use crate::events::{self, EventPrinter};
-use crate::output::{escape_bytes, escape_c_chars, wall_clock_hms, Output};
-use crate::symbolize::{stored_stack, StackSymbolizer};
-use crate::{kernel, set_filter_rodata, skel};
+use crate::engine::drops;
+use crate::engine::kernel::page_size;
+use crate::engine::loader::{self, Trace};
+use crate::engine::maps::stored_stack;
+use crate::engine::records;
+use crate::engine::stream::{self, EventPrinter};
+use crate::present::escape::{escape_bytes, escape_c_chars};
+use crate::present::format::wall_clock_hms;
+use crate::present::output::Output;
 
-crate::bpf_skeleton!("oomkill");
-use bpf::types::{memtrace_stack, oomkill_event as Event};
+crate::bpf_skeleton!("oomkill", OpenOomkillSkel, records: [oomkill_event]);
+use bpf::types::oomkill_event as Event;
 use bpf::OomkillSkelBuilder;
-
-// SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
-unsafe impl plain::Plain for Event {}
-// SAFETY: as above.
-unsafe impl plain::Plain for memtrace_stack {}
 
 pub const ABOUT: &str =
     "Show each OOM kill: who triggered it, who died, how big, which memory cgroup";
-
-const PAGE_SIZE: u64 = 4096;
 
 #[derive(Parser, Debug)]
 #[command(about = ABOUT, after_help = "\
@@ -43,31 +42,27 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let (target, filter) = skel::prepare(&args.common)?;
+    let trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
-    let mut open = OomkillSkelBuilder::default()
-        .open(&mut storage)
-        .context("opening the BPF object")?;
-    set_filter_rodata!(open, &filter);
-    skel::choose_common_programs(open.open_object_mut(), &filter)?;
-    kernel::check_attach_points(open.open_object())?;
-    let mut skel = open.load().context(skel::LOAD_FAILED)?;
-    skel::fill_traced_tgids(skel.object(), &target)?;
-    skel.attach().context(skel::ATTACH_FAILED)?;
-
+    let skel = loader::load(
+        OomkillSkelBuilder::default(),
+        &mut storage,
+        &trace,
+        |_, _| Ok(()),
+    )?;
     let printer = KillPrinter {
         out: Output::new(args.common.json),
         symbolizer: StackSymbolizer::new(false),
         stacks: &skel.maps.stack_store,
     };
-    let (mut session, stop) = events::print_events(
+    let (mut session, stop) = stream::print_events(
         &skel.maps.events,
         printer,
-        target,
+        trace,
         args.common.duration,
         "OOM kills",
     )?;
-    skel::report_drops("oomkill", skel.object(), &[])?;
+    drops::report(args.common.tool, skel.object(), &[])?;
     Ok(session.exit_code(stop))
 }
 
@@ -79,111 +74,96 @@ struct KillPrinter<'a> {
 }
 
 impl EventPrinter for KillPrinter<'_> {
-    fn start(&mut self, _start_ns: u64) -> Result<()> {
-        Ok(())
+    fn output(&mut self) -> &mut Output {
+        &mut self.out
     }
 
-    fn event(&mut self, data: &[u8]) -> i32 {
-        let mut event = Event::default();
-        if plain::copy_from_bytes(&mut event, data).is_err() {
-            return 0;
-        }
-        let kill = Kill::from_event(&event, &self.symbolizer, self.stacks);
-        let written = kill.print(&mut self.out);
-        self.out.callback_status(written)
-    }
-
-    fn finish_batch(&mut self) -> Result<()> {
-        self.out.finish_batch()
+    fn print(&mut self, record: &[u8]) -> Result<()> {
+        let kill = KillRow::new(&records::decode(record), &self.symbolizer, self.stacks);
+        self.out.record(&kill, KillRow::text)
     }
 }
 
-/// An OOM kill as reported.
-struct Kill {
+/// An OOM kill as reported; the JSON fields are documented in the README
+/// (sizes in bytes).
+#[derive(Serialize)]
+struct KillRow {
     time_ns: u64,
     trigger_pid: u32,
     trigger_comm: String,
     victim_pid: u32,
     victim_comm: String,
-    cgroup: String,
-    memcg: bool,
+    /// The OOM killer's domain: the cgroup's limit or the machine's RAM and swap.
     pages: u64,
-    event: Event,
+    total_vm: u64,
+    anon_rss: u64,
+    file_rss: u64,
+    shmem_rss: u64,
+    pgtables: u64,
+    oom_score_adj: i32,
+    uid: u32,
+    cgroup: String,
+    /// `memcg` or `global`.
+    constraint: &'static str,
     loadavg: String,
 }
 
-impl Kill {
-    fn from_event(e: &Event, symbolizer: &StackSymbolizer, stacks: &dyn MapCore) -> Kill {
+impl KillRow {
+    fn new(e: &Event, symbolizer: &StackSymbolizer, stacks: &dyn MapCore) -> KillRow {
         let cgroup = cgroup_path(e);
         // the OOM killer's own call chain says why it ran
-        let memcg = stored_stack::<memtrace_stack>(stacks, e.stack, |s| (s.nr, &s.ips))
-            .is_some_and(|ips| {
-                symbolizer.kernel_frames(&ips).iter().any(|f| {
-                    f.starts_with("mem_cgroup_out_of_memory+") || f.starts_with("try_charge_memcg+")
-                })
-            });
+        let memcg = stored_stack(stacks, e.stack).is_some_and(|ips| {
+            symbolizer.kernel_frames(&ips).iter().any(|f| {
+                f.starts_with("mem_cgroup_out_of_memory+") || f.starts_with("try_charge_memcg+")
+            })
+        });
+        let page = page_size();
         let pages = if memcg {
-            cgroup_limit(&cgroup).map(|bytes| bytes / PAGE_SIZE)
+            cgroup_limit(&cgroup).map(|bytes| bytes / page)
         } else {
-            machine_pages()
+            machine_pages(page)
         };
-        Kill {
+        KillRow {
             time_ns: e.time_ns,
             trigger_pid: e.trigger_pid,
             trigger_comm: escape_c_chars(&e.trigger_comm),
             victim_pid: e.victim_pid,
             victim_comm: escape_c_chars(&e.victim_comm),
-            cgroup,
-            memcg,
             pages: pages.unwrap_or(0),
-            event: *e,
+            total_vm: e.total_vm * page,
+            anon_rss: e.anon_rss * page,
+            file_rss: e.file_rss * page,
+            shmem_rss: e.shmem_rss * page,
+            pgtables: e.pgtables_bytes,
+            oom_score_adj: e.oom_score_adj,
+            uid: e.uid,
+            cgroup,
+            constraint: if memcg { "memcg" } else { "global" },
             loadavg: std::fs::read_to_string("/proc/loadavg")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
         }
     }
 
-    fn print(&self, out: &mut Output) -> Result<()> {
-        let e = &self.event;
-        let constraint = if self.memcg { "memcg" } else { "global" };
-        if out.json {
-            return out.json_line(&json!({
-                "time_ns": self.time_ns,
-                "trigger_pid": self.trigger_pid,
-                "trigger_comm": self.trigger_comm,
-                "victim_pid": self.victim_pid,
-                "victim_comm": self.victim_comm,
-                "pages": self.pages,
-                "total_vm": e.total_vm * PAGE_SIZE,
-                "anon_rss": e.anon_rss * PAGE_SIZE,
-                "file_rss": e.file_rss * PAGE_SIZE,
-                "shmem_rss": e.shmem_rss * PAGE_SIZE,
-                "pgtables": e.pgtables_bytes,
-                "oom_score_adj": e.oom_score_adj,
-                "uid": e.uid,
-                "cgroup": self.cgroup,
-                "constraint": constraint,
-                "loadavg": self.loadavg,
-            }));
-        }
-        out.line(&format!(
-            "{} Triggered by PID {} (\"{}\"), OOM kill of PID {} (\"{}\"), {} pages, loadavg: {}",
+    /// The originals' line, then the cgroup and the victim's memory.
+    fn text(&self) -> String {
+        format!(
+            "{} Triggered by PID {} (\"{}\"), OOM kill of PID {} (\"{}\"), {} pages, loadavg: {}\n    \
+             {} OOM in memory cgroup {}; victim rss: anon {} KiB, file {} KiB, shmem {} KiB; oom_score_adj {}",
             wall_clock_hms(),
             self.trigger_pid,
             self.trigger_comm,
             self.victim_pid,
             self.victim_comm,
             self.pages,
-            self.loadavg
-        ))?;
-        out.line(&format!(
-            "    {constraint} OOM in memory cgroup {}; victim rss: anon {} KiB, file {} KiB, shmem {} KiB; oom_score_adj {}",
+            self.loadavg,
+            self.constraint,
             self.cgroup,
-            e.anon_rss * 4,
-            e.file_rss * 4,
-            e.shmem_rss * 4,
-            e.oom_score_adj
-        ))
+            self.anon_rss / 1024,
+            self.file_rss / 1024,
+            self.shmem_rss / 1024,
+            self.oom_score_adj
+        )
     }
 }
 
@@ -221,8 +201,8 @@ fn cgroup_limit(path: &str) -> Option<u64> {
 }
 
 /// RAM and swap in pages: the OOM killer's domain when the whole machine ran out.
-fn machine_pages() -> Option<u64> {
+fn machine_pages(page_size: u64) -> Option<u64> {
     use procfs::Current;
     let meminfo = procfs::Meminfo::current().ok()?;
-    Some((meminfo.mem_total + meminfo.swap_total) / PAGE_SIZE)
+    Some((meminfo.mem_total + meminfo.swap_total) / page_size)
 }

@@ -1,5 +1,5 @@
 //! swapin: swap-ins counted by process, as the book's swapin (a kprobe on
-//! swap_readpage there, which this kernel lacks). Here two counts: major page
+//! swap_readpage there; kprobes are not on every kernel). Here two counts: major page
 //! faults on anonymous or shmem memory (such memory has no file to be read
 //! from, so a fault that had to wait for I/O read it from swap), and the pages
 //! a process read from swap devices (read bios into new swap-backed folios),
@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::faultcount::{self as faults, Grouping};
-use crate::output::Output;
+use crate::engine::faultvma::Only;
+use crate::engine::session::monotonic_ns;
+use crate::present::output::Output;
+use crate::tools::fault_counts::{self, Grouping};
 
 pub const ABOUT: &str = "Count swap-ins by process: faults that read from swap, and the pages read";
 
@@ -50,22 +52,20 @@ pub fn run(mut args: Args) -> Result<i32> {
     let mut machine = SwapCounters::read();
     let footer = move |out: &mut Output| -> Result<()> {
         let now = SwapCounters::read();
-        let pswpin = now.pswpin.saturating_sub(machine.pswpin);
-        let zswpin = now.zswpin.saturating_sub(machine.zswpin);
+        let row = MachineRow {
+            time_ns: monotonic_ns(),
+            machine_pswpin: now.pswpin.saturating_sub(machine.pswpin),
+            machine_zswpin: now.zswpin.saturating_sub(machine.zswpin),
+        };
         machine = now;
-        if out.json {
-            return out.json_line(&json!({
-                "time_ns": crate::events::monotonic_ns(),
-                "machine_pswpin": pswpin,
-                "machine_zswpin": zswpin,
-            }));
-        }
-        out.line(&format!(
-            "pages read from swap by the whole machine (/proc/vmstat): pswpin {pswpin}, zswpin {zswpin}"
-        ))
+        out.record(&row, |row| {
+            format!(
+                "pages read from swap by the whole machine (/proc/vmstat): pswpin {}, zswpin {}",
+                row.machine_pswpin, row.machine_zswpin
+            )
+        })
     };
-    faults::run(faults::Options {
-        tool: "swapin",
+    fault_counts::run(fault_counts::Options {
         common: &args.common,
         report: &args.report,
         grouping: Grouping {
@@ -74,10 +74,18 @@ pub fn run(mut args: Args) -> Result<i32> {
             file: false,
         },
         max_entries: args.max_entries,
-        only: faults::Only::Swap,
+        only: Only::Swap,
         what: "swap-ins",
         footer: Some(Box::new(footer)),
     })
+}
+
+/// What the whole machine read from swap over a report's time, after its rows.
+#[derive(Serialize)]
+struct MachineRow {
+    time_ns: u64,
+    machine_pswpin: u64,
+    machine_zswpin: u64,
 }
 
 /// The kernel's counts of pages read from swap (/proc/vmstat), 0 where absent.

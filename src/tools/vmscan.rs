@@ -6,42 +6,36 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use serde_json::json;
+use libbpf_rs::skel::Skel;
+use serde::Serialize;
 
 use crate::cli::{parse_seconds, CommonArgs};
-use crate::events::{monotonic_ns, Session};
-use crate::output::{log2_histogram, wall_clock_hms, Output};
-use crate::{kernel, set_filter_rodata, skel};
+use crate::engine::drops;
+use crate::engine::loader::{self, Choice, Trace, Without};
+use crate::engine::maps::percpu_sums;
+use crate::engine::session::{monotonic_ns, Session};
+use crate::present::format::wall_clock_hms;
+use crate::present::output::Output;
+use crate::present::table::log2_histogram;
 
-crate::bpf_skeleton!("vmscan");
+crate::bpf_skeleton!("vmscan", OpenVmscanSkel);
+use bpf::types::{vmscan_hist_size, vmscan_histogram as Histogram, vmscan_total as Total};
 use bpf::VmscanSkelBuilder;
 
 pub const ABOUT: &str =
     "Summarize reclaim each interval: slab shrinking, direct and memcg reclaim, kswapd, writes";
 
-/// enum vmscan_total in vmscan.h.
-const SLAB_NS: usize = 0;
-const SLAB_CALLS: usize = 1;
-const DIRECT_NS: usize = 2;
-const DIRECT_CALLS: usize = 3;
-const DIRECT_PAGES: usize = 4;
-const MEMCG_NS: usize = 5;
-const MEMCG_CALLS: usize = 6;
-const MEMCG_PAGES: usize = 7;
-const KSWAPD_WAKES: usize = 8;
-const WRITE_FOLIO: usize = 9;
-const TOTAL_NR: usize = 10;
+const TOTALS: usize = Total::VMSCAN_TOTAL_NR.0 as usize;
+const HIST_BUCKETS: usize = vmscan_hist_size::VMSCAN_HIST_BUCKETS.0 as usize;
 
-/// enum vmscan_histogram and VMSCAN_HIST_BUCKETS in vmscan.h.
-const HISTOGRAMS: [&str; 3] = [
-    "shrink_slab latency",
-    "direct reclaim latency",
-    "memcg reclaim latency",
+/// The latency histograms, by enum vmscan_histogram, as they are printed.
+const HISTOGRAMS: [(Histogram, &str); 3] = [
+    (Histogram::VMSCAN_HIST_SLAB, "shrink_slab latency"),
+    (Histogram::VMSCAN_HIST_DIRECT, "direct reclaim latency"),
+    (Histogram::VMSCAN_HIST_MEMCG, "memcg reclaim latency"),
 ];
-const HIST_BUCKETS: usize = 32;
 
 #[derive(Parser, Debug)]
 #[command(about = ABOUT, after_help = "\
@@ -64,99 +58,121 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let (target, filter) = skel::prepare(&args.common)?;
-    // the tracepoint was mm_vmscan_writepage before folios
-    let write_folio = kernel::btf_tracepoint_exists("mm_vmscan_write_folio")?;
+    let trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
-    let mut open = VmscanSkelBuilder::default()
-        .open(&mut storage)
-        .context("opening the BPF object")?;
-    set_filter_rodata!(open, &filter);
-    let object = open.open_object_mut();
-    skel::choose_common_programs(object, &filter)?;
-    skel::set_autoload(object, "vmscan_write_folio", write_folio)?;
-    skel::set_autoload(object, "vmscan_writepage", !write_folio)?;
-    kernel::check_attach_points(open.open_object())?;
-    let mut skel = open.load().context(skel::LOAD_FAILED)?;
-    skel::fill_traced_tgids(skel.object(), &target)?;
-    skel.attach().context(skel::ATTACH_FAILED)?;
-
+    let skel = loader::load(
+        VmscanSkelBuilder::default(),
+        &mut storage,
+        &trace,
+        |_, programs| {
+            programs.choose(Choice {
+                job: "folios written by reclaim",
+                // older kernels name the tracepoint mm_vmscan_writepage
+                programs: &["vmscan_write_folio", "vmscan_writepage"],
+                without: Without::Fail,
+            });
+            Ok(())
+        },
+    )?;
     let out = RefCell::new(Output::new(args.common.json));
-    let last = RefCell::new(vec![0u64; TOTAL_NR]);
+    let last = RefCell::new(vec![0u64; TOTALS]);
     let report = || -> Result<()> {
-        let now = skel::percpu_sums(&skel.maps.totals, TOTAL_NR)?;
+        let now = percpu_sums(&skel.maps.totals, TOTALS)?;
         let mut last = last.borrow_mut();
         let delta: Vec<u64> = now.iter().zip(last.iter()).map(|(n, l)| n - l).collect();
         *last = now;
-        print_interval(&mut out.borrow_mut(), &delta)
+        let row = IntervalRow::new(&delta);
+        out.borrow_mut().record(&row, IntervalRow::table_line)
     };
-    let mut session = Session::start(target, args.common.duration, Some(args.interval), "reclaim")?;
-    if !args.common.json {
-        out.borrow_mut().line(&format!(
-            "{:<8} {:>10} {:>12} {:>12} {:>7} {:>10}",
-            "TIME", "S-SLABms", "D-RECLAIMms", "M-RECLAIMms", "KSWAPD", "WRITEPAGE"
-        ))?;
-    }
+    let mut session = Session::start(trace, args.common.duration, Some(args.interval), "reclaim")?;
+    out.borrow_mut().heading(&format!(
+        "{:<8} {:>10} {:>12} {:>12} {:>7} {:>10}",
+        "TIME", "S-SLABms", "D-RECLAIMms", "M-RECLAIMms", "KSWAPD", "WRITEPAGE"
+    ))?;
     let stop = session.run(None, || out.borrow_mut().flush(), report)?;
     // the part of an interval before the end counts too
     report()?;
-    let histograms = skel::percpu_sums(&skel.maps.histograms, HISTOGRAMS.len() * HIST_BUCKETS)?;
+    let histograms = percpu_sums(&skel.maps.histograms, HISTOGRAMS.len() * HIST_BUCKETS)?;
     print_histograms(&mut out.borrow_mut(), &histograms)?;
     out.borrow_mut().flush()?;
-    skel::report_drops("vmscan", skel.object(), &[])?;
+    drops::report(args.common.tool, skel.object(), &[])?;
     Ok(session.exit_code(stop))
 }
 
-fn ms(ns: u64) -> f64 {
-    ns as f64 / 1e6
+/// One interval's reclaim; the JSON fields are documented in the README.
+#[derive(Serialize)]
+struct IntervalRow {
+    time_ns: u64,
+    slab_ns: u64,
+    slab_calls: u64,
+    direct_reclaim_ns: u64,
+    direct_reclaims: u64,
+    direct_reclaim_pages: u64,
+    memcg_reclaim_ns: u64,
+    memcg_reclaims: u64,
+    memcg_reclaim_pages: u64,
+    kswapd_wakes: u64,
+    write_folio: u64,
 }
 
-fn print_interval(out: &mut Output, d: &[u64]) -> Result<()> {
-    if out.json {
-        return out.json_line(&json!({
-            "time_ns": monotonic_ns(),
-            "slab_ns": d[SLAB_NS],
-            "slab_calls": d[SLAB_CALLS],
-            "direct_reclaim_ns": d[DIRECT_NS],
-            "direct_reclaims": d[DIRECT_CALLS],
-            "direct_reclaim_pages": d[DIRECT_PAGES],
-            "memcg_reclaim_ns": d[MEMCG_NS],
-            "memcg_reclaims": d[MEMCG_CALLS],
-            "memcg_reclaim_pages": d[MEMCG_PAGES],
-            "kswapd_wakes": d[KSWAPD_WAKES],
-            "write_folio": d[WRITE_FOLIO],
-        }));
+impl IntervalRow {
+    /// From the interval's deltas of the totals array (indexed by enum vmscan_total).
+    fn new(delta: &[u64]) -> IntervalRow {
+        let total = |which: Total| delta[which.0 as usize];
+        IntervalRow {
+            time_ns: monotonic_ns(),
+            slab_ns: total(Total::VMSCAN_SLAB_NS),
+            slab_calls: total(Total::VMSCAN_SLAB_CALLS),
+            direct_reclaim_ns: total(Total::VMSCAN_DIRECT_NS),
+            direct_reclaims: total(Total::VMSCAN_DIRECT_CALLS),
+            direct_reclaim_pages: total(Total::VMSCAN_DIRECT_PAGES),
+            memcg_reclaim_ns: total(Total::VMSCAN_MEMCG_NS),
+            memcg_reclaims: total(Total::VMSCAN_MEMCG_CALLS),
+            memcg_reclaim_pages: total(Total::VMSCAN_MEMCG_PAGES),
+            kswapd_wakes: total(Total::VMSCAN_KSWAPD_WAKES),
+            write_folio: total(Total::VMSCAN_WRITE_FOLIO),
+        }
     }
-    out.line(&format!(
-        "{:<8} {:>10.0} {:>12.0} {:>12.0} {:>7} {:>10}",
-        wall_clock_hms(),
-        ms(d[SLAB_NS]),
-        ms(d[DIRECT_NS]),
-        ms(d[MEMCG_NS]),
-        d[KSWAPD_WAKES],
-        d[WRITE_FOLIO]
-    ))
+
+    fn table_line(&self) -> String {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        format!(
+            "{:<8} {:>10.0} {:>12.0} {:>12.0} {:>7} {:>10}",
+            wall_clock_hms(),
+            ms(self.slab_ns),
+            ms(self.direct_reclaim_ns),
+            ms(self.memcg_reclaim_ns),
+            self.kswapd_wakes,
+            self.write_folio
+        )
+    }
+}
+
+/// A latency histogram at the end of the trace.
+#[derive(Serialize)]
+struct HistogramRow<'a> {
+    histogram: String,
+    unit: &'static str,
+    log2_buckets: &'a [u64],
 }
 
 fn print_histograms(out: &mut Output, buckets: &[u64]) -> Result<()> {
-    for (kind, name) in HISTOGRAMS.iter().enumerate() {
-        let counts = &buckets[kind * HIST_BUCKETS..(kind + 1) * HIST_BUCKETS];
+    for (which, name) in HISTOGRAMS {
+        let first = which.0 as usize * HIST_BUCKETS;
+        let counts = &buckets[first..first + HIST_BUCKETS];
         if counts.iter().all(|&c| c == 0) {
             continue;
         }
-        if out.json {
-            out.json_line(&json!({
-                "histogram": name.replace(' ', "_"),
-                "unit": "usecs",
-                "log2_buckets": counts,
-            }))?;
-            continue;
-        }
-        out.line("")?;
-        out.line(&format!("{name}:"))?;
-        for line in log2_histogram("usecs", counts) {
-            out.line(&line)?;
-        }
+        let row = HistogramRow {
+            histogram: name.replace(' ', "_"),
+            unit: "usecs",
+            log2_buckets: counts,
+        };
+        out.record(&row, |row| {
+            let mut lines = vec![String::new(), format!("{name}:")];
+            lines.extend(log2_histogram(row.unit, row.log2_buckets));
+            lines.join("\n")
+        })?;
     }
     Ok(())
 }

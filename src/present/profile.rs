@@ -1,10 +1,10 @@
-//! Stack profiles for other tools to read: folded stacks, flame graph SVGs
+//! Stack profiles for other programs to read: folded stacks, flame graph SVGs
 //! (inferno), and pprof's profile.proto (gzipped), written once for every
 //! stack-counting tool.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -18,28 +18,48 @@ pub fn folded_line(frames_outermost_first: &[String], value: u64) -> String {
     format!("{} {value}", frames.join(";"))
 }
 
-/// Writes a flame graph of `stacks` (frames outermost first -> value) to `path`.
-pub fn write_svg(
-    path: &Path,
-    title: &str,
-    count_name: &str,
-    stacks: &HashMap<Vec<String>, u64>,
-) -> Result<()> {
-    let lines: Vec<String> = stacks
-        .iter()
-        .map(|(frames, value)| folded_line(frames, *value))
-        .collect();
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut options = inferno::flamegraph::Options::default();
-    options.title = title.into();
-    options.count_name = count_name.into();
-    inferno::flamegraph::from_lines(
-        &mut options,
-        lines.iter().map(String::as_str),
-        std::io::BufWriter::new(file),
-    )
-    .with_context(|| format!("writing the flame graph {}", path.display()))
+/// A flame graph (inferno) written as SVG at the end of a trace: the stacks
+/// seen (frames outermost first) and what they weigh, added up.
+pub struct FlameGraph {
+    path: PathBuf,
+    title: &'static str,
+    count_name: &'static str,
+    stacks: HashMap<Vec<String>, u64>,
+}
+
+impl FlameGraph {
+    pub fn new(path: &Path, title: &'static str, count_name: &'static str) -> FlameGraph {
+        FlameGraph {
+            path: path.to_path_buf(),
+            title,
+            count_name,
+            stacks: HashMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, frames_outermost_first: Vec<String>, weight: u64) {
+        *self.stacks.entry(frames_outermost_first).or_default() += weight;
+    }
+
+    pub fn write(&self) -> Result<()> {
+        let lines: Vec<String> = self
+            .stacks
+            .iter()
+            .map(|(frames, value)| folded_line(frames, *value))
+            .collect();
+        let path = &self.path;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut options = inferno::flamegraph::Options::default();
+        options.title = self.title.into();
+        options.count_name = self.count_name.into();
+        inferno::flamegraph::from_lines(
+            &mut options,
+            lines.iter().map(String::as_str),
+            std::io::BufWriter::new(file),
+        )
+        .with_context(|| format!("writing the flame graph {}", path.display()))
+    }
 }
 
 /// Protocol-buffer wire encoding, just what profile.proto needs.

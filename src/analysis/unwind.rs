@@ -3,6 +3,9 @@
 //! --call-graph dwarf` does. The kernel's own user stack walk follows frame
 //! pointers, which libraries built without them (Debian's libc) break: a
 //! syscall made from libc then shows no caller at all.
+//!
+//! x86-64 only: the register rules below are x86-64's (RSP, RBP, the return
+//! address); check_architecture() says so on other architectures.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -13,6 +16,17 @@ use gimli::{
     UnwindSection, X86_64,
 };
 use object::{Object, ObjectSection, ObjectSegment};
+
+/// Whether this build's architecture is the one the unwinder knows: x86-64.
+pub fn check_architecture() -> anyhow::Result<()> {
+    if cfg!(target_arch = "x86_64") {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "unwinding user stacks is implemented for x86-64 only; this build is for {}",
+        std::env::consts::ARCH
+    )
+}
 
 /// The user registers unwinding starts from.
 #[derive(Clone, Copy, Debug)]
@@ -276,7 +290,7 @@ fn read_word(sp: u64, stack: &[u8], addr: u64) -> Option<u64> {
     Some(u64::from_ne_bytes(bytes.try_into().ok()?))
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 

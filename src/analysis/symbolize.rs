@@ -5,15 +5,13 @@
 //! is still symbolized.
 
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
-use libbpf_rs::{MapCore, MapFlags};
 
-use crate::output::escape_bytes;
+use crate::present::escape::escape_bytes;
 
 /// An executable file mapping of a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,15 +52,6 @@ fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
     )
 }
 
-/// The path of a file unlinked since it was mapped, without the marker
-/// (blazesym opens it by name; a replaced library still often symbolizes).
-fn strip_deleted(mut path: Vec<u8>) -> Vec<u8> {
-    if path.ends_with(b" (deleted)") {
-        path.truncate(path.len() - b" (deleted)".len());
-    }
-    path
-}
-
 fn module_name(path: &Path) -> String {
     path.file_name()
         .map(|n| escape_bytes(n.as_encoded_bytes()))
@@ -79,25 +68,8 @@ impl StackSymbolizer {
         }
     }
 
-    /// Records an exitmaps_mapping record's contents (see record_exit_mapping!).
-    pub fn add_exit_record(
-        &mut self,
-        pid: u32,
-        start: u64,
-        end: u64,
-        file_offset: u64,
-        file: Option<crate::decode::FilePath>,
-    ) {
-        let mapping = file.filter(|_| end > start).map(|file| Mapping {
-            start,
-            end,
-            file_offset,
-            path: PathBuf::from(std::ffi::OsString::from_vec(strip_deleted(file.path))),
-        });
-        self.add_exited_mapping(pid, mapping);
-    }
-
-    /// Records a mapping of an exiting process.
+    /// Records a mapping of an exiting process (engine::records::exit_mapping
+    /// decodes them); None ends its list, or says it had none.
     pub fn add_exited_mapping(&mut self, pid: u32, mapping: Option<Mapping>) {
         let maps = self.exited.entry(pid).or_default();
         if let Some(mapping) = mapping {
@@ -211,53 +183,6 @@ impl StackSymbolizer {
             Err(_) => ips.iter().map(|ip| format!("{ip:#x} [kernel]")).collect(),
         }
     }
-}
-
-/// The frames (innermost first) of a stack that stacks.bpf.h keeps under
-/// `key` in `stacks`, decoded with the skeleton's generated memtrace_stack
-/// type `S`; None for a negative key (an errno: no stack) or one not found.
-pub fn stored_stack<S: plain::Plain + Default>(
-    stacks: &dyn MapCore,
-    key: i64,
-    frames: impl Fn(&S) -> (u64, &[u64]),
-) -> Option<Vec<u64>> {
-    if key < 0 {
-        return None;
-    }
-    let raw = stacks.lookup(&key.to_ne_bytes(), MapFlags::ANY).ok()??;
-    let mut stack = S::default();
-    plain::copy_from_bytes(&mut stack, &raw).ok()?;
-    let (nr, ips) = frames(&stack);
-    Some(ips[..(nr as usize).min(ips.len())].to_vec())
-}
-
-/// Decodes an exitmaps_mapping record (exitmaps.h) from a skeleton's ring
-/// buffer into `symbolizer`, with that skeleton's generated type `$ty`.
-#[macro_export]
-macro_rules! record_exit_mapping {
-    ($symbolizer:expr, $ty:ty, $data:expr) => {{
-        let mut padded = vec![0u8; std::mem::size_of::<$ty>()];
-        let data: &[u8] = $data;
-        let n = data.len().min(padded.len());
-        padded[..n].copy_from_slice(&data[..n]);
-        let mut record = <$ty>::default();
-        if plain::copy_from_bytes(&mut record, &padded).is_ok() {
-            let info = &record.path_info;
-            let file = $crate::decode::FilePath::from_bpf(
-                &record.path,
-                info.len as usize,
-                info.depth as usize,
-                info.flags,
-            );
-            $symbolizer.add_exit_record(
-                record.tgid,
-                record.start,
-                record.end,
-                record.file_offset,
-                file,
-            );
-        }
-    }};
 }
 
 #[cfg(test)]

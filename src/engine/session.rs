@@ -2,47 +2,14 @@
 //! Ctrl-C, SIGTERM, `-d` expiry, the end of `-- COMMAND` or of every `-p`
 //! process, and call the tool back at each `-i` interval.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::{MapCore, RingBuffer, RingBufferBuilder};
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use libbpf_rs::RingBuffer;
 
-use crate::target::{process_exists, Target};
-
-static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn record_stop_signal(sig: libc::c_int) {
-    STOP_SIGNAL.store(sig, Ordering::SeqCst);
-}
-
-extern "C" fn wake_on_child(_: libc::c_int) {
-    // Nothing to do: the signal interrupts poll() so the loop looks at the command.
-}
-
-/// Handlers without SA_RESTART, so a signal interrupts the poll at once.
-fn install_signal_handlers() -> Result<()> {
-    let stop = SigAction::new(
-        SigHandler::Handler(record_stop_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    let child = SigAction::new(
-        SigHandler::Handler(wake_on_child),
-        SaFlags::SA_NOCLDSTOP,
-        SigSet::empty(),
-    );
-    // SAFETY: the handlers only store to an atomic or do nothing, which is
-    // async-signal-safe.
-    unsafe {
-        signal::sigaction(Signal::SIGINT, &stop).context("installing a SIGINT handler")?;
-        signal::sigaction(Signal::SIGTERM, &stop).context("installing a SIGTERM handler")?;
-        signal::sigaction(Signal::SIGCHLD, &child).context("installing a SIGCHLD handler")?;
-    }
-    Ok(())
-}
+use crate::engine::loader::Trace;
+use crate::engine::signals;
+use crate::engine::target::{process_exists, Target};
 
 /// Why a trace ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,12 +44,13 @@ pub fn monotonic_ns() -> u64 {
 impl Session {
     /// Called once the probes are attached: says so on stderr and lets a held command run.
     pub fn start(
-        mut target: Target,
+        trace: Trace,
         duration: Option<Duration>,
         interval: Option<Duration>,
         what: &str,
     ) -> Result<Session> {
-        install_signal_handlers()?;
+        signals::install_handlers()?;
+        let mut target = trace.target;
         let start_ns = monotonic_ns();
         let how_to_end = match &target {
             Target::Command(cmd) => format!("until {} exits", cmd.name),
@@ -116,8 +84,7 @@ impl Session {
         let mut reports = 0u64;
         let mut next_target_check = Instant::now() + TICK;
         let stop = loop {
-            let sig = STOP_SIGNAL.load(Ordering::SeqCst);
-            if sig != 0 {
+            if let Some(sig) = signals::stop_signal() {
                 break Stop::Signal(sig);
             }
             let now = Instant::now();
@@ -204,42 +171,4 @@ impl Session {
             Stop::Duration | Stop::TargetsExited | Stop::Reports => 0,
         }
     }
-}
-
-/// A tool that prints each event as it arrives (oomkill and the snoop tools).
-pub trait EventPrinter {
-    /// Tracing has started: print the column header. `start_ns` is the
-    /// origin of -T times (CLOCK_MONOTONIC at attach).
-    fn start(&mut self, start_ns: u64) -> Result<()>;
-
-    /// One ring buffer record. The return value is the ring buffer
-    /// callback's: nonzero ends this poll (see Output::callback_status).
-    fn event(&mut self, data: &[u8]) -> i32;
-
-    /// After each poll: flush, and surface a write error kept by `event`.
-    fn finish_batch(&mut self) -> Result<()>;
-}
-
-/// Traces until a stop condition, handing every record of the ring buffer
-/// `events` to `printer`. Returns the session (for its exit code) and why
-/// the trace ended.
-pub fn print_events(
-    events: &dyn MapCore,
-    printer: impl EventPrinter,
-    target: Target,
-    duration: Option<Duration>,
-    what: &str,
-) -> Result<(Session, Stop)> {
-    let printer = RefCell::new(printer);
-    let mut builder = RingBufferBuilder::new();
-    builder.add(events, |data| printer.borrow_mut().event(data))?;
-    let ring = builder.build().context("setting up the ring buffer")?;
-    let mut session = Session::start(target, duration, None, what)?;
-    printer.borrow_mut().start(session.start_ns)?;
-    let stop = session.run(
-        Some(&ring),
-        || printer.borrow_mut().finish_batch(),
-        || Ok(()),
-    )?;
-    Ok((session, stop))
 }

@@ -1,5 +1,6 @@
-//! Preflight: what this process may do and what the kernel offers, checked
-//! before any BPF is loaded so that each failure is one clear line.
+//! What this process may do and what the running kernel offers, checked
+//! before any BPF is loaded so that each failure is one clear line:
+//! privileges, BTF, tracefs, the tracepoints programs attach to.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -78,12 +79,16 @@ fn ensure_tracefs() -> Result<PathBuf> {
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(|errno| {
-        anyhow::anyhow!(
+    .or_else(|errno| {
+        // another process (a second memtrace) may have mounted it meanwhile (EBUSY)
+        if mount_point.join("events").exists() {
+            return Ok(());
+        }
+        Err(anyhow::anyhow!(
             "tracefs is not mounted and mounting it at {} failed ({errno}): mount it as root with `mount -t tracefs tracefs {}`",
             mount_point.display(),
             mount_point.display()
-        )
+        ))
     })?;
     Ok(mount_point.to_path_buf())
 }
@@ -126,13 +131,27 @@ fn with_vmlinux_btf<T>(f: impl FnOnce(&Btf<'static>) -> T) -> Result<T> {
 
 /// Whether the kernel has the BTF tracepoint `name` (a `tp_btf/` target):
 /// the kernel's BTF then has the typedef btf_trace_NAME.
-pub fn btf_tracepoint_exists(name: &str) -> Result<bool> {
+fn btf_tracepoint_exists(name: &str) -> Result<bool> {
     with_vmlinux_btf(|btf| has_btf_tracepoint(btf, name))
 }
 
 fn has_btf_tracepoint(btf: &Btf, name: &str) -> bool {
     btf.type_by_name::<types::Typedef>(&format!("btf_trace_{name}"))
         .is_some()
+}
+
+/// Whether the kernel has what a program with this section attaches to: a
+/// BTF tracepoint (`tp_btf/NAME`) in its BTF, a classic one (`tp/CAT/NAME`)
+/// under tracefs (mounted if need be). Other kinds are not probed yet: true.
+pub fn can_attach(section: &str) -> Result<bool> {
+    if let Some(name) = section.strip_prefix("tp_btf/") {
+        return btf_tracepoint_exists(name);
+    }
+    if let Some((category, name)) = tracepoint_of_section(section) {
+        let root = ensure_tracefs()?;
+        return Ok(root.join("events").join(category).join(name).is_dir());
+    }
+    Ok(true)
 }
 
 /// After the tool chose its programs: mounts tracefs if a classic tracepoint
@@ -170,6 +189,14 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
     }
     let root = ensure_tracefs()?;
     check_tracepoints(&root, &tracepoints)
+}
+
+/// The size of a page, in bytes.
+pub fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |size| size as u64)
 }
 
 #[cfg(test)]

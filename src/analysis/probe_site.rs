@@ -9,6 +9,9 @@
 //! next is emulated, the probe goes on that one: the argument registers, the
 //! stack pointer and so the return address are still as they were at entry,
 //! and every path through the function passes there.
+//!
+//! x86-64 only: the instructions are decoded as x86-64 code. Elsewhere a
+//! probe goes at the function's entry, which is always correct, if slower.
 
 /// Longest run of skipped instructions looked at; glibc needs at most one.
 const MAX_SKIPPED: usize = 2;
@@ -19,6 +22,14 @@ pub const PROLOGUE_BYTES: usize = 32;
 
 /// Offset from the function's start at which to probe it, given its first
 /// bytes: 0 unless a cheaper site is known to be equivalent.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn emulated_site(_code: &[u8]) -> u64 {
+    0
+}
+
+/// Offset from the function's start at which to probe it, given its first
+/// bytes: 0 unless a cheaper site is known to be equivalent.
+#[cfg(target_arch = "x86_64")]
 pub fn emulated_site(code: &[u8]) -> u64 {
     let rest = |at: usize| code.get(at..).unwrap_or_default();
     let mut at = 0;
@@ -34,6 +45,7 @@ pub fn emulated_site(code: &[u8]) -> u64 {
     0
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Whether the kernel's uprobe code emulates the instruction at the start of
 /// `code` (arch/x86/kernel/uprobes.c: branch_setup_xol_ops, push_setup_xol_ops).
 fn is_emulated(code: &[u8]) -> bool {
@@ -47,6 +59,7 @@ fn is_emulated(code: &[u8]) -> bool {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Length of an instruction that changes nothing but the flags, or None.
 fn flags_only_len(code: &[u8]) -> Option<usize> {
     let register_pair = |modrm: u8| modrm >= 0xc0;
@@ -63,7 +76,7 @@ fn flags_only_len(code: &[u8]) -> Option<usize> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::emulated_site;
 

@@ -278,47 +278,6 @@ pub fn syscall_errno(ret: i64) -> Option<i32> {
     (-4095..0).contains(&ret).then(|| (-ret) as i32)
 }
 
-/// Flags of struct memtrace_path (common.h).
-pub const PATH_ROOTED: u8 = 0x1;
-pub const PATH_TRUNCATED: u8 = 0x2;
-pub const PATH_DELETED: u8 = 0x4;
-
-/// A file's name and path as the BPF side walked it (struct memtrace_path:
-/// components leaf first, each NUL-terminated). Raw bytes: escape to print.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilePath {
-    pub name: Vec<u8>,
-    pub path: Vec<u8>,
-}
-
-impl FilePath {
-    /// None when the record carries no file.
-    pub fn from_bpf(buf: &[i8], len: usize, depth: usize, flags: u8) -> Option<FilePath> {
-        if depth == 0 {
-            return None;
-        }
-        let bytes: Vec<u8> = buf[..len.min(buf.len())].iter().map(|&c| c as u8).collect();
-        let mut components: Vec<&[u8]> = bytes.split(|&b| b == 0).take(depth).collect();
-        let name = components.first().copied().unwrap_or_default().to_vec();
-        components.reverse();
-        let mut path = Vec::with_capacity(len + 2);
-        if flags & PATH_TRUNCATED != 0 {
-            path.extend_from_slice(b"...");
-        }
-        for (i, component) in components.iter().enumerate() {
-            // a pseudo file (memfd:x) is a lone name; anything else is absolute
-            if i > 0 || flags & (PATH_ROOTED | PATH_TRUNCATED) != 0 {
-                path.push(b'/');
-            }
-            path.extend_from_slice(component);
-        }
-        if flags & PATH_DELETED != 0 {
-            path.extend_from_slice(b" (deleted)");
-        }
-        Some(FilePath { name, path })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,38 +421,5 @@ mod tests {
         assert_eq!(syscall_errno(-13), Some(13));
         assert_eq!(syscall_errno(0x7f00_0000_0000), None);
         assert_eq!(syscall_errno(0), None);
-    }
-
-    fn path_buf(components: &[&str]) -> (Vec<i8>, usize) {
-        let mut buf = Vec::new();
-        for c in components {
-            buf.extend(c.bytes().map(|b| b as i8));
-            buf.push(0);
-        }
-        let len = buf.len();
-        buf.resize(4096, 0);
-        (buf, len)
-    }
-
-    #[test]
-    fn file_paths() {
-        let (buf, len) = path_buf(&["libc.so.6", "x86_64-linux-gnu", "lib", "usr"]);
-        let file = FilePath::from_bpf(&buf, len, 4, PATH_ROOTED).unwrap();
-        assert_eq!(file.name, b"libc.so.6");
-        assert_eq!(file.path, b"/usr/lib/x86_64-linux-gnu/libc.so.6");
-
-        let (buf, len) = path_buf(&["memfd:cache"]);
-        let file = FilePath::from_bpf(&buf, len, 1, 0).unwrap();
-        assert_eq!(file.path, b"memfd:cache");
-
-        let (buf, len) = path_buf(&["gone", "tmp"]);
-        let file = FilePath::from_bpf(&buf, len, 2, PATH_ROOTED | PATH_DELETED).unwrap();
-        assert_eq!(file.path, b"/tmp/gone (deleted)");
-
-        let (buf, len) = path_buf(&["deep", "er"]);
-        let file = FilePath::from_bpf(&buf, len, 2, PATH_TRUNCATED).unwrap();
-        assert_eq!(file.path, b".../er/deep");
-
-        assert_eq!(FilePath::from_bpf(&buf, 0, 0, 0), None);
     }
 }

@@ -1,0 +1,225 @@
+//! The one sequence every BPF tool loads its skeleton with, so that no tool
+//! can skip a step or take them out of order:
+//!
+//! preflight (privileges, BTF) -> the target (`-p` checked, `-- COMMAND`
+//! started held) -> open -> the filter's globals -> the tool's globals, map
+//! sizes and programs -> the kernel probed for what the chosen programs need,
+//! alternatives chosen -> load -> the pid set filled -> attach.
+//!
+//! Probing the kernel and choosing programs lives here: a tool states which
+//! programs can do a job (`Choice`), cheapest first, and what is lost without
+//! any; the loader loads the first the running kernel can attach.
+
+use std::mem::MaybeUninit;
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, Object, OpenObject, PrintLevel};
+
+use crate::cli::CommonArgs;
+use crate::engine::kernel;
+use crate::engine::maps::map_named;
+use crate::engine::skeleton::{Filter, OpenSkeleton};
+use crate::engine::target::Target;
+
+pub const LOAD_FAILED: &str =
+    "loading the BPF programs into the kernel failed (run with -v to see libbpf's and the verifier's messages)";
+pub const ATTACH_FAILED: &str =
+    "attaching the BPF programs failed (run with -v to see libbpf's messages)";
+
+/// A trace being set up: the tool, what it traces, and how its BPF side filters.
+pub struct Trace {
+    pub tool: &'static str,
+    pub verbose: bool,
+    pub target: Target,
+    /// The tool may add a thread or user filter before `load`.
+    pub filter: Filter,
+}
+
+impl Trace {
+    /// What every BPF tool does first: libbpf's messages on stderr with -v,
+    /// the preflight (privileges, BTF), then the target (`-p` pids checked,
+    /// `-- COMMAND` started, held before exec until the trace starts).
+    pub fn prepare(common: &CommonArgs) -> Result<Trace> {
+        init_libbpf_logging(common.verbose);
+        kernel::check_privileges()?;
+        kernel::check_btf()?;
+        let target = Target::new(&common.pids, &common.command)?;
+        let filter = Filter::new(common, &target);
+        Ok(Trace {
+            tool: common.tool,
+            verbose: common.verbose,
+            target,
+            filter,
+        })
+    }
+}
+
+fn print_libbpf(_level: PrintLevel, msg: String) {
+    eprint!("libbpf: {msg}");
+}
+
+/// libbpf's messages go to stderr with -v; otherwise errors speak for themselves.
+fn init_libbpf_logging(verbose: bool) {
+    if verbose {
+        libbpf_rs::set_print(Some((PrintLevel::Debug, print_libbpf)));
+    } else {
+        libbpf_rs::set_print(None);
+    }
+}
+
+/// A job the BPF side can do with one of several programs, cheapest first.
+/// The loader loads the first whose needs the running kernel meets (today:
+/// its attach point, from its section) and none of the others.
+pub struct Choice {
+    /// What the programs do, for messages: "folios written by reclaim".
+    pub job: &'static str,
+    pub programs: &'static [&'static str],
+    pub without: Without,
+}
+
+/// What happens when the kernel can run none of a Choice's programs.
+pub enum Without {
+    /// The tool can't run: the load stops, naming the first program's missing attach point.
+    Fail,
+    /// The tool runs without the job, and says on stderr what is lost.
+    // No tool runs without a job yet; the per-kernel fallbacks will.
+    #[allow(dead_code)]
+    Lose(&'static str),
+}
+
+/// Which of a tool's programs to load, decided between open and load.
+#[derive(Default)]
+pub struct Programs {
+    switches: Vec<(&'static str, bool)>,
+    choices: Vec<Choice>,
+}
+
+impl Programs {
+    /// Loads the programs named only if `on`.
+    pub fn load_if(&mut self, on: bool, names: &[&'static str]) -> &mut Self {
+        self.switches.extend(names.iter().map(|&name| (name, on)));
+        self
+    }
+
+    /// One job several programs can do (see Choice).
+    pub fn choose(&mut self, choice: Choice) -> &mut Self {
+        self.choices.push(choice);
+        self
+    }
+
+    fn apply(&self, trace: &Trace, object: &mut OpenObject) -> Result<()> {
+        for &(name, on) in &self.switches {
+            set_autoload(object, name, on)?;
+        }
+        for choice in &self.choices {
+            let mut chosen = None;
+            for &name in choice.programs {
+                if chosen.is_none() && kernel::can_attach(&section_of(object, name)?)? {
+                    chosen = Some(name);
+                }
+                set_autoload(object, name, chosen == Some(name))?;
+            }
+            match (chosen, &choice.without) {
+                (Some(name), _) if trace.verbose => {
+                    eprintln!("{}: {}: {name}", trace.tool, choice.job)
+                }
+                (Some(_), _) => {}
+                // left on, so the preflight names what the kernel lacks
+                (None, Without::Fail) => set_autoload(object, choice.programs[0], true)?,
+                (None, Without::Lose(lost)) => eprintln!(
+                    "{}: {}: this kernel can attach none of {}",
+                    trace.tool,
+                    lost,
+                    choice.programs.join(", ")
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn section_of(object: &OpenObject, name: &str) -> Result<String> {
+    object
+        .progs()
+        .find(|p| p.name() == name)
+        .map(|p| p.section().to_string_lossy().into_owned())
+        .with_context(|| format!("BPF program {name} not found"))
+}
+
+fn set_autoload(object: &mut OpenObject, name: &str, on: bool) -> Result<()> {
+    let mut prog = object
+        .progs_mut()
+        .find(|p| p.name() == name)
+        .with_context(|| format!("BPF program {name} not found"))?;
+    prog.set_autoload(on);
+    Ok(())
+}
+
+/// Opens, configures, loads and attaches a tool's skeleton. `configure` sets
+/// the tool's read-only globals and map sizes on the open skeleton and says
+/// which of its programs to load; the rest is the same for every tool.
+/// Programs libbpf can't attach by section (perf events, uprobes) are the
+/// tool's to attach afterwards, before its session starts.
+pub fn load<'obj, B>(
+    builder: B,
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    trace: &Trace,
+    configure: impl FnOnce(&mut B::Output, &mut Programs) -> Result<()>,
+) -> Result<<B::Output as OpenSkel<'obj>>::Output>
+where
+    B: SkelBuilder<'obj>,
+    B::Output: OpenSkeleton<'obj>,
+{
+    let mut open = builder.open(storage).context("opening the BPF object")?;
+    open.set_filter(&trace.filter)?;
+    let mut programs = Programs::default();
+    programs
+        .load_if(trace.filter.follow_forks, &["memtrace_follow_fork"])
+        .load_if(trace.filter.by_tgid, &["memtrace_forget_exit"]);
+    configure(&mut open, &mut programs)?;
+    programs.apply(trace, open.open_object_mut())?;
+    kernel::check_attach_points(open.open_object())?;
+    let mut skel = open.load().context(LOAD_FAILED)?;
+    fill_traced_tgids(skel.object(), &trace.target)?;
+    skel.attach().context(ATTACH_FAILED)?;
+    Ok(skel)
+}
+
+/// Puts the target's processes into the BPF side's pid set.
+fn fill_traced_tgids(object: &Object, target: &Target) -> Result<()> {
+    let Some(tgids) = target.initial_tgids() else {
+        return Ok(());
+    };
+    let traced = map_named(object, "traced_tgids")?;
+    for tgid in tgids {
+        traced
+            .update(&tgid.to_ne_bytes(), &[1u8], MapFlags::ANY)
+            .with_context(|| format!("adding PID {tgid} to the filter"))?;
+    }
+    Ok(())
+}
+
+/// The size of a ring buffer of --buffer-size MIB: a power of two, as the
+/// kernel requires (rounded up), and at most what its u32 size holds.
+pub fn ring_buffer_bytes(mib: u32) -> Result<u32> {
+    mib.checked_next_power_of_two()
+        .and_then(|mib| mib.checked_mul(1 << 20))
+        .with_context(|| {
+            format!("a ring buffer of {mib} MiB is too large: give --buffer-size 2048 or less")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffers_are_powers_of_two() {
+        assert_eq!(ring_buffer_bytes(1).unwrap(), 1 << 20);
+        assert_eq!(ring_buffer_bytes(16).unwrap(), 16 << 20);
+        assert_eq!(ring_buffer_bytes(17).unwrap(), 32 << 20);
+        assert_eq!(ring_buffer_bytes(2048).unwrap(), 1 << 31);
+        assert!(ring_buffer_bytes(2049).is_err());
+    }
+}

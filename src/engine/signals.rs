@@ -1,0 +1,47 @@
+//! The signals that end a trace (Ctrl-C, SIGTERM) and the one that wakes it
+//! when `-- COMMAND` exits (SIGCHLD), caught without SA_RESTART so that each
+//! interrupts the session's poll at once.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn record_stop_signal(sig: libc::c_int) {
+    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+extern "C" fn wake_on_child(_: libc::c_int) {
+    // Nothing to do: the signal interrupts poll() so the loop looks at the command.
+}
+
+pub fn install_handlers() -> Result<()> {
+    let stop = SigAction::new(
+        SigHandler::Handler(record_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    let child = SigAction::new(
+        SigHandler::Handler(wake_on_child),
+        SaFlags::SA_NOCLDSTOP,
+        SigSet::empty(),
+    );
+    // SAFETY: the handlers only store to an atomic or do nothing, which is
+    // async-signal-safe.
+    unsafe {
+        signal::sigaction(Signal::SIGINT, &stop).context("installing a SIGINT handler")?;
+        signal::sigaction(Signal::SIGTERM, &stop).context("installing a SIGTERM handler")?;
+        signal::sigaction(Signal::SIGCHLD, &child).context("installing a SIGCHLD handler")?;
+    }
+    Ok(())
+}
+
+/// The stop signal received (SIGINT, SIGTERM), if any.
+pub fn stop_signal() -> Option<i32> {
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}

@@ -1,0 +1,97 @@
+//! The report of the stack-counting tools (faults, brkstack, memleak), written
+//! once: each report's rows as JSON lines, folded stacks or text, the largest
+//! first, and a flame graph of the whole trace at its end.
+
+use anyhow::Result;
+
+use crate::present::output::Output;
+use crate::present::profile::{folded_line, FlameGraph};
+
+/// A row of a stack-counting tool: a stack and what was counted on it.
+pub trait StackRow {
+    /// Frames outermost first, as folded lines and flame graphs show them
+    /// (led by the process name where the tool shows one).
+    fn folded_frames(&self) -> Vec<String>;
+
+    /// What folded output and the flame graph count for the row.
+    fn weight(&self) -> u64;
+
+    /// --json: the row's JSON line (or lines: faults writes one per kind of fault).
+    fn write_json(&self, out: &mut Output) -> Result<()>;
+
+    /// The row in the text report.
+    fn write_text(&self, out: &mut Output) -> Result<()>;
+}
+
+/// How a stack-counting tool reports: --folded, -t/--top, --svg.
+pub struct StackReport {
+    folded: bool,
+    top: Option<usize>,
+    flame: Option<FlameGraph>,
+}
+
+impl StackReport {
+    pub fn new(folded: bool, top: Option<usize>, flame: Option<FlameGraph>) -> StackReport {
+        StackReport { folded, top, flame }
+    }
+
+    /// Prints one report of `rows`, given in the order to show them: the top
+    /// ones as JSON, folded lines, or text under `heading` (which is told how
+    /// many rows are shown). Every row goes into the flame graph.
+    pub fn print<R: StackRow>(
+        &mut self,
+        out: &mut Output,
+        mut rows: Vec<R>,
+        heading: impl FnOnce(usize) -> Option<String>,
+    ) -> Result<()> {
+        if let Some(flame) = &mut self.flame {
+            for row in &rows {
+                flame.add(row.folded_frames(), row.weight());
+            }
+        }
+        rows.truncate(self.top.unwrap_or(usize::MAX));
+        if out.is_json() {
+            return rows.iter().try_for_each(|row| row.write_json(out));
+        }
+        if self.folded {
+            return rows
+                .iter()
+                .try_for_each(|row| out.line(&folded_line(&row.folded_frames(), row.weight())));
+        }
+        if let Some(heading) = heading(rows.len()) {
+            out.line(&heading)?;
+        }
+        rows.iter().try_for_each(|row| row.write_text(out))
+    }
+
+    /// At the end of the trace: the flame graph, if one was asked for.
+    pub fn finish(&self) -> Result<()> {
+        match &self.flame {
+            Some(flame) => flame.write(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One stack in BCC stackcount's layout: kernel frames (and `--`), user
+/// frames, the process, then `counts` (a blank line follows).
+pub fn write_stackcount(
+    out: &mut Output,
+    kernel: Option<&[String]>,
+    user: &[String],
+    process: (&str, u32),
+    counts: &str,
+) -> Result<()> {
+    if let Some(kernel) = kernel {
+        for frame in kernel {
+            out.line(&format!("    {frame}"))?;
+        }
+        out.line("    --")?;
+    }
+    for frame in user {
+        out.line(&format!("    {frame}"))?;
+    }
+    let (comm, pid) = process;
+    out.line(&format!("    -                {comm} ({pid})"))?;
+    out.line(&format!("        {counts}\n"))
+}

@@ -1,0 +1,216 @@
+//! What ffaults, fmapfault, hfaults and swapin share: a trace of the fault
+//! -> VMA engine (engine/faultvma.rs) with the tool's options, and its counts
+//! grouped as the tool asks and printed at each interval and at the end.
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::{CommonArgs, ReportArgs};
+use crate::engine::drops;
+use crate::engine::faultvma::{FaultCount, FaultEngine, Only};
+use crate::engine::loader::Trace;
+use crate::engine::session::{monotonic_ns, Session};
+use crate::engine::skeleton::DropReason;
+use crate::present::format::wall_clock_hms;
+use crate::present::output::Output;
+use crate::present::table::Table;
+
+/// What a tool asks of the shared kernel side, and how it groups the counts.
+pub struct Options<'a> {
+    pub common: &'a CommonArgs,
+    pub report: &'a ReportArgs,
+    pub grouping: Grouping,
+    /// Count slots: distinct (process image, kind, file) triples.
+    pub max_entries: u32,
+    pub only: Only,
+    pub what: &'static str,
+    /// Printed after each report (swapin: the kernel's own swap-in counters).
+    pub footer: Option<Footer<'a>>,
+}
+
+/// Something a tool prints after each report.
+pub type Footer<'a> = Box<dyn FnMut(&mut Output) -> Result<()> + 'a>;
+
+/// Which fields of a count make a row.
+#[derive(Clone, Copy)]
+pub struct Grouping {
+    pub process: bool,
+    pub pid: bool,
+    pub file: bool,
+}
+
+/// Traces until the session ends, printing the counts since the previous
+/// report at each interval and at the end.
+pub fn run(mut options: Options<'_>) -> Result<i32> {
+    let common = options.common;
+    let trace = Trace::prepare(common)?;
+    let mut storage = MaybeUninit::uninit();
+    let mut engine = FaultEngine::load(&mut storage, &trace, options.only, options.max_entries)?;
+    let mut out = Output::new(common.json);
+    let interval = options.report.interval;
+    let mut session = Session::start(trace, common.duration, interval, options.what)?;
+    let clock_heading = interval.is_some() || common.timestamp;
+    let mut footer = options.footer.take();
+    let mut report = |out: &mut Output| -> Result<()> {
+        if clock_heading {
+            out.heading(&format!("\n{}", wall_clock_hms()))?;
+        }
+        let groups = group(&engine.take()?, options.grouping, options.report.top);
+        if options.only == Only::Swap {
+            print_swap_ins(out, options.grouping, &groups)?;
+        } else {
+            print_faults(out, options.grouping, &groups)?;
+        }
+        if let Some(footer) = footer.as_mut() {
+            footer(out)?;
+        }
+        out.flush()
+    };
+    let stop = session.run(None, || Ok(()), || report(&mut out))?;
+    report(&mut out)?;
+    if common.verbose {
+        engine.report_cache_stats(common.tool)?;
+    }
+    drops::report(
+        common.tool,
+        engine.object(),
+        &[(DropReason::MEMTRACE_DROP_COUNTS, "raise --max-entries")],
+    )?;
+    Ok(session.exit_code(stop))
+}
+
+/// Counts of one group: the grouped fields (None where not grouped by).
+#[derive(Default)]
+struct Group {
+    comm: Option<String>,
+    pid: Option<u32>,
+    file: Option<String>,
+    minor: u64,
+    major: u64,
+}
+
+/// The counts grouped, sorted by total descending, the `top` first.
+fn group(counts: &[FaultCount], grouping: Grouping, top: Option<usize>) -> Vec<Group> {
+    type Key = (Option<String>, Option<u32>, Option<String>);
+    let mut grouped: HashMap<Key, [u64; 2]> = HashMap::new();
+    for c in counts {
+        let key = (
+            grouping.process.then(|| c.comm.clone()),
+            grouping.pid.then_some(c.pid),
+            grouping.file.then(|| c.file.clone()),
+        );
+        grouped.entry(key).or_default()[usize::from(c.major)] += c.count;
+    }
+    let mut rows: Vec<(Key, [u64; 2])> = grouped.into_iter().collect();
+    rows.sort_by(|(ka, a), (kb, b)| (b[0] + b[1]).cmp(&(a[0] + a[1])).then_with(|| ka.cmp(kb)));
+    rows.truncate(top.unwrap_or(usize::MAX));
+    rows.into_iter()
+        .map(|((comm, pid, file), [minor, major])| Group {
+            comm,
+            pid,
+            file,
+            minor,
+            major,
+        })
+        .collect()
+}
+
+/// The columns of the grouped fields, around the counts' own.
+fn columns(grouping: Grouping, counts: &[&'static str]) -> Vec<&'static str> {
+    let mut columns = Vec::new();
+    if grouping.process {
+        columns.push("COMM");
+    }
+    if grouping.pid {
+        columns.push(">PID");
+    }
+    columns.extend(counts);
+    if grouping.file {
+        columns.push("FILE");
+    }
+    columns
+}
+
+/// A group's cells: the grouped fields around `counts`.
+fn cells(group: &Group, counts: &[u64]) -> Vec<String> {
+    let mut cells: Vec<String> = Vec::new();
+    cells.extend(group.comm.clone());
+    cells.extend(group.pid.map(|p| p.to_string()));
+    cells.extend(counts.iter().map(u64::to_string));
+    cells.extend(group.file.clone());
+    cells
+}
+
+/// A JSON line of ffaults, fmapfault, hfaults: one kind of fault of a group
+/// (null where not grouped by).
+#[derive(Serialize)]
+struct FaultRow<'a> {
+    time_ns: u64,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    file: Option<&'a str>,
+    kind: &'static str,
+    count: u64,
+}
+
+/// A table row per group (COMM, PID, MINOR, MAJOR, FAULTS, FILE as grouped);
+/// with --json, a line per group and kind of fault.
+fn print_faults(out: &mut Output, grouping: Grouping, groups: &[Group]) -> Result<()> {
+    if out.is_json() {
+        let time_ns = monotonic_ns();
+        for g in groups {
+            for (kind, count) in [("minor", g.minor), ("major", g.major)] {
+                if count > 0 {
+                    out.json_line(&FaultRow {
+                        time_ns,
+                        pid: g.pid,
+                        comm: g.comm.as_deref(),
+                        file: g.file.as_deref(),
+                        kind,
+                        count,
+                    })?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    let mut table = Table::new(&columns(grouping, &[">MINOR", ">MAJOR", ">FAULTS"]));
+    for g in groups {
+        table.row(cells(g, &[g.minor, g.major, g.minor + g.major]));
+    }
+    table.print(out)
+}
+
+/// swapin's row: the major faults on anonymous or shmem memory (reads from
+/// swap) and the pages read from swap (counted in the minor-fault slots).
+#[derive(Serialize)]
+struct SwapRow<'a> {
+    time_ns: u64,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    count: u64,
+    pages: u64,
+    #[serde(skip)]
+    group: &'a Group,
+}
+
+fn print_swap_ins(out: &mut Output, grouping: Grouping, groups: &[Group]) -> Result<()> {
+    let time_ns = monotonic_ns();
+    let rows: Vec<SwapRow> = groups
+        .iter()
+        .map(|g| SwapRow {
+            time_ns,
+            pid: g.pid,
+            comm: g.comm.as_deref(),
+            count: g.major,
+            pages: g.minor,
+            group: g,
+        })
+        .collect();
+    out.table(&columns(grouping, &[">COUNT", ">PAGES"]), &rows, |row| {
+        cells(row.group, &[row.count, row.pages])
+    })
+}

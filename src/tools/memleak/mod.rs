@@ -1,0 +1,281 @@
+//! memleak: outstanding allocations by stack. User mode (`-p PID`,
+//! `-- COMMAND`): uprobes on the allocator (allocator.rs), one multi-uprobe
+//! session link. Kernel mode (no process given, or --kernel): the kmem
+//! tracepoints. Reports, folded stacks and profiles: report.rs.
+
+mod allocator;
+mod report;
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use libbpf_rs::skel::Skel;
+use libbpf_rs::{OpenObject, RingBuffer, RingBufferBuilder};
+
+use crate::analysis::symbolize::StackSymbolizer;
+use crate::cli::{parse_seconds, CommonArgs};
+use crate::engine::drops;
+use crate::engine::loader::{self, Trace};
+use crate::engine::records::{self, exit_mapping};
+use crate::engine::session::{Session, Stop};
+use crate::engine::skeleton::{DropReason, OpenSkeleton};
+use crate::engine::target::Target;
+use crate::present::output::Output;
+
+use allocator::Allocator;
+use report::{print_trace_event, Reporter};
+
+crate::bpf_skeleton!("memleak", OpenMemleakSkel, records: [memleak_alloc, memleak_combined, memleak_event]);
+use bpf::types::memleak_event;
+use bpf::{MemleakSkel, MemleakSkelBuilder};
+
+pub const ABOUT: &str =
+    "Show outstanding allocations by stack: memory that was allocated and not freed";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortBy {
+    Size,
+    Count,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = ABOUT, after_help = "\
+Examples:
+  memleak -p 181            # outstanding allocations of PID 181, every 5 seconds
+  memleak -o 1000 -p 181    # only allocations older than a second
+  memleak -s 10 -p 181      # trace one allocation in 10: cheaper
+  memleak -- ./app          # run ./app; the report after it exits is symbolized")]
+pub struct Args {
+    // The positionals come before the shared options, so that the `-- COMMAND`
+    // positional among those stays the last one, as clap requires.
+    /// Seconds between reports
+    #[arg(value_name = "INTERVAL", value_parser = parse_seconds, default_value = "5")]
+    pub interval: Duration,
+
+    /// Number of reports (default: until the end of the trace)
+    #[arg(value_name = "COUNT")]
+    pub count: Option<u64>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Print each allocation and free as it happens
+    #[arg(short = 't', long)]
+    pub trace: bool,
+
+    /// Show each outstanding allocation's address and size too
+    #[arg(short = 'a', long)]
+    pub show_allocs: bool,
+
+    /// Only allocations older than this many milliseconds
+    #[arg(short = 'o', long, value_name = "MS", default_value_t = 500)]
+    pub older: u64,
+
+    /// Show the N largest stacks
+    #[arg(short = 'T', long = "top", value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Ignore allocations smaller than this many bytes
+    #[arg(short = 'z', long, value_name = "BYTES")]
+    pub min_size: Option<u64>,
+
+    /// Ignore allocations larger than this many bytes
+    #[arg(short = 'Z', long, value_name = "BYTES")]
+    pub max_size: Option<u64>,
+
+    /// Trace one allocation in N (cheaper; sizes are not scaled)
+    #[arg(short = 's', long, value_name = "N", default_value_t = 1)]
+    pub sample_rate: u32,
+
+    /// Report totals by stack only (faster with many allocations; ignores -o)
+    #[arg(long)]
+    pub combined_only: bool,
+
+    /// Sort stacks by outstanding bytes or by allocation count
+    #[arg(long, value_enum, default_value_t = SortBy::Size)]
+    pub sort: SortBy,
+
+    /// Print folded stacks (`outer;...;inner bytes`) instead of the report
+    #[arg(long, conflicts_with = "json")]
+    pub folded: bool,
+
+    /// At the end, write a flame graph of the outstanding bytes to FILE (SVG)
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
+    /// At the end, write the outstanding allocations to FILE as a gzipped pprof
+    /// profile (inuse_space, inuse_objects)
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+
+    /// Distinct stacks the kernel can hold; raise it if stacks are lost
+    #[arg(long, value_name = "N", default_value_t = 16384)]
+    pub stack_storage_size: u32,
+
+    /// Outstanding allocations the kernel can hold
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    pub max_allocs: u32,
+
+    /// Treat an address allocated again as freed (for allocators that free by
+    /// paths the probes don't see)
+    #[arg(long)]
+    pub wa_missing_free: bool,
+
+    /// Kernel allocations (the default without -p or a command); with -p or a
+    /// command, those made while that process runs
+    #[arg(long)]
+    pub kernel: bool,
+
+    /// Kernel mode: per-CPU allocations too
+    #[arg(long)]
+    pub percpu: bool,
+
+    /// The allocator library (default: the target's libc)
+    #[arg(short = 'O', long = "obj", value_name = "OBJ")]
+    pub object: Option<PathBuf>,
+
+    /// Prefix of the allocator's symbols (je_ for jemalloc's je_malloc, ...)
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    pub symbols_prefix: String,
+}
+
+/// The `-T` of BCC's memleak is --top here: the shared -T/--timestamp keeps its long form only.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Args::command().mut_arg("timestamp", |arg| arg.short(None))
+}
+
+/// The kernel-mode programs (the kmem tracepoints).
+const KERNEL_PROGRAMS: &[&str] = &[
+    "memleak_kmalloc",
+    "memleak_kmem_cache_alloc",
+    "memleak_page_alloc",
+    "memleak_kfree",
+    "memleak_kmem_cache_free",
+    "memleak_page_free",
+];
+/// And with --percpu.
+const PERCPU_PROGRAMS: &[&str] = &["memleak_percpu_alloc", "memleak_percpu_free"];
+
+/// What was lost, and what to do about it.
+const DROP_HINTS: &[(DropReason, &str)] = &[
+    (
+        DropReason::MEMTRACE_DROP_COUNTS,
+        "allocations not tracked: raise --max-allocs",
+    ),
+    (
+        DropReason::MEMTRACE_DROP_STACKS,
+        "raise --stack-storage-size",
+    ),
+];
+
+pub fn run(args: Args) -> Result<i32> {
+    let kernel_mode =
+        args.kernel || (args.common.pids.is_empty() && args.common.command.is_empty());
+    if !kernel_mode && args.common.pids.len() > 1 {
+        bail!("memleak traces one process in user mode: give -p once");
+    }
+    let allocator = (!kernel_mode).then(|| Allocator::find(&args)).transpose()?;
+    let trace = Trace::prepare(&args.common)?;
+    let pid = match &trace.target {
+        Target::Pids(pids) => pids[0] as i32,
+        Target::Command(cmd) => cmd.pid.as_raw(),
+        Target::All => -1,
+    };
+    let mut storage = MaybeUninit::uninit();
+    let skel = load(&mut storage, &trace, &args, kernel_mode)?;
+    let _link = match &allocator {
+        Some(allocator) => Some(allocator.attach(&skel.progs.memleak_call, pid)?),
+        None => None,
+    };
+
+    // declared before the ring buffer, whose callbacks borrow them
+    let traced = RefCell::new(Output::new(args.common.json));
+    let symbolizer = RefCell::new(StackSymbolizer::new(false));
+    let ring = ring_buffers(&skel, &symbolizer, args.trace.then_some(&traced))?;
+
+    let mut out = Output::new(args.common.json);
+    let mut reporter = Reporter::new(&args, &skel, kernel_mode, pid);
+    let what = if kernel_mode {
+        "kernel allocations"
+    } else {
+        "allocations"
+    };
+    let mut session = Session::start(trace, args.common.duration, Some(args.interval), what)?;
+    session.max_reports = args.count;
+    let stop = session.run(
+        Some(&ring),
+        || traced.borrow_mut().finish_batch(),
+        || reporter.print(&mut out, &mut symbolizer.borrow_mut()),
+    )?;
+    if stop != Stop::Reports {
+        reporter.print(&mut out, &mut symbolizer.borrow_mut())?;
+    }
+    reporter.write_profiles(&mut symbolizer.borrow_mut())?;
+    drop(ring);
+    reporter.warn_lost_stacks();
+    drops::report(args.common.tool, skel.object(), DROP_HINTS)?;
+    Ok(session.exit_code(stop))
+}
+
+/// The skeleton with the options as its globals, the mode's programs, and its maps sized.
+fn load<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    trace: &Trace,
+    args: &Args,
+    kernel_mode: bool,
+) -> Result<MemleakSkel<'obj>> {
+    loader::load(
+        MemleakSkelBuilder::default(),
+        storage,
+        trace,
+        |open, programs| {
+            let rodata = open.rodata()?;
+            rodata.min_size = args.min_size.unwrap_or(0);
+            rodata.max_size = args.max_size.unwrap_or(0);
+            rodata.sample_rate = args.sample_rate.max(1);
+            rodata.trace_all = args.trace;
+            rodata.wa_missing_free = args.wa_missing_free;
+            programs
+                .load_if(!kernel_mode, &["memleak_call", "exitmaps_send_mappings"])
+                .load_if(kernel_mode, KERNEL_PROGRAMS)
+                .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);
+            open.maps
+                .stack_store
+                .set_max_entries(args.stack_storage_size.max(1))
+                .context("sizing the stack map")?;
+            open.maps
+                .allocs
+                .set_max_entries(args.max_allocs.max(1))
+                .context("sizing the allocation map")?;
+            Ok(())
+        },
+    )
+}
+
+/// The exiting processes' mappings (for the symbolizer) and, with -t, each
+/// allocation and free (printed to `traced` as they come).
+fn ring_buffers<'a>(
+    skel: &'a MemleakSkel<'_>,
+    symbolizer: &'a RefCell<StackSymbolizer>,
+    traced: Option<&'a RefCell<Output>>,
+) -> Result<RingBuffer<'a>> {
+    let mut builder = RingBufferBuilder::new();
+    builder.add(&skel.maps.mappings, |data| {
+        let (pid, mapping) = exit_mapping(data);
+        symbolizer.borrow_mut().add_exited_mapping(pid, mapping);
+        0
+    })?;
+    if let Some(traced) = traced {
+        builder.add(&skel.maps.trace_events, |data| {
+            let mut traced = traced.borrow_mut();
+            let written = print_trace_event(&mut traced, &records::decode::<memleak_event>(data));
+            traced.callback_status(written)
+        })?;
+    }
+    builder.build().context("setting up the ring buffer")
+}

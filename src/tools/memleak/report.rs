@@ -1,0 +1,254 @@
+//! memleak's reports: the outstanding allocations read from the kernel (each
+//! one, or totals by stack with --combined-only), grouped by stack and
+//! printed largest first; at the end the flame graph and pprof profile; with
+//! -t, each allocation and free as it happens.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use libbpf_rs::MapCore;
+use serde::Serialize;
+
+use super::bpf::types::{memleak_alloc, memleak_combined, memleak_event};
+use super::bpf::MemleakSkel;
+use super::{Args, SortBy};
+use crate::analysis::symbolize::StackSymbolizer;
+use crate::engine::maps::{entries, stored_stack};
+use crate::engine::session::monotonic_ns;
+use crate::present::escape::escape_c_chars;
+use crate::present::format::wall_clock_hms;
+use crate::present::output::Output;
+use crate::present::profile::{write_pprof, FlameGraph, Sample};
+use crate::present::stack_report::{StackReport, StackRow};
+
+/// Outstanding bytes and allocations of one stack, and its allocations for -a.
+#[derive(Default)]
+struct Outstanding {
+    bytes: u64,
+    allocs: u64,
+    addresses: Vec<(u64, u64)>,
+}
+
+/// One stack of a report; the JSON fields are documented in the README.
+#[derive(Serialize)]
+struct Row {
+    time_ns: u64,
+    /// null in kernel mode.
+    pid: Option<i32>,
+    bytes: u64,
+    allocations: u64,
+    /// Leaf first.
+    stack: Vec<String>,
+    /// -a: each allocation's (address, size), in the text report.
+    #[serde(skip)]
+    addresses: Vec<(u64, u64)>,
+}
+
+impl StackRow for Row {
+    fn folded_frames(&self) -> Vec<String> {
+        self.stack.iter().rev().cloned().collect()
+    }
+
+    fn weight(&self) -> u64 {
+        self.bytes
+    }
+
+    fn write_json(&self, out: &mut Output) -> Result<()> {
+        out.json_line(self)
+    }
+
+    fn write_text(&self, out: &mut Output) -> Result<()> {
+        for (addr, size) in &self.addresses {
+            out.line(&format!("\taddr = {addr:x} size = {size}"))?;
+        }
+        out.line(&format!(
+            "\t{} bytes in {} allocations from stack",
+            self.bytes, self.allocations
+        ))?;
+        for frame in &self.stack {
+            out.line(&format!("\t\t{frame}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads what is outstanding and prints it, at each report and at the end.
+pub struct Reporter<'a> {
+    args: &'a Args,
+    allocs: &'a dyn MapCore,
+    combined: &'a dyn MapCore,
+    stacks: &'a dyn MapCore,
+    kernel: bool,
+    pid: i32,
+    report: StackReport,
+    /// Outstanding allocations whose stack could not be stored, at the last report.
+    lost_stacks: u64,
+}
+
+impl<'a> Reporter<'a> {
+    pub fn new(args: &'a Args, skel: &'a MemleakSkel<'_>, kernel: bool, pid: i32) -> Reporter<'a> {
+        Reporter {
+            args,
+            allocs: &skel.maps.allocs,
+            combined: &skel.maps.combined,
+            stacks: &skel.maps.stack_store,
+            kernel,
+            pid,
+            report: StackReport::new(args.folded, Some(args.top), None),
+            lost_stacks: 0,
+        }
+    }
+
+    /// What is outstanding now, by stack key: each allocation (filtered by
+    /// -o), or the kernel's totals by stack (--combined-only).
+    fn outstanding(&self) -> Result<HashMap<i64, Outstanding>> {
+        let mut by_stack: HashMap<i64, Outstanding> = HashMap::new();
+        if self.args.combined_only {
+            for (stack, totals) in entries::<i64, memleak_combined>(self.combined)? {
+                if totals.allocs > 0 {
+                    let row = by_stack.entry(stack).or_default();
+                    row.bytes = totals.bytes;
+                    row.allocs = totals.allocs;
+                }
+            }
+            return Ok(by_stack);
+        }
+        let now = monotonic_ns();
+        let older_ns = self.args.older * 1_000_000;
+        for (addr, alloc) in entries::<u64, memleak_alloc>(self.allocs)? {
+            if now.saturating_sub(alloc.time_ns) < older_ns {
+                continue;
+            }
+            let row = by_stack.entry(alloc.stack).or_default();
+            row.bytes += alloc.size;
+            row.allocs += 1;
+            row.addresses.push((addr, alloc.size));
+        }
+        Ok(by_stack)
+    }
+
+    /// A stack's frames, leaf first.
+    fn frames(&self, symbolizer: &mut StackSymbolizer, key: i64) -> Vec<String> {
+        // a negative key: -ENOSPC (the stack store was full) or -EFAULT (no stack)
+        match stored_stack(self.stacks, key) {
+            None => vec!["[stack lost]".into()],
+            Some(ips) if self.kernel => symbolizer.kernel_frames(&ips),
+            Some(ips) => symbolizer.user_frames(self.pid as u32, &ips),
+        }
+    }
+
+    /// One report: the stacks with the most outstanding (by --sort), the top first.
+    pub fn print(&mut self, out: &mut Output, symbolizer: &mut StackSymbolizer) -> Result<()> {
+        let outstanding = self.outstanding()?;
+        self.lost_stacks = outstanding
+            .iter()
+            .filter(|(key, _)| **key == -i64::from(libc::ENOSPC))
+            .map(|(_, row)| row.allocs)
+            .sum();
+        let mut by_stack: Vec<(i64, Outstanding)> = outstanding.into_iter().collect();
+        let sort = self.args.sort;
+        by_stack.sort_by(|(ka, a), (kb, b)| {
+            let key = |r: &Outstanding| match sort {
+                SortBy::Size => (r.bytes, r.allocs),
+                SortBy::Count => (r.allocs, r.bytes),
+            };
+            key(b).cmp(&key(a)).then(ka.cmp(kb))
+        });
+        by_stack.truncate(self.args.top);
+        symbolizer.refresh();
+        let time_ns = monotonic_ns();
+        let rows: Vec<Row> = by_stack
+            .into_iter()
+            .map(|(key, outstanding)| Row {
+                time_ns,
+                pid: (self.pid > 0).then_some(self.pid),
+                bytes: outstanding.bytes,
+                allocations: outstanding.allocs,
+                stack: self.frames(symbolizer, key),
+                addresses: if self.args.show_allocs {
+                    outstanding.addresses
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        self.report.print(out, rows, |shown| {
+            Some(format!(
+                "[{}] Top {shown} stacks with outstanding allocations:",
+                wall_clock_hms()
+            ))
+        })?;
+        out.flush()
+    }
+
+    /// --svg and --pprof: what is outstanding at the end, every stack.
+    pub fn write_profiles(&self, symbolizer: &mut StackSymbolizer) -> Result<()> {
+        if self.args.svg.is_none() && self.args.pprof.is_none() {
+            return Ok(());
+        }
+        let samples: Vec<Sample> = self
+            .outstanding()?
+            .into_iter()
+            .map(|(key, row)| Sample {
+                frames: self.frames(symbolizer, key),
+                values: vec![row.bytes, row.allocs],
+            })
+            .collect();
+        if let Some(path) = &self.args.svg {
+            let mut flame = FlameGraph::new(path, "Outstanding allocations", "bytes");
+            for sample in &samples {
+                flame.add(
+                    sample.frames.iter().rev().cloned().collect(),
+                    sample.values[0],
+                );
+            }
+            flame.write()?;
+        }
+        if let Some(path) = &self.args.pprof {
+            let types = [("inuse_space", "bytes"), ("inuse_objects", "count")];
+            write_pprof(path, &types, &samples)?;
+        }
+        Ok(())
+    }
+
+    pub fn warn_lost_stacks(&self) {
+        if self.lost_stacks > 0 {
+            eprintln!(
+                "memleak: the stacks of {} outstanding allocations were lost: the stack store was full (raise --stack-storage-size)",
+                self.lost_stacks
+            );
+        }
+    }
+}
+
+/// -t: an allocation or a free as it happened.
+#[derive(Serialize)]
+struct TraceRow {
+    time_ns: u64,
+    /// `alloc` or `free`.
+    event: &'static str,
+    pid: u32,
+    tid: u32,
+    comm: String,
+    addr: u64,
+    size: u64,
+}
+
+/// -t: one line (or JSON object) per allocation or free.
+pub fn print_trace_event(out: &mut Output, e: &memleak_event) -> Result<()> {
+    let row = TraceRow {
+        time_ns: e.time_ns,
+        event: if e.is_free != 0 { "free" } else { "alloc" },
+        pid: e.pid,
+        tid: e.tid,
+        comm: escape_c_chars(&e.comm),
+        addr: e.addr,
+        size: e.size,
+    };
+    out.record(&row, |row| {
+        format!(
+            "{:<7} {:<7} {:<16} {:<5} {:#x} {} bytes",
+            row.pid, row.tid, row.comm, row.event, row.addr, row.size
+        )
+    })
+}

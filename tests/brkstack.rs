@@ -16,9 +16,7 @@ fn rows_through<'a>(rows: &'a [Value], function: &str) -> Vec<&'a Value> {
 
 #[test]
 fn sbrk_calls_and_bytes_by_stack() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let finished = run_on(&["brkstack", "--json"], "grower", &["sbrk", "16", "65536"]);
     finished.assert_success();
     let rows = finished.json();
@@ -44,9 +42,7 @@ fn sbrk_calls_and_bytes_by_stack() {
 
 #[test]
 fn malloc_growth_is_attributed_to_its_caller() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     // 64 blocks of 100000 bytes, under glibc's mmap threshold: from the heap
     let finished = run_on(
         &["brkstack", "--json"],
@@ -76,9 +72,7 @@ fn malloc_growth_is_attributed_to_its_caller() {
 
 #[test]
 fn folded_by_bytes_and_svg() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let svg = temp_path("brkstack.svg");
     let finished = run_on(
         &[

@@ -310,9 +310,7 @@ fn usage_errors() {
 
 #[test]
 fn another_users_process_is_permission_denied() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let fixture = Pmapped::start(&[], &[]);
     let out = memtrace_as_nobody(&["pmap", "-p", &fixture.pid()]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -55,9 +55,7 @@ impl Drop for TracefsGuard {
 
 #[test]
 fn tracefs_is_mounted_when_missing() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let _lock = lock();
     assert!(
         !Path::new("/sys/kernel/debug/tracing/events").exists(),
@@ -130,9 +128,7 @@ impl Drop for HugePages {
 
 #[test]
 fn hugetlb_mappings_are_named_and_decoded() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let _lock = lock();
     let pages = HugePages::reserve(2);
     let mapper = fixture("mapper");
@@ -189,9 +185,7 @@ fn hugetlb_mappings_are_named_and_decoded() {
 
 #[test]
 fn hfaults_counts_two_huge_page_faults() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let _lock = lock();
     let pages = HugePages::reserve(2);
     let toucher = fixture("toucher");
@@ -227,9 +221,7 @@ fn hfaults_counts_two_huge_page_faults() {
 
 #[test]
 fn pmap_shows_hugetlb_pages_apart() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let _lock = lock();
     let _pages = HugePages::reserve(2);
     let fixture = Pmapped::start(&["--huge", "2"], &[]);
@@ -333,9 +325,7 @@ impl Drop for MemoryCgroup {
 
 #[test]
 fn oomkill_reports_a_memcg_kill() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let _lock = lock();
     let cgroup = MemoryCgroup::create(64 << 20);
     let toucher = fixture("toucher");
@@ -378,9 +368,7 @@ fn oomkill_reports_a_memcg_kill() {
 
 #[test]
 fn oomkill_prints_nothing_when_nothing_happens() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let _lock = lock();
     let finished = run(&["oomkill", "-d", "0.5"]);
     finished.assert_success();
@@ -451,9 +439,7 @@ fn sum_u64<'a>(rows: impl Iterator<Item = &'a Value>, field: &str) -> u64 {
 
 #[test]
 fn drsnoop_and_vmscan_see_memcg_reclaim() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let _lock = lock();
     let cgroup = MemoryCgroup::create(64 << 20);
     let file = temp_path("stream");
@@ -540,9 +526,7 @@ fn drsnoop_and_vmscan_see_memcg_reclaim() {
 
 #[test]
 fn swapin_counts_reads_from_swap() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let _lock = lock();
     let _swap = SwapFile::on(256 << 20);
     let cgroup = MemoryCgroup::create(64 << 20);
@@ -620,9 +604,7 @@ fn swap_in_128_mib(cgroup: &MemoryCgroup, mode: &str, page_cluster: &str) -> (u6
 
 #[test]
 fn pressure_tools_print_nothing_misleading_when_idle() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let _lock = lock();
     // this test process reclaims and swaps nothing while it waits
     let me = std::process::id().to_string();

@@ -29,6 +29,17 @@ pub fn root_tests_enabled() -> bool {
     true
 }
 
+/// The root gate, the first line of a test that loads BPF (or otherwise needs
+/// root): returns from the test when `root_tests_enabled()` says to skip.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::common::root_tests_enabled() {
+            return;
+        }
+    };
+}
+
 pub fn memtrace_bin() -> &'static str {
     env!("CARGO_BIN_EXE_memtrace")
 }

@@ -17,10 +17,7 @@ fn report(extra: &[&str], leaker_args: &[&str]) -> Vec<Value> {
 /// The leak is reported whole, once, from leak_with(); nothing else is outstanding.
 fn assert_leaks_30000(allocator: &str) {
     let rows = report(&["-o", "0"], &[allocator]);
-    let leaks: Vec<&Value> = rows
-        .iter()
-        .filter(|r| stack_frames(r).iter().any(|f| f.starts_with("leak_with+")))
-        .collect();
+    let leaks: Vec<&Value> = rows.iter().filter(|r| has_frame(r, "leak_with")).collect();
     assert_eq!(leaks.len(), 1, "{allocator}: {rows:?}");
     assert_eq!(leaks[0]["bytes"], 30000, "{allocator}: {rows:?}");
     assert_eq!(leaks[0]["allocations"], 1, "{allocator}: {rows:?}");
@@ -106,14 +103,13 @@ fn text_report_as_the_originals() {
 /// Outstanding bytes from stacks with a frame of `function`, one total per
 /// report (a report's rows share a time_ns), in order.
 fn bytes_per_report(rows: &[Value], function: &str) -> Vec<u64> {
-    let prefix = format!("{function}+");
     let mut reports: Vec<(u64, u64)> = Vec::new();
     for row in rows {
         let time = row["time_ns"].as_u64().unwrap();
         if reports.last().is_none_or(|(t, _)| *t != time) {
             reports.push((time, 0));
         }
-        if stack_frames(row).iter().any(|f| f.starts_with(&prefix)) {
+        if has_frame(row, function) {
             reports.last_mut().unwrap().1 += row["bytes"].as_u64().unwrap();
         }
     }
@@ -445,15 +441,9 @@ fn sort_by_size_or_by_count() {
         let rows = report(&["-o", "0", "--sort", sort], &["many"]);
         assert_eq!(rows.len(), 2, "{rows:?}");
         let top = &rows[0];
-        let leak_with = stack_frames(top)
-            .iter()
-            .any(|f| f.starts_with("leak_with+"));
-        let leak_small = stack_frames(top)
-            .iter()
-            .any(|f| f.starts_with("leak_small+"));
         (
-            leak_with,
-            leak_small,
+            has_frame(top, "leak_with"),
+            has_frame(top, "leak_small"),
             top["bytes"].clone(),
             top["allocations"].clone(),
         )

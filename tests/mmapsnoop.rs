@@ -5,15 +5,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn strings(value: &Value) -> Vec<&str> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("not an array: {value}"))
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect()
-}
-
 /// The one event of `pid` whose field `key` equals `value`; fails the test otherwise.
 fn only<'a>(events: &'a [Value], pid: u64, key: &str, value: impl Into<Value>) -> &'a Value {
     let value = value.into();

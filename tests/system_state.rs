@@ -161,14 +161,8 @@ fn hugetlb_mappings_are_named_and_decoded() {
     let events = finished.json();
     let hits: Vec<&Value> = events.iter().filter(|e| e["len"] == 2097152).collect();
     assert_eq!(hits.len(), 1, "{events:?}");
-    let flags: Vec<&str> = hits[0]["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect();
     assert_eq!(
-        flags,
+        strings(&hits[0]["flags"]),
         [
             "MAP_PRIVATE",
             "MAP_ANONYMOUS",

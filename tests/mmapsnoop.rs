@@ -1,7 +1,9 @@
-//! mmapsnoop against real workloads on this kernel (root).
+//! mmapsnoop against real workloads on this kernel (root). The hugetlb test
+//! reserves huge pages: it takes the machine-wide lock.
 
 mod common;
 
+use common::system::*;
 use common::*;
 use serde_json::Value;
 
@@ -449,4 +451,55 @@ fn non_root_user_gets_a_clear_error() {
     assert!(stderr.contains("permission denied"), "{stderr}");
     assert!(stderr.contains("CAP_BPF"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+}
+
+#[test]
+fn hugetlb_mappings_are_named_and_decoded() {
+    require_root!();
+    let _lock = lock_system_state();
+    let pages = HugePages::reserve(2);
+    let mapper = fixture("mapper");
+    let file = pages.mount.join("huge.dat");
+
+    let finished = run(&[
+        "mmapsnoop",
+        "--json",
+        "--",
+        mapper.to_str().unwrap(),
+        "hugefile",
+        file.to_str().unwrap(),
+    ]);
+    finished.assert_success();
+    let events = finished.json();
+    let hits: Vec<&Value> = events.iter().filter(|e| e["file"] == "huge.dat").collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    assert_eq!(hits[0]["len"], 2097152);
+    assert_eq!(hits[0]["path"], file.to_str().unwrap());
+    assert_eq!(hits[0]["error"], Value::Null);
+
+    let finished = run(&[
+        "mmapsnoop",
+        "--json",
+        "--",
+        mapper.to_str().unwrap(),
+        "anonhuge",
+    ]);
+    finished.assert_success();
+    let events = finished.json();
+    let hits: Vec<&Value> = events.iter().filter(|e| e["len"] == 2097152).collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    assert_eq!(
+        strings(&hits[0]["flags"]),
+        [
+            "MAP_PRIVATE",
+            "MAP_ANONYMOUS",
+            "MAP_HUGETLB",
+            "MAP_HUGE_2MB"
+        ]
+    );
+    assert_eq!(
+        hits[0]["error"],
+        Value::Null,
+        "the huge page was not available"
+    );
 }

@@ -1,7 +1,10 @@
 //! Shared by the integration tests: the root gate, fixtures compiled from
-//! tests/fixtures/*.c during the run, running memtrace against them, and
-//! reading its JSON (flags, stacks).
+//! tests/fixtures/*.c during the run, running memtrace against them, reading
+//! its JSON, and (in `system`) the lock and guards of the tests that change
+//! system-wide state.
 #![allow(dead_code)] // each test binary uses a different part
+
+pub mod system;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};

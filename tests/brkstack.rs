@@ -3,26 +3,14 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
-
-/// The JSON rows of the grower's own pid whose stack has `function`.
-fn rows_through<'a>(rows: &'a [Value], function: &str) -> Vec<&'a Value> {
-    let prefix = format!("{function}+");
-    rows.iter()
-        .filter(|r| r["comm"] == "grower")
-        .filter(|r| stack_frames(r).iter().any(|f| f.starts_with(&prefix)))
-        .collect()
-}
 
 #[test]
 fn sbrk_calls_and_bytes_by_stack() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let finished = run_on(&["brkstack", "--json"], "grower", &["sbrk", "16", "65536"]);
     finished.assert_success();
     let rows = finished.json();
-    let grown = rows_through(&rows, "grow_heap");
+    let grown = rows_through(&rows, "grower", "grow_heap");
     assert_eq!(grown.len(), 1, "{rows:?}");
     assert_eq!(grown[0]["calls"], 16, "{rows:?}");
     assert_eq!(grown[0]["bytes_grown"], 16 * 65536, "{rows:?}");
@@ -44,9 +32,7 @@ fn sbrk_calls_and_bytes_by_stack() {
 
 #[test]
 fn malloc_growth_is_attributed_to_its_caller() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     // 64 blocks of 100000 bytes, under glibc's mmap threshold: from the heap
     let finished = run_on(
         &["brkstack", "--json"],
@@ -55,7 +41,7 @@ fn malloc_growth_is_attributed_to_its_caller() {
     );
     finished.assert_success();
     let rows = finished.json();
-    let grown: u64 = rows_through(&rows, "grow_with_malloc")
+    let grown: u64 = rows_through(&rows, "grower", "grow_with_malloc")
         .iter()
         .map(|r| r["bytes_grown"].as_u64().unwrap())
         .sum();
@@ -65,7 +51,7 @@ fn malloc_growth_is_attributed_to_its_caller() {
         "{grown} bytes: {rows:?}"
     );
     assert!(
-        rows_through(&rows, "grow_with_malloc")
+        rows_through(&rows, "grower", "grow_with_malloc")
             .iter()
             .all(|r| stack_frames(r)
                 .iter()
@@ -76,9 +62,7 @@ fn malloc_growth_is_attributed_to_its_caller() {
 
 #[test]
 fn folded_by_bytes_and_svg() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let svg = temp_path("brkstack.svg");
     let finished = run_on(
         &[

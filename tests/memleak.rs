@@ -17,10 +17,7 @@ fn report(extra: &[&str], leaker_args: &[&str]) -> Vec<Value> {
 /// The leak is reported whole, once, from leak_with(); nothing else is outstanding.
 fn assert_leaks_30000(allocator: &str) {
     let rows = report(&["-o", "0"], &[allocator]);
-    let leaks: Vec<&Value> = rows
-        .iter()
-        .filter(|r| stack_frames(r).iter().any(|f| f.starts_with("leak_with+")))
-        .collect();
+    let leaks: Vec<&Value> = rows.iter().filter(|r| has_frame(r, "leak_with")).collect();
     assert_eq!(leaks.len(), 1, "{allocator}: {rows:?}");
     assert_eq!(leaks[0]["bytes"], 30000, "{allocator}: {rows:?}");
     assert_eq!(leaks[0]["allocations"], 1, "{allocator}: {rows:?}");
@@ -39,9 +36,7 @@ macro_rules! leak_tests {
     ($($name:ident: $allocator:literal,)*) => {$(
         #[test]
         fn $name() {
-            if !root_tests_enabled() {
-                return;
-            }
+            require_root!();
             assert_leaks_30000($allocator);
         }
     )*};
@@ -60,18 +55,14 @@ leak_tests! {
 
 #[test]
 fn freeing_everything_leaves_nothing_outstanding() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let rows = report(&["-o", "0"], &["none"]);
     assert!(rows.is_empty(), "{rows:?}");
 }
 
 #[test]
 fn older_hides_young_allocations() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     // the report comes right after the leak: younger than 5 s, hidden
     let rows = report(&["-o", "5000"], &["malloc"]);
     assert!(rows.is_empty(), "{rows:?}");
@@ -83,9 +74,7 @@ fn older_hides_young_allocations() {
 
 #[test]
 fn text_report_as_the_originals() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let leaker = fixture("leaker");
     let finished = run(&[
         "memleak",
@@ -114,14 +103,13 @@ fn text_report_as_the_originals() {
 /// Outstanding bytes from stacks with a frame of `function`, one total per
 /// report (a report's rows share a time_ns), in order.
 fn bytes_per_report(rows: &[Value], function: &str) -> Vec<u64> {
-    let prefix = format!("{function}+");
     let mut reports: Vec<(u64, u64)> = Vec::new();
     for row in rows {
         let time = row["time_ns"].as_u64().unwrap();
         if reports.last().is_none_or(|(t, _)| *t != time) {
             reports.push((time, 0));
         }
-        if stack_frames(row).iter().any(|f| f.starts_with(&prefix)) {
+        if has_frame(row, function) {
             reports.last_mut().unwrap().1 += row["bytes"].as_u64().unwrap();
         }
     }
@@ -140,9 +128,7 @@ fn kernel_reports(extra: &[&str], holder_args: &[&str]) -> Vec<Value> {
 
 #[test]
 fn kernel_mode_sees_pipe_buffers_held_and_released() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     // 64 pipes holding a byte each: a pipe buffer page apiece, held 1.2 s, then closed
     let rows = kernel_reports(&[], &["pipes", "64", "1200"]);
     let reports = bytes_per_report(&rows, "anon_pipe_write");
@@ -181,9 +167,7 @@ fn text_bytes_per_report(stdout: &str, function: &str) -> Vec<u64> {
 
 #[test]
 fn kernel_mode_percpu_sees_per_cpu_allocations() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     // a BPF per-CPU array of 50 values of 1000 bytes: 50 per-CPU allocations of
     // 1000 bytes, made under bpf(BPF_MAP_CREATE), held 2 s, then the map is closed
     // (and freed after an RCU grace period, in a kworker)
@@ -270,9 +254,7 @@ fn packed(data: &[u8]) -> Vec<u64> {
 
 #[test]
 fn pprof_folded_and_svg_outputs() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let profile = temp_path("memleak.pb.gz");
     let svg = temp_path("memleak.svg");
     let finished = run_on(
@@ -399,9 +381,7 @@ fn pprof_folded_and_svg_outputs() {
 
 #[test]
 fn trace_shows_each_allocation_and_free() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let finished = run_on(
         &["memleak", "-t", "--json", "-o", "0"],
         "leaker",
@@ -424,9 +404,7 @@ fn trace_shows_each_allocation_and_free() {
 
 #[test]
 fn size_bounds_combined_totals_and_show_allocs() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let total = |rows: &[Value]| {
         rows.iter()
             .map(|r| r["bytes"].as_u64().unwrap())
@@ -457,23 +435,15 @@ fn size_bounds_combined_totals_and_show_allocs() {
 
 #[test]
 fn sort_by_size_or_by_count() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     // leak_with(): 30000 bytes in 1 allocation; leak_small(): 1600 bytes in 100
     let first_frame = |sort: &str| {
         let rows = report(&["-o", "0", "--sort", sort], &["many"]);
         assert_eq!(rows.len(), 2, "{rows:?}");
         let top = &rows[0];
-        let leak_with = stack_frames(top)
-            .iter()
-            .any(|f| f.starts_with("leak_with+"));
-        let leak_small = stack_frames(top)
-            .iter()
-            .any(|f| f.starts_with("leak_small+"));
         (
-            leak_with,
-            leak_small,
+            has_frame(top, "leak_with"),
+            has_frame(top, "leak_small"),
             top["bytes"].clone(),
             top["allocations"].clone(),
         )
@@ -484,9 +454,7 @@ fn sort_by_size_or_by_count() {
 
 #[test]
 fn count_ends_after_that_many_reports() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     // the leaker holds its leak for 3 s: without COUNT there would be ~10 reports
     let finished = run_on(
         &["memleak", "-o", "0", "0.3", "2"],

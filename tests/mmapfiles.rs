@@ -6,9 +6,7 @@ use common::*;
 
 #[test]
 fn counts_a_files_mappings_exactly() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let file = temp_path("counted.dat");
     let finished = run_on(
         &["mmapfiles", "--json"],
@@ -42,9 +40,7 @@ fn counts_a_files_mappings_exactly() {
 
 #[test]
 fn table_top_and_sigterm_summary() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let mapper = fixture("mapper");
     let file = temp_path("top.dat");
     let mut held = Held::start(&mapper, &["repeat", file.to_str().unwrap(), "500"]);
@@ -72,9 +68,7 @@ fn table_top_and_sigterm_summary() {
 
 #[test]
 fn interval_reports_reset_the_counts() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let mapper = fixture("mapper");
     let file = temp_path("interval.dat");
     let mut held = Held::start(&mapper, &["repeat", file.to_str().unwrap(), "25"]);

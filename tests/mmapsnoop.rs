@@ -1,18 +1,11 @@
-//! mmapsnoop against real workloads on this kernel (root).
+//! mmapsnoop against real workloads on this kernel (root). The hugetlb test
+//! reserves huge pages: it takes the machine-wide lock.
 
 mod common;
 
+use common::system::*;
 use common::*;
 use serde_json::Value;
-
-fn strings(value: &Value) -> Vec<&str> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("not an array: {value}"))
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect()
-}
 
 /// The one event of `pid` whose field `key` equals `value`; fails the test otherwise.
 fn only<'a>(events: &'a [Value], pid: u64, key: &str, value: impl Into<Value>) -> &'a Value {
@@ -47,9 +40,7 @@ fn trace_mapper(extra: &[&str], mapper_args: &[&str]) -> (u64, Vec<Value>, Finis
 
 #[test]
 fn anonymous_64_mib_mapping_is_shown_whole() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let (pid, events, _) = trace_mapper(&[], &["anon64"]);
     let e = only(&events, pid, "len", 67108864u64);
     assert_eq!(e["call"], "mmap");
@@ -63,9 +54,7 @@ fn anonymous_64_mib_mapping_is_shown_whole() {
 
 #[test]
 fn twelve_byte_mapping_prints_12_not_0() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let mapper = fixture("mapper");
     let finished = run(&["mmapsnoop", "--", mapper.to_str().unwrap(), "anon64"]);
     finished.assert_success();
@@ -87,9 +76,7 @@ fn twelve_byte_mapping_prints_12_not_0() {
 
 #[test]
 fn shared_file_mapping_has_file_name_and_flags() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let file = temp_path("shared.dat");
     let (pid, events, _) = trace_mapper(&[], &["shared", file.to_str().unwrap()]);
     let e = only(&events, pid, "file", file_name(&file));
@@ -103,9 +90,7 @@ fn shared_file_mapping_has_file_name_and_flags() {
 
 #[test]
 fn writable_shared_map_of_read_only_fd_is_eacces() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let file = temp_path("readonly.dat");
     let (pid, events, _) = trace_mapper(&[], &["eacces", file.to_str().unwrap()]);
     let e = only(&events, pid, "file", file_name(&file));
@@ -117,9 +102,7 @@ fn writable_shared_map_of_read_only_fd_is_eacces() {
 
 #[test]
 fn private_file_mapping_is_copy_on_write() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let file = temp_path("private.dat");
     let (pid, events, _) = trace_mapper(&[], &["private", file.to_str().unwrap()]);
     let e = only(&events, pid, "file", file_name(&file));
@@ -132,9 +115,7 @@ fn private_file_mapping_is_copy_on_write() {
 
 #[test]
 fn posix_shm_and_memfd_are_named() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let shm_name = format!("memtrace-test-shm-{}", std::process::id());
     let (pid, events, _) = trace_mapper(&[], &["shm", &format!("/{shm_name}")]);
     let e = only(&events, pid, "file", shm_name.as_str());
@@ -150,9 +131,7 @@ fn posix_shm_and_memfd_are_named() {
 
 #[test]
 fn device_mapping_is_named() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let (pid, events, _) = trace_mapper(&[], &["device", "/dev/zero"]);
     let e = only(&events, pid, "len", 1024);
     assert_eq!(e["file"], "zero");
@@ -161,9 +140,7 @@ fn device_mapping_is_named() {
 
 #[test]
 fn command_is_traced_from_its_first_mmap_and_its_status_returned() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let finished = run_on(&["mmapsnoop", "--json"], "mapper", &["anon64", "7"]);
     assert_eq!(
         finished.status.code(),
@@ -192,9 +169,7 @@ fn command_is_traced_from_its_first_mmap_and_its_status_returned() {
 
 #[test]
 fn missing_command_is_a_clear_error() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let out = memtrace()
         .args(["mmapsnoop", "--", "/nonexistent/memtrace-no-such-command"])
         .output()
@@ -209,9 +184,7 @@ fn missing_command_is_a_clear_error() {
 
 #[test]
 fn pid_filter_excludes_other_processes_and_ends_with_the_target() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let mapper = fixture("mapper");
     let mut traced = Held::start(&mapper, &["size", "3149824"]);
     let mut other = Held::start(&mapper, &["size", "3153920"]);
@@ -234,9 +207,7 @@ fn pid_filter_excludes_other_processes_and_ends_with_the_target() {
 
 #[test]
 fn nonexistent_pid_is_a_clear_error() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let out = memtrace()
         .args(["mmapsnoop", "-p", "999999999"])
         .output()
@@ -248,9 +219,7 @@ fn nonexistent_pid_is_a_clear_error() {
 
 #[test]
 fn name_filter_keeps_only_that_comm() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let mapper = fixture("mapper");
     let renamed = temp_path("mt-named");
     std::fs::copy(&mapper, &renamed).unwrap();
@@ -286,9 +255,7 @@ fn name_filter_keeps_only_that_comm() {
 
 #[test]
 fn hostile_process_name_is_escaped() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let mapper = fixture("mapper");
     let hostile = "\x1b[2J\x1b[31mevil\x07";
     let finished = run(&[
@@ -336,9 +303,7 @@ fn hostile_process_name_is_escaped() {
 
 #[test]
 fn munmap_and_mremap_are_shown_with_the_option() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let (pid, events, _) = trace_mapper(&["--munmap"], &["anon64"]);
     let mine = of_pid(&events, pid);
     let big_map = mine
@@ -382,9 +347,7 @@ fn munmap_and_mremap_are_shown_with_the_option() {
 
 #[test]
 fn closed_stdout_ends_quietly_with_status_0() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let mapper = fixture("mapper");
     let mut child = memtrace()
         .args(["mmapsnoop", "--", mapper.to_str().unwrap(), "loop", "20"])
@@ -421,9 +384,7 @@ fn closed_stdout_ends_quietly_with_status_0() {
 
 #[test]
 fn lost_events_are_counted_and_reported() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     // a 1 MiB ring buffer and a reader that does not read while the storm runs
     const PAIRS: usize = 100_000;
     let mapper = fixture("mapper");
@@ -469,9 +430,7 @@ fn lost_events_are_counted_and_reported() {
 
 #[test]
 fn duration_and_timestamps() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let started = std::time::Instant::now();
     let finished = run(&["mmapsnoop", "-T", "-d", "1"]);
     finished.assert_success();
@@ -485,13 +444,62 @@ fn duration_and_timestamps() {
 
 #[test]
 fn non_root_user_gets_a_clear_error() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let out = memtrace_as_nobody(&["mmapsnoop"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");
     assert!(stderr.contains("CAP_BPF"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+}
+
+#[test]
+fn hugetlb_mappings_are_named_and_decoded() {
+    require_root!();
+    let _lock = lock_system_state();
+    let pages = HugePages::reserve(2);
+    let mapper = fixture("mapper");
+    let file = pages.mount.join("huge.dat");
+
+    let finished = run(&[
+        "mmapsnoop",
+        "--json",
+        "--",
+        mapper.to_str().unwrap(),
+        "hugefile",
+        file.to_str().unwrap(),
+    ]);
+    finished.assert_success();
+    let events = finished.json();
+    let hits: Vec<&Value> = events.iter().filter(|e| e["file"] == "huge.dat").collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    assert_eq!(hits[0]["len"], 2097152);
+    assert_eq!(hits[0]["path"], file.to_str().unwrap());
+    assert_eq!(hits[0]["error"], Value::Null);
+
+    let finished = run(&[
+        "mmapsnoop",
+        "--json",
+        "--",
+        mapper.to_str().unwrap(),
+        "anonhuge",
+    ]);
+    finished.assert_success();
+    let events = finished.json();
+    let hits: Vec<&Value> = events.iter().filter(|e| e["len"] == 2097152).collect();
+    assert_eq!(hits.len(), 1, "{events:?}");
+    assert_eq!(
+        strings(&hits[0]["flags"]),
+        [
+            "MAP_PRIVATE",
+            "MAP_ANONYMOUS",
+            "MAP_HUGETLB",
+            "MAP_HUGE_2MB"
+        ]
+    );
+    assert_eq!(
+        hits[0]["error"],
+        Value::Null,
+        "the huge page was not available"
+    );
 }

@@ -1,5 +1,6 @@
 //! pmap against a real process on this kernel. No BPF: reading our own
-//! child's smaps needs no root (only the permission test does).
+//! child's smaps needs no root (only the permission test does, and the
+//! hugetlb test, which reserves huge pages and takes the machine-wide lock).
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use common::system::*;
 use common::*;
 use serde_json::Value;
 
@@ -310,13 +312,46 @@ fn usage_errors() {
 
 #[test]
 fn another_users_process_is_permission_denied() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let fixture = Pmapped::start(&[], &[]);
     let out = memtrace_as_nobody(&["pmap", "-p", &fixture.pid()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+}
+
+#[test]
+fn pmap_shows_hugetlb_pages_apart() {
+    require_root!();
+    let _lock = lock_system_state();
+    let _pages = HugePages::reserve(2);
+    let fixture = Pmapped::start(&["--huge", "2"], &[]);
+    let lines = json_lines(&pmap(&["-p", &fixture.pid(), "--json"]));
+    let huge: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["record"] == "mapping" && l["kind"] == "hugetlb")
+        .collect();
+    assert_eq!(huge.len(), 1, "{lines:?}");
+    assert_eq!(huge[0]["size"], 4 << 20, "{}", huge[0]);
+    assert_eq!(huge[0]["hugetlb"], 4 << 20, "{}", huge[0]);
+    // smaps counts hugetlb pages apart from Rss
+    assert_eq!(huge[0]["rss"], 0, "{}", huge[0]);
+    let total = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l["record"] == "total" && l["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} total: {lines:?}"))
+            .clone()
+    };
+    assert_eq!(total("hugetlb")["hugetlb"], 4 << 20);
+    assert_eq!(total("hugetlb")["mappings"], 1);
+    assert_eq!(total("all")["hugetlb"], 4 << 20);
+    // the ordinary 64 MiB mapping is still counted as it was
+    let big = lines
+        .iter()
+        .find(|l| l["record"] == "mapping" && l["size"] == 64 << 20)
+        .unwrap_or_else(|| panic!("no 64 MiB mapping: {lines:?}"));
+    assert_eq!(big["kind"], "anonymous");
+    assert_eq!(big["rss"], 16 << 20);
 }

@@ -21,9 +21,7 @@ fn missing_key() -> String {
 
 #[test]
 fn shm_cycle_shows_each_call_with_its_arguments_and_result() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let key = missing_key();
     let finished = run_on(&["shmsnoop", "--json"], "shmer", &["cycle", &key]);
     finished.assert_success();
@@ -89,9 +87,7 @@ fn shm_cycle_shows_each_call_with_its_arguments_and_result() {
 
 #[test]
 fn table_has_bcc_columns_and_errno_names() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let key = missing_key();
     let finished = run_on(&["shmsnoop", "-T"], "shmer", &["cycle", &key]);
     finished.assert_success();
@@ -140,9 +136,7 @@ fn table_has_bcc_columns_and_errno_names() {
 
 #[test]
 fn tid_filter_keeps_one_thread() {
-    if !root_tests_enabled() {
-        return;
-    }
+    require_root!();
     let key = missing_key();
     let mut held = Held::start(&fixture("shmer"), &["thread", &key]);
     let tid = held.pid().to_string();

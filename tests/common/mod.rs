@@ -1,6 +1,10 @@
 //! Shared by the integration tests: the root gate, fixtures compiled from
-//! tests/fixtures/*.c during the run, and running memtrace against them.
+//! tests/fixtures/*.c during the run, running memtrace against them, reading
+//! its JSON, and (in `system`) the lock and guards of the tests that change
+//! system-wide state.
 #![allow(dead_code)] // each test binary uses a different part
+
+pub mod system;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -29,6 +33,17 @@ pub fn root_tests_enabled() -> bool {
     true
 }
 
+/// The root gate, the first line of a test that loads BPF (or otherwise needs
+/// root): returns from the test when `root_tests_enabled()` says to skip.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::common::root_tests_enabled() {
+            return;
+        }
+    };
+}
+
 pub fn memtrace_bin() -> &'static str {
     env!("CARGO_BIN_EXE_memtrace")
 }
@@ -52,13 +67,35 @@ pub fn memtrace_as_nobody(args: &[&str]) -> std::process::Output {
         .expect("running setpriv (util-linux)")
 }
 
+/// The strings of a JSON array (flags, stack frames); fails the test if it
+/// is not an array of strings.
+pub fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("not a string: {v} in {value}"))
+        })
+        .collect()
+}
+
 /// The frames of a JSON row's `stack` array.
 pub fn stack_frames(row: &Value) -> Vec<&str> {
-    row["stack"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
+    strings(&row["stack"])
+}
+
+/// Whether a JSON row's stack has a frame of `function` (`function+0x...`).
+pub fn has_frame(row: &Value, function: &str) -> bool {
+    let prefix = format!("{function}+");
+    stack_frames(row).iter().any(|f| f.starts_with(&prefix))
+}
+
+/// The JSON rows of processes named `comm` whose stack has a frame of `function`.
+pub fn rows_through<'a>(rows: &'a [Value], comm: &str, function: &str) -> Vec<&'a Value> {
+    rows.iter()
+        .filter(|r| r["comm"] == comm && has_frame(r, function))
         .collect()
 }
 

@@ -18,6 +18,10 @@ fn what_was_lost(reason: DropReason) -> &'static str {
     }
 }
 
+/// The hint of the event tools, whose only loss is a full ring buffer.
+pub const RING_BUFFER_HINT: &[(DropReason, &str)] =
+    &[(DropReason::MEMTRACE_DROP_RINGBUF, "raise --buffer-size")];
+
 /// Tells on stderr what was lost, by reason, each with its hint (which
 /// option gives more room) where the tool gives one; true if anything was.
 pub fn report(tool: &str, object: &Object, hints: &[(DropReason, &str)]) -> Result<bool> {

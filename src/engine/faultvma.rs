@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use libbpf_rs::skel::Skel;
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject};
 
@@ -85,8 +85,7 @@ impl<'obj> FaultEngine<'obj> {
                     &mut open.maps.slot_info,
                     &mut open.maps.slot_counts,
                 ] {
-                    map.set_max_entries(slots)
-                        .context("sizing the count maps")?;
+                    loader::set_entries(map, slots)?;
                 }
                 Ok(())
             },

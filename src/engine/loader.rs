@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, Object, OpenObject, PrintLevel};
+use libbpf_rs::{MapCore, MapFlags, Object, OpenMapMut, OpenObject, PrintLevel};
 
 use crate::cli::CommonArgs;
 use crate::engine::kernel;
@@ -31,6 +31,10 @@ pub const ATTACH_FAILED: &str =
 pub struct Trace {
     pub tool: &'static str,
     pub verbose: bool,
+    /// -d: how long to trace.
+    pub duration: Option<std::time::Duration>,
+    /// --json: what the output is.
+    pub json: bool,
     pub target: Target,
     /// The tool may add a thread or user filter before `load`.
     pub filter: Filter,
@@ -49,6 +53,8 @@ impl Trace {
         Ok(Trace {
             tool: common.tool,
             verbose: common.verbose,
+            duration: common.duration,
+            json: common.json,
             target,
             filter,
         })
@@ -200,9 +206,22 @@ fn fill_traced_tgids(object: &Object, target: &Target) -> Result<()> {
     Ok(())
 }
 
+/// Gives a map room for `entries` (at least one), between open and load.
+pub fn set_entries(map: &mut OpenMapMut<'_>, entries: u32) -> Result<()> {
+    map.set_max_entries(entries.max(1))
+        .with_context(|| format!("sizing the BPF map {}", map.name().to_string_lossy()))
+}
+
+/// Sizes a ring buffer for --buffer-size MIB (see ring_buffer_bytes); its bytes.
+pub fn set_ring_buffer_size(map: &mut OpenMapMut<'_>, mib: u32) -> Result<u32> {
+    let bytes = ring_buffer_bytes(mib)?;
+    set_entries(map, bytes)?;
+    Ok(bytes)
+}
+
 /// The size of a ring buffer of --buffer-size MIB: a power of two, as the
 /// kernel requires (rounded up), and at most what its u32 size holds.
-pub fn ring_buffer_bytes(mib: u32) -> Result<u32> {
+fn ring_buffer_bytes(mib: u32) -> Result<u32> {
     mib.checked_next_power_of_two()
         .and_then(|mib| mib.checked_mul(1 << 20))
         .with_context(|| {

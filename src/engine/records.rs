@@ -7,6 +7,9 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
+use anyhow::Result;
+use libbpf_rs::{MapCore, RingBufferBuilder};
+
 use crate::analysis::symbolize::Mapping;
 use crate::engine::skeleton::{ExitMappingRecord, PathFlag};
 
@@ -71,9 +74,24 @@ fn strip_deleted(mut path: Vec<u8>) -> Vec<u8> {
     path
 }
 
+/// Adds a skeleton's `mappings` ring buffer (exitmaps.bpf.h) to `builder`:
+/// each exiting process's mappings go to `add` (StackSymbolizer::add_exited_mapping).
+pub fn add_exit_mappings<'slf, 'cb: 'slf>(
+    builder: &mut RingBufferBuilder<'slf, 'cb>,
+    mappings: &'slf dyn MapCore,
+    mut add: impl FnMut(u32, Option<Mapping>) + 'cb,
+) -> Result<()> {
+    builder.add(mappings, move |data| {
+        let (pid, mapping) = exit_mapping(data);
+        add(pid, mapping);
+        0
+    })?;
+    Ok(())
+}
+
 /// An exitmaps_mapping record: the exiting process, and one of its
 /// executable file mappings (None on the record that ends its list).
-pub fn exit_mapping(data: &[u8]) -> (u32, Option<Mapping>) {
+fn exit_mapping(data: &[u8]) -> (u32, Option<Mapping>) {
     let record: ExitMappingRecord = decode(data);
     let info = &record.path_info;
     let file = FilePath::from_bpf(

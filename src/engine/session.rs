@@ -43,12 +43,9 @@ pub fn monotonic_ns() -> u64 {
 
 impl Session {
     /// Called once the probes are attached: says so on stderr and lets a held command run.
-    pub fn start(
-        trace: Trace,
-        duration: Option<Duration>,
-        interval: Option<Duration>,
-        what: &str,
-    ) -> Result<Session> {
+    /// `interval`: -i, when the tool reports as it goes.
+    pub fn start(trace: Trace, interval: Option<Duration>, what: &str) -> Result<Session> {
+        let duration = trace.duration;
         signals::install_handlers()?;
         let mut target = trace.target;
         let start_ns = monotonic_ns();

@@ -7,18 +7,9 @@ use anyhow::Result;
 use crate::cli::CommonArgs;
 use crate::engine::target::Target;
 
-/// The generated skeleton of src/bpf/shared.bpf.c, never loaded: its types are
-/// the Rust side of common.h and exitmaps.h, the same for every tool.
-mod shared {
-    #![allow(
-        clippy::all,
-        clippy::pedantic,
-        non_camel_case_types,
-        dead_code,
-        unused_imports
-    )]
-    include!(concat!(env!("OUT_DIR"), "/shared.skel.rs"));
-}
+// The generated skeleton of src/bpf/shared.bpf.c, never loaded: its types are
+// the Rust side of common.h and exitmaps.h, the same for every tool.
+crate::bpf_skeleton!(@generated shared, "shared");
 
 pub use shared::types::{
     exitmaps_mapping as ExitMappingRecord, memtrace_drop_reason as DropReason,
@@ -80,8 +71,9 @@ pub trait OpenSkeleton<'obj>: libbpf_rs::skel::OpenSkel<'obj> {
 /// `plain::Plain` for the generated record types the tool decodes.
 #[macro_export]
 macro_rules! bpf_skeleton {
-    ($name:literal, $open:ident $(, records: [$($record:ident),* $(,)?])?) => {
-        mod bpf {
+    // the generated code alone, in `mod $module`, lints off
+    (@generated $module:ident, $name:literal) => {
+        mod $module {
             #![allow(
                 clippy::all,
                 clippy::pedantic,
@@ -91,6 +83,9 @@ macro_rules! bpf_skeleton {
             )]
             include!(concat!(env!("OUT_DIR"), "/", $name, ".skel.rs"));
         }
+    };
+    ($name:literal, $open:ident $(, records: [$($record:ident),* $(,)?])?) => {
+        $crate::bpf_skeleton!(@generated bpf, $name);
 
         impl<'obj> $crate::engine::skeleton::OpenSkeleton<'obj> for bpf::$open<'obj> {
             type Rodata = bpf::types::rodata;

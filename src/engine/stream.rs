@@ -1,8 +1,7 @@
 //! The event tools' loop (mmapsnoop, shmsnoop, drsnoop, oomkill): every
 //! record of one ring buffer printed as it arrives, until the trace ends.
 
-use std::cell::RefCell;
-use std::time::Duration;
+use std::cell::{Cell, RefCell};
 
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, RingBufferBuilder};
@@ -11,50 +10,54 @@ use crate::engine::loader::Trace;
 use crate::engine::session::{Session, Stop};
 use crate::present::output::Output;
 
-/// What an event tool prints, and where.
+/// How an event tool prints its records.
 pub trait EventPrinter {
-    /// The stdout it prints to.
-    fn output(&mut self) -> &mut Output;
-
-    /// Tracing has started: print the column header (see Output::heading).
-    /// `start_ns` is the origin of -T times (CLOCK_MONOTONIC at attach).
-    fn start(&mut self, _start_ns: u64) -> Result<()> {
-        Ok(())
+    /// The table's column header, printed when tracing starts (not with --json).
+    fn header(&self) -> Option<String> {
+        None
     }
 
-    /// One ring buffer record.
-    fn print(&mut self, record: &[u8]) -> Result<()>;
+    /// Prints one ring buffer record. `start_ns` is when tracing started
+    /// (CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns): the origin of -T times.
+    fn print(&mut self, out: &mut Output, record: &[u8], start_ns: u64) -> Result<()>;
 
-    /// After each poll: flush, and surface a write error kept from `print`.
-    fn finish_batch(&mut self) -> Result<()> {
-        self.output().finish_batch()
-    }
+    /// The records of one poll have been printed.
+    fn batch_done(&mut self) {}
 }
 
 /// Traces until a stop condition, handing every record of the ring buffer
-/// `events` to `printer`. Returns the session (for its exit code) and why
-/// the trace ended.
+/// `events` to `printer`, which prints to stdout (JSON lines with --json).
+/// Returns the session (for its exit code) and why the trace ended.
 pub fn print_events(
     events: &dyn MapCore,
     printer: impl EventPrinter,
     trace: Trace,
-    duration: Option<Duration>,
     what: &str,
 ) -> Result<(Session, Stop)> {
+    let out = RefCell::new(Output::new(trace.json));
+    let header = printer.header();
+    let start_ns = Cell::new(0);
     let printer = RefCell::new(printer);
     let mut builder = RingBufferBuilder::new();
     builder.add(events, |record| {
-        let mut printer = printer.borrow_mut();
-        let printed = printer.print(record);
+        let mut out = out.borrow_mut();
+        let printed = printer.borrow_mut().print(&mut out, record, start_ns.get());
         // a write error ends the poll; finish_batch() returns it
-        printer.output().callback_status(printed)
+        out.callback_status(printed)
     })?;
     let ring = builder.build().context("setting up the ring buffer")?;
-    let mut session = Session::start(trace, duration, None, what)?;
-    printer.borrow_mut().start(session.start_ns)?;
+    let mut session = Session::start(trace, None, what)?;
+    start_ns.set(session.start_ns);
+    if let Some(header) = header {
+        out.borrow_mut().heading(&header)?;
+    }
+    out.borrow_mut().flush()?;
     let stop = session.run(
         Some(&ring),
-        || printer.borrow_mut().finish_batch(),
+        || {
+            printer.borrow_mut().batch_done();
+            out.borrow_mut().finish_batch()
+        },
         || Ok(()),
     )?;
     Ok((session, stop))

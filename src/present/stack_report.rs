@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 
+use crate::present::format::wall_clock_hms;
 use crate::present::output::Output;
 use crate::present::profile::{folded_line, FlameGraph};
 
@@ -28,21 +29,41 @@ pub struct StackReport {
     folded: bool,
     top: Option<usize>,
     flame: Option<FlameGraph>,
+    /// The wall-clock time before each text report (-i, -T).
+    clock: bool,
 }
 
 impl StackReport {
     pub fn new(folded: bool, top: Option<usize>, flame: Option<FlameGraph>) -> StackReport {
-        StackReport { folded, top, flame }
+        StackReport {
+            folded,
+            top,
+            flame,
+            clock: false,
+        }
+    }
+
+    /// Heads each text report with the wall-clock time, as BCC's stackcount does with -i.
+    pub fn with_clock(self, clock: bool) -> StackReport {
+        StackReport { clock, ..self }
+    }
+
+    /// Prints one report of `rows`, given in the order to show them (see `print_titled`).
+    pub fn print<R: StackRow>(&mut self, out: &mut Output, rows: Vec<R>) -> Result<()> {
+        let clock = self.clock;
+        self.print_titled(out, rows, |_| {
+            clock.then(|| format!("\n{}", wall_clock_hms()))
+        })
     }
 
     /// Prints one report of `rows`, given in the order to show them: the top
-    /// ones as JSON, folded lines, or text under `heading` (which is told how
+    /// ones as JSON, folded lines, or text under `title` (which is told how
     /// many rows are shown). Every row goes into the flame graph.
-    pub fn print<R: StackRow>(
+    pub fn print_titled<R: StackRow>(
         &mut self,
         out: &mut Output,
         mut rows: Vec<R>,
-        heading: impl FnOnce(usize) -> Option<String>,
+        title: impl FnOnce(usize) -> Option<String>,
     ) -> Result<()> {
         if let Some(flame) = &mut self.flame {
             for row in &rows {
@@ -51,17 +72,17 @@ impl StackReport {
         }
         rows.truncate(self.top.unwrap_or(usize::MAX));
         if out.is_json() {
-            return rows.iter().try_for_each(|row| row.write_json(out));
+            rows.iter().try_for_each(|row| row.write_json(out))?;
+        } else if self.folded {
+            rows.iter()
+                .try_for_each(|row| out.line(&folded_line(&row.folded_frames(), row.weight())))?;
+        } else {
+            if let Some(title) = title(rows.len()) {
+                out.line(&title)?;
+            }
+            rows.iter().try_for_each(|row| row.write_text(out))?;
         }
-        if self.folded {
-            return rows
-                .iter()
-                .try_for_each(|row| out.line(&folded_line(&row.folded_frames(), row.weight())));
-        }
-        if let Some(heading) = heading(rows.len()) {
-            out.line(&heading)?;
-        }
-        rows.iter().try_for_each(|row| row.write_text(out))
+        out.flush()
     }
 
     /// At the end of the trace: the flame graph, if one was asked for.

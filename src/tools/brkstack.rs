@@ -21,11 +21,11 @@ use crate::cli::{CommonArgs, ReportArgs};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::percpu_sums;
-use crate::engine::records::exit_mapping;
+use crate::engine::records::add_exit_mappings;
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::present::escape::escape_c_chars;
-use crate::present::format::{human_size, wall_clock_hms};
+use crate::present::format::human_size;
 use crate::present::output::Output;
 use crate::present::profile::FlameGraph;
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
@@ -84,31 +84,25 @@ pub struct Args {
 pub fn run(args: Args) -> Result<i32> {
     unwind::check_architecture()?;
     let trace = Trace::prepare(&args.common)?;
-    let ring_bytes = loader::ring_buffer_bytes(args.buffer_size)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         BrkstackSkelBuilder::default(),
         &mut storage,
         &trace,
         |open, _| {
+            let ring_bytes = loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;
             open.rodata()?.ring_bytes = u64::from(ring_bytes);
-            open.maps
-                .events
-                .set_max_entries(ring_bytes)
-                .context("sizing the ring buffer")?;
             Ok(())
         },
     )?;
 
     let stacks = RefCell::new(Stacks::new());
     let mut builder = RingBufferBuilder::new();
-    builder.add(&skel.maps.mappings, |data| {
-        let (pid, mapping) = exit_mapping(data);
+    add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
         stacks
             .borrow_mut()
             .symbolizer
-            .add_exited_mapping(pid, mapping);
-        0
+            .add_exited_mapping(pid, mapping)
     })?;
     builder.add(&skel.maps.events, |data| {
         // in place: an event is 8 KiB, and storms of them come faster than copies go
@@ -124,16 +118,13 @@ pub fn run(args: Args) -> Result<i32> {
         Weight::Calls => FlameGraph::new(path, "brk() calls by stack", "calls"),
         Weight::Bytes => FlameGraph::new(path, "Heap growth by stack", "bytes"),
     });
-    let mut report_stacks = StackReport::new(args.folded, args.report.top, flame);
-    let clock_heading = args.report.interval.is_some() || args.common.timestamp;
+    let clock = args.report.interval.is_some() || args.common.timestamp;
+    let mut report_stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
     let interval = args.report.interval;
-    let mut session = Session::start(trace, args.common.duration, interval, "brk() calls")?;
+    let mut session = Session::start(trace, interval, "brk() calls")?;
     let mut report = |out: &mut Output| -> Result<()> {
         let rows = stacks.borrow_mut().take(args.weight);
-        report_stacks.print(out, rows, |_| {
-            clock_heading.then(|| format!("\n{}", wall_clock_hms()))
-        })?;
-        out.flush()
+        report_stacks.print(out, rows)
     };
     let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
     report(&mut out)?;

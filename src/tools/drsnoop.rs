@@ -88,9 +88,7 @@ pub fn run(args: Args) -> Result<i32> {
         },
     )?;
     let printer = Printer {
-        out: Output::new(args.common.json),
         columns: Columns {
-            start_ns: 0,
             timestamp: args.common.timestamp,
             print_uid: args.print_uid,
             extended: args.extended,
@@ -102,13 +100,7 @@ pub fn run(args: Args) -> Result<i32> {
         Kind::Direct => "direct reclaim",
         Kind::Memcg => "memory cgroup reclaim",
     };
-    let (mut session, stop) = stream::print_events(
-        &skel.maps.events,
-        printer,
-        trace,
-        args.common.duration,
-        what,
-    )?;
+    let (mut session, stop) = stream::print_events(&skel.maps.events, printer, trace, what)?;
     drops::report(args.common.tool, skel.object(), &[])?;
     Ok(session.exit_code(stop))
 }
@@ -134,7 +126,6 @@ struct StallRow {
 }
 
 struct Printer {
-    out: Output,
     columns: Columns,
     /// -e: MemFree, read once for the stalls of one poll, not once per stall.
     batch_free_kib: Option<Option<u64>>,
@@ -142,26 +133,17 @@ struct Printer {
 
 /// What the table shows.
 struct Columns {
-    /// The origin of -T times.
-    start_ns: u64,
     timestamp: bool,
     print_uid: bool,
     extended: bool,
 }
 
 impl EventPrinter for Printer {
-    fn output(&mut self) -> &mut Output {
-        &mut self.out
+    fn header(&self) -> Option<String> {
+        Some(self.columns.header())
     }
 
-    fn start(&mut self, start_ns: u64) -> Result<()> {
-        self.columns.start_ns = start_ns;
-        let header = self.columns.header();
-        self.out.heading(&header)?;
-        self.out.flush()
-    }
-
-    fn print(&mut self, record: &[u8]) -> Result<()> {
+    fn print(&mut self, out: &mut Output, record: &[u8], start_ns: u64) -> Result<()> {
         let e: Event = records::decode(record);
         let free_kib = if self.columns.extended {
             *self.batch_free_kib.get_or_insert_with(mem_free_kib)
@@ -185,13 +167,11 @@ impl EventPrinter for Printer {
             gfp_flags: e.gfp_flags,
             free_bytes: free_kib.map(|kib| kib * 1024),
         };
-        let columns = &self.columns;
-        self.out.record(&row, |row| columns.line(row))
+        out.record(&row, |row| self.columns.line(row, start_ns))
     }
 
-    fn finish_batch(&mut self) -> Result<()> {
+    fn batch_done(&mut self) {
         self.batch_free_kib = None;
-        self.out.finish_batch()
     }
 }
 
@@ -214,10 +194,10 @@ impl Columns {
         line.trim_end().to_string()
     }
 
-    fn line(&self, row: &StallRow) -> String {
+    fn line(&self, row: &StallRow, start_ns: u64) -> String {
         let mut line = String::with_capacity(96);
         if self.timestamp {
-            line.push_str(&elapsed_cell(row.time_ns, self.start_ns));
+            line.push_str(&elapsed_cell(row.time_ns, start_ns));
         }
         if self.print_uid {
             line.push_str(&format!("{:<6} ", row.uid));

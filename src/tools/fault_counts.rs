@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
 use anyhow::Result;
+use clap::Args;
 use serde::Serialize;
 
 use crate::cli::{CommonArgs, ReportArgs};
@@ -18,20 +19,27 @@ use crate::present::format::wall_clock_hms;
 use crate::present::output::Output;
 use crate::present::table::Table;
 
-/// What a tool asks of the shared kernel side, and how it groups the counts.
-pub struct Options<'a> {
-    pub common: &'a CommonArgs,
-    pub report: &'a ReportArgs,
-    pub grouping: Grouping,
-    /// Count slots: distinct (process image, kind, file) triples.
+/// The options these tools share: how often and how much to report, and
+/// how many counts the kernel holds.
+#[derive(Args, Debug, Clone)]
+pub struct CountArgs {
+    #[command(flatten)]
+    pub report: ReportArgs,
+
+    /// Distinct (process, file or memory, kind) counts the kernel can hold
+    #[arg(long, value_name = "N", default_value_t = 10240)]
     pub max_entries: u32,
-    pub only: Only,
-    pub what: &'static str,
-    /// Printed after each report (swapin: the kernel's own swap-in counters).
-    pub footer: Option<Footer<'a>>,
 }
 
-/// Something a tool prints after each report.
+/// What a tool asks of the shared kernel side, and how it groups the counts.
+pub struct Counting {
+    pub only: Only,
+    pub grouping: Grouping,
+    /// For "Tracing ...": "page faults".
+    pub what: &'static str,
+}
+
+/// Something a tool prints after each report (swapin: the kernel's own swap-in counters).
 pub type Footer<'a> = Box<dyn FnMut(&mut Output) -> Result<()> + 'a>;
 
 /// Which fields of a count make a row.
@@ -42,27 +50,40 @@ pub struct Grouping {
     pub file: bool,
 }
 
+impl Grouping {
+    /// By process name, pid and file.
+    pub const ALL: Grouping = Grouping {
+        process: true,
+        pid: true,
+        file: true,
+    };
+}
+
 /// Traces until the session ends, printing the counts since the previous
 /// report at each interval and at the end.
-pub fn run(mut options: Options<'_>) -> Result<i32> {
-    let common = options.common;
+pub fn run(
+    common: &CommonArgs,
+    counts: &CountArgs,
+    counting: Counting,
+    mut footer: Option<Footer<'_>>,
+) -> Result<i32> {
     let trace = Trace::prepare(common)?;
     let mut storage = MaybeUninit::uninit();
-    let mut engine = FaultEngine::load(&mut storage, &trace, options.only, options.max_entries)?;
+    let mut engine = FaultEngine::load(&mut storage, &trace, counting.only, counts.max_entries)?;
     let mut out = Output::new(common.json);
-    let interval = options.report.interval;
-    let mut session = Session::start(trace, common.duration, interval, options.what)?;
+    let interval = counts.report.interval;
+    let mut session = Session::start(trace, interval, counting.what)?;
     let clock_heading = interval.is_some() || common.timestamp;
-    let mut footer = options.footer.take();
+    let grouping = counting.grouping;
     let mut report = |out: &mut Output| -> Result<()> {
         if clock_heading {
             out.heading(&format!("\n{}", wall_clock_hms()))?;
         }
-        let groups = group(&engine.take()?, options.grouping, options.report.top);
-        if options.only == Only::Swap {
-            print_swap_ins(out, options.grouping, &groups)?;
+        let groups = group(&engine.take()?, grouping, counts.report.top);
+        if counting.only == Only::Swap {
+            print_swap_ins(out, grouping, &groups)?;
         } else {
-            print_faults(out, options.grouping, &groups)?;
+            print_faults(out, grouping, &groups)?;
         }
         if let Some(footer) = footer.as_mut() {
             footer(out)?;

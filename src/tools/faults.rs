@@ -19,11 +19,10 @@ use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{stored_stack, take_entries};
 use crate::engine::perf;
-use crate::engine::records::exit_mapping;
+use crate::engine::records::add_exit_mappings;
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
 use crate::present::escape::escape_c_chars;
-use crate::present::format::wall_clock_hms;
 use crate::present::output::Output;
 use crate::present::profile::FlameGraph;
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
@@ -82,10 +81,8 @@ pub fn run(args: Args) -> Result<i32> {
 
     let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let mut builder = RingBufferBuilder::new();
-    builder.add(&skel.maps.mappings, |data| {
-        let (pid, mapping) = exit_mapping(data);
-        symbolizer.borrow_mut().add_exited_mapping(pid, mapping);
-        0
+    add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
+        symbolizer.borrow_mut().add_exited_mapping(pid, mapping)
     })?;
     let ring = builder.build().context("setting up the ring buffer")?;
 
@@ -94,11 +91,11 @@ pub fn run(args: Args) -> Result<i32> {
         .svg
         .as_deref()
         .map(|path| FlameGraph::new(path, "Page faults by stack", "faults"));
-    let mut stacks = StackReport::new(args.folded, args.report.top, flame);
+    let clock = args.report.interval.is_some() || args.common.timestamp;
+    let mut stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
     let mut lost_stacks = 0u64;
-    let clock_heading = args.report.interval.is_some() || args.common.timestamp;
     let interval = args.report.interval;
-    let mut session = Session::start(trace, args.common.duration, interval, "page faults")?;
+    let mut session = Session::start(trace, interval, "page faults")?;
     let mut report = |out: &mut Output| -> Result<()> {
         let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
         let mut symbolizer = symbolizer.borrow_mut();
@@ -109,10 +106,7 @@ pub fn run(args: Args) -> Result<i32> {
             &counts,
             &mut lost_stacks,
         );
-        stacks.print(out, rows, |_| {
-            clock_heading.then(|| format!("\n{}", wall_clock_hms()))
-        })?;
-        out.flush()
+        stacks.print(out, rows)
     };
     let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
     report(&mut out)?;
@@ -142,15 +136,8 @@ fn load<'obj>(
 ) -> Result<FaultsSkel<'obj>> {
     loader::load(FaultsSkelBuilder::default(), storage, trace, |open, _| {
         open.rodata()?.kernel_stacks = args.kernel_stack;
-        open.maps
-            .stack_store
-            .set_max_entries(args.stack_storage_size.max(1))
-            .context("sizing the stack map")?;
-        open.maps
-            .counts
-            .set_max_entries(args.max_entries.max(1))
-            .context("sizing the counting map")?;
-        Ok(())
+        loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
+        loader::set_entries(&mut open.maps.counts, args.max_entries)
     })
 }
 

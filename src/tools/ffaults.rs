@@ -4,9 +4,9 @@
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 
-use crate::cli::{CommonArgs, ReportArgs};
+use crate::cli::CommonArgs;
 use crate::engine::faultvma::Only;
-use crate::tools::fault_counts::{self, Grouping};
+use crate::tools::fault_counts::{self, CountArgs, Counting, Grouping};
 
 pub const ABOUT: &str =
     "Count page faults by the file they hit ([anon], [heap], [stack] for anonymous memory), per process";
@@ -33,25 +33,18 @@ pub struct Args {
     pub by: By,
 
     #[command(flatten)]
-    pub report: ReportArgs,
-
-    /// Distinct (process, file, kind) counts the kernel can hold
-    #[arg(long, value_name = "N", default_value_t = 10240)]
-    pub max_entries: u32,
+    pub counts: CountArgs,
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    fault_counts::run(fault_counts::Options {
-        common: &args.common,
-        report: &args.report,
+    let counting = Counting {
+        only: Only::All,
         grouping: Grouping {
             process: args.by != By::File,
             pid: args.by != By::File,
             file: args.by != By::Process,
         },
-        max_entries: args.max_entries,
-        only: Only::All,
         what: "page faults",
-        footer: None,
-    })
+    };
+    fault_counts::run(&args.common, &args.counts, counting, None)
 }

@@ -4,9 +4,9 @@
 use anyhow::Result;
 use clap::Parser;
 
-use crate::cli::{CommonArgs, ReportArgs};
+use crate::cli::CommonArgs;
 use crate::engine::faultvma::Only;
-use crate::tools::fault_counts::{self, Grouping};
+use crate::tools::fault_counts::{self, CountArgs, Counting, Grouping};
 
 pub const ABOUT: &str = "Count page faults on file-backed mappings by process name and file name";
 
@@ -21,29 +21,21 @@ pub struct Args {
     pub common: CommonArgs,
 
     #[command(flatten)]
-    pub report: ReportArgs,
+    pub counts: CountArgs,
 
     /// Count by PID too, not only by process name
     #[arg(long)]
     pub pid_column: bool,
-
-    /// Distinct (process, file, kind) counts the kernel can hold
-    #[arg(long, value_name = "N", default_value_t = 10240)]
-    pub max_entries: u32,
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    fault_counts::run(fault_counts::Options {
-        common: &args.common,
-        report: &args.report,
-        grouping: Grouping {
-            process: true,
-            pid: args.pid_column,
-            file: true,
-        },
-        max_entries: args.max_entries,
+    let counting = Counting {
         only: Only::Files,
+        grouping: Grouping {
+            pid: args.pid_column,
+            ..Grouping::ALL
+        },
         what: "page faults on file mappings",
-        footer: None,
-    })
+    };
+    fault_counts::run(&args.common, &args.counts, counting, None)
 }

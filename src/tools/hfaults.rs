@@ -4,9 +4,9 @@
 use anyhow::Result;
 use clap::Parser;
 
-use crate::cli::{CommonArgs, ReportArgs};
+use crate::cli::CommonArgs;
 use crate::engine::faultvma::Only;
-use crate::tools::fault_counts::{self, Grouping};
+use crate::tools::fault_counts::{self, CountArgs, Counting, Grouping};
 
 pub const ABOUT: &str = "Count hugetlb page faults by process and hugetlbfs file";
 
@@ -20,25 +20,14 @@ pub struct Args {
     pub common: CommonArgs,
 
     #[command(flatten)]
-    pub report: ReportArgs,
-
-    /// Distinct (process, file, kind) counts the kernel can hold
-    #[arg(long, value_name = "N", default_value_t = 10240)]
-    pub max_entries: u32,
+    pub counts: CountArgs,
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    fault_counts::run(fault_counts::Options {
-        common: &args.common,
-        report: &args.report,
-        grouping: Grouping {
-            process: true,
-            pid: true,
-            file: true,
-        },
-        max_entries: args.max_entries,
+    let counting = Counting {
         only: Only::Hugetlb,
+        grouping: Grouping::ALL,
         what: "hugetlb page faults",
-        footer: None,
-    })
+    };
+    fault_counts::run(&args.common, &args.counts, counting, None)
 }

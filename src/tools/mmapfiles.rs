@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel;
 use libbpf_rs::MapCore;
@@ -50,17 +50,11 @@ pub fn run(args: Args) -> Result<i32> {
         MmapfilesSkelBuilder::default(),
         &mut storage,
         &trace,
-        |open, _| {
-            open.maps
-                .counts
-                .set_max_entries(args.max_files.max(1))
-                .context("sizing the counting map")?;
-            Ok(())
-        },
+        |open, _| loader::set_entries(&mut open.maps.counts, args.max_files),
     )?;
     let mut out = Output::new(args.common.json);
     let interval = args.report.interval;
-    let mut session = Session::start(trace, args.common.duration, interval, "mmap() of files")?;
+    let mut session = Session::start(trace, interval, "mmap() of files")?;
     let report = |out: &mut Output| -> Result<()> {
         let rows = read_rows(&skel.maps.counts)?;
         print_report(out, &args, &rows)?;

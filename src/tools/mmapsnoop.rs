@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel;
 use serde::Serialize;
@@ -12,7 +12,6 @@ use crate::cli::CommonArgs;
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records::{self, FilePath};
-use crate::engine::skeleton::DropReason;
 use crate::engine::stream::{self, EventPrinter};
 use crate::present::decode;
 use crate::present::escape::{escape_bytes, escape_c_chars};
@@ -66,10 +65,7 @@ pub fn run(args: Args) -> Result<i32> {
                     "mmapsnoop_exit_mremap",
                 ],
             );
-            open.maps
-                .events
-                .set_max_entries(loader::ring_buffer_bytes(args.buffer_size)?)
-                .context("sizing the ring buffer")?;
+            loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;
             Ok(())
         },
     )?;
@@ -78,27 +74,13 @@ pub fn run(args: Args) -> Result<i32> {
     } else {
         "mmap() calls"
     };
-    let printer = Printer {
-        out: Output::new(args.common.json),
-        columns: Columns {
-            start_ns: 0,
-            timestamp: args.common.timestamp,
-            full_path: args.full_path,
-            show_call: args.munmap,
-        },
+    let printer = Columns {
+        timestamp: args.common.timestamp,
+        full_path: args.full_path,
+        show_call: args.munmap,
     };
-    let (mut session, stop) = stream::print_events(
-        &skel.maps.events,
-        printer,
-        trace,
-        args.common.duration,
-        what,
-    )?;
-    drops::report(
-        args.common.tool,
-        skel.object(),
-        &[(DropReason::MEMTRACE_DROP_RINGBUF, "raise --buffer-size")],
-    )?;
+    let (mut session, stop) = stream::print_events(&skel.maps.events, printer, trace, what)?;
+    drops::report(args.common.tool, skel.object(), drops::RING_BUFFER_HINT)?;
     Ok(session.exit_code(stop))
 }
 
@@ -213,42 +195,27 @@ impl CallRow {
     }
 }
 
-struct Printer {
-    out: Output,
-    columns: Columns,
-}
-
 /// What the table shows.
 struct Columns {
-    /// The origin of -T times.
-    start_ns: u64,
     timestamp: bool,
     full_path: bool,
     show_call: bool,
 }
 
-impl EventPrinter for Printer {
-    fn output(&mut self) -> &mut Output {
-        &mut self.out
+impl EventPrinter for Columns {
+    fn header(&self) -> Option<String> {
+        Some(self.header_line())
     }
 
-    fn start(&mut self, start_ns: u64) -> Result<()> {
-        self.columns.start_ns = start_ns;
-        let header = self.columns.header();
-        self.out.heading(&header)?;
-        self.out.flush()
-    }
-
-    fn print(&mut self, record: &[u8]) -> Result<()> {
+    fn print(&mut self, out: &mut Output, record: &[u8], start_ns: u64) -> Result<()> {
         // records carry only the used part of path[]
         let row = CallRow::new(&records::decode::<Event>(record));
-        let columns = &self.columns;
-        self.out.record(&row, |row| columns.line(row))
+        out.record(&row, |row| self.line(row, start_ns))
     }
 }
 
 impl Columns {
-    fn header(&self) -> String {
+    fn header_line(&self) -> String {
         let mut line = String::new();
         if self.timestamp {
             line.push_str(&format!("{:<12} ", "TIME(s)"));
@@ -264,10 +231,10 @@ impl Columns {
         line
     }
 
-    fn line(&self, row: &CallRow) -> String {
+    fn line(&self, row: &CallRow, start_ns: u64) -> String {
         let mut line = String::with_capacity(160);
         if self.timestamp {
-            line.push_str(&elapsed_cell(row.time_ns, self.start_ns));
+            line.push_str(&elapsed_cell(row.time_ns, start_ns));
         }
         line.push_str(&format!("{:<7} {:<7} {:<16} ", row.pid, row.tid, row.comm));
         if self.show_call {

@@ -51,36 +51,24 @@ pub fn run(args: Args) -> Result<i32> {
         |_, _| Ok(()),
     )?;
     let printer = KillPrinter {
-        out: Output::new(args.common.json),
         symbolizer: StackSymbolizer::new(false),
         stacks: &skel.maps.stack_store,
     };
-    let (mut session, stop) = stream::print_events(
-        &skel.maps.events,
-        printer,
-        trace,
-        args.common.duration,
-        "OOM kills",
-    )?;
+    let (mut session, stop) = stream::print_events(&skel.maps.events, printer, trace, "OOM kills")?;
     drops::report(args.common.tool, skel.object(), &[])?;
     Ok(session.exit_code(stop))
 }
 
 /// Prints each kill as it comes; the originals have no header.
 struct KillPrinter<'a> {
-    out: Output,
     symbolizer: StackSymbolizer,
     stacks: &'a dyn MapCore,
 }
 
 impl EventPrinter for KillPrinter<'_> {
-    fn output(&mut self) -> &mut Output {
-        &mut self.out
-    }
-
-    fn print(&mut self, record: &[u8]) -> Result<()> {
+    fn print(&mut self, out: &mut Output, record: &[u8], _start_ns: u64) -> Result<()> {
         let kill = KillRow::new(&records::decode(record), &self.symbolizer, self.stacks);
-        self.out.record(&kill, KillRow::text)
+        out.record(&kill, KillRow::text)
     }
 }
 

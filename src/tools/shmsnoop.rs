@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel;
 use serde::Serialize;
@@ -13,7 +13,6 @@ use crate::cli::CommonArgs;
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records;
-use crate::engine::skeleton::DropReason;
 use crate::engine::stream::{self, EventPrinter};
 use crate::present::decode;
 use crate::present::escape::escape_c_chars;
@@ -57,55 +56,37 @@ pub fn run(args: Args) -> Result<i32> {
         &mut storage,
         &trace,
         |open, _| {
-            open.maps
-                .events
-                .set_max_entries(loader::ring_buffer_bytes(args.buffer_size)?)
-                .context("sizing the ring buffer")?;
+            loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;
             Ok(())
         },
     )?;
     let printer = Printer {
-        out: Output::new(args.common.json),
-        start_ns: args.common.timestamp.then_some(0),
+        timestamp: args.common.timestamp,
     };
     let (mut session, stop) = stream::print_events(
         &skel.maps.events,
         printer,
         trace,
-        args.common.duration,
         "shmget(), shmat(), shmdt() and shmctl() calls",
     )?;
-    drops::report(
-        args.common.tool,
-        skel.object(),
-        &[(DropReason::MEMTRACE_DROP_RINGBUF, "raise --buffer-size")],
-    )?;
+    drops::report(args.common.tool, skel.object(), drops::RING_BUFFER_HINT)?;
     Ok(session.exit_code(stop))
 }
 
 struct Printer {
-    out: Output,
-    /// With -T: the origin of the time column.
-    start_ns: Option<u64>,
+    /// -T: a time column.
+    timestamp: bool,
 }
 
 impl EventPrinter for Printer {
-    fn output(&mut self) -> &mut Output {
-        &mut self.out
+    fn header(&self) -> Option<String> {
+        Some(header_line(self.timestamp))
     }
 
-    fn start(&mut self, start_ns: u64) -> Result<()> {
-        if let Some(origin) = self.start_ns.as_mut() {
-            *origin = start_ns;
-        }
-        self.out.heading(&header_line(self.start_ns.is_some()))?;
-        self.out.flush()
-    }
-
-    fn print(&mut self, record: &[u8]) -> Result<()> {
+    fn print(&mut self, out: &mut Output, record: &[u8], start_ns: u64) -> Result<()> {
         let row = CallRow::new(&records::decode::<Event>(record));
-        let start_ns = self.start_ns;
-        self.out.record(&row, |row| table_line(row, start_ns))
+        let start_ns = self.timestamp.then_some(start_ns);
+        out.record(&row, |row| table_line(row, start_ns))
     }
 }
 

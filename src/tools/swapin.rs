@@ -11,11 +11,11 @@ use anyhow::Result;
 use clap::Parser;
 use serde::Serialize;
 
-use crate::cli::{CommonArgs, ReportArgs};
+use crate::cli::CommonArgs;
 use crate::engine::faultvma::Only;
 use crate::engine::session::monotonic_ns;
 use crate::present::output::Output;
-use crate::tools::fault_counts::{self, Grouping};
+use crate::tools::fault_counts::{self, CountArgs, Counting, Grouping};
 
 pub const ABOUT: &str = "Count swap-ins by process: faults that read from swap, and the pages read";
 
@@ -39,16 +39,15 @@ pub struct Args {
     pub common: CommonArgs,
 
     #[command(flatten)]
-    pub report: ReportArgs,
-
-    /// Distinct (process, memory) counts the kernel can hold
-    #[arg(long, value_name = "N", default_value_t = 10240)]
-    pub max_entries: u32,
+    pub counts: CountArgs,
 }
 
 pub fn run(mut args: Args) -> Result<i32> {
     // the originals print every second
-    args.report.interval.get_or_insert(Duration::from_secs(1));
+    args.counts
+        .report
+        .interval
+        .get_or_insert(Duration::from_secs(1));
     let mut machine = SwapCounters::read();
     let footer = move |out: &mut Output| -> Result<()> {
         let now = SwapCounters::read();
@@ -65,19 +64,15 @@ pub fn run(mut args: Args) -> Result<i32> {
             )
         })
     };
-    fault_counts::run(fault_counts::Options {
-        common: &args.common,
-        report: &args.report,
-        grouping: Grouping {
-            process: true,
-            pid: true,
-            file: false,
-        },
-        max_entries: args.max_entries,
+    let counting = Counting {
         only: Only::Swap,
+        grouping: Grouping {
+            file: false,
+            ..Grouping::ALL
+        },
         what: "swap-ins",
-        footer: Some(Box::new(footer)),
-    })
+    };
+    fault_counts::run(&args.common, &args.counts, counting, Some(Box::new(footer)))
 }
 
 /// What the whole machine read from swap over a report's time, after its rows.

@@ -84,7 +84,7 @@ pub fn run(args: Args) -> Result<i32> {
         let row = IntervalRow::new(&delta);
         out.borrow_mut().record(&row, IntervalRow::table_line)
     };
-    let mut session = Session::start(trace, args.common.duration, Some(args.interval), "reclaim")?;
+    let mut session = Session::start(trace, Some(args.interval), "reclaim")?;
     out.borrow_mut().heading(&format!(
         "{:<8} {:>10} {:>12} {:>12} {:>7} {:>10}",
         "TIME", "S-SLABms", "D-RECLAIMms", "M-RECLAIMms", "KSWAPD", "WRITEPAGE"

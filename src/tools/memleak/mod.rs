@@ -20,7 +20,7 @@ use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_seconds, CommonArgs};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
-use crate::engine::records::{self, exit_mapping};
+use crate::engine::records::{self, add_exit_mappings};
 use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::Target;
@@ -205,7 +205,7 @@ pub fn run(args: Args) -> Result<i32> {
     } else {
         "allocations"
     };
-    let mut session = Session::start(trace, args.common.duration, Some(args.interval), what)?;
+    let mut session = Session::start(trace, Some(args.interval), what)?;
     session.max_reports = args.count;
     let stop = session.run(
         Some(&ring),
@@ -244,15 +244,8 @@ fn load<'obj>(
                 .load_if(!kernel_mode, &["memleak_call", "exitmaps_send_mappings"])
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
                 .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);
-            open.maps
-                .stack_store
-                .set_max_entries(args.stack_storage_size.max(1))
-                .context("sizing the stack map")?;
-            open.maps
-                .allocs
-                .set_max_entries(args.max_allocs.max(1))
-                .context("sizing the allocation map")?;
-            Ok(())
+            loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
+            loader::set_entries(&mut open.maps.allocs, args.max_allocs)
         },
     )
 }
@@ -265,10 +258,8 @@ fn ring_buffers<'a>(
     traced: Option<&'a RefCell<Output>>,
 ) -> Result<RingBuffer<'a>> {
     let mut builder = RingBufferBuilder::new();
-    builder.add(&skel.maps.mappings, |data| {
-        let (pid, mapping) = exit_mapping(data);
-        symbolizer.borrow_mut().add_exited_mapping(pid, mapping);
-        0
+    add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
+        symbolizer.borrow_mut().add_exited_mapping(pid, mapping)
     })?;
     if let Some(traced) = traced {
         builder.add(&skel.maps.trace_events, |data| {

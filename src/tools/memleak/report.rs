@@ -172,13 +172,12 @@ impl<'a> Reporter<'a> {
                 },
             })
             .collect();
-        self.report.print(out, rows, |shown| {
+        self.report.print_titled(out, rows, |shown| {
             Some(format!(
                 "[{}] Top {shown} stacks with outstanding allocations:",
                 wall_clock_hms()
             ))
-        })?;
-        out.flush()
+        })
     }
 
     /// --svg and --pprof: what is outstanding at the end, every stack.

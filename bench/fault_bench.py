@@ -7,7 +7,11 @@ tracer is started, the workload is timed once it says it is attached (so its own
 start and exit are not counted), then the tracer is stopped. Prints medians and
 ratios to the untraced median. Run as root.
 
-Usage: bench/fault_bench.py [--runs N] [--mib N] [--memtrace PATH] [--only NAME,...]
+--baseline PATH adds another memtrace binary (a build from before a change),
+run interleaved with the rest under the label "baseline", so a change's cost
+is read within one run.
+
+Usage: bench/fault_bench.py [--runs N] [--mib N] [--memtrace PATH] [--baseline PATH] [--only NAME,...]
 """
 import argparse
 import os
@@ -19,10 +23,12 @@ import tempfile
 from benchlib import ROOT, build_fixture, say as print, start_tracer, stop_tracer, timed
 
 
-def configs(memtrace):
+def configs(memtrace, baseline):
     yield "untraced", None
     for tool in ("ffaults", "fmapfault", "hfaults", "faults"):
         yield f"memtrace {tool}", [memtrace, tool]
+        if baseline:
+            yield f"baseline {tool}", [baseline, tool]
     yield "bpftrace page_fault_user @[comm]", [
         "bpftrace", "-e",
         'BEGIN { printf("ready\\n"); } tracepoint:exceptions:page_fault_user { @[comm] = count(); }']
@@ -36,12 +42,13 @@ def main():
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--memtrace", default=os.path.join(ROOT, "target/release/memtrace"))
+    ap.add_argument("--baseline", help="another memtrace binary to compare with")
     ap.add_argument("--only", default="")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="memtrace-fault-bench-")
     toucher = build_fixture("toucher", tmp)
     workload = [toucher, "anon", str(args.mib)]
-    chosen = [c for c in configs(args.memtrace)
+    chosen = [c for c in configs(args.memtrace, args.baseline)
               if c[1] is None or not args.only or any(o in c[0] for o in args.only.split(","))]
     chosen = [c for c in chosen if c[1] is None or shutil.which(c[1][0]) or os.path.exists(c[1][0])]
     times = {name: [] for name, _ in chosen}

@@ -8,7 +8,10 @@ malloc, uretprobe malloc, uprobe free, a map of live addresses); `memleak --`;
 `memleak -s 10 --`. Also `memleak -- true`: start, attach, detach, exit.
 Run as root. Prints medians and ratios.
 
-Usage: bench/memleak_bench.py [--runs N] [--pairs N] [--memtrace PATH]
+--baseline PATH adds another memtrace binary (a build from before a change),
+run interleaved with the rest, so a change's cost is read within one run.
+
+Usage: bench/memleak_bench.py [--runs N] [--pairs N] [--memtrace PATH] [--baseline PATH]
 """
 import argparse
 import os
@@ -40,6 +43,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=200_000)
     ap.add_argument("--memtrace", default=os.path.join(ROOT, "target/release/memtrace"))
+    ap.add_argument("--baseline", help="another memtrace binary to compare with")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="memtrace-memleak-bench-")
     leaker = build_fixture("leaker", tmp)
@@ -58,6 +62,11 @@ END {{ clear(@size); clear(@live); }}
         ("memleak", [args.memtrace, "memleak", "--"] + storm),
         ("memleak -s 10", [args.memtrace, "memleak", "-s", "10", "--"] + storm),
     ]
+    if args.baseline:
+        configs += [
+            ("baseline memleak", [args.baseline, "memleak", "--"] + storm),
+            ("baseline memleak -s 10", [args.baseline, "memleak", "-s", "10", "--"] + storm),
+        ]
     times = {name: [] for name, _ in configs}
     print(f"# {args.pairs} malloc(64)+free pairs, {args.runs} interleaved runs, whole-process wall time")
     for _ in range(args.runs):
@@ -69,10 +78,16 @@ END {{ clear(@size); clear(@live); }}
         print(f"{name:36} {med:8.3f} s  {med / base:7.1f}x untraced")
     if "bpftrace malloc/free bookkeeping" in times:
         bt = statistics.median(times["bpftrace malloc/free bookkeeping"])
-        for name in ("memleak", "memleak -s 10"):
+        for name in [n for n in times if n.endswith(("memleak", "memleak -s 10"))]:
             print(f"{name:36} {statistics.median(times[name]) / bt:5.2f}x bpftrace")
-    true_runs = [quiet([args.memtrace, "memleak", "--", "true"]) for _ in range(args.runs * 2)]
-    print(f"\nmemleak -- true: median {statistics.median(true_runs) * 1000:.0f} ms, max {max(true_runs) * 1000:.0f} ms")
+    binaries = [("memleak", args.memtrace)] + ([("baseline memleak", args.baseline)] if args.baseline else [])
+    true_runs = {name: [] for name, _ in binaries}
+    for _ in range(args.runs * 2):
+        for name, binary in binaries:
+            true_runs[name].append(quiet([binary, "memleak", "--", "true"]))
+    print()
+    for name, runs in true_runs.items():
+        print(f"{name} -- true: median {statistics.median(runs) * 1000:.0f} ms, max {max(runs) * 1000:.0f} ms")
     shutil.rmtree(tmp)
 
 

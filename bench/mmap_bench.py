@@ -8,7 +8,10 @@
     a bpftrace script that prints each mmap; wall time ratios against
     untraced, events delivered per second, events lost.
 
-Usage: bench/mmap_bench.py [--runs N] [--pairs N] [--memtrace PATH]
+--baseline PATH adds another memtrace binary (a build from before a change),
+run interleaved with the rest under the label "baseline".
+
+Usage: bench/mmap_bench.py [--runs N] [--pairs N] [--memtrace PATH] [--baseline PATH]
 Run as root. Prints medians; the machines are noisy, so read the ratios.
 """
 import argparse
@@ -54,15 +57,17 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=200_000)
     ap.add_argument("--memtrace", default=os.path.join(ROOT, "target/release/memtrace"))
+    ap.add_argument("--baseline", help="another memtrace binary to compare with")
     args = ap.parse_args()
+    binaries = [("", args.memtrace)] + ([("baseline ", args.baseline)] if args.baseline else [])
     have_bpftrace = shutil.which("bpftrace") is not None
     tmp = tempfile.mkdtemp(prefix="memtrace-bench-")
     mapper = build_fixture("mapper", tmp)
     storm = [mapper, "storm", str(args.pairs)]
 
     print(f"# startup (median of {args.runs * 2}): exec -> attached, and Ctrl-C -> exited")
-    peers = [("memtrace mmapsnoop", [args.memtrace, "mmapsnoop"]),
-             ("memtrace mmapfiles", [args.memtrace, "mmapfiles"])]
+    peers = [(f"{label}memtrace {tool}", [binary, tool])
+             for label, binary in binaries for tool in ("mmapsnoop", "mmapfiles")]
     if have_bpftrace:
         peers.append(("bpftrace (2 tracepoints)", ["bpftrace", "-e", BPFTRACE_READY]))
     for name, cmd in peers:
@@ -72,29 +77,35 @@ def main():
         print(f"{name:28} attach {up:7.1f} ms   exit {down:7.1f} ms")
 
     print(f"\n# storm: {args.pairs} mmap/munmap pairs, {args.runs} interleaved runs, medians")
-    results = {k: [] for k in ("untraced", "mmapsnoop", "mmapfiles", "bpftrace")}
+    results = {"untraced": []}
+    for label, _ in binaries:
+        results[f"{label}mmapsnoop"] = []
+        results[f"{label}mmapfiles"] = []
+    results["bpftrace"] = []
     delivered, lost = [], []
     events_file = os.path.join(tmp, "events.json")
     for _ in range(args.runs):
         t, _ = timed(storm, check=True)
         results["untraced"].append(t)
 
-        with open(events_file, "w") as f:
-            t, r = timed([args.memtrace, "mmapsnoop", "--json", "--"] + storm,
-                         stdout=f, stderr=subprocess.PIPE, text=True, check=True)
-        results["mmapsnoop"].append(t)
-        n = 0
-        with open(events_file) as f:
-            for line in f:
-                if '"len":36864' in line:
-                    n += 1
-        delivered.append(n)
-        lost_line = [l for l in r.stderr.splitlines() if "events lost" in l]
-        lost.append(int(lost_line[0].split()[1]) if lost_line else 0)
+        for label, binary in binaries:
+            with open(events_file, "w") as f:
+                t, r = timed([binary, "mmapsnoop", "--json", "--"] + storm,
+                             stdout=f, stderr=subprocess.PIPE, text=True, check=True)
+            results[f"{label}mmapsnoop"].append(t)
+            if not label:
+                n = 0
+                with open(events_file) as f:
+                    for line in f:
+                        if '"len":36864' in line:
+                            n += 1
+                delivered.append(n)
+                lost_line = [l for l in r.stderr.splitlines() if "events lost" in l]
+                lost.append(int(lost_line[0].split()[1]) if lost_line else 0)
 
-        t, _ = timed([args.memtrace, "mmapfiles", "--"] + storm,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        results["mmapfiles"].append(t)
+            t, _ = timed([binary, "mmapfiles", "--"] + storm,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            results[f"{label}mmapfiles"].append(t)
 
         if have_bpftrace:
             with open(os.path.join(tmp, "bpftrace.out"), "w") as f:

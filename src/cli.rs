@@ -52,7 +52,10 @@ pub struct ReportArgs {
     pub top: Option<usize>,
 }
 
-/// Seconds as a positive number, fractions allowed: `5`, `0.5`.
+/// The longest -d or -i: about 31 years, so that adding it to the clock can't overflow.
+const MAX_SECONDS: f64 = 1e9;
+
+/// Seconds as a positive number, fractions allowed: `5`, `0.5`; at most MAX_SECONDS.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -60,7 +63,12 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("'{s}' is not a positive number of seconds"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > MAX_SECONDS {
+        return Err(format!(
+            "'{s}' is too many seconds (at most {MAX_SECONDS:e})"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|err| format!("'{s}': {err}"))
 }
 
 #[cfg(test)]
@@ -74,5 +82,12 @@ mod tests {
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
+        // these panicked in Duration::from_secs_f64, or later in Instant + Duration
+        assert!(parse_seconds("1e30")
+            .unwrap_err()
+            .contains("too many seconds"));
+        assert!(parse_seconds("1e19").is_err());
+        assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("1e9").is_ok());
     }
 }

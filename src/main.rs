@@ -8,6 +8,7 @@ mod present;
 mod tools;
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::Path;
 
 use clap::{Arg, ArgAction, Command};
@@ -47,7 +48,7 @@ fn dispatch(args: Vec<OsString>) -> i32 {
     // memtrace TOOL ...: an unknown tool name gets the list, not clap's guess.
     if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
         if !first.starts_with('-') && tools::find(first).is_none() && first != "help" {
-            eprintln!(
+            crate::say!(
                 "memtrace: unknown tool '{}'\n\n{}",
                 present::escape::escape_bytes(first.as_bytes()),
                 tool_list()
@@ -55,7 +56,7 @@ fn dispatch(args: Vec<OsString>) -> i32 {
             return 2;
         }
     } else if args.get(1).is_some() {
-        eprintln!(
+        crate::say!(
             "memtrace: the tool name is not valid UTF-8\n\n{}",
             tool_list()
         );
@@ -70,8 +71,7 @@ fn dispatch(args: Vec<OsString>) -> i32 {
         }
     };
     if matches.get_flag("list") {
-        print!("{}", tool_list());
-        return 0;
+        return print_list();
     }
     match matches.subcommand() {
         Some((name, sub)) => match tools::find(name) {
@@ -111,6 +111,22 @@ fn tool_list() -> String {
     list
 }
 
+/// `memtrace --list` on stdout: a closed pipe is a quiet end, another write error one line.
+fn print_list() -> i32 {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(tool_list().as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => 0,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(err) => {
+            crate::say!("memtrace: writing the list of tools: {err}");
+            1
+        }
+    }
+}
+
 fn run_tool(tool: &Tool, args: Vec<OsString>) -> i32 {
     let (args, command) = split_command(args);
     let clap_command = (tool.command)().version(env!("CARGO_PKG_VERSION"));
@@ -129,7 +145,7 @@ fn finish(tool: &Tool, result: anyhow::Result<i32>) -> i32 {
         Ok(code) => code,
         Err(err) if present::output::is_output_closed(&err) => 0,
         Err(err) => {
-            eprintln!("{}: {:#}", tool.name, err);
+            crate::say!("{}: {:#}", tool.name, err);
             1
         }
     }

@@ -73,3 +73,32 @@ fn bad_option_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_full_stdout_is_one_line_not_a_panic() {
+    let full = std::fs::File::create("/dev/full").unwrap();
+    let out = memtrace().arg("--list").stdout(full).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        ["memtrace: writing the list of tools: No space left on device (os error 28)"]
+    );
+}
+
+#[test]
+fn absurd_durations_are_usage_errors() {
+    // these panicked (Duration::from_secs_f64, then Instant + Duration)
+    for args in [
+        ["mmapsnoop", "-d", "1e30"],
+        ["mmapsnoop", "-d", "1e19"],
+        ["mmapfiles", "-i", "1e30"],
+        ["vmscan", "-i", "1e19"],
+    ] {
+        let out = memtrace().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains("too many seconds"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -176,10 +176,57 @@ fn missing_command_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("can't run /nonexistent/memtrace-no-such-command"),
-        "{stderr}"
+    // one line, and no "Tracing ... until it exits" for a command that never ran
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        ["mmapsnoop: can't run /nonexistent/memtrace-no-such-command: No such file or directory"],
     );
+}
+
+#[test]
+fn a_hostile_command_name_is_escaped_on_stderr() {
+    require_root!();
+    use std::os::unix::ffi::OsStrExt;
+    let dir = temp_path("hostile-command");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"run\x1b[31m\xff\x07");
+    let program = dir.join(name);
+    std::fs::copy("/bin/true", &program).unwrap();
+    let missing = dir.join(std::ffi::OsStr::from_bytes(b"gone\x1b]0;x\x07"));
+    for (command, expected) in [
+        (&program, "run\\x1b[31m\\xff\\x07"),
+        (&missing, "gone\\x1b]0;x\\x07"),
+    ] {
+        let out = memtrace()
+            .arg("mmapsnoop")
+            .arg("--")
+            .arg(command)
+            .output()
+            .unwrap();
+        // raw, the name would reach the terminal: ESC and BEL are control characters
+        assert!(
+            !out.stderr
+                .iter()
+                .any(|&b| b == 0x1b || b == 0x07 || b == 0xff),
+            "{:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
+#[test]
+fn a_full_stderr_is_not_a_panic() {
+    require_root!();
+    let full = std::fs::File::create("/dev/full").unwrap();
+    let out = memtrace()
+        .args(["mmapsnoop", "-d", "0.2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 #[test]

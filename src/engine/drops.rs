@@ -39,7 +39,7 @@ pub fn report(tool: &str, object: &Object, hints: &[(DropReason, &str)]) -> Resu
             .find(|(r, _)| *r == reason)
             .map(|(_, h)| format!(" ({h})"))
             .unwrap_or_default();
-        eprintln!("{tool}: {count} {}{hint}", what_was_lost(reason));
+        crate::say!("{tool}: {count} {}{hint}", what_was_lost(reason));
     }
     Ok(lost)
 }

@@ -114,7 +114,7 @@ impl<'obj> FaultEngine<'obj> {
     pub fn report_cache_stats(&self, tool: &str) -> Result<()> {
         let stats = percpu_sums(&self.skel.maps.vma_stats, Stat::FAULTVMA_STAT_NR.0 as usize)?;
         let stat = |which: Stat| stats[which.0 as usize];
-        eprintln!(
+        crate::say!(
             "{tool}: VMA cache: {} region hits, {} bpf_find_vma() lookups; other faults hit their CPU's last VMA",
             stat(Stat::FAULTVMA_STAT_HIT_REGION),
             stat(Stat::FAULTVMA_STAT_LOOKUP)

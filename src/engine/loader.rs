@@ -62,7 +62,7 @@ impl Trace {
 }
 
 fn print_libbpf(_level: PrintLevel, msg: String) {
-    eprint!("libbpf: {msg}");
+    crate::present::stderr::text(format_args!("libbpf: {msg}"));
 }
 
 /// libbpf's messages go to stderr with -v; otherwise errors speak for themselves.
@@ -128,12 +128,12 @@ impl Programs {
             }
             match (chosen, &choice.without) {
                 (Some(name), _) if trace.verbose => {
-                    eprintln!("{}: {}: {name}", trace.tool, choice.job)
+                    crate::say!("{}: {}: {name}", trace.tool, choice.job)
                 }
                 (Some(_), _) => {}
                 // left on, so the preflight names what the kernel lacks
                 (None, Without::Fail) => set_autoload(object, choice.programs[0], true)?,
-                (None, Without::Lose(lost)) => eprintln!(
+                (None, Without::Lose(lost)) => crate::say!(
                     "{}: {}: this kernel can attach none of {}",
                     trace.tool,
                     lost,

@@ -42,7 +42,8 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Session {
-    /// Called once the probes are attached: says so on stderr and lets a held command run.
+    /// Called once the probes are attached: lets a held command run (an exec
+    /// that fails ends it here) and says on stderr that tracing has begun.
     /// `interval`: -i, when the tool reports as it goes.
     pub fn start(trace: Trace, interval: Option<Duration>, what: &str) -> Result<Session> {
         let duration = trace.duration;
@@ -56,13 +57,14 @@ impl Session {
                 None => "Ctrl-C to end".to_string(),
             },
         };
-        eprintln!("Tracing {what}... {how_to_end}.");
         if let Target::Command(cmd) = &mut target {
             cmd.release()?;
         }
+        crate::say!("Tracing {what}... {how_to_end}.");
         Ok(Session {
             target,
-            deadline: duration.map(|d| Instant::now() + d),
+            // None (no deadline) only past the end of time: -d is at most cli::MAX_SECONDS
+            deadline: duration.and_then(|d| Instant::now().checked_add(d)),
             interval,
             max_reports: None,
             start_ns,
@@ -144,7 +146,7 @@ impl Session {
             after_batch()?;
         }
         if stop == Stop::TargetsExited {
-            eprintln!("memtrace: the traced process exited; ending the trace.");
+            crate::say!("memtrace: the traced process exited; ending the trace.");
         }
         Ok(stop)
     }

@@ -14,6 +14,8 @@ use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
+use crate::present::escape::escape_bytes;
+
 pub enum Target {
     All,
     Pids(Vec<u32>),
@@ -79,6 +81,7 @@ pub fn process_exists(pid: u32) -> bool {
 /// A forked child blocked on a pipe, exec'ing COMMAND once released.
 pub struct HeldCommand {
     pub pid: Pid,
+    /// The command's name as given, escaped for messages.
     pub name: String,
     go: Option<OwnedFd>,
     exec_error: Option<OwnedFd>,
@@ -101,7 +104,8 @@ impl HeldCommand {
         argv_ptrs.push(std::ptr::null());
         let (go_read, go_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
-        let name = command[0].to_string_lossy().into_owned();
+        // for messages: another user may have named it
+        let name = escape_bytes(command[0].as_bytes());
 
         // SAFETY: memtrace is single-threaded here (nothing has started a
         // thread yet), so the child may run any code before exec.

@@ -34,6 +34,13 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
     out
 }
 
+/// A path for a message: escaped as names are, so a hostile file name can't
+/// reach the terminal raw (`Path::display` would pass control characters
+/// and turn bytes that are not UTF-8 into U+FFFD).
+pub fn escape_path(path: &std::path::Path) -> String {
+    escape_bytes(path.as_os_str().as_encoded_bytes())
+}
+
 /// The bytes of a NUL-terminated C string in a BPF record (a `char[N]` array), raw.
 pub fn c_chars_bytes(chars: &[i8]) -> Vec<u8> {
     chars
@@ -73,6 +80,9 @@ mod tests {
             *slot = *byte as i8;
         }
         assert_eq!(escape_c_chars(&comm), "sh\\x1b");
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\x1b[31m\xff"));
+        assert_eq!(escape_path(path), "/tmp/\\x1b[31m\\xff");
         assert_eq!(c_chars_bytes(&comm), b"sh\x1b");
     }
 }

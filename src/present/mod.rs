@@ -1,7 +1,7 @@
 //! Presentation: how what the tools found reaches people and programs. A row
 //! becomes a table line or a JSON object (output, table), untrusted names are
 //! escaped (escape), kernel values are decoded and formatted for people
-//! (decode, format), stacks become reports, folded lines, flame graphs and
+//! (decode, format), messages reach stderr without panicking (stderr), stacks become reports, folded lines, flame graphs and
 //! pprof profiles (stack_report, profile). The bottom layer: it imports no
 //! other part of memtrace.
 
@@ -11,4 +11,5 @@ pub mod format;
 pub mod output;
 pub mod profile;
 pub mod stack_report;
+pub mod stderr;
 pub mod table;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::present::escape::escape_path;
+
 /// A folded-stack line: frames outermost first, `;`-joined (a `;` inside a
 /// frame becomes `:`), then the value.
 pub fn folded_line(frames_outermost_first: &[String], value: u64) -> String {
@@ -48,8 +50,8 @@ impl FlameGraph {
             .map(|(frames, value)| folded_line(frames, *value))
             .collect();
         let path = &self.path;
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("creating {}", escape_path(path)))?;
         let mut options = inferno::flamegraph::Options::default();
         options.title = self.title.into();
         options.count_name = self.count_name.into();
@@ -58,7 +60,7 @@ impl FlameGraph {
             lines.iter().map(String::as_str),
             std::io::BufWriter::new(file),
         )
-        .with_context(|| format!("writing the flame graph {}", path.display()))
+        .with_context(|| format!("writing the flame graph {}", escape_path(path)))
     }
 }
 
@@ -159,11 +161,11 @@ pub fn write_pprof(path: &Path, sample_types: &[(&str, &str)], samples: &[Sample
         profile.bytes(6, s.as_bytes());
     }
     let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        std::fs::File::create(path).with_context(|| format!("creating {}", escape_path(path)))?;
     let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     gz.write_all(&profile.0)
         .and_then(|()| gz.finish().map(drop))
-        .with_context(|| format!("writing the profile {}", path.display()))
+        .with_context(|| format!("writing the profile {}", escape_path(path)))
 }
 
 #[cfg(test)]

@@ -136,7 +136,7 @@ pub fn run(args: Args) -> Result<i32> {
     )];
     if drops::report(args.common.tool, skel.object(), &hints)? {
         let lost = percpu_sums(&skel.maps.lost_growth, 1)?[0];
-        eprintln!("brkstack: the calls lost grew the heap by {lost} bytes in all");
+        crate::say!("brkstack: the calls lost grew the heap by {lost} bytes in all");
     }
     Ok(session.exit_code(stop))
 }

@@ -113,7 +113,7 @@ pub fn run(args: Args) -> Result<i32> {
     drop(ring);
     stacks.finish()?;
     if lost_stacks > 0 {
-        eprintln!("faults: the stacks of {lost_stacks} faults were lost: the stack store was full (raise --stack-storage-size)");
+        crate::say!("faults: the stacks of {lost_stacks} faults were lost: the stack store was full (raise --stack-storage-size)");
     }
     drops::report(args.common.tool, skel.object(), DROP_HINTS)?;
     Ok(session.exit_code(stop))

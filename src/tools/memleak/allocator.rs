@@ -15,6 +15,7 @@ use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
 use super::bpf::types::memleak_func as Func;
 use super::Args;
 use crate::analysis::probe_site;
+use crate::present::escape::{escape_bytes, escape_path};
 
 /// The functions probed, each with its enum memleak_func (its probe's cookie).
 const FUNCS: &[(&str, Func)] = &[
@@ -61,7 +62,7 @@ impl Allocator {
             ..Default::default()
         };
         prog.attach_uprobe_multi_with_opts(pid, &self.object, "", opts)
-            .with_context(|| format!("attaching uprobes to {}", self.object.display()))
+            .with_context(|| format!("attaching uprobes to {}", escape_path(&self.object)))
     }
 }
 
@@ -94,29 +95,38 @@ fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(u64, u64)>> {
     elf.debug_syms = false; // the ELF symbol tables (.dynsym is all Debian's libc has)
     let found = inspector
         .lookup(&Source::Elf(elf), &refs)
-        .with_context(|| format!("reading the symbols of {}", object.display()))?;
-    let mut file = File::open(object).with_context(|| format!("opening {}", object.display()))?;
+        .with_context(|| format!("reading the symbols of {}", escape_path(object)))?;
+    let mut file =
+        File::open(object).with_context(|| format!("opening {}", escape_path(object)))?;
     let mut probes = Vec::new();
     let mut missing = Vec::new();
     for ((name, syms), &(_, func)) in names.iter().zip(found).zip(FUNCS) {
         match syms.iter().find_map(|s| s.file_offset) {
             Some(offset) => {
-                let site = cheap_probe_site(&mut file, offset)
-                    .with_context(|| format!("reading {name} in {}", object.display()))?;
+                let site = cheap_probe_site(&mut file, offset).with_context(|| {
+                    format!(
+                        "reading {} in {}",
+                        escape_bytes(name.as_bytes()),
+                        escape_path(object)
+                    )
+                })?;
                 probes.push((offset + site, u64::from(func.0)));
             }
             None => missing.push(name.clone()),
         }
     }
     if !missing.is_empty() {
-        eprintln!(
+        crate::say!(
             "memleak: {} has no {}: not traced",
-            object.display(),
-            missing.join(", ")
+            escape_path(object),
+            escape_bytes(missing.join(", ").as_bytes())
         );
     }
     if probes.is_empty() {
-        bail!("{} has none of the allocator functions", object.display());
+        bail!(
+            "{} has none of the allocator functions",
+            escape_path(object)
+        );
     }
     Ok(probes)
 }

@@ -212,7 +212,7 @@ impl<'a> Reporter<'a> {
 
     pub fn warn_lost_stacks(&self) {
         if self.lost_stacks > 0 {
-            eprintln!(
+            crate::say!(
                 "memleak: the stacks of {} outstanding allocations were lost: the stack store was full (raise --stack-storage-size)",
                 self.lost_stacks
             );

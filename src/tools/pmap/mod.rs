@@ -104,7 +104,7 @@ pub fn run(args: Args) -> Result<i32> {
         })
         .collect();
     if rows.is_empty() {
-        eprintln!(
+        crate::say!(
             "pmap: PID {pid} has no user-space mappings (a kernel thread, or a process that has exited)"
         );
     }

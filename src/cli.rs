@@ -55,6 +55,34 @@ pub struct ReportArgs {
 /// The longest -d or -i: about 31 years, so that adding it to the clock can't overflow.
 const MAX_SECONDS: f64 = 1e9;
 
+/// The largest ring buffer: its size in bytes is a u32, and a power of two.
+const MAX_RING_MIB: u32 = 2048;
+
+/// A ring buffer's --buffer-size in MiB: a power of two (the kernel's ring
+/// buffers are), from 1 to MAX_RING_MIB.
+pub fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let mib: u32 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of MiB"))?;
+    if !mib.is_power_of_two() || mib > MAX_RING_MIB {
+        return Err(format!(
+            "{mib} is not a power of two from 1 to {MAX_RING_MIB} (1, 2, 4, 8, ...)"
+        ));
+    }
+    Ok(mib)
+}
+
+/// Prints a usage error as clap does (`error: ...`) and gives its exit status
+/// (2): for rules between options that clap's attributes can't state.
+pub fn usage_error(message: &str) -> i32 {
+    let err = clap::Error::raw(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!("{message}\n"),
+    );
+    let _ = err.print();
+    err.exit_code()
+}
+
 /// Seconds as a positive number, fractions allowed: `5`, `0.5`; at most MAX_SECONDS.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
@@ -74,6 +102,16 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_mib("16"), Ok(16));
+        assert_eq!(parse_ring_mib("2048"), Ok(2048));
+        assert!(parse_ring_mib("3").unwrap_err().contains("power of two"));
+        assert!(parse_ring_mib("0").is_err());
+        assert!(parse_ring_mib("4096").is_err());
+        assert!(parse_ring_mib("x").is_err());
+    }
 
     #[test]
     fn seconds() {

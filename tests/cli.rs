@@ -102,3 +102,27 @@ fn absurd_durations_are_usage_errors() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn option_values_that_make_no_sense_are_usage_errors() {
+    for (args, said) in [
+        (
+            &["mmapsnoop", "--buffer-size", "3"][..],
+            "not a power of two",
+        ),
+        (
+            &["shmsnoop", "--buffer-size", "4096"][..],
+            "not a power of two",
+        ),
+        (&["memleak", "-s", "0"][..], "0"),
+        (
+            &["memleak", "-z", "100", "-Z", "50", "-p", "1"][..],
+            "-z/--min-size 100 is above -Z/--max-size 50",
+        ),
+    ] {
+        let out = memtrace().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
+}

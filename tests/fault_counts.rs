@@ -291,3 +291,31 @@ fn faults_kernel_stacks_are_optional() {
         finished.stdout
     );
 }
+
+#[test]
+fn a_full_stack_store_is_said_once() {
+    require_root!();
+    // one stack fits: the toucher's other stacks (the loader's) are lost
+    let finished = run_on(
+        &["faults", "--json", "--stack-storage-size", "1"],
+        "toucher",
+        &["anon", "16"],
+    );
+    finished.assert_success();
+    let about_stacks: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|l| l.contains("stack"))
+        .collect();
+    assert_eq!(about_stacks.len(), 1, "{}", finished.stderr);
+    assert!(
+        about_stacks[0].contains("stacks lost: the stack store was full")
+            && about_stacks[0].contains("raise --stack-storage-size"),
+        "{}",
+        finished.stderr
+    );
+    assert!(finished
+        .json()
+        .iter()
+        .any(|r| strings(&r["stack"]) == ["[stack lost: the stack store was full]"]));
+}

@@ -550,3 +550,72 @@ fn hugetlb_mappings_are_named_and_decoded() {
         "the huge page was not available"
     );
 }
+
+#[test]
+fn privileges_are_checked_where_they_count() {
+    require_root!();
+    // root of a user namespace has every capability there, none for BPF
+    let out = std::process::Command::new("unshare")
+        .args(["-Ur", memtrace_bin(), "mmapsnoop", "-d", "0.1"])
+        .output()
+        .expect("running unshare (util-linux)");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("mmapsnoop: permission denied: this runs in a user namespace"),
+        "{stderr}"
+    );
+}
+
+/// Puts back the mode of tracefs's root directory.
+struct TracefsMode(u32);
+
+impl Drop for TracefsMode {
+    fn drop(&mut self) {
+        let _ = std::fs::set_permissions(
+            "/sys/kernel/tracing",
+            std::os::unix::fs::PermissionsExt::from_mode(self.0),
+        );
+    }
+}
+
+#[test]
+fn a_closed_tracefs_is_not_called_unmounted() {
+    require_root!();
+    let _lock = common::system::lock_system_state();
+    // as root: mounts tracefs if it isn't
+    run(&["mmapsnoop", "-d", "0.1"]).assert_success();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/sys/kernel/tracing")
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    let _restore = TracefsMode(mode);
+    // tracefs's own default; some systems open it up
+    std::fs::set_permissions("/sys/kernel/tracing", PermissionsExt::from_mode(0o700)).unwrap();
+    // CAP_BPF and CAP_PERFMON without root: tracefs is mounted, but closed to this user
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+bpf,+perfmon",
+            "--ambient-caps=+bpf,+perfmon",
+            memtrace_bin(),
+            "mmapsnoop",
+            "-d",
+            "0.1",
+        ])
+        .output()
+        .expect("running setpriv (util-linux)");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "mmapsnoop: tracefs is mounted at /sys/kernel/tracing but this user can't read it"
+        ),
+        "{stderr}"
+    );
+}

@@ -24,14 +24,27 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
+/// The initial user namespace maps every uid to itself: `0 0 4294967295`.
+/// (An unreadable map, on a kernel without user namespaces, counts as initial.)
+fn is_initial_user_namespace(uid_map: &str) -> bool {
+    let fields: Vec<&str> = uid_map.split_whitespace().collect();
+    fields.is_empty() || fields == ["0", "0", "4294967295"]
+}
+
 fn has_cap(caps: u64, cap: u32) -> bool {
     caps & (1u64 << cap) != 0
 }
 
-/// Loading tracing programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN).
+/// Loading tracing programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)
+/// in the initial user namespace: the root of a user namespace (unshare -U,
+/// a rootless container) has every capability there, but not for BPF.
 pub fn check_privileges() -> Result<()> {
     let caps = effective_caps()?;
     if has_cap(caps, CAP_SYS_ADMIN) || (has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON)) {
+        let uid_map = fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        if !is_initial_user_namespace(&uid_map) {
+            bail!("permission denied: this runs in a user namespace (unshare -U, a rootless container), whose root can't load tracing programs: run memtrace as root outside it");
+        }
         return Ok(());
     }
     let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
@@ -68,8 +81,14 @@ fn tracefs_root() -> PathBuf {
 /// mounted at boot on some machines). It stays mounted, as perf leaves it.
 fn ensure_tracefs() -> Result<PathBuf> {
     let root = tracefs_root();
-    if root.join("events").exists() {
-        return Ok(root);
+    match fs::metadata(root.join("events")) {
+        Ok(_) => return Ok(root),
+        // mounted, but its root directory (mode 0700) is closed to this user
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "tracefs is mounted at {} but this user can't read it ({err}): classic tracepoints need root, or a tracefs this user may read",
+            root.display()
+        ),
+        Err(_) => {}
     }
     let mount_point = Path::new("/sys/kernel/tracing");
     nix::mount::mount(
@@ -211,6 +230,19 @@ mod tests {
         let caps = parse_cap_eff("CapEff:\t0000000000000000\n").unwrap();
         assert!(!has_cap(caps, CAP_SYS_ADMIN));
         assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+
+    #[test]
+    fn user_namespaces() {
+        assert!(is_initial_user_namespace(
+            "         0          0 4294967295\n"
+        ));
+        assert!(is_initial_user_namespace(""));
+        // unshare -Ur: root inside maps to one uid outside
+        assert!(!is_initial_user_namespace(
+            "         0       1000          1\n"
+        ));
+        assert!(!is_initial_user_namespace("0 0 1\n"));
     }
 
     #[test]

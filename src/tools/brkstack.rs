@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::analysis::unwind::{self, Registers, Unwinder};
-use crate::cli::{CommonArgs, ReportArgs};
+use crate::cli::{parse_ring_mib, CommonArgs, ReportArgs};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::percpu_sums;
@@ -77,7 +77,7 @@ pub struct Args {
     pub weight: Weight,
 
     /// Ring buffer size in MiB (a power of two; a call takes 8 KiB): raise it if calls are lost
-    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=2048))]
+    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = parse_ring_mib)]
     pub buffer_size: u32,
 }
 

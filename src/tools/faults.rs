@@ -93,28 +93,19 @@ pub fn run(args: Args) -> Result<i32> {
         .map(|path| FlameGraph::new(path, "Page faults by stack", "faults"));
     let clock = args.report.interval.is_some() || args.common.timestamp;
     let mut stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
-    let mut lost_stacks = 0u64;
     let interval = args.report.interval;
     let mut session = Session::start(trace, interval, "page faults")?;
     let mut report = |out: &mut Output| -> Result<()> {
         let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
         let mut symbolizer = symbolizer.borrow_mut();
         symbolizer.refresh();
-        let rows = symbolize_rows(
-            &mut symbolizer,
-            &skel.maps.stack_store,
-            &counts,
-            &mut lost_stacks,
-        );
+        let rows = symbolize_rows(&mut symbolizer, &skel.maps.stack_store, &counts);
         stacks.print(out, rows)
     };
     let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
     report(&mut out)?;
     drop(ring);
     stacks.finish()?;
-    if lost_stacks > 0 {
-        crate::say!("faults: the stacks of {lost_stacks} faults were lost: the stack store was full (raise --stack-storage-size)");
-    }
     drops::report(args.common.tool, skel.object(), DROP_HINTS)?;
     Ok(session.exit_code(stop))
 }
@@ -122,6 +113,10 @@ pub fn run(args: Args) -> Result<i32> {
 /// What was lost, and what to do about it.
 const DROP_HINTS: &[(DropReason, &str)] = &[
     (DropReason::MEMTRACE_DROP_COUNTS, "raise --max-entries"),
+    (
+        DropReason::MEMTRACE_DROP_STACKS,
+        "their faults show [stack lost]: raise --stack-storage-size",
+    ),
     (
         DropReason::MEMTRACE_DROP_RINGBUF,
         "exited processes' mappings: their stacks show addresses",
@@ -218,9 +213,8 @@ impl StackRow for Row {
 
 /// Why there is no stack, as a frame. A fault taken in user mode has no
 /// kernel stack of its own (the perf event carries user registers).
-fn missing_stack(id: i64, kernel: bool, lost: &mut u64, count: u64) -> Vec<String> {
+fn missing_stack(id: i64, kernel: bool) -> Vec<String> {
     if id == -i64::from(libc::ENOSPC) {
-        *lost += count;
         return vec!["[stack lost: the stack store was full]".into()];
     }
     if kernel {
@@ -235,7 +229,6 @@ fn symbolize_rows(
     symbolizer: &mut StackSymbolizer,
     stacks: &dyn MapCore,
     counts: &[(Key, Value)],
-    lost: &mut u64,
 ) -> Vec<Row> {
     type Group = (u32, String, i64, i64);
     let mut grouped: HashMap<Group, [u64; 2]> = HashMap::new();
@@ -249,15 +242,14 @@ fn symbolize_rows(
     let time_ns = monotonic_ns();
     let mut rows = Vec::with_capacity(grouped.len());
     for ((pid, comm, user_id, kernel_id), [minor, major]) in grouped {
-        let total = minor + major;
         let user = match stored_stack(stacks, user_id) {
             Some(ips) => symbolizer.user_frames(pid, &ips),
-            None => missing_stack(user_id, false, lost, total),
+            None => missing_stack(user_id, false),
         };
         let kernel =
             (kernel_id != no_kernel_stack).then(|| match stored_stack(stacks, kernel_id) {
                 Some(ips) => symbolizer.kernel_frames(&ips),
-                None => missing_stack(kernel_id, true, lost, total),
+                None => missing_stack(kernel_id, true),
             });
         rows.push(Row {
             time_ns,

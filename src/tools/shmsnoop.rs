@@ -9,7 +9,7 @@ use clap::Parser;
 use libbpf_rs::skel::Skel;
 use serde::Serialize;
 
-use crate::cli::CommonArgs;
+use crate::cli::{parse_ring_mib, CommonArgs};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records;
@@ -42,8 +42,8 @@ pub struct Args {
     #[arg(short = 't', long = "tid", value_name = "TID", value_parser = clap::value_parser!(u32).range(1..))]
     pub tid: Option<u32>,
 
-    /// Ring buffer size in MiB (a power of two); raise it if events are lost
-    #[arg(long, value_name = "MIB", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Ring buffer size in MiB, a power of two: raise it if events are lost
+    #[arg(long, value_name = "MIB", default_value_t = 4, value_parser = parse_ring_mib)]
     pub buffer_size: u32,
 }
 

@@ -17,7 +17,7 @@ use libbpf_rs::skel::Skel;
 use libbpf_rs::{OpenObject, RingBuffer, RingBufferBuilder};
 
 use crate::analysis::symbolize::StackSymbolizer;
-use crate::cli::{parse_seconds, CommonArgs};
+use crate::cli::{parse_seconds, usage_error, CommonArgs};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records::{self, add_exit_mappings};
@@ -88,7 +88,7 @@ pub struct Args {
     pub max_size: Option<u64>,
 
     /// Trace one allocation in N (cheaper; sizes are not scaled)
-    #[arg(short = 's', long, value_name = "N", default_value_t = 1)]
+    #[arg(short = 's', long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample_rate: u32,
 
     /// Report totals by stack only (faster with many allocations; ignores -o)
@@ -174,6 +174,13 @@ const DROP_HINTS: &[(DropReason, &str)] = &[
 ];
 
 pub fn run(args: Args) -> Result<i32> {
+    if let (Some(min), Some(max)) = (args.min_size, args.max_size) {
+        if min > max {
+            return Ok(usage_error(&format!(
+                "-z/--min-size {min} is above -Z/--max-size {max}: nothing would be traced"
+            )));
+        }
+    }
     let kernel_mode =
         args.kernel || (args.common.pids.is_empty() && args.common.command.is_empty());
     if !kernel_mode && args.common.pids.len() > 1 {
@@ -237,7 +244,7 @@ fn load<'obj>(
             let rodata = open.rodata()?;
             rodata.min_size = args.min_size.unwrap_or(0);
             rodata.max_size = args.max_size.unwrap_or(0);
-            rodata.sample_rate = args.sample_rate.max(1);
+            rodata.sample_rate = args.sample_rate;
             rodata.trace_all = args.trace;
             rodata.wa_missing_free = args.wa_missing_free;
             programs

@@ -11,7 +11,7 @@ use std::io::ErrorKind;
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, ValueEnum};
 
-use crate::cli::CommonArgs;
+use crate::cli::{usage_error, CommonArgs};
 use crate::engine::target::process_exists;
 use crate::present::output::Output;
 
@@ -81,14 +81,7 @@ pub enum SortBy {
 pub fn run(args: Args) -> Result<i32> {
     let pid = match the_pid(&args.common) {
         Ok(pid) => pid,
-        Err(message) => {
-            let err = clap::Error::raw(
-                clap::error::ErrorKind::ArgumentConflict,
-                format!("{message}\n"),
-            );
-            let _ = err.print();
-            return Ok(err.exit_code());
-        }
+        Err(message) => return Ok(usage_error(message)),
     };
     let smaps = read_smaps(pid)?;
     let maps = parse_smaps(&smaps).with_context(|| format!("parsing /proc/{pid}/smaps"))?;

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""What a short trace costs: the whole-run wall time and peak RSS of
+`memtrace TOOL -- true` for every BPF tool (start, attach, the command, detach,
+exit), against bpftrace's smallest trace of the same command, interleaved in
+one run. Medians; ratios to bpftrace. Run as root.
+
+--baseline PATH adds another memtrace binary (a build from before a change),
+run interleaved under the label "baseline".
+
+Usage: bench/startup_bench.py [--runs N] [--memtrace PATH] [--baseline PATH] [--only TOOL,...]
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from benchlib import ROOT, say as print
+
+TOOLS = ["mmapsnoop", "mmapfiles", "ffaults", "fmapfault", "hfaults", "faults", "memleak",
+         "oomkill", "drsnoop", "vmscan", "swapin", "brkstack", "shmsnoop"]
+
+# bpftrace's least: one probe that never fires, run around the same command
+BPFTRACE = ["bpftrace", "-e", "tracepoint:syscalls:sys_enter_kexec_load { exit(); }", "-c", "true"]
+
+
+def run_once(cmd):
+    """Wall seconds of cmd to its end, and its peak RSS in MiB (a fresh process
+    group's max, read from wait4's rusage)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd} failed")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=11)
+    ap.add_argument("--memtrace", default=os.path.join(ROOT, "target/release/memtrace"))
+    ap.add_argument("--baseline", help="another memtrace binary to compare with")
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    tools = [t for t in TOOLS if not args.only or t in args.only.split(",")]
+    configs = []
+    for tool in tools:
+        configs.append((f"memtrace {tool}", [args.memtrace, tool, "--", "true"]))
+        if args.baseline:
+            configs.append((f"baseline {tool}", [args.baseline, tool, "--", "true"]))
+    if shutil.which("bpftrace"):
+        configs.append(("bpftrace (one probe) -c true", BPFTRACE))
+    walls = {name: [] for name, _ in configs}
+    rss = {name: [] for name, _ in configs}
+    print(f"# `TOOL -- true`, {args.runs} interleaved runs: median wall time, peak RSS")
+    for _ in range(args.runs):
+        for name, cmd in configs:
+            wall, peak = run_once(cmd)
+            walls[name].append(wall)
+            rss[name].append(peak)
+    bt = statistics.median(walls["bpftrace (one probe) -c true"]) if shutil.which("bpftrace") else None
+    for name, _ in configs:
+        med = statistics.median(walls[name])
+        ratio = f"  {bt / med:5.1f}x quicker than bpftrace" if bt and not name.startswith("bpftrace") else ""
+        print(f"{name:32} {med * 1000:7.1f} ms  max {max(walls[name]) * 1000:7.1f} ms  "
+              f"RSS {max(rss[name]):6.1f} MiB{ratio}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,11 +4,10 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::present::escape::escape_path;
+use crate::present::output_file::OutputFile;
 
 /// A folded-stack line: frames outermost first, `;`-joined (a `;` inside a
 /// frame becomes `:`), then the value.
@@ -23,16 +22,17 @@ pub fn folded_line(frames_outermost_first: &[String], value: u64) -> String {
 /// A flame graph (inferno) written as SVG at the end of a trace: the stacks
 /// seen (frames outermost first) and what they weigh, added up.
 pub struct FlameGraph {
-    path: PathBuf,
+    file: OutputFile,
     title: &'static str,
     count_name: &'static str,
     stacks: HashMap<Vec<String>, u64>,
 }
 
 impl FlameGraph {
-    pub fn new(path: &Path, title: &'static str, count_name: &'static str) -> FlameGraph {
+    /// A flame graph to write to `file`, reserved before the trace.
+    pub fn new(file: OutputFile, title: &'static str, count_name: &'static str) -> FlameGraph {
         FlameGraph {
-            path: path.to_path_buf(),
+            file,
             title,
             count_name,
             stacks: HashMap::new(),
@@ -43,24 +43,18 @@ impl FlameGraph {
         *self.stacks.entry(frames_outermost_first).or_default() += weight;
     }
 
-    pub fn write(&self) -> Result<()> {
+    pub fn write(self) -> Result<()> {
         let lines: Vec<String> = self
             .stacks
             .iter()
             .map(|(frames, value)| folded_line(frames, *value))
             .collect();
-        let path = &self.path;
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("creating {}", escape_path(path)))?;
         let mut options = inferno::flamegraph::Options::default();
         options.title = self.title.into();
         options.count_name = self.count_name.into();
-        inferno::flamegraph::from_lines(
-            &mut options,
-            lines.iter().map(String::as_str),
-            std::io::BufWriter::new(file),
-        )
-        .with_context(|| format!("writing the flame graph {}", escape_path(path)))
+        self.file.commit(|out| {
+            inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
+        })
     }
 }
 
@@ -105,8 +99,13 @@ pub struct Sample {
 }
 
 /// Writes a gzipped profile.proto that `pprof` and Pyroscope-style viewers
-/// open; `sample_types` are (type, unit) pairs such as ("inuse_space", "bytes").
-pub fn write_pprof(path: &Path, sample_types: &[(&str, &str)], samples: &[Sample]) -> Result<()> {
+/// open to `file`, reserved before the trace; `sample_types` are (type,
+/// unit) pairs such as ("inuse_space", "bytes").
+pub fn write_pprof(
+    file: OutputFile,
+    sample_types: &[(&str, &str)],
+    samples: &[Sample],
+) -> Result<()> {
     let mut strings: Vec<String> = vec![String::new()];
     let mut string_ids: HashMap<String, u64> = HashMap::from([(String::new(), 0)]);
     let mut intern = |s: &str| -> u64 {
@@ -160,12 +159,11 @@ pub fn write_pprof(path: &Path, sample_types: &[(&str, &str)], samples: &[Sample
     for s in &strings {
         profile.bytes(6, s.as_bytes());
     }
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", escape_path(path)))?;
-    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-    gz.write_all(&profile.0)
-        .and_then(|()| gz.finish().map(drop))
-        .with_context(|| format!("writing the profile {}", escape_path(path)))
+    file.commit(|out| {
+        let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+        gz.write_all(&profile.0)?;
+        gz.finish().map(drop)
+    })
 }
 
 #[cfg(test)]

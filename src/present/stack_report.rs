@@ -86,8 +86,8 @@ impl StackReport {
     }
 
     /// At the end of the trace: the flame graph, if one was asked for.
-    pub fn finish(&self) -> Result<()> {
-        match &self.flame {
+    pub fn finish(self) -> Result<()> {
+        match self.flame {
             Some(flame) => flame.write(),
             None => Ok(()),
         }

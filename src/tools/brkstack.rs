@@ -27,6 +27,7 @@ use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::present::escape::escape_c_chars;
 use crate::present::format::human_size;
 use crate::present::output::Output;
+use crate::present::output_file::OutputFile;
 use crate::present::profile::FlameGraph;
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
 
@@ -83,6 +84,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<i32> {
     unwind::check_architecture()?;
+    // reserved first: a path that can't be written fails before the trace
+    let svg = args
+        .svg
+        .as_deref()
+        .map(|path| OutputFile::reserve("--svg", path))
+        .transpose()?;
     let trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
@@ -114,9 +121,9 @@ pub fn run(args: Args) -> Result<i32> {
     let ring = builder.build().context("setting up the ring buffer")?;
 
     let mut out = Output::new(args.common.json);
-    let flame = args.svg.as_deref().map(|path| match args.weight {
-        Weight::Calls => FlameGraph::new(path, "brk() calls by stack", "calls"),
-        Weight::Bytes => FlameGraph::new(path, "Heap growth by stack", "bytes"),
+    let flame = svg.map(|file| match args.weight {
+        Weight::Calls => FlameGraph::new(file, "brk() calls by stack", "calls"),
+        Weight::Bytes => FlameGraph::new(file, "Heap growth by stack", "bytes"),
     });
     let clock = args.report.interval.is_some() || args.common.timestamp;
     let mut report_stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);

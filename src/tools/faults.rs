@@ -24,6 +24,7 @@ use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
 use crate::present::escape::escape_c_chars;
 use crate::present::output::Output;
+use crate::present::output_file::OutputFile;
 use crate::present::profile::FlameGraph;
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
 
@@ -73,6 +74,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    // reserved first: a path that can't be written fails before the trace
+    let svg = args
+        .svg
+        .as_deref()
+        .map(|path| OutputFile::reserve("--svg", path))
+        .transpose()?;
     let trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &trace, &args)?;
@@ -87,10 +94,7 @@ pub fn run(args: Args) -> Result<i32> {
     let ring = builder.build().context("setting up the ring buffer")?;
 
     let mut out = Output::new(args.common.json);
-    let flame = args
-        .svg
-        .as_deref()
-        .map(|path| FlameGraph::new(path, "Page faults by stack", "faults"));
+    let flame = svg.map(|file| FlameGraph::new(file, "Page faults by stack", "faults"));
     let clock = args.report.interval.is_some() || args.common.timestamp;
     let mut stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
     let interval = args.report.interval;

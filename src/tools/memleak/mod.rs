@@ -25,9 +25,10 @@ use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::Target;
 use crate::present::output::Output;
+use crate::present::output_file::OutputFile;
 
 use allocator::Allocator;
-use report::{print_trace_event, Reporter};
+use report::{print_trace_event, Profiles, Reporter};
 
 crate::bpf_skeleton!("memleak", OpenMemleakSkel, records: [memleak_alloc, memleak_combined, memleak_event]);
 use bpf::types::memleak_event;
@@ -187,6 +188,16 @@ pub fn run(args: Args) -> Result<i32> {
         bail!("memleak traces one process in user mode: give -p once");
     }
     let allocator = (!kernel_mode).then(|| Allocator::find(&args)).transpose()?;
+    // reserved first: a path that can't be written fails before the trace
+    let reserve = |option, path: &Option<PathBuf>| {
+        path.as_deref()
+            .map(|path| OutputFile::reserve(option, path))
+            .transpose()
+    };
+    let profiles = Profiles {
+        svg: reserve("--svg", &args.svg)?,
+        pprof: reserve("--pprof", &args.pprof)?,
+    };
     let trace = Trace::prepare(&args.common)?;
     let pid = match &trace.target {
         Target::Pids(pids) => pids[0] as i32,
@@ -206,7 +217,7 @@ pub fn run(args: Args) -> Result<i32> {
     let ring = ring_buffers(&skel, &symbolizer, args.trace.then_some(&traced))?;
 
     let mut out = Output::new(args.common.json);
-    let mut reporter = Reporter::new(&args, &skel, kernel_mode, pid);
+    let mut reporter = Reporter::new(&args, &skel, kernel_mode, pid, profiles);
     let what = if kernel_mode {
         "kernel allocations"
     } else {

@@ -18,6 +18,7 @@ use crate::engine::session::monotonic_ns;
 use crate::present::escape::escape_c_chars;
 use crate::present::format::wall_clock_hms;
 use crate::present::output::Output;
+use crate::present::output_file::OutputFile;
 use crate::present::profile::{write_pprof, FlameGraph, Sample};
 use crate::present::stack_report::{StackReport, StackRow};
 
@@ -72,6 +73,13 @@ impl StackRow for Row {
     }
 }
 
+/// --svg and --pprof: the files reserved before the trace, written at its end.
+#[derive(Default)]
+pub struct Profiles {
+    pub svg: Option<OutputFile>,
+    pub pprof: Option<OutputFile>,
+}
+
 /// Reads what is outstanding and prints it, at each report and at the end.
 pub struct Reporter<'a> {
     args: &'a Args,
@@ -81,12 +89,19 @@ pub struct Reporter<'a> {
     kernel: bool,
     pid: i32,
     report: StackReport,
+    profiles: Profiles,
     /// Outstanding allocations whose stack could not be stored, at the last report.
     lost_stacks: u64,
 }
 
 impl<'a> Reporter<'a> {
-    pub fn new(args: &'a Args, skel: &'a MemleakSkel<'_>, kernel: bool, pid: i32) -> Reporter<'a> {
+    pub fn new(
+        args: &'a Args,
+        skel: &'a MemleakSkel<'_>,
+        kernel: bool,
+        pid: i32,
+        profiles: Profiles,
+    ) -> Reporter<'a> {
         Reporter {
             args,
             allocs: &skel.maps.allocs,
@@ -95,6 +110,7 @@ impl<'a> Reporter<'a> {
             kernel,
             pid,
             report: StackReport::new(args.folded, Some(args.top), None),
+            profiles,
             lost_stacks: 0,
         }
     }
@@ -181,8 +197,9 @@ impl<'a> Reporter<'a> {
     }
 
     /// --svg and --pprof: what is outstanding at the end, every stack.
-    pub fn write_profiles(&self, symbolizer: &mut StackSymbolizer) -> Result<()> {
-        if self.args.svg.is_none() && self.args.pprof.is_none() {
+    pub fn write_profiles(&mut self, symbolizer: &mut StackSymbolizer) -> Result<()> {
+        let Profiles { svg, pprof } = std::mem::take(&mut self.profiles);
+        if svg.is_none() && pprof.is_none() {
             return Ok(());
         }
         let samples: Vec<Sample> = self
@@ -193,8 +210,8 @@ impl<'a> Reporter<'a> {
                 values: vec![row.bytes, row.allocs],
             })
             .collect();
-        if let Some(path) = &self.args.svg {
-            let mut flame = FlameGraph::new(path, "Outstanding allocations", "bytes");
+        if let Some(file) = svg {
+            let mut flame = FlameGraph::new(file, "Outstanding allocations", "bytes");
             for sample in &samples {
                 flame.add(
                     sample.frames.iter().rev().cloned().collect(),
@@ -203,9 +220,9 @@ impl<'a> Reporter<'a> {
             }
             flame.write()?;
         }
-        if let Some(path) = &self.args.pprof {
+        if let Some(file) = pprof {
             let types = [("inuse_space", "bytes"), ("inuse_objects", "count")];
-            write_pprof(path, &types, &samples)?;
+            write_pprof(file, &types, &samples)?;
         }
         Ok(())
     }

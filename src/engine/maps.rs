@@ -1,6 +1,8 @@
 //! Reading a loaded object's maps: counts taken (read and cleared), per-CPU
 //! arrays summed, stacks looked up in the stack store.
 
+use std::os::fd::AsRawFd;
+
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags, Object};
 
@@ -49,22 +51,82 @@ where
 }
 
 /// Every entry of a hash map, decoded with `K` and `V`, left in place.
+///
+/// Read in batches (BPF_MAP_LOOKUP_BATCH, Linux 5.6+), whose cursor walks the
+/// buckets: a key-by-key walk (BPF_MAP_GET_NEXT_KEY) starts over from the
+/// first key whenever the BPF side deletes the key it stands on, which on a
+/// busy map (memleak --kernel: kfree all the time) made one read take
+/// seconds. Each batch is consistent; entries added or deleted while the
+/// batches are read may or may not be seen, as with any walk of a live map.
 pub fn entries<K, V>(map: &dyn MapCore) -> Result<Vec<(K, V)>>
 where
     K: plain::Plain + Default,
     V: plain::Plain + Default,
 {
+    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
+    let mut batch = 4096usize;
+    let mut keys = vec![0u8; key_size * batch];
+    let mut values = vec![0u8; value_size * batch];
+    // the kernel's cursor (a bucket index for hash maps): at least a key's size
+    let mut cursor = vec![0u8; key_size.max(8)];
+    let mut started = false;
+    let opts = libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        elem_flags: 0,
+        flags: 0,
+    };
     let mut entries = Vec::new();
-    for raw_key in map.keys() {
-        let raw_value = map
-            .lookup(&raw_key, MapFlags::ANY)
-            .with_context(|| format!("reading {}", map.name().to_string_lossy()))?;
-        // an entry deleted since its key was listed is simply gone
-        if let Some(entry) = raw_value.and_then(|raw_value| decode_entry(&raw_key, &raw_value)) {
-            entries.push(entry);
+    loop {
+        let mut count = batch as u32;
+        let mut next = vec![0u8; cursor.len()];
+        let in_batch = if started {
+            cursor.as_mut_ptr().cast()
+        } else {
+            std::ptr::null_mut()
+        };
+        // SAFETY: keys and values hold `batch` keys and values of the map's
+        // sizes, `count` says so, and the cursors are at least a key long,
+        // as bpf_map_lookup_batch requires; the fd is the map's, open for
+        // the call (borrowed from `map`).
+        let ret = unsafe {
+            libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                in_batch,
+                next.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let errno = if ret < 0 { -ret } else { 0 };
+        let count = (count as usize).min(batch);
+        if errno == 0 || errno == libc::ENOENT {
+            for i in 0..count {
+                let key = &keys[i * key_size..(i + 1) * key_size];
+                let value = &values[i * value_size..(i + 1) * value_size];
+                entries.extend(decode_entry(key, value));
+            }
         }
+        match errno {
+            0 => {}
+            // the end of the map
+            libc::ENOENT => return Ok(entries),
+            // a bucket holds more entries than a batch: read it again, with room
+            libc::ENOSPC if count == 0 && batch < 1 << 20 => {
+                batch *= 2;
+                keys.resize(key_size * batch, 0);
+                values.resize(value_size * batch, 0);
+                continue;
+            }
+            _ => {
+                return Err(std::io::Error::from_raw_os_error(errno))
+                    .with_context(|| format!("reading {}", map.name().to_string_lossy()))
+            }
+        }
+        cursor = next;
+        started = true;
     }
-    Ok(entries)
 }
 
 /// Reads and clears a map (each entry atomically: what is added during the

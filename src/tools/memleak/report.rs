@@ -138,7 +138,9 @@ impl<'a> Reporter<'a> {
             let row = by_stack.entry(alloc.stack).or_default();
             row.bytes += alloc.size;
             row.allocs += 1;
-            row.addresses.push((addr, alloc.size));
+            if self.args.show_allocs {
+                row.addresses.push((addr, alloc.size));
+            }
         }
         Ok(by_stack)
     }
@@ -181,11 +183,7 @@ impl<'a> Reporter<'a> {
                 bytes: outstanding.bytes,
                 allocations: outstanding.allocs,
                 stack: self.frames(symbolizer, key),
-                addresses: if self.args.show_allocs {
-                    outstanding.addresses
-                } else {
-                    Vec::new()
-                },
+                addresses: outstanding.addresses,
             })
             .collect();
         self.report.print_titled(out, rows, |shown| {

@@ -2,6 +2,11 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
 use common::*;
 use serde_json::Value;
 
@@ -468,4 +473,69 @@ fn count_ends_after_that_many_reports() {
         .filter(|l| l.ends_with("stacks with outstanding allocations:"))
         .count();
     assert_eq!(reports, 2, "{}", finished.stdout);
+}
+
+/// A fresh directory and, in it, the path of a file whose name is not UTF-8
+/// and holds a terminal escape (the leaker creates and maps it).
+fn hostile_name() -> (PathBuf, PathBuf) {
+    let dir = temp_path("memleak-names");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(OsStr::from_bytes(b"\x1b[31mbad\xffname"));
+    (dir, file)
+}
+
+/// The rows of the 30000-byte leak, each symbolized through leak_with() and
+/// main() of the leaker; at least `reports` of them (one per report).
+fn assert_symbolized_leaks(rows: &[Value], reports: usize) {
+    let leaks: Vec<&Value> = rows.iter().filter(|r| r["bytes"] == 30000).collect();
+    assert!(leaks.len() >= reports, "{rows:?}");
+    for leak in leaks {
+        assert!(has_frame(leak, "leak_with"), "{leak}");
+        assert!(
+            stack_frames(leak)
+                .iter()
+                .any(|f| f.starts_with("main+") && f.ends_with("[leaker]")),
+            "{leak}"
+        );
+    }
+}
+
+#[test]
+fn a_mapped_file_named_in_bytes_hides_no_process_from_p() {
+    require_root!();
+    let (dir, file) = hostile_name();
+    // the file is mapped before memleak reads the leaker's maps; the leak comes
+    // at the go, and is held 1.5 s: reports every 0.3 s while it lives
+    let child = Command::new(fixture("leaker"))
+        .arg("--map")
+        .arg(&file)
+        .args(["wait", "malloc", "1500"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut leaker = Held { child };
+    let pid = leaker.pid().to_string();
+    let tracer = Tracer::start(&["memleak", "--json", "-o", "0", "-p", &pid, "0.3"]);
+    assert!(leaker.go().success());
+    let finished = tracer.wait();
+    finished.assert_success();
+    assert_symbolized_leaks(&finished.json(), 3);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_mapped_file_named_in_bytes_hides_no_command() {
+    require_root!();
+    let (dir, file) = hostile_name();
+    let mut memleak = memtrace();
+    memleak
+        .args(["memleak", "--json", "-o", "0", "0.3", "--"])
+        .arg(fixture("leaker"))
+        .arg("--map")
+        .arg(&file)
+        .args(["malloc", "1500"]);
+    let finished = Tracer::start_command(memleak).wait();
+    finished.assert_success();
+    assert_symbolized_leaks(&finished.json(), 3);
+    let _ = std::fs::remove_dir_all(dir);
 }

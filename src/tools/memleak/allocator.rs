@@ -15,6 +15,7 @@ use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
 use super::bpf::types::memleak_func as Func;
 use super::Args;
 use crate::analysis::probe_site;
+use crate::analysis::proc_maps::{self, MapsEntry};
 use crate::present::escape::{escape_bytes, escape_path};
 
 /// The functions probed, each with its enum memleak_func (its probe's cookie).
@@ -68,22 +69,18 @@ impl Allocator {
 
 /// The libc a process uses, from its maps (memtrace's own for a command not started yet).
 fn find_libc(pid: Option<u32>) -> Result<PathBuf> {
-    let maps_path = match pid {
-        Some(pid) => format!("/proc/{pid}/maps"),
-        None => "/proc/self/maps".into(),
-    };
-    let maps =
-        std::fs::read_to_string(&maps_path).with_context(|| format!("reading {maps_path}"))?;
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| {
-            Path::new(path)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+    let maps = proc_maps::read_maps(pid.unwrap_or_else(std::process::id))?;
+    libc_in(&maps).context("no libc in the target's mappings: name the allocator library with -O")
+}
+
+/// The libc among a process's mappings.
+fn libc_in(maps: &[MapsEntry]) -> Option<PathBuf> {
+    maps.iter()
+        .filter(|m| {
+            let name = m.file_name();
+            name.starts_with(b"libc.so") || name.starts_with(b"libc-")
         })
-        .map(PathBuf::from)
-        .context("no libc in the target's mappings: name the allocator library with -O")
+        .find_map(|m| m.path().map(Path::to_path_buf))
 }
 
 /// (probe's file offset, cookie) of the allocator functions in `object`.

@@ -2,7 +2,8 @@
 //! reads it as UTF-8 lines, so one mapped file whose name is not UTF-8 fails
 //! the whole read (`Incomplete`), a file named `/SYSV` plus fewer than 8
 //! characters panics it, and names lose their trailing spaces. Names here
-//! stay bytes until they are escaped for printing.
+//! stay bytes until they are escaped for printing. Each mapping's first line
+//! is a maps line, parsed by analysis::proc_maps.
 
 use std::collections::HashSet;
 use std::ops::{Index, IndexMut};
@@ -10,6 +11,7 @@ use std::ops::{Index, IndexMut};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use crate::analysis::proc_maps::{self, number_in, parse_device};
 use crate::present::escape::escape_bytes;
 
 /// The smaps sizes pmap shows. Each field's header, JSON name and smaps
@@ -203,59 +205,17 @@ fn add_field(map: &mut Mapping, key: &[u8], value: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn number_in(bytes: &[u8], radix: u32) -> Result<u64> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| u64::from_str_radix(s, radix).ok())
-        .with_context(|| format!("'{}' is not a number", escape_bytes(bytes)))
-}
-
-fn pair(bytes: &[u8], separator: u8, radix: u32) -> Result<(u64, u64)> {
-    let at = bytes
-        .iter()
-        .position(|&b| b == separator)
-        .with_context(|| format!("no '{}' in '{}'", separator as char, escape_bytes(bytes)))?;
-    Ok((
-        number_in(&bytes[..at], radix)?,
-        number_in(&bytes[at + 1..], radix)?,
-    ))
-}
-
-fn parse_device(bytes: &[u8]) -> Result<(u32, u32)> {
-    let (major, minor) = pair(bytes, b':', 16)?;
-    Ok((
-        u32::try_from(major).context("device major out of range")?,
-        u32::try_from(minor).context("device minor out of range")?,
-    ))
-}
-
-/// `start-end perms offset major:minor inode   name`: the name is padded to a
-/// column with spaces and runs to the end of the line (trailing spaces are
-/// part of it); an anonymous mapping has none.
+/// A mapping's first line: the line of /proc/PID/maps (analysis::proc_maps).
 fn parse_header(line: &[u8]) -> Result<Mapping> {
-    let mut parts = line.splitn(6, |&b| b == b' ');
-    let mut next = |what: &str| {
-        parts
-            .next()
-            .filter(|part| !part.is_empty())
-            .with_context(|| format!("no {what}"))
-    };
-    let range = next("address range")?;
-    let perms = next("permissions")?;
-    let offset = next("offset")?;
-    let device = next("device")?;
-    let inode = next("inode")?;
-    let name = parts.next().unwrap_or_default();
-    let padding = name.iter().take_while(|&&b| b == b' ').count();
-    let (start, end) = pair(range, b'-', 16)?;
+    let entry = proc_maps::parse_line(line)?;
     Ok(Mapping {
-        start,
-        end,
-        perms: escape_bytes(perms),
-        offset: number_in(offset, 16)?,
-        device: parse_device(device)?,
-        inode: number_in(inode, 10)?,
-        name: name[padding..].to_vec(),
+        start: entry.start,
+        end: entry.end,
+        perms: escape_bytes(&entry.perms),
+        offset: entry.offset,
+        device: entry.device,
+        inode: entry.inode,
+        name: entry.name,
         ..Mapping::default()
     })
 }

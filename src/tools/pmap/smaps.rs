@@ -170,6 +170,21 @@ pub fn parse_smaps(text: &[u8]) -> Result<Vec<Mapping>> {
     Ok(maps)
 }
 
+/// Whether smaps text stops inside a mapping: the kernel ends each mapping's
+/// fields with VmFlags (since Linux 3.8), so a text that has VmFlags lines but
+/// does not end with one, or ends inside a line, was cut off.
+pub fn ends_inside_a_mapping(text: &[u8]) -> bool {
+    let Some(body) = text.strip_suffix(b"\n") else {
+        return !text.is_empty();
+    };
+    let mut lines = body.split(|&b| b == b'\n');
+    let is_flags = |line: &[u8]| line.starts_with(b"VmFlags:");
+    match lines.next_back() {
+        Some(last) => !is_flags(last) && lines.any(is_flags),
+        None => false,
+    }
+}
+
 /// `Key: value` lines; a mapping's first line starts with its address range.
 fn field(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
@@ -389,6 +404,30 @@ VmFlags: ex
         assert_eq!(maps.len(), 1);
         assert!(maps[0].name.is_empty());
         assert!(parse_smaps(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_text_cut_inside_a_mapping_is_told() {
+        assert!(!ends_inside_a_mapping(SAMPLE));
+        assert!(!ends_inside_a_mapping(b""));
+        // cut between two mappings: nothing in the text can tell (the process
+        // having exited does: see pmap's run)
+        let between = SAMPLE.len() - b"ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]\nSize:                  4 kB\nVmFlags: ex \n".len();
+        assert!(SAMPLE[..between].ends_with(b"VmFlags: rd ex mr mw me de sd \n"));
+        assert!(!ends_inside_a_mapping(&SAMPLE[..between]));
+        // cut after the last mapping's first line, after a field, inside a line
+        for cut in [b"[vsyscall]\n".as_slice(), b"4 kB\n", b"4 k"] {
+            let end = SAMPLE.windows(cut.len()).rposition(|w| w == cut).unwrap() + cut.len();
+            assert!(ends_inside_a_mapping(&SAMPLE[..end]), "cut after {cut:?}");
+            // and the parser alone takes it for a whole table, or fails
+            if let Ok(maps) = parse_smaps(&SAMPLE[..end]) {
+                assert_eq!(maps.len(), 13);
+            }
+        }
+        // a kernel without VmFlags (before 3.8): a mapping may end with any field
+        assert!(!ends_inside_a_mapping(
+            b"00400000-00401000 r--p 00000000 fe:00 1 /x\nRss: 4 kB\n"
+        ));
     }
 
     #[test]

@@ -539,3 +539,67 @@ fn a_mapped_file_named_in_bytes_hides_no_command() {
     assert_symbolized_leaks(&finished.json(), 3);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `memleak ARGS`, expected to stop at once with one line on stderr and status 1.
+fn refused(args: &[&str]) -> String {
+    let out = memtrace().arg("memleak").args(args).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+/// The state and flags fields of /proc/PID/stat.
+fn state_and_flags(pid: &str) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.first()?.to_string(), fields.get(6)?.parse().ok()?))
+}
+
+#[test]
+fn a_zombie_is_said_to_be_one() {
+    require_root!();
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id().to_string();
+    // exited, and not waited for until the end of the test
+    while state_and_flags(&pid).map(|(state, _)| state) != Some("Z".into()) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let stderr = refused(&["-p", &pid]);
+    assert!(
+        stderr.starts_with(&format!("memleak: PID {pid} is a zombie: ")),
+        "{stderr}"
+    );
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_kernel_thread_is_said_to_be_one() {
+    require_root!();
+    const PF_KTHREAD: u32 = 0x0020_0000;
+    let kthread = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|pid| state_and_flags(pid).is_some_and(|(_, flags)| flags & PF_KTHREAD != 0))
+        .expect("no kernel thread in /proc");
+    let stderr = refused(&["-p", &kthread]);
+    assert_eq!(
+        stderr,
+        format!(
+            "memleak: PID {kthread} is a kernel thread: memleak traces user processes; for \
+             kernel allocations use --kernel\n"
+        )
+    );
+}
+
+#[test]
+fn a_missing_pid_is_said_as_every_tool_says_it() {
+    require_root!();
+    // pids run below pid_max: this one can't exist
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap();
+    let pid = pid_max.trim();
+    let stderr = refused(&["-p", pid]);
+    assert_eq!(stderr, format!("memleak: no process with PID {pid}\n"));
+}

@@ -78,6 +78,41 @@ pub fn process_exists(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// What a pid is, for the tools that trace a user process's own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessKind {
+    User,
+    /// Exited, not yet reaped: no memory, no mappings.
+    Zombie,
+    /// No user space at all.
+    KernelThread,
+}
+
+/// The kind of process `pid` is, from /proc/PID/stat; an error naming the
+/// pid if there is none.
+pub fn process_kind(pid: u32) -> Result<ProcessKind> {
+    let stat = i32::try_from(pid)
+        .ok()
+        .and_then(|pid| procfs::process::Process::new(pid).ok())
+        .map(|process| process.stat());
+    let stat = match stat {
+        None | Some(Err(procfs::ProcError::NotFound(_))) => bail!("no process with PID {pid}"),
+        Some(stat) => stat.with_context(|| format!("reading /proc/{pid}/stat"))?,
+    };
+    Ok(kind_of(&stat))
+}
+
+fn kind_of(stat: &procfs::process::Stat) -> ProcessKind {
+    use procfs::process::{ProcState, StatFlags};
+    if StatFlags::from_bits_truncate(stat.flags).contains(StatFlags::PF_KTHREAD) {
+        ProcessKind::KernelThread
+    } else if matches!(stat.state(), Ok(ProcState::Zombie | ProcState::Dead)) {
+        ProcessKind::Zombie
+    } else {
+        ProcessKind::User
+    }
+}
+
 /// A forked child blocked on a pipe, exec'ing COMMAND once released.
 pub struct HeldCommand {
     pub pid: Pid,
@@ -192,5 +227,30 @@ impl Drop for HeldCommand {
             let _ = signal::kill(self.pid, Signal::SIGKILL);
             let _ = waitpid(self.pid, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_of_process() {
+        assert_eq!(process_kind(std::process::id()).unwrap(), ProcessKind::User);
+        let stat = |state: &str, flags: u32| {
+            use procfs::FromRead;
+            let line = format!(
+                "2 (kthreadd) {state} 0 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0 \
+                 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 1 0 0 0 0 0"
+            );
+            procfs::process::Stat::from_read(line.as_bytes()).unwrap()
+        };
+        assert_eq!(kind_of(&stat("S", 0x0020_8040)), ProcessKind::KernelThread);
+        assert_eq!(kind_of(&stat("Z", 0x0040_4044)), ProcessKind::Zombie);
+        assert_eq!(kind_of(&stat("S", 0x0040_0100)), ProcessKind::User);
+        let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap();
+        let missing: u32 = pid_max.trim().parse().unwrap();
+        let err = process_kind(missing).unwrap_err();
+        assert_eq!(err.to_string(), format!("no process with PID {missing}"));
     }
 }

@@ -16,6 +16,7 @@ use super::bpf::types::memleak_func as Func;
 use super::Args;
 use crate::analysis::probe_site;
 use crate::analysis::proc_maps::{self, MapsEntry};
+use crate::engine::target::{process_kind, ProcessKind, Target};
 use crate::present::escape::{escape_bytes, escape_path};
 
 /// The functions probed, each with its enum memleak_func (its probe's cookie).
@@ -44,10 +45,16 @@ pub struct Allocator {
 impl Allocator {
     /// The library of -O (default: the target's libc) and its functions
     /// (with --symbols-prefix); those it lacks are said and skipped.
-    pub fn find(args: &Args) -> Result<Allocator> {
-        let object = match &args.object {
-            Some(path) => path.clone(),
-            None => find_libc(args.common.pids.first().copied())?,
+    pub fn find(args: &Args, target: &Target) -> Result<Allocator> {
+        if let Target::Pids(pids) = target {
+            for &pid in pids {
+                check_user_process(pid)?;
+            }
+        }
+        let object = match (&args.object, target) {
+            (Some(path), _) => path.clone(),
+            (None, Target::Pids(pids)) => find_libc(pids.first().copied())?,
+            (None, _) => find_libc(None)?,
         };
         let probes = resolve_functions(&object, &args.symbols_prefix)?;
         Ok(Allocator { object, probes })
@@ -64,6 +71,21 @@ impl Allocator {
         };
         prog.attach_uprobe_multi_with_opts(pid, &self.object, "", opts)
             .with_context(|| format!("attaching uprobes to {}", escape_path(&self.object)))
+    }
+}
+
+/// A process with user space to probe, or what it is instead.
+fn check_user_process(pid: u32) -> Result<()> {
+    match process_kind(pid)? {
+        ProcessKind::User => Ok(()),
+        ProcessKind::Zombie => bail!(
+            "PID {pid} is a zombie: it has exited (its parent has not reaped it yet) and has no \
+             memory left to trace"
+        ),
+        ProcessKind::KernelThread => bail!(
+            "PID {pid} is a kernel thread: memleak traces user processes; for kernel \
+             allocations use --kernel"
+        ),
     }
 }
 

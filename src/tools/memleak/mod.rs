@@ -179,8 +179,12 @@ pub fn run(args: Args) -> Result<i32> {
     if !kernel_mode && args.common.pids.len() > 1 {
         bail!("memleak traces one process in user mode: give -p once");
     }
-    let allocator = (!kernel_mode).then(|| Allocator::find(&args)).transpose()?;
+    // -p checked (a missing pid is said as every tool says it) before the
+    // allocator is looked for in it
     let trace = Trace::prepare(&args.common)?;
+    let allocator = (!kernel_mode)
+        .then(|| Allocator::find(&args, &trace.target))
+        .transpose()?;
     let pid = match &trace.target {
         Target::Pids(pids) => pids[0] as i32,
         Target::Command(cmd) => cmd.pid.as_raw(),

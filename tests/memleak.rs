@@ -603,3 +603,100 @@ fn a_missing_pid_is_said_as_every_tool_says_it() {
     let stderr = refused(&["-p", pid]);
     assert_eq!(stderr, format!("memleak: no process with PID {pid}\n"));
 }
+
+/// Whether a process runs `program` (its /proc/PID/exe).
+fn running(program: &std::path::Path) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|entry| std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| exe == program))
+}
+
+#[test]
+fn a_static_command_needs_o_and_is_traced_with_it() {
+    require_root!();
+    // the leaker linked with the static libc: no libc.so to find
+    let leaker = fixture_with("leaker", "leaker-static", &["-static"]);
+    let program = leaker.to_str().unwrap();
+    // its main would create this file first
+    let ran = temp_path("static-leaker-ran");
+    let out = memtrace()
+        .args(["memleak", "-o", "0", "--", program, "--map"])
+        .arg(&ran)
+        .arg("malloc")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr,
+        format!(
+            "memleak: no libc in the target's mappings: {program} runs without a dynamic loader \
+             (a static program); name its allocator with -O, the program itself if the \
+             allocator is linked into it\n"
+        )
+    );
+    // stopped right after exec, then killed: never ran, and not left behind
+    assert!(!ran.exists(), "the command ran");
+    assert!(!running(&leaker), "the command was left behind");
+
+    // -O the program itself: its own malloc is probed
+    let finished = run(&[
+        "memleak", "--json", "-o", "0", "-O", program, "--", program, "malloc",
+    ]);
+    finished.assert_success();
+    let rows = finished.json();
+    let leaks: Vec<&Value> = rows.iter().filter(|r| has_frame(r, "leak_with")).collect();
+    assert_eq!(leaks.len(), 1, "{rows:?}");
+    assert_eq!(leaks[0]["bytes"], 30000, "{rows:?}");
+    assert_eq!(leaks[0]["allocations"], 1, "{rows:?}");
+    assert!(stack_frames(leaks[0])
+        .iter()
+        .any(|f| f.starts_with("main+") && f.ends_with("[leaker-static]")));
+}
+
+#[test]
+fn a_commands_own_libc_is_probed_from_its_first_allocation() {
+    require_root!();
+    // the leaker with a copy of the libc this test runs with, found by its
+    // RUNPATH: not the libc memtrace maps
+    let own = temp_path("own-libc");
+    std::fs::create_dir_all(&own).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.ends_with("/libc.so.6"))
+        .expect("no libc.so.6 in this test's maps");
+    std::fs::copy(libc, own.join("libc.so.6")).unwrap();
+    let rpath = format!("-Wl,-rpath,{}", own.to_str().unwrap());
+    let leaker = fixture_with("leaker", "leaker-own-libc", &[&rpath]);
+
+    // and a leak from a constructor, before main
+    let mut memleak = memtrace();
+    memleak
+        .args(["memleak", "--json", "-o", "0", "--"])
+        .arg(&leaker)
+        .arg("malloc")
+        .env("LEAKER_EARLY", "777");
+    let finished = Tracer::start_command(memleak).wait();
+    finished.assert_success();
+    let rows = finished.json();
+    let bytes_through = |function: &str| -> Vec<(u64, u64)> {
+        rows.iter()
+            .filter(|r| has_frame(r, function))
+            .map(|r| {
+                (
+                    r["bytes"].as_u64().unwrap(),
+                    r["allocations"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(bytes_through("leak_with"), [(30000, 1)], "{rows:?}");
+    assert_eq!(bytes_through("leak_early"), [(777, 1)], "{rows:?}");
+    let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(total, 30777, "everything else was freed: {rows:?}");
+    let _ = std::fs::remove_dir_all(own);
+}

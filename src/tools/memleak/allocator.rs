@@ -16,7 +16,7 @@ use super::bpf::types::memleak_func as Func;
 use super::Args;
 use crate::analysis::probe_site;
 use crate::analysis::proc_maps::{self, MapsEntry};
-use crate::engine::target::{process_kind, ProcessKind, Target};
+use crate::engine::target::{process_kind, Mapped, ProcessKind, Target};
 use crate::present::escape::{escape_bytes, escape_path};
 
 /// The functions probed, each with its enum memleak_func (its probe's cookie).
@@ -44,20 +44,40 @@ pub struct Allocator {
 
 impl Allocator {
     /// The library of -O (default: the target's libc) and its functions
-    /// (with --symbols-prefix); those it lacks are said and skipped.
-    pub fn find(args: &Args, target: &Target) -> Result<Allocator> {
-        if let Target::Pids(pids) = target {
-            for &pid in pids {
-                check_user_process(pid)?;
+    /// (with --symbols-prefix); those it lacks are said and skipped. A
+    /// command's libc is looked for in what it maps after exec: it is
+    /// stopped there, before any of its code runs, until the session
+    /// starts. None: the command ended before (its loader failed).
+    pub fn find(args: &Args, target: &mut Target) -> Result<Option<Allocator>> {
+        let object = match target {
+            Target::Pids(pids) => {
+                for &pid in pids.iter() {
+                    check_user_process(pid)?;
+                }
+                match (&args.object, pids.first()) {
+                    (Some(path), _) => path.clone(),
+                    (None, Some(&pid)) => find_libc(pid)?,
+                    (None, None) => bail!("memleak's user mode traces one process: give -p PID"),
+                }
             }
-        }
-        let object = match (&args.object, target) {
-            (Some(path), _) => path.clone(),
-            (None, Target::Pids(pids)) => find_libc(pids.first().copied())?,
-            (None, _) => find_libc(None)?,
+            Target::Command(cmd) => match &args.object {
+                Some(path) => path.clone(),
+                None => match cmd.exec_until_mapped(libc_in)? {
+                    Mapped::Found(path) => path,
+                    Mapped::Absent { dynamic: true } => bail!(NO_LIBC),
+                    Mapped::Absent { dynamic: false } => bail!(
+                        "no libc in the target's mappings: {} runs without a dynamic loader (a \
+                         static program); name its allocator with -O, the program itself if \
+                         the allocator is linked into it",
+                        cmd.name
+                    ),
+                    Mapped::Exited => return Ok(None),
+                },
+            },
+            Target::All => bail!("memleak's user mode needs -p PID or -- COMMAND"),
         };
         let probes = resolve_functions(&object, &args.symbols_prefix)?;
-        Ok(Allocator { object, probes })
+        Ok(Some(Allocator { object, probes }))
     }
 
     /// One session link for every function: each single uprobe link takes
@@ -89,10 +109,26 @@ fn check_user_process(pid: u32) -> Result<()> {
     }
 }
 
-/// The libc a process uses, from its maps (memtrace's own for a command not started yet).
-fn find_libc(pid: Option<u32>) -> Result<PathBuf> {
-    let maps = proc_maps::read_maps(pid.unwrap_or_else(std::process::id))?;
-    libc_in(&maps).context("no libc in the target's mappings: name the allocator library with -O")
+const NO_LIBC: &str = "no libc in the target's mappings: name the allocator library with -O";
+
+/// The libc a process uses, from its maps.
+fn find_libc(pid: u32) -> Result<PathBuf> {
+    let maps = match proc_maps::read_maps(pid) {
+        Ok(maps) => maps,
+        // it exited meanwhile
+        Err(err) if gone(&err) => bail!("no process with PID {pid}"),
+        Err(err) => return Err(err),
+    };
+    libc_in(&maps).context(NO_LIBC)
+}
+
+/// Whether reading a process's /proc file failed because it is gone.
+fn gone(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| {
+            io.kind() == std::io::ErrorKind::NotFound || io.raw_os_error() == Some(libc::ESRCH)
+        })
 }
 
 /// The libc among a process's mappings.

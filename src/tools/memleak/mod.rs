@@ -181,10 +181,12 @@ pub fn run(args: Args) -> Result<i32> {
     }
     // -p checked (a missing pid is said as every tool says it) before the
     // allocator is looked for in it
-    let trace = Trace::prepare(&args.common)?;
-    let allocator = (!kernel_mode)
-        .then(|| Allocator::find(&args, &trace.target))
-        .transpose()?;
+    let mut trace = Trace::prepare(&args.common)?;
+    let allocator = if kernel_mode {
+        None
+    } else {
+        Allocator::find(&args, &mut trace.target)?
+    };
     let pid = match &trace.target {
         Target::Pids(pids) => pids[0] as i32,
         Target::Command(cmd) => cmd.pid.as_raw(),

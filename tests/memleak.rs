@@ -2,6 +2,11 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
 use common::*;
 use serde_json::Value;
 
@@ -497,4 +502,230 @@ fn the_last_report_comes_quickly_while_the_kernel_allocates_and_frees() {
         took < std::time::Duration::from_secs(2),
         "the final report took {took:?} after Ctrl-C"
     );
+}
+
+/// A fresh directory and, in it, the path of a file whose name is not UTF-8
+/// and holds a terminal escape (the leaker creates and maps it).
+fn hostile_name() -> (PathBuf, PathBuf) {
+    let dir = temp_path("memleak-names");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(OsStr::from_bytes(b"\x1b[31mbad\xffname"));
+    (dir, file)
+}
+
+/// The rows of the 30000-byte leak, each symbolized through leak_with() and
+/// main() of the leaker; at least `reports` of them (one per report).
+fn assert_symbolized_leaks(rows: &[Value], reports: usize) {
+    let leaks: Vec<&Value> = rows.iter().filter(|r| r["bytes"] == 30000).collect();
+    assert!(leaks.len() >= reports, "{rows:?}");
+    for leak in leaks {
+        assert!(has_frame(leak, "leak_with"), "{leak}");
+        assert!(
+            stack_frames(leak)
+                .iter()
+                .any(|f| f.starts_with("main+") && f.ends_with("[leaker]")),
+            "{leak}"
+        );
+    }
+}
+
+#[test]
+fn a_mapped_file_named_in_bytes_hides_no_process_from_p() {
+    require_root!();
+    let (dir, file) = hostile_name();
+    // the file is mapped before memleak reads the leaker's maps; the leak comes
+    // at the go, and is held 1.5 s: reports every 0.3 s while it lives
+    let child = Command::new(fixture("leaker"))
+        .arg("--map")
+        .arg(&file)
+        .args(["wait", "malloc", "1500"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut leaker = Held { child };
+    let pid = leaker.pid().to_string();
+    let tracer = Tracer::start(&["memleak", "--json", "-o", "0", "-p", &pid, "0.3"]);
+    assert!(leaker.go().success());
+    let finished = tracer.wait();
+    finished.assert_success();
+    assert_symbolized_leaks(&finished.json(), 3);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_mapped_file_named_in_bytes_hides_no_command() {
+    require_root!();
+    let (dir, file) = hostile_name();
+    let mut memleak = memtrace();
+    memleak
+        .args(["memleak", "--json", "-o", "0", "0.3", "--"])
+        .arg(fixture("leaker"))
+        .arg("--map")
+        .arg(&file)
+        .args(["malloc", "1500"]);
+    let finished = Tracer::start_command(memleak).wait();
+    finished.assert_success();
+    assert_symbolized_leaks(&finished.json(), 3);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `memleak ARGS`, expected to stop at once with one line on stderr and status 1.
+fn refused(args: &[&str]) -> String {
+    let out = memtrace().arg("memleak").args(args).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+/// The state and flags fields of /proc/PID/stat.
+fn state_and_flags(pid: &str) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.first()?.to_string(), fields.get(6)?.parse().ok()?))
+}
+
+#[test]
+fn a_zombie_is_said_to_be_one() {
+    require_root!();
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id().to_string();
+    // exited, and not waited for until the end of the test
+    while state_and_flags(&pid).map(|(state, _)| state) != Some("Z".into()) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let stderr = refused(&["-p", &pid]);
+    assert!(
+        stderr.starts_with(&format!("memleak: PID {pid} is a zombie: ")),
+        "{stderr}"
+    );
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_kernel_thread_is_said_to_be_one() {
+    require_root!();
+    const PF_KTHREAD: u32 = 0x0020_0000;
+    let kthread = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|pid| state_and_flags(pid).is_some_and(|(_, flags)| flags & PF_KTHREAD != 0))
+        .expect("no kernel thread in /proc");
+    let stderr = refused(&["-p", &kthread]);
+    assert_eq!(
+        stderr,
+        format!(
+            "memleak: PID {kthread} is a kernel thread: memleak traces user processes; for \
+             kernel allocations use --kernel\n"
+        )
+    );
+}
+
+#[test]
+fn a_missing_pid_is_said_as_every_tool_says_it() {
+    require_root!();
+    // pids run below pid_max: this one can't exist
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap();
+    let pid = pid_max.trim();
+    let stderr = refused(&["-p", pid]);
+    assert_eq!(stderr, format!("memleak: no process with PID {pid}\n"));
+}
+
+/// Whether a process runs `program` (its /proc/PID/exe).
+fn running(program: &std::path::Path) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|entry| std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| exe == program))
+}
+
+#[test]
+fn a_static_command_needs_o_and_is_traced_with_it() {
+    require_root!();
+    // the leaker linked with the static libc: no libc.so to find
+    let leaker = fixture_with("leaker", "leaker-static", &["-static"]);
+    let program = leaker.to_str().unwrap();
+    // its main would create this file first
+    let ran = temp_path("static-leaker-ran");
+    let out = memtrace()
+        .args(["memleak", "-o", "0", "--", program, "--map"])
+        .arg(&ran)
+        .arg("malloc")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr,
+        format!(
+            "memleak: no libc in the target's mappings: {program} runs without a dynamic loader \
+             (a static program); name its allocator with -O, the program itself if the \
+             allocator is linked into it\n"
+        )
+    );
+    // stopped right after exec, then killed: never ran, and not left behind
+    assert!(!ran.exists(), "the command ran");
+    assert!(!running(&leaker), "the command was left behind");
+
+    // -O the program itself: its own malloc is probed
+    let finished = run(&[
+        "memleak", "--json", "-o", "0", "-O", program, "--", program, "malloc",
+    ]);
+    finished.assert_success();
+    let rows = finished.json();
+    let leaks: Vec<&Value> = rows.iter().filter(|r| has_frame(r, "leak_with")).collect();
+    assert_eq!(leaks.len(), 1, "{rows:?}");
+    assert_eq!(leaks[0]["bytes"], 30000, "{rows:?}");
+    assert_eq!(leaks[0]["allocations"], 1, "{rows:?}");
+    assert!(stack_frames(leaks[0])
+        .iter()
+        .any(|f| f.starts_with("main+") && f.ends_with("[leaker-static]")));
+}
+
+#[test]
+fn a_commands_own_libc_is_probed_from_its_first_allocation() {
+    require_root!();
+    // the leaker with a copy of the libc this test runs with, found by its
+    // RUNPATH: not the libc memtrace maps
+    let own = temp_path("own-libc");
+    std::fs::create_dir_all(&own).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.ends_with("/libc.so.6"))
+        .expect("no libc.so.6 in this test's maps");
+    std::fs::copy(libc, own.join("libc.so.6")).unwrap();
+    let rpath = format!("-Wl,-rpath,{}", own.to_str().unwrap());
+    let leaker = fixture_with("leaker", "leaker-own-libc", &[&rpath]);
+
+    // and a leak from a constructor, before main
+    let mut memleak = memtrace();
+    memleak
+        .args(["memleak", "--json", "-o", "0", "--"])
+        .arg(&leaker)
+        .arg("malloc")
+        .env("LEAKER_EARLY", "777");
+    let finished = Tracer::start_command(memleak).wait();
+    finished.assert_success();
+    let rows = finished.json();
+    let bytes_through = |function: &str| -> Vec<(u64, u64)> {
+        rows.iter()
+            .filter(|r| has_frame(r, function))
+            .map(|r| {
+                (
+                    r["bytes"].as_u64().unwrap(),
+                    r["allocations"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(bytes_through("leak_with"), [(30000, 1)], "{rows:?}");
+    assert_eq!(bytes_through("leak_early"), [(777, 1)], "{rows:?}");
+    let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(total, 30777, "everything else was freed: {rows:?}");
+    let _ = std::fs::remove_dir_all(own);
 }

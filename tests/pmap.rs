@@ -355,3 +355,108 @@ fn pmap_shows_hugetlb_pages_apart() {
     assert_eq!(big["kind"], "anonymous");
     assert_eq!(big["rss"], 16 << 20);
 }
+
+/// The mapmany fixture's mappings: enough that reading its smaps takes a
+/// good part of a second, and fewer than the default vm.max_map_count (65530).
+const MANY: usize = 40000;
+
+/// Whether process `pid` has `path` open.
+fn has_open(pid: u32, path: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+}
+
+/// Kills the mapmany fixture once pmap has its smaps open, reaped at once or
+/// left a zombie until pmap ends: its read then fails (ESRCH) or ends early
+/// with no error. pmap may still have read it all before the kill (then its
+/// table must be whole), or see the exit without a cut (then it must say so
+/// all the same); tried until a read is cut short.
+fn killed_during_the_read(reap_at_once: bool) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut outcomes = Vec::new();
+    for _ in 0..20 {
+        let mut fixture = Command::new(fixture("mapmany"))
+            .arg(MANY.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(fixture.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n", "mapmany did not set up");
+        let pid = fixture.id();
+
+        let mut pmap = memtrace()
+            .args(["pmap", "--json", "-p", &pid.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = pmap.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            stdout.read_to_string(&mut text).unwrap();
+            text
+        });
+        let smaps = PathBuf::from(format!("/proc/{pid}/smaps"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !has_open(pmap.id(), &smaps) && pmap.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "pmap never opened {smaps:?}");
+        }
+        let _ = fixture.kill();
+        if reap_at_once {
+            let _ = fixture.wait();
+        }
+        let mut stderr = String::new();
+        pmap.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = pmap.wait().unwrap();
+        let stdout = stdout.join().unwrap();
+        let _ = fixture.wait();
+        let mappings = stdout
+            .lines()
+            .filter(|l| l.contains("\"record\":\"mapping\""))
+            .count();
+        outcomes.push((status.code(), mappings));
+        if status.success() {
+            // read before the kill: the table is whole
+            assert!(
+                mappings > MANY,
+                "a short table: {mappings} mappings; {stderr}"
+            );
+            assert!(stderr.is_empty(), "{stderr}");
+            continue;
+        }
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert_eq!(
+            stderr,
+            format!("pmap: PID {pid} exited during the read; the table is incomplete\n")
+        );
+        if mappings < MANY {
+            return; // a read cut short, and told
+        }
+    }
+    panic!("no read was cut short in 20 tries: (status, mappings) {outcomes:?}");
+}
+
+#[test]
+fn a_process_that_exits_during_the_read_is_an_error_not_a_short_table() {
+    // a zombie's smaps ends early, with no error
+    killed_during_the_read(false);
+}
+
+#[test]
+fn a_process_reaped_during_the_read_is_the_same_error() {
+    // once reaped, the next read of its smaps fails with ESRCH
+    killed_during_the_read(true);
+}

@@ -11,6 +11,7 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
+use crate::analysis::proc_maps;
 use crate::present::escape::escape_bytes;
 
 /// An executable file mapping of a process.
@@ -34,19 +35,17 @@ pub struct StackSymbolizer {
 
 /// The executable file mappings of a live process, from /proc/PID/maps.
 fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
-    let process = procfs::process::Process::new(pid as i32).ok()?;
-    let maps = process.maps().ok()?;
+    let maps = proc_maps::read_maps(pid).ok()?;
     Some(
         maps.into_iter()
-            .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
-            .filter_map(|m| match m.pathname {
-                procfs::process::MMapPath::Path(path) => Some(Mapping {
-                    start: m.address.0,
-                    end: m.address.1,
+            .filter(|m| m.executable())
+            .filter_map(|m| {
+                Some(Mapping {
+                    start: m.start,
+                    end: m.end,
                     file_offset: m.offset,
-                    path,
-                }),
-                _ => None,
+                    path: m.path()?.to_path_buf(),
+                })
             })
             .collect(),
     )

@@ -312,11 +312,11 @@ mod tests {
         }
         // At most 16 KiB, and never past the end of the mapping that holds
         // sp: a thread's stack top can be a few KiB above a shallow frame.
-        let maps = procfs::process::Process::myself().unwrap().maps().unwrap();
+        let maps = crate::analysis::proc_maps::read_maps(std::process::id()).unwrap();
         let top = maps
             .iter()
-            .find(|m| (m.address.0..m.address.1).contains(&sp))
-            .map(|m| m.address.1)
+            .find(|m| (m.start..m.end).contains(&sp))
+            .map(|m| m.end)
             .unwrap();
         let len = (top - sp).min(16 * 1024) as usize;
         // SAFETY: [sp, sp + len) lies inside this thread's mapped stack: the
@@ -328,16 +328,10 @@ mod tests {
     #[test]
     fn unwinds_own_stack_through_eh_frame() {
         let (regs, stack) = capture();
-        let maps = procfs::process::Process::myself().unwrap().maps().unwrap();
+        let maps = crate::analysis::proc_maps::read_maps(std::process::id()).unwrap();
         let locate = |addr: u64| {
-            maps.iter()
-                .find(|m| (m.address.0..m.address.1).contains(&addr))
-                .and_then(|m| match &m.pathname {
-                    procfs::process::MMapPath::Path(p) => {
-                        Some((p.clone(), addr - m.address.0 + m.offset))
-                    }
-                    _ => None,
-                })
+            let m = maps.iter().find(|m| (m.start..m.end).contains(&addr))?;
+            Some((m.path()?.to_path_buf(), addr - m.start + m.offset))
         };
         let mut unwinder = Unwinder::default();
         let ips = unwinder.unwind_memo(1, regs, &stack, locate);

@@ -115,30 +115,35 @@ pub fn temp_path(tag: &str) -> PathBuf {
 
 /// tests/fixtures/NAME.c compiled (once per test binary) into the target dir.
 pub fn fixture(name: &str) -> PathBuf {
+    fixture_with(name, name, &[])
+}
+
+/// tests/fixtures/SOURCE.c compiled with more cc `flags` (`-static`, ...)
+/// into the target dir as NAME, once per test binary.
+pub fn fixture_with(source: &str, name: &str, flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
     if let Some(path) = built.get(name) {
         return path.clone();
     }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{source}.c"));
     let dir = scratch_dir().join("fixtures");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(name);
     let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
     let status = Command::new("cc")
-        .args([
-            "-O1",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-Wall",
-            "-Werror",
-            "-o",
-        ])
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-Werror"])
+        .args(flags)
+        .arg("-o")
         .arg(&tmp)
         .arg(&source)
         .status()
         .expect("running cc to build a test fixture");
-    assert!(status.success(), "compiling {}", source.display());
+    assert!(
+        status.success(),
+        "compiling {} with {flags:?}",
+        source.display()
+    );
     std::fs::rename(&tmp, &out).unwrap();
     built.insert(name.to_string(), out.clone());
     out

@@ -15,6 +15,8 @@ use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
 use super::bpf::types::memleak_func as Func;
 use super::Args;
 use crate::analysis::probe_site;
+use crate::analysis::proc_maps::{self, MapsEntry};
+use crate::engine::target::{process_kind, Mapped, ProcessKind, Target};
 use crate::present::escape::{escape_bytes, escape_path};
 
 /// The functions probed, each with its enum memleak_func (its probe's cookie).
@@ -42,14 +44,40 @@ pub struct Allocator {
 
 impl Allocator {
     /// The library of -O (default: the target's libc) and its functions
-    /// (with --symbols-prefix); those it lacks are said and skipped.
-    pub fn find(args: &Args) -> Result<Allocator> {
-        let object = match &args.object {
-            Some(path) => path.clone(),
-            None => find_libc(args.common.pids.first().copied())?,
+    /// (with --symbols-prefix); those it lacks are said and skipped. A
+    /// command's libc is looked for in what it maps after exec: it is
+    /// stopped there, before any of its code runs, until the session
+    /// starts. None: the command ended before (its loader failed).
+    pub fn find(args: &Args, target: &mut Target) -> Result<Option<Allocator>> {
+        let object = match target {
+            Target::Pids(pids) => {
+                for &pid in pids.iter() {
+                    check_user_process(pid)?;
+                }
+                match (&args.object, pids.first()) {
+                    (Some(path), _) => path.clone(),
+                    (None, Some(&pid)) => find_libc(pid)?,
+                    (None, None) => bail!("memleak's user mode traces one process: give -p PID"),
+                }
+            }
+            Target::Command(cmd) => match &args.object {
+                Some(path) => path.clone(),
+                None => match cmd.exec_until_mapped(libc_in)? {
+                    Mapped::Found(path) => path,
+                    Mapped::Absent { dynamic: true } => bail!(NO_LIBC),
+                    Mapped::Absent { dynamic: false } => bail!(
+                        "no libc in the target's mappings: {} runs without a dynamic loader (a \
+                         static program); name its allocator with -O, the program itself if \
+                         the allocator is linked into it",
+                        cmd.name
+                    ),
+                    Mapped::Exited => return Ok(None),
+                },
+            },
+            Target::All => bail!("memleak's user mode needs -p PID or -- COMMAND"),
         };
         let probes = resolve_functions(&object, &args.symbols_prefix)?;
-        Ok(Allocator { object, probes })
+        Ok(Some(Allocator { object, probes }))
     }
 
     /// One session link for every function: each single uprobe link takes
@@ -66,24 +94,51 @@ impl Allocator {
     }
 }
 
-/// The libc a process uses, from its maps (memtrace's own for a command not started yet).
-fn find_libc(pid: Option<u32>) -> Result<PathBuf> {
-    let maps_path = match pid {
-        Some(pid) => format!("/proc/{pid}/maps"),
-        None => "/proc/self/maps".into(),
+/// A process with user space to probe, or what it is instead.
+fn check_user_process(pid: u32) -> Result<()> {
+    match process_kind(pid)? {
+        ProcessKind::User => Ok(()),
+        ProcessKind::Zombie => bail!(
+            "PID {pid} is a zombie: it has exited (its parent has not reaped it yet) and has no \
+             memory left to trace"
+        ),
+        ProcessKind::KernelThread => bail!(
+            "PID {pid} is a kernel thread: memleak traces user processes; for kernel \
+             allocations use --kernel"
+        ),
+    }
+}
+
+const NO_LIBC: &str = "no libc in the target's mappings: name the allocator library with -O";
+
+/// The libc a process uses, from its maps.
+fn find_libc(pid: u32) -> Result<PathBuf> {
+    let maps = match proc_maps::read_maps(pid) {
+        Ok(maps) => maps,
+        // it exited meanwhile
+        Err(err) if gone(&err) => bail!("no process with PID {pid}"),
+        Err(err) => return Err(err),
     };
-    let maps =
-        std::fs::read_to_string(&maps_path).with_context(|| format!("reading {maps_path}"))?;
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| {
-            Path::new(path)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+    libc_in(&maps).context(NO_LIBC)
+}
+
+/// Whether reading a process's /proc file failed because it is gone.
+fn gone(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| {
+            io.kind() == std::io::ErrorKind::NotFound || io.raw_os_error() == Some(libc::ESRCH)
         })
-        .map(PathBuf::from)
-        .context("no libc in the target's mappings: name the allocator library with -O")
+}
+
+/// The libc among a process's mappings.
+fn libc_in(maps: &[MapsEntry]) -> Option<PathBuf> {
+    maps.iter()
+        .filter(|m| {
+            let name = m.file_name();
+            name.starts_with(b"libc.so") || name.starts_with(b"libc-")
+        })
+        .find_map(|m| m.path().map(Path::to_path_buf))
 }
 
 /// (probe's file offset, cookie) of the allocator functions in `object`.

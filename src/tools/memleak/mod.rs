@@ -187,7 +187,6 @@ pub fn run(args: Args) -> Result<i32> {
     if !kernel_mode && args.common.pids.len() > 1 {
         bail!("memleak traces one process in user mode: give -p once");
     }
-    let allocator = (!kernel_mode).then(|| Allocator::find(&args)).transpose()?;
     // reserved first: a path that can't be written fails before the trace
     let reserve = |option, path: &Option<PathBuf>| {
         path.as_deref()
@@ -198,7 +197,14 @@ pub fn run(args: Args) -> Result<i32> {
         svg: reserve("--svg", &args.svg)?,
         pprof: reserve("--pprof", &args.pprof)?,
     };
-    let trace = Trace::prepare(&args.common)?;
+    // -p checked (a missing pid is said as every tool says it) before the
+    // allocator is looked for in it
+    let mut trace = Trace::prepare(&args.common)?;
+    let allocator = if kernel_mode {
+        None
+    } else {
+        Allocator::find(&args, &mut trace.target)?
+    };
     let pid = match &trace.target {
         Target::Pids(pids) => pids[0] as i32,
         Target::Command(cmd) => cmd.pid.as_raw(),

@@ -2,7 +2,8 @@
 //! reads it as UTF-8 lines, so one mapped file whose name is not UTF-8 fails
 //! the whole read (`Incomplete`), a file named `/SYSV` plus fewer than 8
 //! characters panics it, and names lose their trailing spaces. Names here
-//! stay bytes until they are escaped for printing.
+//! stay bytes until they are escaped for printing. Each mapping's first line
+//! is a maps line, parsed by analysis::proc_maps.
 
 use std::collections::HashSet;
 use std::ops::{Index, IndexMut};
@@ -10,6 +11,7 @@ use std::ops::{Index, IndexMut};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use crate::analysis::proc_maps::{self, number_in, parse_device};
 use crate::present::escape::escape_bytes;
 
 /// The smaps sizes pmap shows. Each field's header, JSON name and smaps
@@ -168,6 +170,21 @@ pub fn parse_smaps(text: &[u8]) -> Result<Vec<Mapping>> {
     Ok(maps)
 }
 
+/// Whether smaps text stops inside a mapping: the kernel ends each mapping's
+/// fields with VmFlags (since Linux 3.8), so a text that has VmFlags lines but
+/// does not end with one, or ends inside a line, was cut off.
+pub fn ends_inside_a_mapping(text: &[u8]) -> bool {
+    let Some(body) = text.strip_suffix(b"\n") else {
+        return !text.is_empty();
+    };
+    let mut lines = body.split(|&b| b == b'\n');
+    let is_flags = |line: &[u8]| line.starts_with(b"VmFlags:");
+    match lines.next_back() {
+        Some(last) => !is_flags(last) && lines.any(is_flags),
+        None => false,
+    }
+}
+
 /// `Key: value` lines; a mapping's first line starts with its address range.
 fn field(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
@@ -203,59 +220,17 @@ fn add_field(map: &mut Mapping, key: &[u8], value: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn number_in(bytes: &[u8], radix: u32) -> Result<u64> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| u64::from_str_radix(s, radix).ok())
-        .with_context(|| format!("'{}' is not a number", escape_bytes(bytes)))
-}
-
-fn pair(bytes: &[u8], separator: u8, radix: u32) -> Result<(u64, u64)> {
-    let at = bytes
-        .iter()
-        .position(|&b| b == separator)
-        .with_context(|| format!("no '{}' in '{}'", separator as char, escape_bytes(bytes)))?;
-    Ok((
-        number_in(&bytes[..at], radix)?,
-        number_in(&bytes[at + 1..], radix)?,
-    ))
-}
-
-fn parse_device(bytes: &[u8]) -> Result<(u32, u32)> {
-    let (major, minor) = pair(bytes, b':', 16)?;
-    Ok((
-        u32::try_from(major).context("device major out of range")?,
-        u32::try_from(minor).context("device minor out of range")?,
-    ))
-}
-
-/// `start-end perms offset major:minor inode   name`: the name is padded to a
-/// column with spaces and runs to the end of the line (trailing spaces are
-/// part of it); an anonymous mapping has none.
+/// A mapping's first line: the line of /proc/PID/maps (analysis::proc_maps).
 fn parse_header(line: &[u8]) -> Result<Mapping> {
-    let mut parts = line.splitn(6, |&b| b == b' ');
-    let mut next = |what: &str| {
-        parts
-            .next()
-            .filter(|part| !part.is_empty())
-            .with_context(|| format!("no {what}"))
-    };
-    let range = next("address range")?;
-    let perms = next("permissions")?;
-    let offset = next("offset")?;
-    let device = next("device")?;
-    let inode = next("inode")?;
-    let name = parts.next().unwrap_or_default();
-    let padding = name.iter().take_while(|&&b| b == b' ').count();
-    let (start, end) = pair(range, b'-', 16)?;
+    let entry = proc_maps::parse_line(line)?;
     Ok(Mapping {
-        start,
-        end,
-        perms: escape_bytes(perms),
-        offset: number_in(offset, 16)?,
-        device: parse_device(device)?,
-        inode: number_in(inode, 10)?,
-        name: name[padding..].to_vec(),
+        start: entry.start,
+        end: entry.end,
+        perms: escape_bytes(&entry.perms),
+        offset: entry.offset,
+        device: entry.device,
+        inode: entry.inode,
+        name: entry.name,
         ..Mapping::default()
     })
 }
@@ -429,6 +404,30 @@ VmFlags: ex
         assert_eq!(maps.len(), 1);
         assert!(maps[0].name.is_empty());
         assert!(parse_smaps(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_text_cut_inside_a_mapping_is_told() {
+        assert!(!ends_inside_a_mapping(SAMPLE));
+        assert!(!ends_inside_a_mapping(b""));
+        // cut between two mappings: nothing in the text can tell (the process
+        // having exited does: see pmap's run)
+        let between = SAMPLE.len() - b"ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]\nSize:                  4 kB\nVmFlags: ex \n".len();
+        assert!(SAMPLE[..between].ends_with(b"VmFlags: rd ex mr mw me de sd \n"));
+        assert!(!ends_inside_a_mapping(&SAMPLE[..between]));
+        // cut after the last mapping's first line, after a field, inside a line
+        for cut in [b"[vsyscall]\n".as_slice(), b"4 kB\n", b"4 k"] {
+            let end = SAMPLE.windows(cut.len()).rposition(|w| w == cut).unwrap() + cut.len();
+            assert!(ends_inside_a_mapping(&SAMPLE[..end]), "cut after {cut:?}");
+            // and the parser alone takes it for a whole table, or fails
+            if let Ok(maps) = parse_smaps(&SAMPLE[..end]) {
+                assert_eq!(maps.len(), 13);
+            }
+        }
+        // a kernel without VmFlags (before 3.8): a mapping may end with any field
+        assert!(!ends_inside_a_mapping(
+            b"00400000-00401000 r--p 00000000 fe:00 1 /x\nRss: 4 kB\n"
+        ));
     }
 
     #[test]

@@ -534,16 +534,31 @@ fn a_mapped_file_named_in_bytes_hides_no_process_from_p() {
     require_root!();
     let (dir, file) = hostile_name();
     // the file is mapped before memleak reads the leaker's maps; the leak comes
-    // at the go, and is held 1.5 s: reports every 0.3 s while it lives
+    // at the go, and is held 3 s: reports every 0.3 s while it lives
     let child = Command::new(fixture("leaker"))
         .arg("--map")
         .arg(&file)
-        .args(["wait", "malloc", "1500"])
+        .args(["wait", "malloc", "3000"])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let mut leaker = Held { child };
     let pid = leaker.pid().to_string();
+    // -p finds libc in the process's maps: wait until it has mapped the file,
+    // which it does in main, after the loader has mapped libc
+    let mapped = std::time::Instant::now();
+    let name = file.file_name().unwrap().as_bytes().to_vec();
+    while !std::fs::read(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .windows(name.len())
+        .any(|w| w == name.as_slice())
+    {
+        assert!(
+            mapped.elapsed().as_secs() < 10,
+            "the leaker never mapped the file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let tracer = Tracer::start(&["memleak", "--json", "-o", "0", "-p", &pid, "0.3"]);
     assert!(leaker.go().success());
     let finished = tracer.wait();
@@ -562,7 +577,7 @@ fn a_mapped_file_named_in_bytes_hides_no_command() {
         .arg(fixture("leaker"))
         .arg("--map")
         .arg(&file)
-        .args(["malloc", "1500"]);
+        .args(["malloc", "3000"]);
     let finished = Tracer::start_command(memleak).wait();
     finished.assert_success();
     assert_symbolized_leaks(&finished.json(), 3);

@@ -33,9 +33,14 @@ pub struct StackSymbolizer {
     with_source: bool,
 }
 
-/// The executable file mappings of a live process, from /proc/PID/maps.
+/// The executable file mappings of a live process, from /proc/PID/maps;
+/// None for one that has none left (it is exiting: its mappings come from
+/// the BPF side's exit records instead).
 fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
     let maps = proc_maps::read_maps(pid).ok()?;
+    if maps.is_empty() {
+        return None;
+    }
     Some(
         maps.into_iter()
             .filter(|m| m.executable())

@@ -3,14 +3,15 @@
 //! paths as the BPF side walked them (struct memtrace_path), and the mappings
 //! of exiting processes (exitmaps.h) for the symbolizer.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use libbpf_rs::{MapCore, RingBufferBuilder};
+use libbpf_rs::{MapCore, RingBuffer, RingBufferBuilder};
 
-use crate::analysis::symbolize::Mapping;
+use crate::analysis::symbolize::{Mapping, StackSymbolizer};
 use crate::engine::skeleton::{ExitMappingRecord, PathFlag};
 
 /// A record of type `T` from a ring buffer. Records may carry only the used
@@ -87,6 +88,25 @@ pub fn add_exit_mappings<'slf, 'cb: 'slf>(
         0
     })?;
     Ok(())
+}
+
+/// Readies `symbolizer` for a report on `pids`' stacks: each one's live
+/// mappings read now, or, for a process whose mappings are already gone (it
+/// is exiting), the exit mappings ring consumed first. The BPF side sends a
+/// process's mappings before they go, so once /proc shows none they are in
+/// the ring: a report made as a process exits has them either way.
+pub fn ready_symbolizer(
+    symbolizer: &RefCell<StackSymbolizer>,
+    exit_mappings: &RingBuffer<'_>,
+    pids: impl IntoIterator<Item = u32>,
+) {
+    symbolizer.borrow_mut().refresh();
+    let gone = pids
+        .into_iter()
+        .any(|pid| !symbolizer.borrow_mut().has_mappings(pid));
+    if gone {
+        let _ = exit_mappings.consume_raw();
+    }
 }
 
 /// An exitmaps_mapping record: the exiting process, and one of its

@@ -105,6 +105,12 @@ impl Session {
             }
             if let Some(at) = next_interval {
                 if now >= at {
+                    // a report sees every record delivered before it (an
+                    // exiting process's mappings, sent before its maps vanish)
+                    if let Some(ring) = ring {
+                        let _ = ring.consume_raw();
+                        after_batch()?;
+                    }
                     on_interval()?;
                     reports += 1;
                     if self.max_reports.is_some_and(|max| reports >= max) {

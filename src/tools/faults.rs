@@ -19,7 +19,7 @@ use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{stored_stack, take_entries};
 use crate::engine::perf;
-use crate::engine::records::add_exit_mappings;
+use crate::engine::records::{add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
 use crate::present::escape::escape_c_chars;
@@ -101,8 +101,8 @@ pub fn run(args: Args) -> Result<i32> {
     let mut session = Session::start(trace, interval, "page faults")?;
     let mut report = |out: &mut Output| -> Result<()> {
         let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
+        ready_symbolizer(&symbolizer, &ring, counts.iter().map(|(key, _)| key.tgid));
         let mut symbolizer = symbolizer.borrow_mut();
-        symbolizer.refresh();
         let rows = symbolize_rows(&mut symbolizer, &skel.maps.stack_store, &counts);
         stacks.print(out, rows)
     };

@@ -20,7 +20,7 @@ use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_seconds, usage_error, CommonArgs};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
-use crate::engine::records::{self, add_exit_mappings};
+use crate::engine::records::{self, add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::Target;
@@ -231,13 +231,19 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut session = Session::start(trace, Some(args.interval), what)?;
     session.max_reports = args.count;
+    // user mode symbolizes the target's stacks, kernel mode the kernel's
+    let target_pids = || (!kernel_mode).then_some(pid as u32);
+    let mut report = |out: &mut Output| {
+        ready_symbolizer(&symbolizer, &ring, target_pids());
+        reporter.print(out, &mut symbolizer.borrow_mut())
+    };
     let stop = session.run(
         Some(&ring),
         || traced.borrow_mut().finish_batch(),
-        || reporter.print(&mut out, &mut symbolizer.borrow_mut()),
+        || report(&mut out),
     )?;
     if stop != Stop::Reports {
-        reporter.print(&mut out, &mut symbolizer.borrow_mut())?;
+        report(&mut out)?;
     }
     reporter.write_profiles(&mut symbolizer.borrow_mut())?;
     drop(ring);

@@ -155,7 +155,8 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// One report: the stacks with the most outstanding (by --sort), the top first.
+    /// One report: the stacks with the most outstanding (by --sort), the top
+    /// first, symbolized with what `symbolizer` knows (see records::ready_symbolizer).
     pub fn print(&mut self, out: &mut Output, symbolizer: &mut StackSymbolizer) -> Result<()> {
         let outstanding = self.outstanding()?;
         self.lost_stacks = outstanding
@@ -173,7 +174,6 @@ impl<'a> Reporter<'a> {
             key(b).cmp(&key(a)).then(ka.cmp(kb))
         });
         by_stack.truncate(self.args.top);
-        symbolizer.refresh();
         let time_ns = monotonic_ns();
         let rows: Vec<Row> = by_stack
             .into_iter()

@@ -9,7 +9,7 @@ use libbpf_rs::RingBuffer;
 
 use crate::engine::loader::Trace;
 use crate::engine::signals;
-use crate::engine::target::{process_exists, Target};
+use crate::engine::target::Target;
 
 /// Why a trace ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +97,8 @@ impl Session {
             }
             if now >= next_target_check {
                 next_target_check = now + TICK;
-                if let Target::Pids(pids) = &self.target {
-                    if !pids.iter().any(|&pid| process_exists(pid)) {
+                if let Target::Pids(processes) = &self.target {
+                    if !processes.iter().any(|p| p.is_running()) {
                         break Stop::TargetsExited;
                     }
                 }

@@ -3,27 +3,29 @@
 //! the probes are attached, so its first mmap is seen.
 
 use std::ffi::{CString, OsString};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
+use procfs::FromRead;
 
 use crate::present::escape::escape_bytes;
 
 pub enum Target {
     All,
-    Pids(Vec<u32>),
+    Pids(Vec<TracedProcess>),
     Command(HeldCommand),
 }
 
 impl Target {
-    /// Checks `-p` pids exist; starts `-- COMMAND` held before exec.
+    /// Checks `-p` pids name running processes; starts `-- COMMAND` held before exec.
     pub fn new(pids: &[u32], command: &[OsString]) -> Result<Target> {
         if !command.is_empty() {
             if !pids.is_empty() {
@@ -34,19 +36,18 @@ impl Target {
         if pids.is_empty() {
             return Ok(Target::All);
         }
-        for &pid in pids {
-            if !process_exists(pid) {
-                bail!("no process with PID {pid}");
-            }
-        }
-        Ok(Target::Pids(pids.to_vec()))
+        let processes = pids
+            .iter()
+            .map(|&pid| TracedProcess::new(pid))
+            .collect::<Result<_>>()?;
+        Ok(Target::Pids(processes))
     }
 
     /// The tgids the BPF side starts its filter with; None traces everything.
     pub fn initial_tgids(&self) -> Option<Vec<u32>> {
         match self {
             Target::All => None,
-            Target::Pids(pids) => Some(pids.clone()),
+            Target::Pids(processes) => Some(processes.iter().map(|p| p.pid).collect()),
             Target::Command(cmd) => Some(vec![cmd.pid.as_raw() as u32]),
         }
     }
@@ -54,6 +55,87 @@ impl Target {
     pub fn follows_forks(&self) -> bool {
         matches!(self, Target::Command(_))
     }
+}
+
+/// A `-p` process, told apart from a later process that is given its pid
+/// once it has exited: a pidfd (Linux 5.3) becomes readable when the process
+/// exits, whatever then happens to the number; without pidfds, the start time
+/// in /proc/PID/stat tells a new process from the old one.
+pub struct TracedProcess {
+    pub pid: u32,
+    pidfd: Option<OwnedFd>,
+    /// When it started (clock ticks after boot), for the check without a pidfd.
+    start_time: u64,
+}
+
+impl TracedProcess {
+    fn new(pid: u32) -> Result<TracedProcess> {
+        let gone = || anyhow::anyhow!("no process with PID {pid}");
+        let pid_i32 = i32::try_from(pid)
+            .ok()
+            .filter(|&pid| pid > 0)
+            .ok_or_else(gone)?;
+        // First, so that what /proc says next is of this process: its pid
+        // can't go to another while it runs.
+        let pidfd = match pidfd_open(pid_i32) {
+            Ok(fd) => Some(fd),
+            Err(Errno::ESRCH) => return Err(gone()),
+            // a thread (EINVAL, told below), an older kernel (ENOSYS), or no
+            // fd to spare: the start time will do
+            Err(_) => None,
+        };
+        let process = procfs::process::Process::new(pid_i32).map_err(|_| gone())?;
+        // /proc/TID exists for every thread, though only processes are listed
+        let status = process.status().map_err(|_| gone())?;
+        if status.tgid != pid_i32 {
+            bail!(
+                "{pid} is a thread of process {tgid}: give -p {tgid}",
+                tgid = status.tgid
+            );
+        }
+        let start_time = process.stat().map_err(|_| gone())?.starttime;
+        Ok(TracedProcess {
+            pid,
+            pidfd,
+            start_time,
+        })
+    }
+
+    /// Whether the process first seen under this pid is still running (a
+    /// zombie is not: it has exited and only waits for its parent).
+    pub fn is_running(&self) -> bool {
+        match &self.pidfd {
+            Some(pidfd) => {
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                // readable once it has exited; EINTR: look again next time
+                !matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            }
+            None => {
+                let stat = std::fs::read(format!("/proc/{}/stat", self.pid)).ok();
+                still_the_process(self.start_time, stat.as_deref())
+            }
+        }
+    }
+}
+
+/// pidfd_open(2): a file descriptor for the process `pid`, close-on-exec.
+fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags (0) and touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just returned this fd, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether `stat` (the text of /proc/PID/stat, None when the pid is gone)
+/// is the process that started at `start_time` and has not exited.
+fn still_the_process(start_time: u64, stat: Option<&[u8]>) -> bool {
+    let Some(stat) = stat.and_then(|text| procfs::process::Stat::from_read(text).ok()) else {
+        return false;
+    };
+    stat.starttime == start_time && !matches!(stat.state, 'Z' | 'X' | 'x')
 }
 
 /// The path exec should run: a name with a slash as it is, else the first
@@ -74,6 +156,7 @@ fn resolve_program(name: &OsString) -> std::path::PathBuf {
         .unwrap_or_else(|| name.into())
 }
 
+/// Whether /proc has an entry for `pid` (a process, a thread or a zombie).
 pub fn process_exists(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -192,5 +275,65 @@ impl Drop for HeldCommand {
             let _ = signal::kill(self.pid, Signal::SIGKILL);
             let _ = waitpid(self.pid, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // /proc/PID/stat of a process named "a) Z (b" (the name is not escaped
+    // there), running, started 4242 ticks after boot
+    const STAT: &[u8] = b"1234 (a) Z (b) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 2240512 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+
+    fn with_state(state: &str) -> Vec<u8> {
+        String::from_utf8_lossy(STAT)
+            .replacen(") S ", &format!(") {state} "), 1)
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_start_time_tells_the_process_from_a_later_one() {
+        assert!(still_the_process(4242, Some(STAT)));
+        // another process given the pid later: a later start time
+        assert!(!still_the_process(4241, Some(STAT)));
+        // the pid is gone
+        assert!(!still_the_process(4242, None));
+        // exited, waiting for its parent: not running
+        assert!(!still_the_process(4242, Some(&with_state("Z"))));
+        assert!(!still_the_process(4242, Some(&with_state("X"))));
+        assert!(still_the_process(4242, Some(&with_state("D"))));
+        assert!(!still_the_process(4242, Some(b"garbage")));
+    }
+
+    #[test]
+    fn this_process_is_running_with_or_without_a_pidfd() {
+        let mut me = TracedProcess::new(std::process::id()).unwrap();
+        assert!(me.is_running());
+        me.pidfd = None;
+        assert!(me.is_running());
+        me.start_time += 1;
+        assert!(!me.is_running());
+    }
+
+    #[test]
+    fn a_thread_is_not_a_process() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let err = TracedProcess::new(tid).err().unwrap().to_string();
+        let pid = std::process::id();
+        assert_eq!(
+            err,
+            format!("{tid} is a thread of process {pid}: give -p {pid}")
+        );
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
+        assert!(TracedProcess::new(0).is_err());
+        assert!(TracedProcess::new(u32::MAX).is_err());
     }
 }

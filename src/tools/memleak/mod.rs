@@ -182,7 +182,7 @@ pub fn run(args: Args) -> Result<i32> {
     let allocator = (!kernel_mode).then(|| Allocator::find(&args)).transpose()?;
     let trace = Trace::prepare(&args.common)?;
     let pid = match &trace.target {
-        Target::Pids(pids) => pids[0] as i32,
+        Target::Pids(processes) => processes[0].pid as i32,
         Target::Command(cmd) => cmd.pid.as_raw(),
         Target::All => -1,
     };

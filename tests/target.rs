@@ -1,5 +1,5 @@
-//! What memtrace traces and how a trace ends, whatever the tool: `-p` (a
-//! thread, a process that exits). Driven through mmapsnoop.
+//! What memtrace traces and how a trace ends, whatever the tool: `--user`,
+//! `-p` (a thread, a process that exits). Driven through mmapsnoop.
 
 mod common;
 
@@ -8,6 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// What a command (`id`, `getent`) prints, trimmed.
+fn id_of(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
 
 /// Waits up to `limit` for `child` to end.
 fn wait_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -20,6 +27,70 @@ fn wait_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitS
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn user_runs_the_command_as_that_user() {
+    require_root!();
+    let finished = run_on(
+        &["mmapsnoop", "--json", "--user", "nobody"],
+        "runner",
+        &["ids"],
+    );
+    finished.assert_success();
+    let uid = id_of(&["id", "-u", "nobody"]);
+    let gid = id_of(&["id", "-g", "nobody"]);
+    let groups = id_of(&["id", "-G", "nobody"]).replace(' ', ",");
+    let home = id_of(&["getent", "passwd", "nobody"])
+        .split(':')
+        .nth(5)
+        .unwrap()
+        .to_string();
+    // the fixture's own report, on stderr
+    let expected = format!(
+        "uid={uid} gid={gid} groups={groups} euid={uid} egid={gid} home={home} user=nobody logname=nobody"
+    );
+    assert!(
+        finished.stderr.lines().any(|line| line == expected),
+        "expected {expected:?} in:\n{}",
+        finished.stderr
+    );
+    // and what the kernel side saw: every mmap of the command, made as nobody
+    let events = finished.json();
+    let mapping = events
+        .iter()
+        .find(|e| e["len"] == 1234567)
+        .unwrap_or_else(|| panic!("the fixture's mapping is missing: {}", finished.stdout));
+    let pid = mapping["pid"].as_u64().unwrap();
+    let ours = of_pid(&events, pid);
+    assert!(ours.len() > 1, "{}", finished.stdout);
+    assert!(
+        ours.iter().all(|e| e["uid"] == uid.parse::<u64>().unwrap()),
+        "{}",
+        finished.stdout
+    );
+}
+
+#[test]
+fn an_unknown_user_is_one_line_and_nothing_runs() {
+    require_root!();
+    let witness = temp_path("unknown-user");
+    for user in ["memtrace-no-such-user", "4000000123"] {
+        let out = memtrace()
+            .args(["mmapsnoop", "--user", user, "--", "/bin/touch"])
+            .arg(&witness)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(
+            stderr.lines().collect::<Vec<_>>(),
+            [format!(
+                "mmapsnoop: no user '{user}' in the user database: give --user a user name or UID that getent passwd lists"
+            )]
+        );
+        assert!(!witness.exists(), "the command ran");
     }
 }
 

@@ -1,10 +1,10 @@
 //! What to trace: every process, the processes named by `-p PID`, or a
-//! command started by memtrace (`-- COMMAND ARGS`) and held before exec until
-//! the probes are attached, so its first mmap is seen.
+//! command started by memtrace (`-- COMMAND ARGS`, as `--user USER` if given)
+//! and held before exec until the probes are attached, so its first mmap is seen.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +13,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid, User};
 use procfs::FromRead;
 
 use crate::present::escape::escape_bytes;
@@ -25,13 +25,21 @@ pub enum Target {
 }
 
 impl Target {
-    /// Checks `-p` pids name running processes; starts `-- COMMAND` held before exec.
-    pub fn new(pids: &[u32], command: &[OsString]) -> Result<Target> {
+    /// Checks `-p` pids name running processes; starts `-- COMMAND` held
+    /// before exec, as `user` if given.
+    pub fn new(pids: &[u32], command: &[OsString], user: Option<&str>) -> Result<Target> {
         if !command.is_empty() {
             if !pids.is_empty() {
                 bail!("-p/--pid and -- COMMAND can't be used together");
             }
-            return Ok(Target::Command(HeldCommand::spawn(command)?));
+            let run_as = user.map(RunAs::lookup).transpose()?;
+            return Ok(Target::Command(HeldCommand::spawn(
+                command,
+                run_as.as_ref(),
+            )?));
+        }
+        if user.is_some() {
+            bail!("--user says whom -- COMMAND runs as: give -- COMMAND too");
         }
         if pids.is_empty() {
             return Ok(Target::All);
@@ -138,6 +146,125 @@ fn still_the_process(start_time: u64, stat: Option<&[u8]>) -> bool {
     stat.starttime == start_time && !matches!(stat.state, 'Z' | 'X' | 'x')
 }
 
+/// The user `--user` runs the command as: looked up before fork, since the
+/// child may call no allocator (and the user database may need one).
+pub struct RunAs {
+    /// The name as given, escaped for messages.
+    shown: String,
+    /// The name in the user database, for USER and LOGNAME.
+    name: OsString,
+    uid: Uid,
+    gid: Gid,
+    /// The supplementary groups, as initgroups(3) would set them.
+    groups: Vec<Gid>,
+    home: OsString,
+}
+
+impl RunAs {
+    /// A user name, or a UID: both must be in the user database (for the
+    /// group, the supplementary groups and the home directory).
+    pub fn lookup(user: &str) -> Result<RunAs> {
+        let shown = escape_bytes(user.as_bytes());
+        let found = match User::from_name(user) {
+            Ok(None) => match user.parse::<u32>() {
+                Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+                Err(_) => Ok(None),
+            },
+            other => other,
+        };
+        let user = match found {
+            Ok(Some(user)) => user,
+            Ok(None) => bail!(
+                "no user '{shown}' in the user database: give --user a user name or UID that getent passwd lists"
+            ),
+            Err(errno) => bail!("looking up user '{shown}': {}", errno.desc()),
+        };
+        let c_name = CString::new(user.name.as_bytes()).context("a user name with a NUL byte")?;
+        let groups = nix::unistd::getgrouplist(&c_name, user.gid)
+            .map_err(|errno| anyhow::anyhow!("the groups of user '{shown}': {}", errno.desc()))?;
+        Ok(RunAs {
+            shown,
+            name: user.name.into(),
+            uid: user.uid,
+            gid: user.gid,
+            groups,
+            home: user.dir.into_os_string(),
+        })
+    }
+
+    /// The environment the command gets: memtrace's, with the user's HOME,
+    /// USER and LOGNAME.
+    fn environment(&self) -> Vec<(OsString, OsString)> {
+        let own = [
+            ("HOME", &self.home),
+            ("USER", &self.name),
+            ("LOGNAME", &self.name),
+        ];
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(key, _)| {
+                !own.iter()
+                    .any(|(name, _)| key.as_os_str() == OsStr::new(name))
+            })
+            .collect();
+        env.extend(
+            own.iter()
+                .map(|(name, value)| (OsString::from(name), (*value).clone())),
+        );
+        env
+    }
+
+    /// In the forked child: becomes the user, groups first (setgroups and
+    /// setgid need the privilege setuid gives up). Allocates nothing.
+    /// Fails with the step that failed and its errno.
+    fn become_user(&self) -> Result<(), (Step, Errno)> {
+        nix::unistd::setgroups(&self.groups).map_err(|e| (Step::Groups, e))?;
+        nix::unistd::setresgid(self.gid, self.gid, self.gid).map_err(|e| (Step::Gid, e))?;
+        nix::unistd::setresuid(self.uid, self.uid, self.uid).map_err(|e| (Step::Uid, e))?;
+        Ok(())
+    }
+}
+
+/// What the held child failed at, sent to the parent with the errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+enum Step {
+    Exec = 0,
+    Groups = 1,
+    Gid = 2,
+    Uid = 3,
+}
+
+impl Step {
+    fn from_raw(raw: i32) -> Step {
+        match raw {
+            1 => Step::Groups,
+            2 => Step::Gid,
+            3 => Step::Uid,
+            _ => Step::Exec,
+        }
+    }
+}
+
+/// In the held child: tells the parent what failed, through the pipe that
+/// exec would have closed, and ends the child. Allocates nothing.
+fn child_failed(err_write: &OwnedFd, step: Step, errno: Errno) -> ! {
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&(step as i32).to_ne_bytes());
+    report[4..].copy_from_slice(&(errno as i32).to_ne_bytes());
+    let _ = nix::unistd::write(err_write, &report);
+    // SAFETY: _exit is async-signal-safe and ends only this child.
+    unsafe { libc::_exit(127) }
+}
+
+/// A NUL-terminated array of pointers into `strings`, for exec.
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
 /// The path exec should run: a name with a slash as it is, else the first
 /// executable match in PATH (as execvp would find it), else the name itself
 /// (exec then fails with ENOENT, reported as such).
@@ -166,13 +293,15 @@ pub struct HeldCommand {
     pub pid: Pid,
     /// The command's name as given, escaped for messages.
     pub name: String,
+    /// --user as given, escaped for messages.
+    user: Option<String>,
     go: Option<OwnedFd>,
     exec_error: Option<OwnedFd>,
     exit_code: Option<i32>,
 }
 
 impl HeldCommand {
-    fn spawn(command: &[OsString]) -> Result<HeldCommand> {
+    fn spawn(command: &[OsString], run_as: Option<&RunAs>) -> Result<HeldCommand> {
         // Resolved here, so the child between release and exec calls no
         // allocator (execvp's PATH search mallocs, and memleak would see it).
         let program = CString::new(resolve_program(&command[0]).as_os_str().as_bytes())
@@ -183,8 +312,23 @@ impl HeldCommand {
             .collect::<Result<_, _>>()
             .context("a command argument contains a NUL byte")?;
         // exec's NULL-terminated argv, built before fork for the same reason
-        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
+        let argv_ptrs = pointers(&argv);
+        // --user's environment, built before fork too; None: memtrace's own
+        let envp: Option<Vec<CString>> = run_as
+            .map(|user| {
+                user.environment()
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let mut entry = key.into_vec();
+                        entry.push(b'=');
+                        entry.extend_from_slice(value.as_bytes());
+                        CString::new(entry)
+                    })
+                    .collect::<Result<_, _>>()
+            })
+            .transpose()
+            .context("an environment variable contains a NUL byte")?;
+        let envp_ptrs = envp.as_deref().map(pointers);
         let (go_read, go_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         // for messages: another user may have named it
@@ -209,19 +353,29 @@ impl HeldCommand {
                     // SAFETY: _exit is async-signal-safe and ends only this child.
                     unsafe { libc::_exit(127) };
                 }
+                if let Some(user) = run_as {
+                    if let Err((step, errno)) = user.become_user() {
+                        child_failed(&err_write, step, errno);
+                    }
+                }
                 // Rust ignores SIGPIPE; the command should get the default.
                 // SAFETY: restoring a default disposition installs no handler.
                 let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-                // SAFETY: program and argv_ptrs (NULL-terminated, pointing into argv) outlive the call.
-                unsafe { libc::execv(program.as_ptr(), argv_ptrs.as_ptr()) };
-                let errno = Errno::last();
-                let _ = nix::unistd::write(&err_write, &(errno as i32).to_ne_bytes());
-                // SAFETY: as above.
-                unsafe { libc::_exit(127) }
+                match &envp_ptrs {
+                    // SAFETY: program, argv_ptrs and envp_ptrs (NULL-terminated,
+                    // pointing into argv and envp) outlive the call.
+                    Some(envp_ptrs) => unsafe {
+                        libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr())
+                    },
+                    // SAFETY: program and argv_ptrs (as above) outlive the call.
+                    None => unsafe { libc::execv(program.as_ptr(), argv_ptrs.as_ptr()) },
+                };
+                child_failed(&err_write, Step::Exec, Errno::last())
             }
             ForkResult::Parent { child } => Ok(HeldCommand {
                 pid: child,
                 name,
+                user: run_as.map(|user| user.shown.clone()),
                 go: Some(go_write),
                 exec_error: Some(err_read),
                 exit_code: None,
@@ -237,21 +391,34 @@ impl HeldCommand {
         let Some(err_pipe) = self.exec_error.take() else {
             return Ok(());
         };
-        // The pipe closes on a successful exec (O_CLOEXEC), or carries errno.
-        let mut buf = [0u8; 4];
+        // The pipe closes on a successful exec (O_CLOEXEC), or carries the
+        // step that failed and its errno.
+        let mut buf = [0u8; 8];
         let n = loop {
             match nix::unistd::read(&err_pipe, &mut buf) {
                 Err(Errno::EINTR) => continue,
                 other => break other.unwrap_or(0),
             }
         };
-        if n == 4 {
-            let errno = Errno::from_raw(i32::from_ne_bytes(buf));
-            let _ = waitpid(self.pid, None);
-            self.exit_code = Some(127);
-            bail!("can't run {}: {}", self.name, errno.desc());
+        if n != 8 {
+            return Ok(());
         }
-        Ok(())
+        let [s0, s1, s2, s3, e0, e1, e2, e3] = buf;
+        let step = Step::from_raw(i32::from_ne_bytes([s0, s1, s2, s3]));
+        let errno = Errno::from_raw(i32::from_ne_bytes([e0, e1, e2, e3]));
+        let _ = waitpid(self.pid, None);
+        self.exit_code = Some(127);
+        let as_user = match &self.user {
+            Some(user) => format!(" as user '{user}'"),
+            None => String::new(),
+        };
+        let what = match step {
+            Step::Exec => "",
+            Step::Groups => " (setgroups)",
+            Step::Gid => " (setresgid)",
+            Step::Uid => " (setresuid)",
+        };
+        bail!("can't run {}{as_user}{what}: {}", self.name, errno.desc())
     }
 
     /// The command's exit code once it has ended (128+N for signal N).
@@ -335,5 +502,36 @@ mod tests {
         thread.join().unwrap();
         assert!(TracedProcess::new(0).is_err());
         assert!(TracedProcess::new(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn users_by_name_or_uid() {
+        for user in ["root", "0"] {
+            let root = RunAs::lookup(user).unwrap();
+            assert_eq!(root.uid, Uid::from_raw(0));
+            assert_eq!(root.gid, Gid::from_raw(0));
+            assert_eq!(root.name, "root");
+            assert!(root.groups.contains(&Gid::from_raw(0)));
+        }
+        let err = RunAs::lookup("memtrace-no-such-user\x1b").err().unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("no user 'memtrace-no-such-user\\x1b' in the user database"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_command_gets_the_users_home_and_names() {
+        let root = RunAs::lookup("root").unwrap();
+        let env = root.environment();
+        let get = |key: &str| {
+            let values: Vec<_> = env.iter().filter(|(k, _)| k == key).collect();
+            assert_eq!(values.len(), 1, "{key}: {values:?}");
+            values[0].1.clone()
+        };
+        assert_eq!(get("HOME"), root.home);
+        assert_eq!(get("USER"), "root");
+        assert_eq!(get("LOGNAME"), "root");
     }
 }

@@ -1,5 +1,6 @@
 //! What memtrace traces and how a trace ends, whatever the tool: `--user`,
-//! `-p` (a thread, a process that exits). Driven through mmapsnoop.
+//! `-p` (a thread, a process that exits), SIGTERM in `-- COMMAND` mode.
+//! Driven through mmapsnoop.
 
 mod common;
 
@@ -14,6 +15,75 @@ fn id_of(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(out.status.success(), "{args:?}: {out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The direct children of `pid` (memtrace's: the command it started).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// A process held by a pidfd, so that signalling it can't hit a later
+/// process given the same pid.
+struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    fn open(pid: u32) -> Pidfd {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open(2) takes a pid and flags and touches no memory.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        // SAFETY: a new fd the kernel just returned, owned by nothing else.
+        Pidfd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Whether the process has exited (a pidfd is readable from then on).
+    fn exited(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fds = [libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: poll(2) on one valid pollfd, without waiting.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) == 1 }
+    }
+
+    /// Kills the process if it still runs: a test leaves nothing behind.
+    fn kill(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal(2) on our fd, with no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+/// Waits until process `pid` catches `signal` (SigCgt in /proc/PID/status).
+fn wait_for_handler(pid: u32, signal: i32) {
+    let started = Instant::now();
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+            .unwrap();
+        if caught & (1 << (signal - 1)) != 0 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{status}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Waits up to `limit` for `child` to end.
@@ -173,4 +243,40 @@ fn a_traced_process_that_exits_ends_the_trace_at_once() {
         finished.stderr
     );
     assert!(ended_in < Duration::from_secs(1), "{ended_in:?}");
+}
+
+#[test]
+fn sigterm_ends_the_command_too() {
+    require_root!();
+    let runner = fixture("runner");
+    // killed by the SIGTERM passed on: 128+15; exiting on it with 7: 7
+    for (args, status) in [(&["sleep", "30"][..], 143), (&["sleep", "30", "7"][..], 7)] {
+        let mut command = memtrace();
+        command.args(["mmapsnoop", "--"]).arg(&runner).args(args);
+        let tracer = Tracer::start_command(command);
+        let started = children_of(tracer.pid() as u32);
+        assert_eq!(started.len(), 1, "{started:?}");
+        let command_pidfd = Pidfd::open(started[0]);
+        if args.len() == 3 {
+            // the SIGTERM must find the fixture's handler in place
+            wait_for_handler(started[0], libc::SIGTERM);
+        }
+        let sent = Instant::now();
+        tracer.signal(libc::SIGTERM);
+        let finished = tracer.wait();
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            sent.elapsed()
+        );
+        assert_eq!(
+            finished.status.code(),
+            Some(status),
+            "{args:?}: {}",
+            finished.stderr
+        );
+        let outlived = !command_pidfd.exited();
+        command_pidfd.kill();
+        assert!(!outlived, "{args:?}: the command outlived memtrace");
+    }
 }

@@ -421,6 +421,14 @@ impl HeldCommand {
         bail!("can't run {}{as_user}{what}: {}", self.name, errno.desc())
     }
 
+    /// Passes SIGTERM on to the command (not to its process group, which
+    /// may hold the rest of a shell pipeline), unless it has ended.
+    pub fn terminate(&mut self) {
+        if self.go.is_none() && self.try_wait().is_none() {
+            let _ = signal::kill(self.pid, Signal::SIGTERM);
+        }
+    }
+
     /// The command's exit code once it has ended (128+N for signal N).
     pub fn try_wait(&mut self) -> Option<i32> {
         if self.exit_code.is_none() {

@@ -1,11 +1,12 @@
 //! What memtrace traces and how a trace ends, whatever the tool: `--user`,
-//! `-p` (a thread, a process that exits), SIGTERM in `-- COMMAND` mode.
-//! Driven through mmapsnoop.
+//! `-p` (a thread, a process that exits), signals while stdout is a full
+//! pipe, SIGTERM in `-- COMMAND` mode. Driven through mmapsnoop.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -243,6 +244,100 @@ fn a_traced_process_that_exits_ends_the_trace_at_once() {
         finished.stderr
     );
     assert!(ended_in < Duration::from_secs(1), "{ended_in:?}");
+}
+
+/// `memtrace mmapsnoop --json -- mapper loop 30` writing into a pipe that the
+/// test holds open and never reads; returns once memtrace is blocked in
+/// write(2). Also returns the mapper (its pidfd) and memtrace's stderr lines.
+fn blocked_on_a_full_pipe() -> (
+    Child,
+    std::process::ChildStdout,
+    Pidfd,
+    mpsc::Receiver<String>,
+) {
+    let mut child = memtrace()
+        .args(["mmapsnoop", "--json", "--"])
+        .arg(fixture("mapper"))
+        .args(["loop", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let pid = child.id();
+    let started = Instant::now();
+    // a mapping a millisecond, a few hundred bytes of JSON each: the pipe and
+    // memtrace's buffer fill within a second or two
+    loop {
+        let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if syscall.split_whitespace().next() == Some(&libc::SYS_write.to_string()) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("memtrace never blocked writing to the full pipe: {syscall}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // still blocked a moment later: not a write on its way through
+    std::thread::sleep(Duration::from_millis(300));
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap();
+    assert!(
+        syscall.starts_with(&format!("{} ", libc::SYS_write)),
+        "{syscall}"
+    );
+    let mapper = children_of(pid);
+    assert_eq!(mapper.len(), 1, "{mapper:?}");
+    (child, stdout, Pidfd::open(mapper[0]), rx)
+}
+
+#[test]
+fn a_signal_ends_a_trace_blocked_on_a_full_pipe() {
+    require_root!();
+    for (signal, status) in [(libc::SIGINT, 0), (libc::SIGTERM, 128 + libc::SIGTERM)] {
+        let (mut child, unread, mapper, stderr) = blocked_on_a_full_pipe();
+        let sent = Instant::now();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let ended = wait_within(&mut child, Duration::from_secs(2));
+        let took = sent.elapsed();
+        if ended.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mapper_was_running = !mapper.exited();
+        mapper.kill();
+        drop(unread);
+        let ended =
+            ended.unwrap_or_else(|| panic!("signal {signal}: memtrace still running 2 s later"));
+        let lines: Vec<String> = stderr.try_iter().collect();
+        assert_eq!(ended.code(), Some(status), "signal {signal}: {lines:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("rror") || l.contains("panicked")),
+            "signal {signal}: {lines:?}"
+        );
+        // SIGTERM is passed on to the command; Ctrl-C's SIGINT reaches it from
+        // the terminal, not from memtrace
+        assert_eq!(
+            mapper_was_running,
+            signal == libc::SIGINT,
+            "signal {signal}"
+        );
+    }
 }
 
 #[test]

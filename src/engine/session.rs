@@ -129,7 +129,9 @@ impl Session {
             match ring {
                 Some(ring) => {
                     let ret = ring.poll_raw(timeout);
-                    if ret < 0 && ret != -libc::EINTR {
+                    // a callback ends the poll on a write error, or when a
+                    // stop signal stopped the output (seen at the loop's top)
+                    if ret < 0 && ret != -libc::EINTR && signals::stop_signal().is_none() {
                         after_batch()?;
                         return Err(std::io::Error::from_raw_os_error(-ret))
                             .context("polling the ring buffer");

@@ -35,9 +35,24 @@ pub struct CommonArgs {
     #[arg(short = 'v', long)]
     pub verbose: bool,
 
+    /// Run COMMAND as USER (a name or UID): its uid, gid, groups, HOME, USER and LOGNAME
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
     /// Start COMMAND, trace only it and its descendants, stop when it exits and exit with its status
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+impl CommonArgs {
+    /// What is wrong with the options together, for a usage error (the
+    /// `-- COMMAND` words are split off before clap parses the rest).
+    pub fn conflict(&self) -> Option<&'static str> {
+        if self.user.is_some() && self.command.is_empty() {
+            return Some("--user says whom -- COMMAND runs as: give -- COMMAND too");
+        }
+        None
+    }
 }
 
 /// Options of the tools that count and report: how often, and how much.
@@ -111,6 +126,18 @@ mod tests {
         assert!(parse_ring_mib("0").is_err());
         assert!(parse_ring_mib("4096").is_err());
         assert!(parse_ring_mib("x").is_err());
+    }
+
+    #[test]
+    fn user_needs_a_command() {
+        let mut common = CommonArgs {
+            user: Some("nobody".into()),
+            ..CommonArgs::default()
+        };
+        assert!(common.conflict().unwrap().contains("-- COMMAND"));
+        common.command = vec!["true".into()];
+        assert_eq!(common.conflict(), None);
+        assert_eq!(CommonArgs::default().conflict(), None);
     }
 
     #[test]

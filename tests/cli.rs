@@ -126,3 +126,20 @@ fn option_values_that_make_no_sense_are_usage_errors() {
         assert!(stderr.contains(said), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn user_without_a_command_is_a_usage_error() {
+    for args in [
+        &["mmapsnoop", "--user", "nobody"][..],
+        &["drsnoop", "-p", "1", "--user", "nobody"][..],
+    ] {
+        let out = memtrace().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.starts_with("error: --user says whom -- COMMAND runs as: give -- COMMAND too\n"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("Usage:"), "{stderr}");
+    }
+}

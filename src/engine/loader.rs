@@ -48,7 +48,7 @@ impl Trace {
         init_libbpf_logging(common.verbose);
         kernel::check_privileges()?;
         kernel::check_btf()?;
-        let target = Target::new(&common.pids, &common.command)?;
+        let target = Target::new(&common.pids, &common.command, common.user.as_deref())?;
         let filter = Filter::new(common, &target);
         Ok(Trace {
             tool: common.tool,

@@ -1,6 +1,7 @@
 //! The trace loop every tool shares: poll the ring buffer (if any), stop on
 //! Ctrl-C, SIGTERM, `-d` expiry, the end of `-- COMMAND` or of every `-p`
-//! process, and call the tool back at each `-i` interval.
+//! process, and call the tool back at each `-i` interval. A SIGTERM is passed
+//! on to `-- COMMAND` (Ctrl-C reaches it from the terminal already).
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use libbpf_rs::RingBuffer;
 
 use crate::engine::loader::Trace;
 use crate::engine::signals;
-use crate::engine::target::{process_exists, Target};
+use crate::engine::target::Target;
 
 /// Why a trace ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,12 @@ pub enum Stop {
 
 /// How often the loop looks at `-p` processes and at signals when idle.
 const TICK: Duration = Duration::from_millis(200);
+
+/// How long memtrace waits for `-- COMMAND` to end after a SIGTERM passed on.
+const TERM_WAIT: Duration = Duration::from_secs(1);
+
+/// The status after a SIGTERM when the command's own is not known: 128+15.
+const TERMINATED: i32 = 128 + libc::SIGTERM;
 
 pub struct Session {
     target: Target,
@@ -97,8 +104,8 @@ impl Session {
             }
             if now >= next_target_check {
                 next_target_check = now + TICK;
-                if let Target::Pids(pids) = &self.target {
-                    if !pids.iter().any(|&pid| process_exists(pid)) {
+                if let Target::Pids(processes) = &self.target {
+                    if !processes.iter().any(|p| p.is_running()) {
                         break Stop::TargetsExited;
                     }
                 }
@@ -128,7 +135,9 @@ impl Session {
             match ring {
                 Some(ring) => {
                     let ret = ring.poll_raw(timeout);
-                    if ret < 0 && ret != -libc::EINTR {
+                    // a callback ends the poll on a write error, or when a
+                    // stop signal stopped the output (seen at the loop's top)
+                    if ret < 0 && ret != -libc::EINTR && signals::stop_signal().is_none() {
                         after_batch()?;
                         return Err(std::io::Error::from_raw_os_error(-ret))
                             .context("polling the ring buffer");
@@ -146,6 +155,12 @@ impl Session {
             }
             after_batch()?;
         };
+        // A SIGTERM to memtrace alone: the command ends with the trace.
+        if stop == Stop::Signal(libc::SIGTERM) {
+            if let Target::Command(cmd) = &mut self.target {
+                cmd.terminate();
+            }
+        }
         // Events already in the ring buffer belong to the trace.
         if let Some(ring) = ring {
             let _ = ring.consume_raw();
@@ -157,21 +172,33 @@ impl Session {
         Ok(stop)
     }
 
-    /// The exit status: the command's when it ran to the end, else 0.
+    /// The exit status: the command's when it ran to the end; after a
+    /// SIGTERM in `-- COMMAND` mode, the command's if it ended within
+    /// TERM_WAIT, else 128+15; else 0.
     pub fn exit_code(&mut self, stop: Stop) -> i32 {
         match stop {
             Stop::CommandExited(code) => code,
-            Stop::Signal(_) => {
-                // Ctrl-C reaches the command too; give it a moment to end.
-                if let Target::Command(cmd) = &mut self.target {
-                    for _ in 0..20 {
-                        if let Some(code) = cmd.try_wait() {
-                            return code;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
+            Stop::Signal(sig) => {
+                let Target::Command(cmd) = &mut self.target else {
+                    return 0;
+                };
+                // Ctrl-C reaches the command too, SIGTERM was passed on: give
+                // it a moment to end.
+                let (wait, otherwise) = if sig == libc::SIGTERM {
+                    (TERM_WAIT, TERMINATED)
+                } else {
+                    (Duration::from_millis(200), 0)
+                };
+                let deadline = Instant::now() + wait;
+                loop {
+                    if let Some(code) = cmd.try_wait() {
+                        return code;
                     }
+                    if Instant::now() >= deadline {
+                        return otherwise;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                0
             }
             Stop::Duration | Stop::TargetsExited | Stop::Reports => 0,
         }

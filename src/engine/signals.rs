@@ -1,16 +1,22 @@
 //! The signals that end a trace (Ctrl-C, SIGTERM) and the one that wakes it
 //! when `-- COMMAND` exits (SIGCHLD), caught without SA_RESTART so that each
-//! interrupts the session's poll at once.
+//! interrupts the session's poll at once, and a write to stdout blocked on a
+//! full pipe (which present::output then gives up).
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// How many stop signals have arrived (present::output tells by it whether
+/// one interrupted a write).
+static STOP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
 extern "C" fn record_stop_signal(sig: libc::c_int) {
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
+    STOP_SIGNALS.fetch_add(1, Ordering::SeqCst);
 }
 
 extern "C" fn wake_on_child(_: libc::c_int) {
@@ -28,13 +34,14 @@ pub fn install_handlers() -> Result<()> {
         SaFlags::SA_NOCLDSTOP,
         SigSet::empty(),
     );
-    // SAFETY: the handlers only store to an atomic or do nothing, which is
-    // async-signal-safe.
+    // SAFETY: the handlers only store to atomics (lock-free) or do nothing,
+    // which is async-signal-safe.
     unsafe {
         signal::sigaction(Signal::SIGINT, &stop).context("installing a SIGINT handler")?;
         signal::sigaction(Signal::SIGTERM, &stop).context("installing a SIGTERM handler")?;
         signal::sigaction(Signal::SIGCHLD, &child).context("installing a SIGCHLD handler")?;
     }
+    crate::present::output::give_up_writes_on_stop(|| STOP_SIGNALS.load(Ordering::SeqCst));
     Ok(())
 }
 

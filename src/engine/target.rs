@@ -1,56 +1,65 @@
 //! What to trace: every process, the processes named by `-p PID`, or a
-//! command started by memtrace (`-- COMMAND ARGS`) and held before exec until
-//! the probes are attached, so its first mmap is seen; or, for a tool that
-//! must see what the command maps (memleak's libc), stopped under ptrace
-//! right after exec, while its dynamic loader maps its libraries.
+//! command started by memtrace (`-- COMMAND ARGS`, as `--user USER` if given)
+//! and held before exec until the probes are attached, so its first mmap is
+//! seen; or, for a tool that must see what the command maps (memleak's libc),
+//! stopped under ptrace right after exec, while its dynamic loader maps its
+//! libraries.
 
-use std::ffi::{CString, OsString};
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::ptrace;
 use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid, User};
+use procfs::FromRead;
 
 use crate::analysis::proc_maps::{self, MapsEntry};
 use crate::present::escape::escape_bytes;
 
 pub enum Target {
     All,
-    Pids(Vec<u32>),
+    Pids(Vec<TracedProcess>),
     Command(HeldCommand),
 }
 
 impl Target {
-    /// Checks `-p` pids exist; starts `-- COMMAND` held before exec.
-    pub fn new(pids: &[u32], command: &[OsString]) -> Result<Target> {
+    /// Checks `-p` pids name running processes; starts `-- COMMAND` held
+    /// before exec, as `user` if given.
+    pub fn new(pids: &[u32], command: &[OsString], user: Option<&str>) -> Result<Target> {
         if !command.is_empty() {
             if !pids.is_empty() {
                 bail!("-p/--pid and -- COMMAND can't be used together");
             }
-            return Ok(Target::Command(HeldCommand::spawn(command)?));
+            let run_as = user.map(RunAs::lookup).transpose()?;
+            return Ok(Target::Command(HeldCommand::spawn(
+                command,
+                run_as.as_ref(),
+            )?));
+        }
+        if user.is_some() {
+            bail!("--user says whom -- COMMAND runs as: give -- COMMAND too");
         }
         if pids.is_empty() {
             return Ok(Target::All);
         }
-        for &pid in pids {
-            if !process_exists(pid) {
-                bail!("no process with PID {pid}");
-            }
-        }
-        Ok(Target::Pids(pids.to_vec()))
+        let processes = pids
+            .iter()
+            .map(|&pid| TracedProcess::new(pid))
+            .collect::<Result<_>>()?;
+        Ok(Target::Pids(processes))
     }
 
     /// The tgids the BPF side starts its filter with; None traces everything.
     pub fn initial_tgids(&self) -> Option<Vec<u32>> {
         match self {
             Target::All => None,
-            Target::Pids(pids) => Some(pids.clone()),
+            Target::Pids(processes) => Some(processes.iter().map(|p| p.pid).collect()),
             Target::Command(cmd) => Some(vec![cmd.pid.as_raw() as u32]),
         }
     }
@@ -60,26 +69,85 @@ impl Target {
     }
 }
 
-/// The path exec should run: a name with a slash as it is, else the first
-/// executable match in PATH (as execvp would find it), else the name itself
-/// (exec then fails with ENOENT, reported as such).
-fn resolve_program(name: &OsString) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    if name.as_bytes().contains(&b'/') {
-        return name.into();
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .unwrap_or_else(|| name.into())
+/// A `-p` process, told apart from a later process that is given its pid
+/// once it has exited: a pidfd (Linux 5.3) becomes readable when the process
+/// exits, whatever then happens to the number; without pidfds, the start time
+/// in /proc/PID/stat tells a new process from the old one.
+pub struct TracedProcess {
+    pub pid: u32,
+    pidfd: Option<OwnedFd>,
+    /// When it started (clock ticks after boot), for the check without a pidfd.
+    start_time: u64,
 }
 
-pub fn process_exists(pid: u32) -> bool {
-    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+impl TracedProcess {
+    fn new(pid: u32) -> Result<TracedProcess> {
+        let gone = || anyhow::anyhow!("no process with PID {pid}");
+        let pid_i32 = i32::try_from(pid)
+            .ok()
+            .filter(|&pid| pid > 0)
+            .ok_or_else(gone)?;
+        // First, so that what /proc says next is of this process: its pid
+        // can't go to another while it runs.
+        let pidfd = match pidfd_open(pid_i32) {
+            Ok(fd) => Some(fd),
+            Err(Errno::ESRCH) => return Err(gone()),
+            // a thread (EINVAL, told below), an older kernel (ENOSYS), or no
+            // fd to spare: the start time will do
+            Err(_) => None,
+        };
+        let process = procfs::process::Process::new(pid_i32).map_err(|_| gone())?;
+        // /proc/TID exists for every thread, though only processes are listed
+        let status = process.status().map_err(|_| gone())?;
+        if status.tgid != pid_i32 {
+            bail!(
+                "{pid} is a thread of process {tgid}: give -p {tgid}",
+                tgid = status.tgid
+            );
+        }
+        let start_time = process.stat().map_err(|_| gone())?.starttime;
+        Ok(TracedProcess {
+            pid,
+            pidfd,
+            start_time,
+        })
+    }
+
+    /// Whether the process first seen under this pid is still running (a
+    /// zombie is not: it has exited and only waits for its parent).
+    pub fn is_running(&self) -> bool {
+        match &self.pidfd {
+            Some(pidfd) => {
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                // readable once it has exited; EINTR: look again next time
+                !matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            }
+            None => {
+                let stat = std::fs::read(format!("/proc/{}/stat", self.pid)).ok();
+                still_the_process(self.start_time, stat.as_deref())
+            }
+        }
+    }
+}
+
+/// pidfd_open(2): a file descriptor for the process `pid`, close-on-exec.
+fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags (0) and touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just returned this fd, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether `stat` (the text of /proc/PID/stat, None when the pid is gone)
+/// is the process that started at `start_time` and has not exited.
+fn still_the_process(start_time: u64, stat: Option<&[u8]>) -> bool {
+    let Some(stat) = stat.and_then(|text| procfs::process::Stat::from_read(text).ok()) else {
+        return false;
+    };
+    stat.starttime == start_time && !matches!(stat.state, 'Z' | 'X' | 'x')
 }
 
 /// What a pid is, for the tools that trace a user process's own code.
@@ -117,11 +185,153 @@ fn kind_of(stat: &procfs::process::Stat) -> ProcessKind {
     }
 }
 
+/// The user `--user` runs the command as: looked up before fork, since the
+/// child may call no allocator (and the user database may need one).
+pub struct RunAs {
+    /// The name as given, escaped for messages.
+    shown: String,
+    /// The name in the user database, for USER and LOGNAME.
+    name: OsString,
+    uid: Uid,
+    gid: Gid,
+    /// The supplementary groups, as initgroups(3) would set them.
+    groups: Vec<Gid>,
+    home: OsString,
+}
+
+impl RunAs {
+    /// A user name, or a UID: both must be in the user database (for the
+    /// group, the supplementary groups and the home directory).
+    pub fn lookup(user: &str) -> Result<RunAs> {
+        let shown = escape_bytes(user.as_bytes());
+        let found = match User::from_name(user) {
+            Ok(None) => match user.parse::<u32>() {
+                Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+                Err(_) => Ok(None),
+            },
+            other => other,
+        };
+        let user = match found {
+            Ok(Some(user)) => user,
+            Ok(None) => bail!(
+                "no user '{shown}' in the user database: give --user a user name or UID that getent passwd lists"
+            ),
+            Err(errno) => bail!("looking up user '{shown}': {}", errno.desc()),
+        };
+        let c_name = CString::new(user.name.as_bytes()).context("a user name with a NUL byte")?;
+        let groups = nix::unistd::getgrouplist(&c_name, user.gid)
+            .map_err(|errno| anyhow::anyhow!("the groups of user '{shown}': {}", errno.desc()))?;
+        Ok(RunAs {
+            shown,
+            name: user.name.into(),
+            uid: user.uid,
+            gid: user.gid,
+            groups,
+            home: user.dir.into_os_string(),
+        })
+    }
+
+    /// The environment the command gets: memtrace's, with the user's HOME,
+    /// USER and LOGNAME.
+    fn environment(&self) -> Vec<(OsString, OsString)> {
+        let own = [
+            ("HOME", &self.home),
+            ("USER", &self.name),
+            ("LOGNAME", &self.name),
+        ];
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(key, _)| {
+                !own.iter()
+                    .any(|(name, _)| key.as_os_str() == OsStr::new(name))
+            })
+            .collect();
+        env.extend(
+            own.iter()
+                .map(|(name, value)| (OsString::from(name), (*value).clone())),
+        );
+        env
+    }
+
+    /// In the forked child: becomes the user, groups first (setgroups and
+    /// setgid need the privilege setuid gives up). Allocates nothing.
+    /// Fails with the step that failed and its errno.
+    fn become_user(&self) -> Result<(), (Step, Errno)> {
+        nix::unistd::setgroups(&self.groups).map_err(|e| (Step::Groups, e))?;
+        nix::unistd::setresgid(self.gid, self.gid, self.gid).map_err(|e| (Step::Gid, e))?;
+        nix::unistd::setresuid(self.uid, self.uid, self.uid).map_err(|e| (Step::Uid, e))?;
+        Ok(())
+    }
+}
+
+/// What the held child failed at, sent to the parent with the errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+enum Step {
+    Exec = 0,
+    Groups = 1,
+    Gid = 2,
+    Uid = 3,
+    /// PTRACE_TRACEME, for exec_until_mapped.
+    Ptrace = 4,
+}
+
+impl Step {
+    fn from_raw(raw: i32) -> Step {
+        match raw {
+            1 => Step::Groups,
+            2 => Step::Gid,
+            3 => Step::Uid,
+            4 => Step::Ptrace,
+            _ => Step::Exec,
+        }
+    }
+}
+
+/// In the held child: tells the parent what failed, through the pipe that
+/// exec would have closed, and ends the child. Allocates nothing.
+fn child_failed(err_write: &OwnedFd, step: Step, errno: Errno) -> ! {
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&(step as i32).to_ne_bytes());
+    report[4..].copy_from_slice(&(errno as i32).to_ne_bytes());
+    let _ = nix::unistd::write(err_write, &report);
+    // SAFETY: _exit is async-signal-safe and ends only this child.
+    unsafe { libc::_exit(127) }
+}
+
+/// A NUL-terminated array of pointers into `strings`, for exec.
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// The path exec should run: a name with a slash as it is, else the first
+/// executable match in PATH (as execvp would find it), else the name itself
+/// (exec then fails with ENOENT, reported as such).
+fn resolve_program(name: &OsString) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if name.as_bytes().contains(&b'/') {
+        return name.into();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| name.into())
+}
+
 /// A forked child blocked on a pipe, exec'ing COMMAND once released.
 pub struct HeldCommand {
     pub pid: Pid,
     /// The command's name as given, escaped for messages.
     pub name: String,
+    /// --user as given, escaped for messages.
+    user: Option<String>,
     go: Option<OwnedFd>,
     exec_error: Option<OwnedFd>,
     /// Stopped under ptrace after exec (exec_until_mapped), until release.
@@ -132,11 +342,6 @@ pub struct HeldCommand {
 /// What the held child is told on its pipe: exec, or exec under ptrace.
 const GO: u8 = 1;
 const GO_TRACED: u8 = 2;
-
-/// What failed in the child before the command ran, as it reports it on
-/// its error pipe (with the errno after it).
-const FAILED_EXEC: u8 = 0;
-const FAILED_PTRACE: u8 = 1;
 
 /// What exec_until_mapped saw.
 pub enum Mapped<T> {
@@ -153,7 +358,7 @@ pub enum Mapped<T> {
 }
 
 impl HeldCommand {
-    fn spawn(command: &[OsString]) -> Result<HeldCommand> {
+    fn spawn(command: &[OsString], run_as: Option<&RunAs>) -> Result<HeldCommand> {
         // Resolved here, so the child between release and exec calls no
         // allocator (execvp's PATH search mallocs, and memleak would see it).
         let program = CString::new(resolve_program(&command[0]).as_os_str().as_bytes())
@@ -164,8 +369,23 @@ impl HeldCommand {
             .collect::<Result<_, _>>()
             .context("a command argument contains a NUL byte")?;
         // exec's NULL-terminated argv, built before fork for the same reason
-        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
+        let argv_ptrs = pointers(&argv);
+        // --user's environment, built before fork too; None: memtrace's own
+        let envp: Option<Vec<CString>> = run_as
+            .map(|user| {
+                user.environment()
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let mut entry = key.into_vec();
+                        entry.push(b'=');
+                        entry.extend_from_slice(value.as_bytes());
+                        CString::new(entry)
+                    })
+                    .collect::<Result<_, _>>()
+            })
+            .transpose()
+            .context("an environment variable contains a NUL byte")?;
+        let envp_ptrs = envp.as_deref().map(pointers);
         let (go_read, go_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
         // for messages: another user may have named it
@@ -177,11 +397,6 @@ impl HeldCommand {
             ForkResult::Child => {
                 drop(go_write);
                 drop(err_read);
-                let report = |what: u8, errno: Errno| {
-                    let mut message = [what, 0, 0, 0, 0];
-                    message[1..].copy_from_slice(&(errno as i32).to_ne_bytes());
-                    let _ = nix::unistd::write(&err_write, &message);
-                };
                 let mut byte = [0u8; 1];
                 // Wait until the parent has attached its probes; EOF means it gave up.
                 let go = loop {
@@ -194,26 +409,35 @@ impl HeldCommand {
                 if go == GO_TRACED {
                     // stopped by the kernel once exec succeeds (SIGTRAP)
                     if let Err(errno) = ptrace::traceme() {
-                        report(FAILED_PTRACE, errno);
-                        // SAFETY: _exit is async-signal-safe and ends only this child.
-                        unsafe { libc::_exit(127) };
+                        child_failed(&err_write, Step::Ptrace, errno);
                     }
                 } else if go != GO {
-                    // SAFETY: as above.
+                    // SAFETY: _exit is async-signal-safe and ends only this child.
                     unsafe { libc::_exit(127) };
+                }
+                if let Some(user) = run_as {
+                    if let Err((step, errno)) = user.become_user() {
+                        child_failed(&err_write, step, errno);
+                    }
                 }
                 // Rust ignores SIGPIPE; the command should get the default.
                 // SAFETY: restoring a default disposition installs no handler.
                 let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-                // SAFETY: program and argv_ptrs (NULL-terminated, pointing into argv) outlive the call.
-                unsafe { libc::execv(program.as_ptr(), argv_ptrs.as_ptr()) };
-                report(FAILED_EXEC, Errno::last());
-                // SAFETY: as above.
-                unsafe { libc::_exit(127) }
+                match &envp_ptrs {
+                    // SAFETY: program, argv_ptrs and envp_ptrs (NULL-terminated,
+                    // pointing into argv and envp) outlive the call.
+                    Some(envp_ptrs) => unsafe {
+                        libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr())
+                    },
+                    // SAFETY: program and argv_ptrs (as above) outlive the call.
+                    None => unsafe { libc::execv(program.as_ptr(), argv_ptrs.as_ptr()) },
+                };
+                child_failed(&err_write, Step::Exec, Errno::last())
             }
             ForkResult::Parent { child } => Ok(HeldCommand {
                 pid: child,
                 name,
+                user: run_as.map(|user| user.shown.clone()),
                 go: Some(go_write),
                 exec_error: Some(err_read),
                 traced: false,
@@ -242,32 +466,40 @@ impl HeldCommand {
         let Some(err_pipe) = self.exec_error.take() else {
             return Ok(());
         };
-        // The pipe closes on a successful exec (O_CLOEXEC), or carries what
-        // failed and its errno.
-        let mut buf = [0u8; 5];
+        // The pipe closes on a successful exec (O_CLOEXEC), or carries the
+        // step that failed and its errno.
+        let mut buf = [0u8; 8];
         let n = loop {
             match nix::unistd::read(&err_pipe, &mut buf) {
                 Err(Errno::EINTR) => continue,
                 other => break other.unwrap_or(0),
             }
         };
-        if n == buf.len() {
-            let mut errno = [0u8; 4];
-            errno.copy_from_slice(&buf[1..]);
-            let errno = Errno::from_raw(i32::from_ne_bytes(errno));
-            let _ = waitpid(self.pid, None);
-            self.exit_code = Some(127);
-            if buf[0] == FAILED_PTRACE {
-                bail!(
-                    "can't stop {} after exec to find what it maps: ptrace: {} (name the \
-                     allocator library with -O)",
-                    self.name,
-                    errno.desc()
-                );
-            }
-            bail!("can't run {}: {}", self.name, errno.desc());
+        if n != 8 {
+            return Ok(());
         }
-        Ok(())
+        let [s0, s1, s2, s3, e0, e1, e2, e3] = buf;
+        let step = Step::from_raw(i32::from_ne_bytes([s0, s1, s2, s3]));
+        let errno = Errno::from_raw(i32::from_ne_bytes([e0, e1, e2, e3]));
+        let _ = waitpid(self.pid, None);
+        self.exit_code = Some(127);
+        let as_user = match &self.user {
+            Some(user) => format!(" as user '{user}'"),
+            None => String::new(),
+        };
+        let what = match step {
+            Step::Exec => "",
+            Step::Groups => " (setgroups)",
+            Step::Gid => " (setresgid)",
+            Step::Uid => " (setresuid)",
+            Step::Ptrace => bail!(
+                "can't stop {} after exec to find what it maps: ptrace: {} (name the \
+                 allocator library with -O)",
+                self.name,
+                errno.desc()
+            ),
+        };
+        bail!("can't run {}{as_user}{what}: {}", self.name, errno.desc())
     }
 
     /// Lets the command exec, stopped under ptrace right after and then at
@@ -384,6 +616,14 @@ impl HeldCommand {
             .collect())
     }
 
+    /// Passes SIGTERM on to the command (not to its process group, which
+    /// may hold the rest of a shell pipeline), unless it has ended.
+    pub fn terminate(&mut self) {
+        if self.go.is_none() && self.try_wait().is_none() {
+            let _ = signal::kill(self.pid, Signal::SIGTERM);
+        }
+    }
+
     /// The command's exit code once it has ended (128+N for signal N).
     pub fn try_wait(&mut self) -> Option<i32> {
         if self.exit_code.is_none() {
@@ -412,6 +652,92 @@ impl Drop for HeldCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // /proc/PID/stat of a process named "a) Z (b" (the name is not escaped
+    // there), running, started 4242 ticks after boot
+    const STAT: &[u8] = b"1234 (a) Z (b) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 2240512 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+
+    fn with_state(state: &str) -> Vec<u8> {
+        String::from_utf8_lossy(STAT)
+            .replacen(") S ", &format!(") {state} "), 1)
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_start_time_tells_the_process_from_a_later_one() {
+        assert!(still_the_process(4242, Some(STAT)));
+        // another process given the pid later: a later start time
+        assert!(!still_the_process(4241, Some(STAT)));
+        // the pid is gone
+        assert!(!still_the_process(4242, None));
+        // exited, waiting for its parent: not running
+        assert!(!still_the_process(4242, Some(&with_state("Z"))));
+        assert!(!still_the_process(4242, Some(&with_state("X"))));
+        assert!(still_the_process(4242, Some(&with_state("D"))));
+        assert!(!still_the_process(4242, Some(b"garbage")));
+    }
+
+    #[test]
+    fn this_process_is_running_with_or_without_a_pidfd() {
+        let mut me = TracedProcess::new(std::process::id()).unwrap();
+        assert!(me.is_running());
+        me.pidfd = None;
+        assert!(me.is_running());
+        me.start_time += 1;
+        assert!(!me.is_running());
+    }
+
+    #[test]
+    fn a_thread_is_not_a_process() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let err = TracedProcess::new(tid).err().unwrap().to_string();
+        let pid = std::process::id();
+        assert_eq!(
+            err,
+            format!("{tid} is a thread of process {pid}: give -p {pid}")
+        );
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
+        assert!(TracedProcess::new(0).is_err());
+        assert!(TracedProcess::new(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn users_by_name_or_uid() {
+        for user in ["root", "0"] {
+            let root = RunAs::lookup(user).unwrap();
+            assert_eq!(root.uid, Uid::from_raw(0));
+            assert_eq!(root.gid, Gid::from_raw(0));
+            assert_eq!(root.name, "root");
+            assert!(root.groups.contains(&Gid::from_raw(0)));
+        }
+        let err = RunAs::lookup("memtrace-no-such-user\x1b").err().unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("no user 'memtrace-no-such-user\\x1b' in the user database"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_command_gets_the_users_home_and_names() {
+        let root = RunAs::lookup("root").unwrap();
+        let env = root.environment();
+        let get = |key: &str| {
+            let values: Vec<_> = env.iter().filter(|(k, _)| k == key).collect();
+            assert_eq!(values.len(), 1, "{key}: {values:?}");
+            values[0].1.clone()
+        };
+        assert_eq!(get("HOME"), root.home);
+        assert_eq!(get("USER"), "root");
+        assert_eq!(get("LOGNAME"), "root");
+    }
 
     #[test]
     fn kinds_of_process() {

@@ -1,8 +1,11 @@
 //! Where every tool's output goes: buffered stdout, one record at a time as
-//! a table line or (with --json) a JSON object, and a closed pipe turned into
-//! a quiet end.
+//! a table line or (with --json) a JSON object, a closed pipe turned into
+//! a quiet end, and a write that a stop signal interrupts given up.
 
-use std::io::{self, BufWriter, Stdout, Write};
+use std::io::{self, BufWriter, Write};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -40,13 +43,91 @@ fn map_io(err: io::Error) -> anyhow::Error {
     }
 }
 
+/// Counts the stop signals (Ctrl-C, SIGTERM) received so far; set by the
+/// engine when it installs its signal handlers.
+static STOP_SIGNALS: OnceLock<fn() -> usize> = OnceLock::new();
+
+/// From now on, a write to stdout that a stop signal interrupts (one that
+/// `stop_signals` counts while the write waits) is given up, and with it the
+/// rest of the output.
+pub fn give_up_writes_on_stop(stop_signals: fn() -> usize) {
+    let _ = STOP_SIGNALS.set(stop_signals);
+}
+
+fn stop_signals() -> usize {
+    STOP_SIGNALS.get().map_or(0, |count| count())
+}
+
+/// stdout written with write(2) itself. std's Stdout, BufWriter and
+/// write_all retry a write that a signal interrupted (EINTR), so memtrace
+/// blocked on a full pipe would never see Ctrl-C. Here a write that a stop
+/// signal interrupted (EINTR, or a part written) stops the output: this write
+/// and every later one report `Stopped` without a system call. A stop signal
+/// that came before the write does not: after Ctrl-C ends a trace, the
+/// summary is still written, unless another Ctrl-C interrupts that. (A signal
+/// that comes between the count and write(2) is missed; the next one ends the
+/// write.) Stopped for every Output at once: memleak has two.
+struct StdoutFd;
+
+/// Whether a stop signal has interrupted a write to stdout: nothing more is written.
+static STDOUT_STOPPED: AtomicBool = AtomicBool::new(false);
+
+fn stdout_stopped() -> bool {
+    STDOUT_STOPPED.load(Ordering::SeqCst)
+}
+
+/// The error an output stopped by a signal gives.
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("output given up: a stop signal interrupted a write")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+impl Write for StdoutFd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            if stdout_stopped() {
+                return Err(io::Error::other(Stopped));
+            }
+            let signals_before = stop_signals();
+            let interrupted = || stop_signals() != signals_before;
+            match nix::unistd::write(io::stdout().as_fd(), buf) {
+                Ok(n) => {
+                    // a blocking pipe writes less only when a signal interrupts it
+                    if n < buf.len() && interrupted() {
+                        STDOUT_STOPPED.store(true, Ordering::SeqCst);
+                    }
+                    return Ok(n);
+                }
+                Err(nix::errno::Errno::EINTR) => {
+                    if interrupted() {
+                        STDOUT_STOPPED.store(true, Ordering::SeqCst);
+                    }
+                }
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Buffered stdout, flushed after each batch of events so a terminal sees
 /// lines promptly without a write(2) per line. It decides between the table
 /// and JSON: a tool hands it typed rows (`#[derive(Serialize)]`) and says how
 /// a row reads as a table; the JSON object is the row itself, so the two
-/// can't drift apart.
+/// can't drift apart. Once a stop signal has interrupted a write (see
+/// StdoutFd), nothing more is written and every call succeeds: the session
+/// ends the trace as for the signal.
 pub struct Output {
-    out: BufWriter<Stdout>,
+    out: BufWriter<StdoutFd>,
     json: bool,
     /// A write error inside a ring buffer callback (which can only return a
     /// number), surfaced by finish_batch() after the poll.
@@ -56,7 +137,7 @@ pub struct Output {
 impl Output {
     pub fn new(json: bool) -> Self {
         Output {
-            out: BufWriter::with_capacity(64 * 1024, io::stdout()),
+            out: BufWriter::with_capacity(64 * 1024, StdoutFd),
             json,
             kept_error: None,
         }
@@ -108,24 +189,45 @@ impl Output {
 
     /// A line as it is (folded stacks, histograms).
     pub fn line(&mut self, line: &str) -> Result<()> {
-        self.out.write_all(line.as_bytes()).map_err(map_io)?;
-        self.out.write_all(b"\n").map_err(map_io)
+        let written = self
+            .out
+            .write_all(line.as_bytes())
+            .and_then(|()| self.out.write_all(b"\n"));
+        self.checked(written)
     }
 
     /// One JSON object on a line of its own, whatever the output mode.
     pub fn json_line<R: Serialize + ?Sized>(&mut self, row: &R) -> Result<()> {
-        serde_json::to_writer(&mut self.out, row).map_err(|err| map_io(err.into()))?;
-        self.out.write_all(b"\n").map_err(map_io)
+        let written = serde_json::to_writer(&mut self.out, row)
+            .map_err(io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
+        self.checked(written)
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.out.flush().map_err(map_io)
+        let flushed = self.out.flush();
+        self.checked(flushed)
+    }
+
+    /// Whether a stop signal interrupted a write: nothing more is written.
+    pub fn is_stopped(&self) -> bool {
+        stdout_stopped()
+    }
+
+    /// A write's result: Ok once the output has stopped (see StdoutFd).
+    fn checked(&self, written: io::Result<()>) -> Result<()> {
+        match written {
+            Err(_) if self.is_stopped() => Ok(()),
+            other => other.map_err(map_io),
+        }
     }
 
     /// A ring buffer callback's return for what it wrote: 0, or -1 (which
-    /// ends the poll) with the error kept for finish_batch().
+    /// ends the poll) with the error kept for finish_batch(), or -1 when a
+    /// stop signal has stopped the output (the session then sees the signal).
     pub fn callback_status(&mut self, written: Result<()>) -> i32 {
         match written {
+            Ok(()) if self.is_stopped() => -1,
             Ok(()) => 0,
             Err(err) => {
                 self.kept_error = Some(err);

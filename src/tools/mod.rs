@@ -45,6 +45,9 @@ macro_rules! tool {
                 let mut args = $module::Args::from_arg_matches(matches)?;
                 args.common.tool = stringify!($module);
                 args.common.command = command;
+                if let Some(message) = args.common.conflict() {
+                    return Ok(usage_error(($command)().name(stringify!($module)), message));
+                }
                 $module::run(args)
             },
         }
@@ -67,6 +70,18 @@ pub static TOOLS: &[Tool] = &[
     tool!(pmap, pmap::command),
     tool!(shmsnoop),
 ];
+
+/// Prints a usage error as clap does (the message, then the usage line) and
+/// returns clap's status for it, 2.
+pub fn usage_error(mut command: clap::Command, message: &str) -> i32 {
+    let err = clap::Error::raw(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!("{message}\n"),
+    )
+    .format(&mut command);
+    let _ = err.print();
+    err.exit_code()
+}
 
 pub fn find(name: &str) -> Option<&'static Tool> {
     TOOLS.iter().find(|tool| tool.name == name)

@@ -50,13 +50,13 @@ impl Allocator {
     /// starts. None: the command ended before (its loader failed).
     pub fn find(args: &Args, target: &mut Target) -> Result<Option<Allocator>> {
         let object = match target {
-            Target::Pids(pids) => {
-                for &pid in pids.iter() {
-                    check_user_process(pid)?;
+            Target::Pids(processes) => {
+                for process in processes.iter() {
+                    check_user_process(process.pid)?;
                 }
-                match (&args.object, pids.first()) {
+                match (&args.object, processes.first()) {
                     (Some(path), _) => path.clone(),
-                    (None, Some(&pid)) => find_libc(pid)?,
+                    (None, Some(process)) => find_libc(process.pid)?,
                     (None, None) => bail!("memleak's user mode traces one process: give -p PID"),
                 }
             }

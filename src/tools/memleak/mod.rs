@@ -206,7 +206,7 @@ pub fn run(args: Args) -> Result<i32> {
         Allocator::find(&args, &mut trace.target)?
     };
     let pid = match &trace.target {
-        Target::Pids(pids) => pids[0] as i32,
+        Target::Pids(processes) => processes[0].pid as i32,
         Target::Command(cmd) => cmd.pid.as_raw(),
         Target::All => -1,
     };

@@ -58,6 +58,7 @@ pub fn command() -> clap::Command {
         .mut_arg("duration", |arg| arg.hide(true))
         .mut_arg("timestamp", |arg| arg.hide(true))
         .mut_arg("verbose", |arg| arg.hide(true))
+        .mut_arg("user", |arg| arg.hide(true))
         .mut_arg("command", |arg| arg.hide(true))
 }
 

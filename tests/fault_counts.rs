@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::collections::HashSet;
+
 use common::*;
 use serde_json::Value;
 
@@ -290,4 +292,80 @@ fn faults_kernel_stacks_are_optional() {
         "4 MiB copied into 1024 fresh pages: {}",
         finished.stdout
     );
+}
+
+/// `TOOL_ARGS -- spawner MODE RUNS PAUSE_MS PIDFILE toucher anon 1`: RUNS
+/// touchers one after the other, each faulting 256 anonymous pages. The
+/// finished trace and the touchers' pids.
+fn spawn_touchers(
+    tool_args: &[&str],
+    mode: &str,
+    runs: u32,
+    pause_ms: u32,
+) -> (Finished, Vec<u64>) {
+    let spawner = fixture("spawner");
+    let toucher = fixture("toucher");
+    let pid_file = temp_path("spawned.pids");
+    let (runs, pause) = (runs.to_string(), pause_ms.to_string());
+    let mut args = tool_args.to_vec();
+    args.extend([
+        "--",
+        spawner.to_str().unwrap(),
+        mode,
+        &runs,
+        &pause,
+        pid_file.to_str().unwrap(),
+        toucher.to_str().unwrap(),
+        "anon",
+        "1",
+    ]);
+    let finished = run(&args);
+    finished.assert_success();
+    let pids = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    let _ = std::fs::remove_file(pid_file);
+    (finished, pids)
+}
+
+#[test]
+fn count_slots_of_exited_processes_are_reused() {
+    require_root!();
+    // 150 short processes one after the other, 5 ms apart, each faulting
+    // 256 anonymous pages and taking about 10 count slots: five times the
+    // 300 there are. Started with fork and exec, and with posix_spawn, whose
+    // vfork child faults in its parent's address space before it execs.
+    for mode in ["fork", "spawn"] {
+        let (finished, pids) = spawn_touchers(
+            &["ffaults", "--json", "-i", "0.3", "--max-entries", "300"],
+            mode,
+            150,
+            5,
+        );
+        // never more than three processes alive at once: nothing is lost
+        assert!(
+            !finished.stderr.contains("lost"),
+            "{mode}: {}",
+            finished.stderr
+        );
+        assert_eq!(pids.len(), 150, "{mode}");
+        let rows = finished.json();
+        for pid in &pids {
+            // every one reported, once: its 256 pages and the loader's few
+            let anon = faults_on(&rows, &Value::from(*pid), "[anon]");
+            assert!(
+                (256..=256 + 64).contains(&anon),
+                "{mode}: toucher {pid} (of {pids:?}): {anon} [anon] faults"
+            );
+        }
+        let reports: HashSet<u64> = rows
+            .iter()
+            .filter(|r| r["comm"] == "toucher")
+            .map(|r| r["time_ns"].as_u64().unwrap())
+            .collect();
+        // over 0.75 s: two interval reports and the last
+        assert!(reports.len() >= 3, "{mode}: {} reports", reports.len());
+    }
 }

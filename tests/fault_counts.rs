@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -367,5 +368,73 @@ fn count_slots_of_exited_processes_are_reused() {
             .collect();
         // over 0.75 s: two interval reports and the last
         assert!(reports.len() >= 3, "{mode}: {} reports", reports.len());
+    }
+}
+
+#[test]
+fn losses_are_told_when_they_start() {
+    require_root!();
+    // 4 counts can't hold a process's (its files, [anon], [stack]; its
+    // stacks): counts are lost from the start, by a process every 25 ms
+    // for over a second, so in every interval
+    let spawner = fixture("spawner");
+    let toucher = fixture("toucher");
+    for tool in ["ffaults", "faults"] {
+        let pid_file = temp_path("lossy.pids");
+        let mut tracer = Tracer::start(&[
+            tool,
+            "-i",
+            "0.5",
+            "--max-entries",
+            "4",
+            "--",
+            spawner.to_str().unwrap(),
+            "fork",
+            "40",
+            "25",
+            pid_file.to_str().unwrap(),
+            toucher.to_str().unwrap(),
+            "anon",
+            "1",
+        ]);
+        let first = tracer.stderr_line(|l| l.contains("lost"), Duration::from_secs(60));
+        let told_while_tracing = tracer.running();
+        let finished = tracer.wait();
+        finished.assert_success();
+        let _ = std::fs::remove_file(pid_file);
+        let first = first.unwrap_or_else(|| panic!("{tool}: no loss told: {}", finished.stderr));
+        // HH:MM:SS: the last reading that found nothing lost
+        let since = first
+            .strip_prefix(&format!("{tool}: counts lost since "))
+            .and_then(|rest| rest.strip_suffix(": the counting map is full (raise --max-entries)"))
+            .unwrap_or_else(|| panic!("{tool}: {first:?}"));
+        assert!(
+            since.len() == 8
+                && since.bytes().enumerate().all(|(i, b)| if i % 3 == 2 {
+                    b == b':'
+                } else {
+                    b.is_ascii_digit()
+                }),
+            "{tool}: {first:?}"
+        );
+        assert!(
+            told_while_tracing,
+            "{tool}: told only at the end: {}",
+            finished.stderr
+        );
+        // once while the losses go on, then the total at the end
+        let lines: Vec<&str> = finished.stderr.lines().collect();
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("lost since")).count(),
+            1,
+            "{tool}: {}",
+            finished.stderr
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{tool}: "))
+                && l.ends_with(" counts lost: the counting map was full (raise --max-entries)")),
+            "{tool}: {}",
+            finished.stderr
+        );
     }
 }

@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::engine::drops;
+use crate::engine::drops::{self, LossWatch};
 use crate::engine::faultvma::{FaultCount, FaultEngine, Only};
 use crate::engine::loader::Trace;
 use crate::engine::session::{monotonic_ns, Session};
@@ -79,6 +79,11 @@ pub fn run(
     let gone = engine.gone_ring()?;
     let engine = RefCell::new(engine);
     let totals = RefCell::new(Totals::new(counting.grouping));
+    let watch = RefCell::new(LossWatch::new(
+        common.tool,
+        DropReason::MEMTRACE_DROP_COUNTS,
+        MAX_ENTRIES_HINT,
+    ));
     let mut out = Output::new(common.json);
     let interval = counts.report.interval;
     let mut session = Session::start(trace, interval, counting.what)?;
@@ -87,12 +92,19 @@ pub fn run(
     // what is gone (the BPF side wakes us only when slots run short) is read every 200 ms
     let harvest = || -> Result<()> {
         gone.consume_raw();
-        totals.borrow_mut().add(&engine.borrow_mut().harvest()?);
-        Ok(())
+        let mut engine = engine.borrow_mut();
+        totals.borrow_mut().add(&engine.harvest()?);
+        watch.borrow_mut().check(engine.object(), false)
     };
     let mut report = |out: &mut Output| -> Result<()> {
         gone.consume_raw();
-        totals.borrow_mut().add(&engine.borrow_mut().take()?);
+        {
+            let mut engine = engine.borrow_mut();
+            totals.borrow_mut().add(&engine.take()?);
+            let mut watch = watch.borrow_mut();
+            watch.check(engine.object(), true)?;
+            watch.end_interval();
+        }
         if clock_heading {
             out.heading(&format!("\n{}", wall_clock_hms()))?;
         }

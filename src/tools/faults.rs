@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::engine::drops;
+use crate::engine::drops::{self, LossWatch};
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{stored_stack, take_entries};
 use crate::engine::perf;
@@ -94,10 +94,18 @@ pub fn run(args: Args) -> Result<i32> {
     let clock = args.report.interval.is_some() || args.common.timestamp;
     let mut stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
     let mut lost_stacks = 0u64;
+    let watch = RefCell::new(LossWatch::new(
+        args.common.tool,
+        DropReason::MEMTRACE_DROP_COUNTS,
+        MAX_ENTRIES_HINT,
+    ));
     let interval = args.report.interval;
     let mut session = Session::start(trace, interval, "page faults")?;
     let mut report = |out: &mut Output| -> Result<()> {
         let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
+        let mut watch = watch.borrow_mut();
+        watch.check(skel.object(), true)?;
+        watch.end_interval();
         let mut symbolizer = symbolizer.borrow_mut();
         symbolizer.refresh();
         let rows = symbolize_rows(
@@ -108,7 +116,11 @@ pub fn run(args: Args) -> Result<i32> {
         );
         stacks.print(out, rows)
     };
-    let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
+    let stop = session.run(
+        Some(&ring),
+        || watch.borrow_mut().check(skel.object(), false),
+        || report(&mut out),
+    )?;
     report(&mut out)?;
     drop(ring);
     stacks.finish()?;
@@ -119,9 +131,12 @@ pub fn run(args: Args) -> Result<i32> {
     Ok(session.exit_code(stop))
 }
 
+/// What a full counts map loses, and what to do about it.
+const MAX_ENTRIES_HINT: &str = "raise --max-entries";
+
 /// What was lost, and what to do about it.
 const DROP_HINTS: &[(DropReason, &str)] = &[
-    (DropReason::MEMTRACE_DROP_COUNTS, "raise --max-entries"),
+    (DropReason::MEMTRACE_DROP_COUNTS, MAX_ENTRIES_HINT),
     (
         DropReason::MEMTRACE_DROP_RINGBUF,
         "exited processes' mappings: their stacks show addresses",

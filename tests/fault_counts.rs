@@ -372,6 +372,31 @@ fn count_slots_of_exited_processes_are_reused() {
 }
 
 #[test]
+fn faults_deletes_the_counts_it_reported() {
+    require_root!();
+    // 30 processes, one every 200 ms, each with about 55 (stack, kind)
+    // counts: three times the 600 the map holds. Each report reads and
+    // deletes its counts, so those of exited processes don't fill it.
+    let (finished, pids) = spawn_touchers(
+        &["faults", "--json", "-i", "0.3", "--max-entries", "600"],
+        "fork",
+        30,
+        200,
+    );
+    assert!(!finished.stderr.contains("lost"), "{}", finished.stderr);
+    assert_eq!(pids.len(), 30);
+    let rows = finished.json();
+    for pid in &pids {
+        let touched: u64 = rows
+            .iter()
+            .filter(|r| r["pid"] == *pid && has_frame(r, "touch_pages"))
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(touched, 256, "toucher {pid}: {}", finished.stdout);
+    }
+}
+
+#[test]
 fn losses_are_told_when_they_start() {
     require_root!();
     // 4 counts can't hold a process's (its files, [anon], [stack]; its

@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::collections::HashSet;
+use std::time::Duration;
+
 use common::*;
 use serde_json::Value;
 
@@ -318,4 +321,173 @@ fn a_full_stack_store_is_said_once() {
         .json()
         .iter()
         .any(|r| strings(&r["stack"]) == ["[stack lost: the stack store was full]"]));
+}
+
+/// `TOOL_ARGS -- spawner MODE RUNS PAUSE_MS PIDFILE toucher anon 1`: RUNS
+/// touchers one after the other, each faulting 256 anonymous pages. The
+/// finished trace and the touchers' pids.
+fn spawn_touchers(
+    tool_args: &[&str],
+    mode: &str,
+    runs: u32,
+    pause_ms: u32,
+) -> (Finished, Vec<u64>) {
+    let spawner = fixture("spawner");
+    let toucher = fixture("toucher");
+    let pid_file = temp_path("spawned.pids");
+    let (runs, pause) = (runs.to_string(), pause_ms.to_string());
+    let mut args = tool_args.to_vec();
+    args.extend([
+        "--",
+        spawner.to_str().unwrap(),
+        mode,
+        &runs,
+        &pause,
+        pid_file.to_str().unwrap(),
+        toucher.to_str().unwrap(),
+        "anon",
+        "1",
+    ]);
+    let finished = run(&args);
+    finished.assert_success();
+    let pids = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    let _ = std::fs::remove_file(pid_file);
+    (finished, pids)
+}
+
+#[test]
+fn count_slots_of_exited_processes_are_reused() {
+    require_root!();
+    // 150 short processes one after the other, 5 ms apart, each faulting
+    // 256 anonymous pages and taking about 10 count slots: five times the
+    // 300 there are. Started with fork and exec, and with posix_spawn, whose
+    // vfork child faults in its parent's address space before it execs.
+    for mode in ["fork", "spawn"] {
+        let (finished, pids) = spawn_touchers(
+            &["ffaults", "--json", "-i", "0.3", "--max-entries", "300"],
+            mode,
+            150,
+            5,
+        );
+        // never more than three processes alive at once: nothing is lost
+        assert!(
+            !finished.stderr.contains("lost"),
+            "{mode}: {}",
+            finished.stderr
+        );
+        assert_eq!(pids.len(), 150, "{mode}");
+        let rows = finished.json();
+        for pid in &pids {
+            // every one reported, once: its 256 pages and the loader's few
+            let anon = faults_on(&rows, &Value::from(*pid), "[anon]");
+            assert!(
+                (256..=256 + 64).contains(&anon),
+                "{mode}: toucher {pid} (of {pids:?}): {anon} [anon] faults"
+            );
+        }
+        let reports: HashSet<u64> = rows
+            .iter()
+            .filter(|r| r["comm"] == "toucher")
+            .map(|r| r["time_ns"].as_u64().unwrap())
+            .collect();
+        // over 0.75 s: two interval reports and the last
+        assert!(reports.len() >= 3, "{mode}: {} reports", reports.len());
+    }
+}
+
+#[test]
+fn faults_deletes_the_counts_it_reported() {
+    require_root!();
+    // 30 processes, one every 200 ms, each with about 55 (stack, kind)
+    // counts: three times the 600 the map holds. Each report reads and
+    // deletes its counts, so those of exited processes don't fill it.
+    let (finished, pids) = spawn_touchers(
+        &["faults", "--json", "-i", "0.3", "--max-entries", "600"],
+        "fork",
+        30,
+        200,
+    );
+    assert!(!finished.stderr.contains("lost"), "{}", finished.stderr);
+    assert_eq!(pids.len(), 30);
+    let rows = finished.json();
+    for pid in &pids {
+        let touched: u64 = rows
+            .iter()
+            .filter(|r| r["pid"] == *pid && has_frame(r, "touch_pages"))
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(touched, 256, "toucher {pid}: {}", finished.stdout);
+    }
+}
+
+#[test]
+fn losses_are_told_when_they_start() {
+    require_root!();
+    // 4 counts can't hold a process's (its files, [anon], [stack]; its
+    // stacks): counts are lost from the start, by a process every 25 ms
+    // for over a second, so in every interval
+    let spawner = fixture("spawner");
+    let toucher = fixture("toucher");
+    for tool in ["ffaults", "faults"] {
+        let pid_file = temp_path("lossy.pids");
+        let mut tracer = Tracer::start(&[
+            tool,
+            "-i",
+            "0.5",
+            "--max-entries",
+            "4",
+            "--",
+            spawner.to_str().unwrap(),
+            "fork",
+            "40",
+            "25",
+            pid_file.to_str().unwrap(),
+            toucher.to_str().unwrap(),
+            "anon",
+            "1",
+        ]);
+        let first = tracer.stderr_line(|l| l.contains("lost"), Duration::from_secs(60));
+        let told_while_tracing = tracer.running();
+        let finished = tracer.wait();
+        finished.assert_success();
+        let _ = std::fs::remove_file(pid_file);
+        let first = first.unwrap_or_else(|| panic!("{tool}: no loss told: {}", finished.stderr));
+        // HH:MM:SS: the last reading that found nothing lost
+        let since = first
+            .strip_prefix(&format!("{tool}: counts lost since "))
+            .and_then(|rest| rest.strip_suffix(": the counting map is full (raise --max-entries)"))
+            .unwrap_or_else(|| panic!("{tool}: {first:?}"));
+        assert!(
+            since.len() == 8
+                && since.bytes().enumerate().all(|(i, b)| if i % 3 == 2 {
+                    b == b':'
+                } else {
+                    b.is_ascii_digit()
+                }),
+            "{tool}: {first:?}"
+        );
+        assert!(
+            told_while_tracing,
+            "{tool}: told only at the end: {}",
+            finished.stderr
+        );
+        // once while the losses go on, then the total at the end
+        let lines: Vec<&str> = finished.stderr.lines().collect();
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("lost since")).count(),
+            1,
+            "{tool}: {}",
+            finished.stderr
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{tool}: "))
+                && l.ends_with(" counts lost: the counting map was full (raise --max-entries)")),
+            "{tool}: {}",
+            finished.stderr
+        );
+    }
 }

@@ -27,17 +27,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define VM_HUGETLB 0x00400000
 #define TMPFS_MAGIC 0x01021994
 
-struct faultvma_cached {
-	__u64 mm;
-	__u64 start;
-	__u64 end;
-	__u32 seq;
-	__u32 valid;
-	struct faultvma_file file;
-	__u32 tgid;    /* whose count slots these are */
-	__u32 slot[2]; /* count slot + 1 per enum memtrace_fault_kind; 0: not looked up yet */
-};
-
 /* Options: which faults a tool counts. */
 const volatile bool only_files = false;   /* fmapfault: file-backed VMAs */
 const volatile bool only_hugetlb = false; /* hfaults: VM_HUGETLB VMAs */
@@ -79,9 +68,18 @@ struct {
 } name_scratch SEC(".maps");
 
 /*
- * Counts live in an array, one slot per (process image, kind, file). The hot
+ * Counts live in an array, one slot per (process, image, kind, file). The hot
  * path finds its slot through the CPU's last VMA and adds to it: no hashing.
- * User space reports differences between readings, so nothing is reset.
+ * User space reports differences between readings, so nothing is reset; it
+ * reads the arrays through mmap(), with no system call per slot.
+ *
+ * Slots are reused. When an address space is gone (exit_mmap), or a process
+ * (its task freed: for the slots it had in an address space it shared, as a
+ * vfork child does), the ring buffer gone_ring tells user space, which reads
+ * their last counts, then frees each slot no CPU's last VMA still names: it
+ * clears the slot, deletes its key from slot_of and queues it in free_slots,
+ * where the next new key takes it. Never-used slots are handed out first
+ * (slots_used).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -93,6 +91,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 10240);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct faultvma_slot_info);
 } slot_info SEC(".maps");
@@ -100,6 +99,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 10240);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u64);
 } slot_counts SEC(".maps");
@@ -112,6 +112,31 @@ struct {
 } slots_used SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 10240);
+	__type(value, __u32);
+} free_slots SEC(".maps");
+
+/*
+ * Each address space with count slots has a number, never reused: the slots
+ * of an exited process (or of the image an exec replaced) can't be mistaken
+ * for those of a new mm_struct at the same address.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u64);   /* the mm_struct's address */
+	__type(value, __u64); /* its number, from 1 */
+} faultvma_images SEC(".maps");
+
+__u64 faultvma_last_image = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 512 * 1024); /* 13,000 records: user space reads them every 200 ms */
+} gone_ring SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FAULTVMA_STAT_NR);
 	__type(key, __u32);
@@ -122,6 +147,8 @@ struct {
 enum faultvma_label faultvma_label_layout;
 enum faultvma_flag faultvma_flag_layout;
 enum faultvma_stat faultvma_stat_layout;
+struct faultvma_gone faultvma_gone_layout = {};
+enum faultvma_gone_what faultvma_gone_what_layout;
 
 static __always_inline void faultvma_stat(__u32 stat)
 {
@@ -257,12 +284,49 @@ static __always_inline struct faultvma_cached *faultvma_of(__u64 addr)
 	return last;
 }
 
+/* The number of an address space (0 for none: kernel threads); false if none can be given. */
+static __always_inline bool faultvma_image(__u64 mm, __u64 *image)
+{
+	__u64 *found;
+
+	*image = 0;
+	if (!mm)
+		return true;
+	found = bpf_map_lookup_elem(&faultvma_images, &mm);
+	if (found) {
+		*image = *found;
+		return true;
+	}
+	*image = __sync_fetch_and_add(&faultvma_last_image, 1) + 1;
+	if (!bpf_map_update_elem(&faultvma_images, &mm, image, BPF_NOEXIST))
+		return true;
+	found = bpf_map_lookup_elem(&faultvma_images, &mm); /* another thread numbered it first */
+	if (!found)
+		return false;
+	*image = *found;
+	return true;
+}
+
+/* A slot no key has: one never used, else one user space freed. */
+static __always_inline bool faultvma_take_slot(__u32 *slot)
+{
+	__u32 zero = 0, *used;
+
+	used = bpf_map_lookup_elem(&slots_used, &zero);
+	if (used && *used < max_slots) {
+		*slot = __sync_fetch_and_add(used, 1);
+		if (*slot < max_slots)
+			return true;
+	}
+	return bpf_map_pop_elem(&free_slots, slot) == 0;
+}
+
 /* The count slot of this fault, found once per CPU, VMA, process and kind. */
 static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 kind, __u32 tgid)
 {
 	struct faultvma_count_key key = {};
 	struct faultvma_slot_info *info;
-	__u32 zero = 0, slot, *found, *used;
+	__u32 slot, *found;
 
 	kind &= 1;
 	if (c->tgid != tgid) { /* a vfork child shares its parent's mm */
@@ -277,18 +341,22 @@ static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 
 
 	key.tgid = tgid;
 	key.kind = kind;
-	key.mm = c->mm;
+	key.start = ((struct task_struct *)bpf_get_current_task_btf())->group_leader->start_time;
 	key.file = c->file;
+	if (!faultvma_image(c->mm, &key.image)) {
+		memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+		return NULL;
+	}
 	found = bpf_map_lookup_elem(&slot_of, &key);
 	if (found) {
 		slot = *found;
 	} else {
-		used = bpf_map_lookup_elem(&slots_used, &zero);
-		if (!used)
+		if (!faultvma_take_slot(&slot)) {
+			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
 			return NULL;
-		slot = __sync_fetch_and_add(used, 1);
+		}
 		info = bpf_map_lookup_elem(&slot_info, &slot);
-		if (slot >= max_slots || !info) {
+		if (!info) {
 			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
 			return NULL;
 		}
@@ -297,7 +365,9 @@ static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 
 		bpf_get_current_comm(info->comm, sizeof(info->comm));
 		info->valid = 1;
 		if (bpf_map_update_elem(&slot_of, &key, &slot, BPF_NOEXIST)) {
-			info->valid = 0; /* another CPU published this key first: use its slot */
+			/* another CPU published this key first: use its slot, give this one back */
+			info->valid = 0;
+			bpf_map_push_elem(&free_slots, &slot, 0);
 			found = bpf_map_lookup_elem(&slot_of, &key);
 			if (!found) {
 				memtrace_count_drop(MEMTRACE_DROP_COUNTS);
@@ -384,10 +454,69 @@ int BPF_PROG(faultvma_swap_read, struct bio *bio)
 	bpf_core_read(&flags, sizeof(flags), &page->flags); /* memdesc_flags_t since 6.17: one word */
 	if (!(flags & (1UL << bpf_core_enum_value(enum pageflags, PG_swapbacked))))
 		return 0;
+	if (!(bio->bi_iter.bi_size >> page_shift))
+		return 0; /* a slot is taken only to be counted in */
 	c.mm = (__u64)task->mm;
 	c.file.label = FAULTVMA_SWAP_READ;
 	count = faultvma_counter(&c, MEMTRACE_FAULT_MINOR, bpf_get_current_pid_tgid() >> 32);
 	if (count)
 		__sync_fetch_and_add(count, bio->bi_iter.bi_size >> page_shift);
+	return 0;
+}
+
+/* Tells user space what is gone; a full ring buffer is counted as a drop. */
+static __always_inline void faultvma_tell_gone(struct faultvma_gone *gone, __u64 wake)
+{
+	if (bpf_ringbuf_output(&gone_ring, gone, sizeof(*gone), wake))
+		memtrace_count_drop(MEMTRACE_DROP_RINGBUF);
+}
+
+/*
+ * An address space is gone: its last user let go of it (the last thread's
+ * exit, or an exec replacing it), and its mappings are torn down, so no fault
+ * can count in its slots any more. If it had slots, user space is told its
+ * number. User space reads the ring buffer every 200 ms; once half the
+ * never-used slots are taken, this wakes it at once.
+ */
+SEC("tp_btf/exit_mmap")
+int BPF_PROG(faultvma_exit_mmap, struct mm_struct *mm)
+{
+	struct faultvma_gone gone = { .what = FAULTVMA_GONE_IMAGE };
+	__u64 key = (__u64)mm, *image;
+	__u32 zero = 0, *used;
+	__u64 wake = BPF_RB_NO_WAKEUP;
+
+	image = bpf_map_lookup_elem(&faultvma_images, &key);
+	if (!image)
+		return 0;
+	gone.image = *image;
+	bpf_map_delete_elem(&faultvma_images, &key);
+	used = bpf_map_lookup_elem(&slots_used, &zero);
+	/* forced: a plain wakeup is skipped while earlier records wait unread */
+	if (used && *used >= max_slots / 2)
+		wake = BPF_RB_FORCE_WAKEUP;
+	faultvma_tell_gone(&gone, wake);
+	return 0;
+}
+
+/*
+ * A process is gone: the task of its leader is freed, after the last thread
+ * exited and the process was reaped, so none of its threads can fault again.
+ * Its slots in its own images went with them (faultvma_exit_mmap); this frees
+ * those it had in an image it shared (a vfork child's, in its parent's).
+ * Every process's end is told (user space knows which had slots), never
+ * waking user space.
+ */
+SEC("tp_btf/sched_process_free")
+int BPF_PROG(faultvma_process_free, struct task_struct *task)
+{
+	struct faultvma_gone gone = { .what = FAULTVMA_GONE_PROCESS };
+
+	/* a thread, or a leader an exec from another thread replaced */
+	if (task->pid != task->tgid)
+		return 0;
+	gone.tgid = task->tgid;
+	gone.start = task->start_time;
+	faultvma_tell_gone(&gone, BPF_RB_NO_WAKEUP);
 	return 0;
 }

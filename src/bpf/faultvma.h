@@ -35,11 +35,12 @@ struct faultvma_name {
 	char name[MEMTRACE_NAME_MAX_LEN];
 };
 
-/* What a count slot counts: faults of one kind, by one process image, on one file. */
+/* What a count slot counts: faults of one kind, by one process, in one image of it, on one file. */
 struct faultvma_count_key {
 	__u32 tgid;
-	__u32 kind; /* enum memtrace_fault_kind */
-	__u64 mm;   /* tells a process's images apart across exec */
+	__u32 kind;  /* enum memtrace_fault_kind */
+	__u64 start; /* the process's start time (task_struct.start_time): tells reused pids apart */
+	__u64 image; /* the address space's number (faultvma_images): tells execs and reused mm apart */
 	struct faultvma_file file;
 };
 
@@ -47,8 +48,37 @@ struct faultvma_count_key {
 struct faultvma_slot_info {
 	struct faultvma_count_key key;
 	char comm[MEMTRACE_COMM_LEN]; /* at the slot's first fault */
-	__u32 valid;                  /* 0: lost a race for its key, never counted */
+	__u32 valid;                  /* 0: free, or lost a race for its key (never counted) */
 	__u32 pad;
+};
+
+/* What is gone, in a faultvma_gone record. */
+enum faultvma_gone_what {
+	FAULTVMA_GONE_IMAGE = 1,   /* an address space with count slots (exit_mmap) */
+	FAULTVMA_GONE_PROCESS = 2, /* a process (its task freed): its slots in images it shared too */
+};
+
+/*
+ * Something whose count slots can count no more: user space reads their last
+ * counts and frees them.
+ */
+struct faultvma_gone {
+	__u32 what; /* enum faultvma_gone_what */
+	__u32 tgid; /* FAULTVMA_GONE_PROCESS: the process */
+	__u64 start;
+	__u64 image; /* FAULTVMA_GONE_IMAGE: the image's number */
+};
+
+/* A VMA as the caches keep it (each CPU's last, and the region cache). */
+struct faultvma_cached {
+	__u64 mm;
+	__u64 start;
+	__u64 end;
+	__u32 seq;
+	__u32 valid;
+	struct faultvma_file file;
+	__u32 tgid;    /* whose count slots these are */
+	__u32 slot[2]; /* count slot + 1 per enum memtrace_fault_kind; 0: not looked up yet */
 };
 
 /* Cache statistics, indexes of the per-CPU vma_stats array. */

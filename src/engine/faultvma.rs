@@ -3,17 +3,24 @@
 //! memory), on the software page-fault perf events. ffaults, fmapfault,
 //! hfaults and swapin load this one object with different options and group
 //! its counts differently (tools/fault_counts.rs).
+//!
+//! The counts live in slots, one per (process, image, kind, file). When an
+//! address space or a process is gone, the BPF side says so on a ring buffer;
+//! `harvest` then reads their slots' last counts and frees them for new keys.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
+use std::rc::Rc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use libbpf_rs::skel::Skel;
-use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject};
+use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, RingBuffer, RingBufferBuilder};
 
 use crate::engine::kernel::page_size;
-use crate::engine::loader::{self, Trace};
-use crate::engine::maps::{entries, map_named, percpu_sums, read_u64};
+use crate::engine::loader::{self, Choice, Trace, Without};
+use crate::engine::maps::{map_named, percpu_sums, MappedArray};
 use crate::engine::perf;
 use crate::engine::skeleton::{FaultKind, OpenSkeleton};
 use crate::present::escape::{c_chars_bytes, escape_bytes, escape_c_chars};
@@ -21,9 +28,18 @@ use crate::present::escape::{c_chars_bytes, escape_bytes, escape_c_chars};
 crate::bpf_skeleton!(
     "faultvma",
     OpenFaultvmaSkel,
-    records: [faultvma_file, faultvma_name, faultvma_slot_info]
+    records: [
+        faultvma_file,
+        faultvma_name,
+        faultvma_count_key,
+        faultvma_slot_info,
+        faultvma_gone,
+        faultvma_cached
+    ]
 );
-use bpf::types::{faultvma_file, faultvma_flag as Flag, faultvma_label as Label, faultvma_name};
+use bpf::types::faultvma_gone_what as GoneWhat;
+use bpf::types::{faultvma_cached, faultvma_count_key, faultvma_file, faultvma_gone};
+use bpf::types::{faultvma_flag as Flag, faultvma_label as Label, faultvma_name};
 use bpf::types::{faultvma_slot_info, faultvma_stat as Stat};
 use bpf::{FaultvmaSkel, FaultvmaSkelBuilder};
 
@@ -55,12 +71,14 @@ pub struct FaultCount {
 pub struct FaultEngine<'obj> {
     skel: FaultvmaSkel<'obj>,
     _links: Vec<Link>,
-    reader: SlotReader,
+    slots: Slots,
+    /// What the ring buffer told is gone, not yet harvested.
+    gone: Rc<RefCell<Vec<faultvma_gone>>>,
 }
 
 impl<'obj> FaultEngine<'obj> {
-    /// Loads the engine with `max_slots` count slots (distinct process
-    /// image, kind and file triples) and attaches it.
+    /// Loads the engine with `max_slots` count slots (distinct process,
+    /// image, kind and file) and attaches it.
     pub fn load(
         storage: &'obj mut MaybeUninit<OpenObject>,
         trace: &Trace,
@@ -80,10 +98,19 @@ impl<'obj> FaultEngine<'obj> {
                 rodata.max_slots = slots;
                 rodata.page_shift = page_size().trailing_zeros();
                 programs.load_if(only == Only::Swap, &["faultvma_swap_read"]);
+                programs.choose(Choice {
+                    job: "address spaces gone (their count slots freed at once)",
+                    programs: &["faultvma_exit_mmap"],
+                    without: Without::Lose(
+                        "the count slots of exited processes are freed only once they are reaped",
+                    ),
+                });
                 for map in [
                     &mut open.maps.slot_of,
                     &mut open.maps.slot_info,
                     &mut open.maps.slot_counts,
+                    &mut open.maps.free_slots,
+                    &mut open.maps.faultvma_images,
                 ] {
                     loader::set_entries(map, slots)?;
                 }
@@ -93,17 +120,45 @@ impl<'obj> FaultEngine<'obj> {
         // swap-ins are major faults: minor ones are not even looked at
         let minor = (only != Only::Swap).then_some(&skel.progs.faultvma_minor);
         let links = perf::attach_fault_programs(minor, &skel.progs.faultvma_major)?;
+        let slots = Slots::new(skel.object())?;
         Ok(FaultEngine {
             skel,
             _links: links,
-            reader: SlotReader::default(),
+            slots,
+            gone: Rc::default(),
         })
     }
 
-    /// What each slot counted since the last call: nothing is reset in the
-    /// kernel, so nothing counted meanwhile is lost.
+    /// The ring buffer on which the BPF side tells of address spaces and
+    /// processes gone: the session polls it, and `harvest` reads what it received.
+    pub fn gone_ring(&self) -> Result<RingBuffer<'static>> {
+        let gone = Rc::clone(&self.gone);
+        let mut builder = RingBufferBuilder::new();
+        builder.add(&self.skel.maps.gone_ring, move |data: &[u8]| {
+            let mut record = faultvma_gone::default();
+            if plain::copy_from_bytes(&mut record, data).is_ok() {
+                gone.borrow_mut().push(record);
+            }
+            0
+        })?;
+        builder.build().context("setting up a ring buffer")
+    }
+
+    /// Frees the count slots of the address spaces and processes gone since
+    /// the last call (those no CPU's VMA cache still names; the rest wait for
+    /// the next call), returning what they counted since they were last
+    /// reported: their last counts, reported once.
+    pub fn harvest(&mut self) -> Result<Vec<FaultCount>> {
+        let gone = std::mem::take(&mut *self.gone.borrow_mut());
+        self.slots.harvest(self.skel.object(), gone)
+    }
+
+    /// What each slot counted since the last call (or harvest, for freed
+    /// slots): nothing is reset in the kernel, so nothing counted meanwhile is lost.
     pub fn take(&mut self) -> Result<Vec<FaultCount>> {
-        self.reader.take(self.skel.object())
+        let mut counts = self.harvest()?;
+        counts.extend(self.slots.take(self.skel.object())?);
+        Ok(counts)
     }
 
     pub fn object(&self) -> &Object {
@@ -123,94 +178,273 @@ impl<'obj> FaultEngine<'obj> {
     }
 }
 
-/// Reads the count slots and reports what each gained since the last read.
-#[derive(Default)]
-struct SlotReader {
-    previous: Vec<u64>,
-    /// Each slot's process, file and kind (its count aside): fixed once the slot is published.
-    described: Vec<Option<FaultCount>>,
-    /// File names read so far: the map is read again only for a file not in it.
+/// A slot seen counting: its key and process name, fixed until user space frees it.
+struct Slot {
+    key: faultvma_count_key,
+    comm: String,
+    /// What it counts, once the file's name is known.
+    file: Option<String>,
+}
+
+/// The count slots, read through mmap(), and what user space knows of them.
+struct Slots {
+    counts: MappedArray<u64>,
+    infos: MappedArray<faultvma_slot_info>,
+    /// What each slot had counted when it was last reported.
+    reported: Vec<u64>,
+    described: Vec<Option<Slot>>,
+    /// The slots of each image, by its number, and of each process, by pid
+    /// and start time (slots freed since may be listed: checked when used).
+    of_image: HashMap<u64, Vec<u32>>,
+    of_process: HashMap<(u32, u64), Vec<u32>>,
+    /// Slots of what is gone that a CPU's VMA cache still named: freed later.
+    doomed: HashSet<u32>,
+    /// File names read so far.
     names: Names,
 }
 
-impl SlotReader {
-    fn take(&mut self, object: &Object) -> Result<Vec<FaultCount>> {
+impl Slots {
+    fn new(object: &Object) -> Result<Slots> {
+        let counts = MappedArray::new(&map_named(object, "slot_counts")?)?;
+        let infos = MappedArray::new(&map_named(object, "slot_info")?)?;
+        let n = counts.len();
+        Ok(Slots {
+            counts,
+            infos,
+            reported: vec![0; n],
+            described: (0..n).map(|_| None).collect(),
+            of_image: HashMap::new(),
+            of_process: HashMap::new(),
+            doomed: HashSet::new(),
+            names: Names::new(),
+        })
+    }
+
+    /// Slots handed out so far: the never-used ones come first.
+    fn used(&self, object: &Object) -> Result<usize> {
         let used = map_named(object, "slots_used")?
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)?
             .and_then(|v| v.get(..4).and_then(|b| b.try_into().ok()))
             .map(u32::from_ne_bytes)
             .unwrap_or(0);
-        let counts_map = map_named(object, "slot_counts")?;
-        let info_map = map_named(object, "slot_info")?;
-        let slots = used.min(counts_map.max_entries()) as usize;
-        self.previous.resize(slots, 0);
-        self.described.resize(slots, None);
-        let mut names_read = false;
-        let mut counts = Vec::new();
-        for slot in 0..slots {
-            let key = (slot as u32).to_ne_bytes();
-            let total = read_u64(&counts_map.lookup(&key, MapFlags::ANY)?.unwrap_or_default());
-            let delta = total.saturating_sub(self.previous[slot]);
-            if delta == 0 {
-                continue;
-            }
-            if self.described[slot].is_none() {
-                let mut info = faultvma_slot_info::default();
-                let raw = info_map.lookup(&key, MapFlags::ANY)?.unwrap_or_default();
-                if plain::copy_from_bytes(&mut info, &raw).is_err() || info.valid == 0 {
-                    continue;
-                }
-                let file = &info.key.file;
-                let id = (file.dev, file.ino);
-                let is_file = Label(u32::from(file.label)) == Label::FAULTVMA_FILE;
-                if is_file && !self.names.contains_key(&id) && !names_read {
-                    self.names = read_names(object)?;
-                    names_read = true;
-                }
-                let described = FaultCount {
-                    pid: info.key.tgid,
-                    comm: escape_c_chars(&info.comm),
-                    file: describe(&self.names, file),
-                    major: info.key.kind == FaultKind::MEMTRACE_FAULT_MAJOR.0,
-                    count: 0,
-                };
+        Ok((used as usize).min(self.counts.len()))
+    }
+
+    fn count(&self, slot: usize) -> u64 {
+        self.counts
+            .atomic(slot)
+            .map_or(0, |count| count.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Describes a slot from its info once it has counted: the BPF side
+    /// writes the info before the slot's first count. False if it is not a
+    /// slot of a key (free, or it lost a race for its key).
+    fn describe(&mut self, slot: usize) -> bool {
+        if self.described[slot].is_some() {
+            return true;
+        }
+        let info = self.infos.read(slot);
+        if info.valid == 0 {
+            return false;
+        }
+        let key = &info.key;
+        self.of_image
+            .entry(key.image)
+            .or_default()
+            .push(slot as u32);
+        self.of_process
+            .entry((key.tgid, key.start))
+            .or_default()
+            .push(slot as u32);
+        self.described[slot] = Some(Slot {
+            key: info.key,
+            comm: escape_c_chars(&info.comm),
+            file: None,
+        });
+        true
+    }
+
+    /// What `slot` counted since it was last reported, if anything; it is
+    /// reported now.
+    fn take_slot(&mut self, object: &Object, slot: usize) -> Result<Option<FaultCount>> {
+        let total = self.count(slot);
+        let delta = total.saturating_sub(self.reported[slot]);
+        if delta == 0 || !self.describe(slot) {
+            return Ok(None);
+        }
+        self.reported[slot] = total;
+        let Some(described) = self.described[slot].as_mut() else {
+            return Ok(None);
+        };
+        let file = match &described.file {
+            Some(file) => file.clone(),
+            None => {
+                let file = &described.key.file;
+                let name = self.names.name(object, file)?;
+                let text = describe(name, file);
                 // a file whose name is not known yet is looked up again next time
-                if !is_file || self.names.contains_key(&id) {
-                    self.described[slot] = Some(described.clone());
+                if name.is_some() || Label(u32::from(file.label)) != Label::FAULTVMA_FILE {
+                    described.file = Some(text.clone());
                 }
-                counts.push(FaultCount {
-                    count: delta,
-                    ..described
-                });
-            } else if let Some(described) = &self.described[slot] {
-                counts.push(FaultCount {
-                    count: delta,
-                    ..described.clone()
-                });
+                text
             }
-            self.previous[slot] = total;
+        };
+        Ok(Some(FaultCount {
+            pid: described.key.tgid,
+            comm: described.comm.clone(),
+            file,
+            major: described.key.kind == FaultKind::MEMTRACE_FAULT_MAJOR.0,
+            count: delta,
+        }))
+    }
+
+    /// Every slot's count since it was last reported.
+    fn take(&mut self, object: &Object) -> Result<Vec<FaultCount>> {
+        let mut counts = Vec::new();
+        for slot in 0..self.used(object)? {
+            counts.extend(self.take_slot(object, slot)?);
         }
         Ok(counts)
     }
+
+    /// See FaultEngine::harvest; `gone`: what is gone since the last call.
+    fn harvest(&mut self, object: &Object, gone: Vec<faultvma_gone>) -> Result<Vec<FaultCount>> {
+        if gone.is_empty() && self.doomed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every slot of what is gone counted before it went (a slot is taken
+        // to be counted in), and is described here.
+        for slot in 0..self.used(object)? {
+            if self.described[slot].is_none() && self.count(slot) > 0 {
+                self.describe(slot);
+            }
+        }
+        for record in gone {
+            let slots = match GoneWhat(record.what) {
+                GoneWhat::FAULTVMA_GONE_IMAGE => self.of_image.remove(&record.image),
+                GoneWhat::FAULTVMA_GONE_PROCESS => {
+                    self.of_process.remove(&(record.tgid, record.start))
+                }
+                _ => None,
+            };
+            for slot in slots.unwrap_or_default() {
+                let described = &self.described[slot as usize];
+                if described
+                    .as_ref()
+                    .is_some_and(|d| counted_by(&record, &d.key))
+                {
+                    self.doomed.insert(slot);
+                }
+            }
+        }
+        if self.doomed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A CPU's last VMA keeps its slots until a fault there moves it on;
+        // only the processes that are gone could match it, but the slot is
+        // not given to another key while it is named there.
+        let cached = cached_slots(object)?;
+        let mut last = Vec::new();
+        for slot in std::mem::take(&mut self.doomed) {
+            if cached.contains(&slot) {
+                self.doomed.insert(slot);
+                continue;
+            }
+            last.extend(self.take_slot(object, slot as usize)?);
+            self.free(object, slot)?;
+        }
+        Ok(last)
+    }
+
+    /// Gives a slot whose counts were all reported back to the BPF side:
+    /// its key forgotten, its info and count cleared, then queued for a new key.
+    fn free(&mut self, object: &Object, slot: u32) -> Result<()> {
+        let index = slot as usize;
+        let Some(described) = self.described[index].take() else {
+            return Ok(());
+        };
+        // SAFETY: a C struct of integers with no padding (tgid, kind, start, image, file).
+        let key = unsafe { plain::as_bytes(&described.key) };
+        match map_named(object, "slot_of")?.delete(key) {
+            Ok(()) => {}
+            Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).context("freeing a count slot"),
+        }
+        self.infos.update(index, |info| info.valid = 0);
+        if let Some(count) = self.counts.atomic(index) {
+            count.store(0, std::sync::atomic::Ordering::Release);
+        }
+        self.reported[index] = 0;
+        map_named(object, "free_slots")?
+            .update(&[], &slot.to_ne_bytes(), MapFlags::ANY)
+            .context("freeing a count slot")
+    }
 }
 
-/// File names the BPF side recorded, by (dev, ino).
-type Names = HashMap<(u32, u64), Vec<u8>>;
-
-fn read_names(object: &Object) -> Result<Names> {
-    let names = entries::<faultvma_file, faultvma_name>(&map_named(object, "file_names")?)?;
-    Ok(names
-        .into_iter()
-        .map(|(file, name)| ((file.dev, file.ino), c_chars_bytes(&name.name)))
-        .collect())
+/// Whether the slot of `key` counted for what `gone` says is gone.
+fn counted_by(gone: &faultvma_gone, key: &faultvma_count_key) -> bool {
+    match GoneWhat(gone.what) {
+        GoneWhat::FAULTVMA_GONE_IMAGE => key.image == gone.image,
+        GoneWhat::FAULTVMA_GONE_PROCESS => key.tgid == gone.tgid && key.start == gone.start,
+        _ => false,
+    }
 }
 
-/// What a fault hit, for people.
-fn describe(names: &Names, file: &faultvma_file) -> String {
+/// The slots each CPU's last VMA names (it adds to them with no lookup).
+fn cached_slots(object: &Object) -> Result<HashSet<u32>> {
+    let per_cpu = map_named(object, "last_vma")?
+        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("reading the VMA cache")?
+        .unwrap_or_default();
+    let mut slots = HashSet::new();
+    for raw in per_cpu {
+        let mut cached = faultvma_cached::default();
+        if plain::copy_from_bytes(&mut cached, &raw).is_ok() {
+            slots.extend(cached.slot.iter().filter(|&&s| s > 0).map(|&s| s - 1));
+        }
+    }
+    Ok(slots)
+}
+
+/// File names the BPF side recorded, by (dev, ino), each looked up once.
+#[derive(Default)]
+struct Names(HashMap<(u32, u64), Vec<u8>>);
+
+impl Names {
+    fn new() -> Names {
+        Names::default()
+    }
+
+    /// The name of a file (None for anonymous memory, or a file whose name was not read).
+    fn name(&mut self, object: &Object, file: &faultvma_file) -> Result<Option<&[u8]>> {
+        if Label(u32::from(file.label)) != Label::FAULTVMA_FILE {
+            return Ok(None);
+        }
+        let id = (file.dev, file.ino);
+        if let Entry::Vacant(entry) = self.0.entry(id) {
+            // SAFETY: a C struct of integers with no padding (ino, dev, label, flags).
+            let key = unsafe { plain::as_bytes(file) };
+            let raw = map_named(object, "file_names")?
+                .lookup(key, MapFlags::ANY)
+                .context("reading a file name")?;
+            let mut name = faultvma_name::default();
+            match raw {
+                Some(raw) if plain::copy_from_bytes(&mut name, &raw).is_ok() => {
+                    entry.insert(c_chars_bytes(&name.name));
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(self.0.get(&id).map(Vec::as_slice))
+    }
+}
+
+/// What a fault hit, for people; `name`: the file's, if known.
+fn describe(name: Option<&[u8]>, file: &faultvma_file) -> String {
     let flag = |f: Flag| u32::from(file.flags) & f.0 != 0;
     let (dev, ino) = (file.dev, file.ino);
     match Label(u32::from(file.label)) {
-        Label::FAULTVMA_FILE => match names.get(&(dev, ino)).map(Vec::as_slice) {
+        Label::FAULTVMA_FILE => match name {
             // MAP_SHARED|MAP_ANONYMOUS memory is a shmem file named "dev/zero"
             Some(b"dev/zero") => "[anon-shared]".into(),
             Some(b"anon_hugepage") if flag(Flag::FAULTVMA_HUGETLB) => "[anon-hugetlb]".into(),
@@ -240,13 +474,14 @@ mod tests {
 
     #[test]
     fn labels() {
-        let mut names = Names::new();
+        let mut names = HashMap::new();
         names.insert((8, 12), b"libc.so.6".to_vec());
         names.insert((5, 1), b"dev/zero".to_vec());
         names.insert((9, 2), b"anon_hugepage".to_vec());
         names.insert((9, 3), b"evil\x1b[2J".to_vec());
         let none = Flag(0);
-        let described = |f: faultvma_file| describe(&names, &f);
+        let described =
+            |f: faultvma_file| describe(names.get(&(f.dev, f.ino)).map(Vec::as_slice), &f);
         assert_eq!(
             described(file(Label::FAULTVMA_FILE, none, 8, 12)),
             "libc.so.6"

@@ -89,8 +89,6 @@ pub enum Without {
     /// The tool can't run: the load stops, naming the first program's missing attach point.
     Fail,
     /// The tool runs without the job, and says on stderr what is lost.
-    // No tool runs without a job yet; the per-kernel fallbacks will.
-    #[allow(dead_code)]
     Lose(&'static str),
 }
 

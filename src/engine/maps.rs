@@ -1,11 +1,16 @@
 //! Reading a loaded object's maps: counts taken (read and cleared), per-CPU
-//! arrays summed, stacks looked up in the stack store.
+//! arrays summed, stacks looked up in the stack store, arrays mapped into
+//! memory.
 
+use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, Object};
 
+use crate::engine::kernel::page_size;
 use crate::engine::skeleton::StackRecord;
 
 /// A map of a loaded object, by name.
@@ -165,4 +170,112 @@ pub fn stored_stack(stacks: &dyn MapCore, key: i64) -> Option<Vec<u64>> {
     plain::copy_from_bytes(&mut stack, &raw).ok()?;
     let frames = (stack.nr as usize).min(stack.ips.len());
     Some(stack.ips[..frames].to_vec())
+}
+
+/// An array map made with `BPF_F_MMAPABLE`, read and written through a
+/// shared mapping of its values: no system call per element. The BPF side
+/// writes the values while they are read, so they are copied out whole
+/// (volatile reads), or read as atomics where it adds to them.
+pub struct MappedArray<T> {
+    base: NonNull<u8>,
+    bytes: usize,
+    /// Each value's place: its size rounded up to 8 bytes, as the kernel lays them out.
+    stride: usize,
+    entries: usize,
+    values: PhantomData<T>,
+}
+
+impl<T: plain::Plain + Copy> MappedArray<T> {
+    pub fn new(map: &dyn MapCore) -> Result<MappedArray<T>> {
+        let name = map.name().to_string_lossy().into_owned();
+        let size = map.value_size() as usize;
+        ensure!(
+            size == std::mem::size_of::<T>() && std::mem::align_of::<T>() <= 8,
+            "BPF map {name}: values of {size} bytes, not the {} expected",
+            std::mem::size_of::<T>()
+        );
+        let stride = size.next_multiple_of(8);
+        let entries = map.max_entries() as usize;
+        let page = page_size() as usize;
+        let bytes = (stride * entries).next_multiple_of(page).max(page);
+        // SAFETY: a new shared mapping of the map's fd, which the kernel checks
+        // (an array made mmapable, at most its size); the result is checked.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mapping the BPF map {name} into memory"));
+        }
+        let base = NonNull::new(base.cast::<u8>()).context("mmap returned NULL")?;
+        Ok(MappedArray {
+            base,
+            bytes,
+            stride,
+            entries,
+            values: PhantomData,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// The value at `index`; None past the end.
+    fn at(&self, index: usize) -> Option<*mut T> {
+        // SAFETY: index < entries, so the offset is inside the mapping.
+        (index < self.entries)
+            .then(|| unsafe { self.base.as_ptr().add(index * self.stride) }.cast())
+    }
+
+    /// A copy of the value at `index` (the default past the end).
+    pub fn read(&self, index: usize) -> T
+    where
+        T: Default,
+    {
+        match self.at(index) {
+            // SAFETY: inside the mapping, aligned (page-aligned base, 8-byte
+            // stride), and any bit pattern is a valid T (plain::Plain).
+            Some(value) => unsafe { std::ptr::read_volatile(value) },
+            None => T::default(),
+        }
+    }
+
+    /// Changes the value at `index` with `change` (nothing past the end). The
+    /// BPF side must not be writing it: the value is copied out and back.
+    pub fn update(&self, index: usize, change: impl FnOnce(&mut T))
+    where
+        T: Default,
+    {
+        if let Some(value) = self.at(index) {
+            let mut copy = self.read(index);
+            change(&mut copy);
+            // SAFETY: as in read().
+            unsafe { std::ptr::write_volatile(value, copy) };
+        }
+    }
+}
+
+impl MappedArray<u64> {
+    /// The u64 at `index` as an atomic: the BPF side adds to it with atomic instructions.
+    pub fn atomic(&self, index: usize) -> Option<&AtomicU64> {
+        // SAFETY: inside the mapping, 8-byte aligned, and AtomicU64 has u64's
+        // layout; the mapping lives as long as self.
+        self.at(index)
+            .map(|value| unsafe { AtomicU64::from_ptr(value) })
+    }
+}
+
+impl<T> Drop for MappedArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new(), unmapped once; no reference into it outlives self.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
 }

@@ -2,6 +2,7 @@
 //! -> VMA engine (engine/faultvma.rs) with the tool's options, and its counts
 //! grouped as the tool asks and printed at each interval and at the end.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
@@ -10,7 +11,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::engine::drops;
+use crate::engine::drops::{self, LossWatch};
 use crate::engine::faultvma::{FaultCount, FaultEngine, Only};
 use crate::engine::loader::Trace;
 use crate::engine::session::{monotonic_ns, Session};
@@ -59,8 +60,13 @@ impl Grouping {
     };
 }
 
+/// What a full counting map loses, and what to do about it.
+const MAX_ENTRIES_HINT: &str = "raise --max-entries";
+
 /// Traces until the session ends, printing the counts since the previous
-/// report at each interval and at the end.
+/// report at each interval and at the end. Between reports the slots of
+/// exited processes are harvested (their last counts kept here, the slots
+/// freed for new processes), so a long trace keeps counting new processes.
 pub fn run(
     common: &CommonArgs,
     counts: &CountArgs,
@@ -69,17 +75,40 @@ pub fn run(
 ) -> Result<i32> {
     let trace = Trace::prepare(common)?;
     let mut storage = MaybeUninit::uninit();
-    let mut engine = FaultEngine::load(&mut storage, &trace, counting.only, counts.max_entries)?;
+    let engine = FaultEngine::load(&mut storage, &trace, counting.only, counts.max_entries)?;
+    let gone = engine.gone_ring()?;
+    let engine = RefCell::new(engine);
+    let totals = RefCell::new(Totals::new(counting.grouping));
+    let watch = RefCell::new(LossWatch::new(
+        common.tool,
+        DropReason::MEMTRACE_DROP_COUNTS,
+        MAX_ENTRIES_HINT,
+    ));
     let mut out = Output::new(common.json);
     let interval = counts.report.interval;
     let mut session = Session::start(trace, interval, counting.what)?;
     let clock_heading = interval.is_some() || common.timestamp;
     let grouping = counting.grouping;
+    // what is gone (the BPF side wakes us only when slots run short) is read every 200 ms
+    let harvest = || -> Result<()> {
+        gone.consume_raw();
+        let mut engine = engine.borrow_mut();
+        totals.borrow_mut().add(&engine.harvest()?);
+        watch.borrow_mut().check(engine.object(), false)
+    };
     let mut report = |out: &mut Output| -> Result<()> {
+        gone.consume_raw();
+        {
+            let mut engine = engine.borrow_mut();
+            totals.borrow_mut().add(&engine.take()?);
+            let mut watch = watch.borrow_mut();
+            watch.check(engine.object(), true)?;
+            watch.end_interval();
+        }
         if clock_heading {
             out.heading(&format!("\n{}", wall_clock_hms()))?;
         }
-        let groups = group(&engine.take()?, grouping, counts.report.top);
+        let groups = totals.borrow_mut().take(counts.report.top);
         if counting.only == Only::Swap {
             print_swap_ins(out, grouping, &groups)?;
         } else {
@@ -90,15 +119,23 @@ pub fn run(
         }
         out.flush()
     };
-    let stop = session.run(None, || Ok(()), || report(&mut out))?;
+    let stop = session.run(Some(&gone), harvest, || report(&mut out))?;
     report(&mut out)?;
+    drop(gone);
+    let engine = engine.into_inner();
     if common.verbose {
         engine.report_cache_stats(common.tool)?;
     }
     drops::report(
         common.tool,
         engine.object(),
-        &[(DropReason::MEMTRACE_DROP_COUNTS, "raise --max-entries")],
+        &[
+            (DropReason::MEMTRACE_DROP_COUNTS, MAX_ENTRIES_HINT),
+            (
+                DropReason::MEMTRACE_DROP_RINGBUF,
+                "exits not seen: those processes' count slots were not reused",
+            ),
+        ],
     )?;
     Ok(session.exit_code(stop))
 }
@@ -113,30 +150,50 @@ struct Group {
     major: u64,
 }
 
-/// The counts grouped, sorted by total descending, the `top` first.
-fn group(counts: &[FaultCount], grouping: Grouping, top: Option<usize>) -> Vec<Group> {
-    type Key = (Option<String>, Option<u32>, Option<String>);
-    let mut grouped: HashMap<Key, [u64; 2]> = HashMap::new();
-    for c in counts {
-        let key = (
-            grouping.process.then(|| c.comm.clone()),
-            grouping.pid.then_some(c.pid),
-            grouping.file.then(|| c.file.clone()),
-        );
-        grouped.entry(key).or_default()[usize::from(c.major)] += c.count;
+type GroupKey = (Option<String>, Option<u32>, Option<String>);
+
+/// The counts of a report, grouped as they come in (at each harvest and at the report).
+struct Totals {
+    grouping: Grouping,
+    grouped: HashMap<GroupKey, [u64; 2]>,
+}
+
+impl Totals {
+    fn new(grouping: Grouping) -> Totals {
+        Totals {
+            grouping,
+            grouped: HashMap::new(),
+        }
     }
-    let mut rows: Vec<(Key, [u64; 2])> = grouped.into_iter().collect();
-    rows.sort_by(|(ka, a), (kb, b)| (b[0] + b[1]).cmp(&(a[0] + a[1])).then_with(|| ka.cmp(kb)));
-    rows.truncate(top.unwrap_or(usize::MAX));
-    rows.into_iter()
-        .map(|((comm, pid, file), [minor, major])| Group {
-            comm,
-            pid,
-            file,
-            minor,
-            major,
-        })
-        .collect()
+
+    fn add(&mut self, counts: &[FaultCount]) {
+        let grouping = self.grouping;
+        for c in counts {
+            let key = (
+                grouping.process.then(|| c.comm.clone()),
+                grouping.pid.then_some(c.pid),
+                grouping.file.then(|| c.file.clone()),
+            );
+            self.grouped.entry(key).or_default()[usize::from(c.major)] += c.count;
+        }
+    }
+
+    /// The groups counted since the last call, sorted by total descending, the `top` first.
+    fn take(&mut self, top: Option<usize>) -> Vec<Group> {
+        let mut rows: Vec<(GroupKey, [u64; 2])> =
+            std::mem::take(&mut self.grouped).into_iter().collect();
+        rows.sort_by(|(ka, a), (kb, b)| (b[0] + b[1]).cmp(&(a[0] + a[1])).then_with(|| ka.cmp(kb)));
+        rows.truncate(top.unwrap_or(usize::MAX));
+        rows.into_iter()
+            .map(|((comm, pid, file), [minor, major])| Group {
+                comm,
+                pid,
+                file,
+                minor,
+                major,
+            })
+            .collect()
+    }
 }
 
 /// The columns of the grouped fields, around the counts' own.

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::engine::drops;
+use crate::engine::drops::{self, LossWatch};
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{stored_stack, take_entries};
 use crate::engine::perf;
@@ -97,16 +97,28 @@ pub fn run(args: Args) -> Result<i32> {
     let flame = svg.map(|file| FlameGraph::new(file, "Page faults by stack", "faults"));
     let clock = args.report.interval.is_some() || args.common.timestamp;
     let mut stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
+    let watch = RefCell::new(LossWatch::new(
+        args.common.tool,
+        DropReason::MEMTRACE_DROP_COUNTS,
+        MAX_ENTRIES_HINT,
+    ));
     let interval = args.report.interval;
     let mut session = Session::start(trace, interval, "page faults")?;
     let mut report = |out: &mut Output| -> Result<()> {
         let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
+        let mut watch = watch.borrow_mut();
+        watch.check(skel.object(), true)?;
+        watch.end_interval();
         ready_symbolizer(&symbolizer, &ring, counts.iter().map(|(key, _)| key.tgid));
         let mut symbolizer = symbolizer.borrow_mut();
         let rows = symbolize_rows(&mut symbolizer, &skel.maps.stack_store, &counts);
         stacks.print(out, rows)
     };
-    let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
+    let stop = session.run(
+        Some(&ring),
+        || watch.borrow_mut().check(skel.object(), false),
+        || report(&mut out),
+    )?;
     report(&mut out)?;
     drop(ring);
     stacks.finish()?;
@@ -114,9 +126,12 @@ pub fn run(args: Args) -> Result<i32> {
     Ok(session.exit_code(stop))
 }
 
+/// What a full counts map loses, and what to do about it.
+const MAX_ENTRIES_HINT: &str = "raise --max-entries";
+
 /// What was lost, and what to do about it.
 const DROP_HINTS: &[(DropReason, &str)] = &[
-    (DropReason::MEMTRACE_DROP_COUNTS, "raise --max-entries"),
+    (DropReason::MEMTRACE_DROP_COUNTS, MAX_ENTRIES_HINT),
     (
         DropReason::MEMTRACE_DROP_STACKS,
         "their faults show [stack lost]: raise --stack-storage-size",

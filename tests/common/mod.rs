@@ -262,6 +262,30 @@ impl Tracer {
         self.child.id() as i32
     }
 
+    /// Waits up to `timeout` for a stderr line that `wanted` accepts while
+    /// memtrace runs: the line, or None. The lines read stay in the output.
+    pub fn stderr_line(
+        &mut self,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.stderr_lines.recv_timeout(left).ok()?;
+            let found = wanted(&line);
+            self.stderr_seen.push(line.clone());
+            if found {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Whether memtrace is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.pid(), signal) };

@@ -23,7 +23,8 @@ TOOLS = ["mmapsnoop", "mmapfiles", "ffaults", "fmapfault", "hfaults", "faults", 
          "oomkill", "drsnoop", "vmscan", "swapin", "brkstack", "shmsnoop"]
 
 # bpftrace's least: one probe that never fires, run around the same command
-BPFTRACE = ["bpftrace", "-e", "tracepoint:syscalls:sys_enter_kexec_load { exit(); }", "-c", "true"]
+TRUE = "/usr/bin/true"  # bpftrace -c wants a path that names one binary
+BPFTRACE = ["bpftrace", "-e", "tracepoint:syscalls:sys_enter_reboot { exit(); }", "-c", TRUE]
 
 
 def run_once(cmd):
@@ -48,9 +49,9 @@ def main():
     tools = [t for t in TOOLS if not args.only or t in args.only.split(",")]
     configs = []
     for tool in tools:
-        configs.append((f"memtrace {tool}", [args.memtrace, tool, "--", "true"]))
+        configs.append((f"memtrace {tool}", [args.memtrace, tool, "--", TRUE]))
         if args.baseline:
-            configs.append((f"baseline {tool}", [args.baseline, tool, "--", "true"]))
+            configs.append((f"baseline {tool}", [args.baseline, tool, "--", TRUE]))
     if shutil.which("bpftrace"):
         configs.append(("bpftrace (one probe) -c true", BPFTRACE))
     walls = {name: [] for name, _ in configs}

@@ -2,7 +2,12 @@
 """What a short trace costs: the whole-run wall time and peak RSS of
 `memtrace TOOL -- true` for every BPF tool (start, attach, the command, detach,
 exit), against bpftrace's smallest trace of the same command, interleaved in
-one run. Medians; ratios to bpftrace. Run as root.
+one run. Medians and maxima; ratios to bpftrace. Run as root.
+
+The peak RSS is the tool's own, as GNU time reports it (time forks the tool
+from its own small image). wait4's figure from this script's child would start
+at Python's size: exec keeps the larger of the old image's peak and the new
+one's, and a child forked from Python starts as a copy of it.
 
 --baseline PATH adds another memtrace binary (a build from before a change),
 run interleaved under the label "baseline".
@@ -15,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from benchlib import ROOT, say as print
@@ -27,16 +33,20 @@ TRUE = "/usr/bin/true"  # bpftrace -c wants a path that names one binary
 BPFTRACE = ["bpftrace", "-e", "tracepoint:syscalls:sys_enter_reboot { exit(); }", "-c", TRUE]
 
 
-def run_once(cmd):
-    """Wall seconds of cmd to its end, and its peak RSS in MiB (a fresh process
-    group's max, read from wait4's rusage)."""
+GNU_TIME = "/usr/bin/time"
+
+
+def run_once(cmd, rss_file):
+    """Wall seconds of cmd to its end (started and waited for through GNU time,
+    for every command alike), and its peak RSS in MiB."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(p.pid, 0)
+    status = subprocess.run([GNU_TIME, "-f", "%M", "-o", rss_file] + cmd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    if status != 0:
         raise SystemExit(f"{cmd} failed")
-    return wall, usage.ru_maxrss / 1024
+    with open(rss_file) as f:
+        return wall, int(f.read().split()[-1]) / 1024
 
 
 def main():
@@ -54,14 +64,17 @@ def main():
             configs.append((f"baseline {tool}", [args.baseline, tool, "--", TRUE]))
     if shutil.which("bpftrace"):
         configs.append(("bpftrace (one probe) -c true", BPFTRACE))
+    if not os.access(GNU_TIME, os.X_OK):
+        raise SystemExit(f"{GNU_TIME} (GNU time) is needed for the peak RSS")
     walls = {name: [] for name, _ in configs}
     rss = {name: [] for name, _ in configs}
-    print(f"# `TOOL -- true`, {args.runs} interleaved runs: median wall time, peak RSS")
-    for _ in range(args.runs):
-        for name, cmd in configs:
-            wall, peak = run_once(cmd)
-            walls[name].append(wall)
-            rss[name].append(peak)
+    print(f"# `TOOL -- true`, {args.runs} interleaved runs: median and max wall time, peak RSS")
+    with tempfile.NamedTemporaryFile(prefix="startup_bench") as rss_file:
+        for _ in range(args.runs):
+            for name, cmd in configs:
+                wall, peak = run_once(cmd, rss_file.name)
+                walls[name].append(wall)
+                rss[name].append(peak)
     bt = statistics.median(walls["bpftrace (one probe) -c true"]) if shutil.which("bpftrace") else None
     for name, _ in configs:
         med = statistics.median(walls[name])

@@ -81,7 +81,7 @@ impl<'obj> FaultEngine<'obj> {
     /// image, kind and file) and attaches it.
     pub fn load(
         storage: &'obj mut MaybeUninit<OpenObject>,
-        trace: &Trace,
+        trace: &mut Trace,
         only: Only,
         max_slots: u32,
     ) -> Result<FaultEngine<'obj>> {

@@ -113,7 +113,7 @@ fn ensure_tracefs() -> Result<PathBuf> {
 }
 
 /// A classic tracepoint named by a program's section: `tp/syscalls/sys_enter_mmap`.
-fn tracepoint_of_section(section: &str) -> Option<(&str, &str)> {
+pub fn tracepoint_of_section(section: &str) -> Option<(&str, &str)> {
     let rest = section
         .strip_prefix("tp/")
         .or_else(|| section.strip_prefix("tracepoint/"))?;
@@ -171,6 +171,21 @@ pub fn can_attach(section: &str) -> Result<bool> {
         return Ok(root.join("events").join(category).join(name).is_dir());
     }
     Ok(true)
+}
+
+/// The perf id of a classic tracepoint (tracefs mounted if need be), as
+/// perf_event_open(2) takes it.
+pub fn tracepoint_id(category: &str, name: &str) -> Result<u64> {
+    let path = ensure_tracefs()?
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("id");
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("reading the id of tracepoint {category}:{name}"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("the id of tracepoint {category}:{name} is not a number"))
 }
 
 /// After the tool chose its programs: mounts tracefs if a classic tracepoint

@@ -24,6 +24,7 @@ use crate::engine::maps::percpu_sums;
 use crate::engine::records::add_exit_mappings;
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
+use crate::engine::syscalls::SyscallPrograms;
 use crate::present::escape::escape_c_chars;
 use crate::present::format::human_size;
 use crate::present::output::Output;
@@ -90,15 +91,21 @@ pub fn run(args: Args) -> Result<i32> {
         .as_deref()
         .map(|path| OutputFile::reserve("--svg", path))
         .transpose()?;
-    let trace = Trace::prepare(&args.common)?;
+    let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         BrkstackSkelBuilder::default(),
         &mut storage,
-        &trace,
-        |open, _| {
+        &mut trace,
+        |open, programs| {
             let ring_bytes = loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;
-            open.rodata()?.ring_bytes = u64::from(ring_bytes);
+            let rodata = open.rodata()?;
+            rodata.ring_bytes = u64::from(ring_bytes);
+            rodata.nr_brk = libc::SYS_brk;
+            programs.syscalls(SyscallPrograms {
+                raw: ["brkstack_sys_enter", "brkstack_sys_exit"],
+                classic: vec!["brkstack_enter", "brkstack_exit"],
+            });
             Ok(())
         },
     )?;

@@ -80,9 +80,9 @@ pub fn run(args: Args) -> Result<i32> {
         .as_deref()
         .map(|path| OutputFile::reserve("--svg", path))
         .transpose()?;
-    let trace = Trace::prepare(&args.common)?;
+    let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
-    let skel = load(&mut storage, &trace, &args)?;
+    let skel = load(&mut storage, &mut trace, &args)?;
     let _links =
         perf::attach_fault_programs(Some(&skel.progs.faults_minor), &skel.progs.faults_major)?;
 
@@ -145,7 +145,7 @@ const DROP_HINTS: &[(DropReason, &str)] = &[
 /// The skeleton with -K, and its maps sized.
 fn load<'obj>(
     storage: &'obj mut MaybeUninit<OpenObject>,
-    trace: &Trace,
+    trace: &mut Trace,
     args: &Args,
 ) -> Result<FaultsSkel<'obj>> {
     loader::load(FaultsSkelBuilder::default(), storage, trace, |open, _| {

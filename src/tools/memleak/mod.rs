@@ -211,7 +211,7 @@ pub fn run(args: Args) -> Result<i32> {
         Target::All => -1,
     };
     let mut storage = MaybeUninit::uninit();
-    let skel = load(&mut storage, &trace, &args, kernel_mode)?;
+    let skel = load(&mut storage, &mut trace, &args, kernel_mode)?;
     let _link = match &allocator {
         Some(allocator) => Some(allocator.attach(&skel.progs.memleak_call, pid)?),
         None => None,
@@ -255,7 +255,7 @@ pub fn run(args: Args) -> Result<i32> {
 /// The skeleton with the options as its globals, the mode's programs, and its maps sized.
 fn load<'obj>(
     storage: &'obj mut MaybeUninit<OpenObject>,
-    trace: &Trace,
+    trace: &mut Trace,
     args: &Args,
     kernel_mode: bool,
 ) -> Result<MemleakSkel<'obj>> {

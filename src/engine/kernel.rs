@@ -2,12 +2,15 @@
 //! before any BPF is loaded so that each failure is one clear line:
 //! privileges, BTF, tracefs, the tracepoints programs attach to.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::btf::{types, Btf};
 use libbpf_rs::OpenObject;
+
+use crate::engine::btf_tracepoints;
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -134,29 +137,39 @@ fn check_tracepoints(root: &Path, tracepoints: &[(String, String)]) -> Result<()
 }
 
 thread_local! {
-    /// The kernel's BTF, parsed once however many checks a tool makes.
-    static VMLINUX_BTF: std::cell::OnceCell<Btf<'static>> = const { std::cell::OnceCell::new() };
+    /// The kernel's BTF tracepoints, read once however many checks a tool makes.
+    static BTF_TRACEPOINTS: std::cell::OnceCell<HashSet<String>> = const { std::cell::OnceCell::new() };
 }
 
-fn with_vmlinux_btf<T>(f: impl FnOnce(&Btf<'static>) -> T) -> Result<T> {
-    VMLINUX_BTF.with(|cell| {
-        if let Some(btf) = cell.get() {
-            return Ok(f(btf));
+/// The kernel's BTF tracepoints: read from its raw BTF (btf_tracepoints.rs),
+/// or where that can't be done, from the BTF parsed whole.
+fn with_btf_tracepoints<T>(f: impl FnOnce(&HashSet<String>) -> T) -> Result<T> {
+    BTF_TRACEPOINTS.with(|cell| {
+        if let Some(tracepoints) = cell.get() {
+            return Ok(f(tracepoints));
         }
-        let btf = Btf::from_vmlinux().context("reading the kernel's BTF")?;
-        Ok(f(cell.get_or_init(|| btf)))
+        let tracepoints = match btf_tracepoints::of_running_kernel() {
+            Some(tracepoints) => tracepoints,
+            None => tracepoints_of_btf(&Btf::from_vmlinux().context("reading the kernel's BTF")?),
+        };
+        Ok(f(cell.get_or_init(|| tracepoints)))
     })
+}
+
+/// The names of the `btf_trace_NAME` typedefs of parsed BTF, without the prefix.
+fn tracepoints_of_btf(btf: &Btf) -> HashSet<String> {
+    btf.type_by_kind::<types::Typedef>()
+        .filter_map(|typedef| {
+            let name = typedef.name()?.to_str()?;
+            Some(name.strip_prefix("btf_trace_")?.to_string())
+        })
+        .collect()
 }
 
 /// Whether the kernel has the BTF tracepoint `name` (a `tp_btf/` target):
 /// the kernel's BTF then has the typedef btf_trace_NAME.
 fn btf_tracepoint_exists(name: &str) -> Result<bool> {
-    with_vmlinux_btf(|btf| has_btf_tracepoint(btf, name))
-}
-
-fn has_btf_tracepoint(btf: &Btf, name: &str) -> bool {
-    btf.type_by_name::<types::Typedef>(&format!("btf_trace_{name}"))
-        .is_some()
+    with_btf_tracepoints(|tracepoints| tracepoints.contains(name))
 }
 
 /// Whether the kernel has what a program with this section attaches to: a
@@ -202,10 +215,10 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
         .filter_map(|s| s.strip_prefix("tp_btf/"))
         .collect();
     if !btf_tracepoints.is_empty() {
-        let missing = with_vmlinux_btf(|btf| {
+        let missing = with_btf_tracepoints(|tracepoints| {
             btf_tracepoints
                 .iter()
-                .find(|name| !has_btf_tracepoint(btf, name))
+                .find(|name| !tracepoints.contains(**name))
                 .copied()
         })?;
         if let Some(missing) = missing {

@@ -258,6 +258,14 @@ pub fn set_entries(map: &mut OpenMapMut<'_>, entries: u32) -> Result<()> {
         .with_context(|| format!("sizing the BPF map {}", map.name().to_string_lossy()))
 }
 
+/// Makes a hash map that the BPF side declares with BPF_F_NO_PREALLOC
+/// preallocated after all, between open and load.
+pub fn preallocate(map: &mut OpenMapMut<'_>) -> Result<()> {
+    let flags = map.map_flags() & !libbpf_sys::BPF_F_NO_PREALLOC;
+    map.set_map_flags(flags)
+        .with_context(|| format!("preallocating the BPF map {}", map.name().to_string_lossy()))
+}
+
 /// Sizes a ring buffer for --buffer-size MIB (see ring_buffer_bytes); its bytes.
 pub fn set_ring_buffer_size(map: &mut OpenMapMut<'_>, mib: u32) -> Result<u32> {
     let bytes = ring_buffer_bytes(mib)?;

@@ -275,7 +275,14 @@ fn load<'obj>(
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
                 .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);
             loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
-            loader::set_entries(&mut open.maps.allocs, args.max_allocs)
+            loader::set_entries(&mut open.maps.allocs, args.max_allocs)?;
+            if kernel_mode {
+                // the BPF allocator's refills of maps made as entries come are
+                // kmallocs, which kernel mode would trace (see memleak.bpf.c)
+                loader::preallocate(&mut open.maps.stack_store)?;
+                loader::preallocate(&mut open.maps.allocs)?;
+            }
+            Ok(())
         },
     )
 }

@@ -83,8 +83,7 @@ pub fn run(args: Args) -> Result<i32> {
     let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args)?;
-    let _links =
-        perf::attach_fault_programs(Some(&skel.progs.faults_minor), &skel.progs.faults_major)?;
+    let _links = perf::attach_fault_program(&skel.progs.faults_fault, true)?;
 
     let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let mut builder = RingBufferBuilder::new();

@@ -26,11 +26,11 @@ struct {
 const volatile long nr_brk = -1;
 
 /* set by user space to the ring buffer's size (--buffer-size) */
-const volatile __u64 ring_bytes = 32 * 1024 * 1024;
+const volatile __u64 ring_bytes = 8 * 1024 * 1024;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 32 * 1024 * 1024); /* ~4000 calls */
+	__uint(max_entries, 8 * 1024 * 1024); /* ~1000 calls; user space may resize before load */
 } events SEC(".maps");
 
 /* Calls sent to no one (the ring buffer was full): their heap growth, by CPU. */

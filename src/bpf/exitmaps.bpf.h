@@ -31,9 +31,15 @@ struct {
 	__type(value, struct exitmaps_mapping);
 } mapping_scratch SEC(".maps");
 
+/*
+ * A record is ~50 bytes and the path: ~1 KiB for a process's executable
+ * mappings, so 1 MiB holds the exits of about a thousand processes between
+ * two reads (the reader is woken by each). Mapped twice by the reader, as
+ * every ring buffer is, it adds twice its size to memtrace's RSS.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 * 1024 * 1024);
+	__uint(max_entries, 1024 * 1024);
 } mappings SEC(".maps");
 
 extern int bpf_iter_task_vma_new(struct bpf_iter_task_vma *it, struct task_struct *task,

@@ -46,7 +46,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 * 1024 * 1024); /* user space may resize before load */
+	__uint(max_entries, 8 * 1024 * 1024); /* user space may resize before load */
 } events SEC(".maps");
 
 static __always_inline int remember_call(struct mmapsnoop_call_args *args)

@@ -79,7 +79,7 @@ pub struct Args {
     pub weight: Weight,
 
     /// Ring buffer size in MiB (a power of two; a call takes 8 KiB): raise it if calls are lost
-    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = parse_ring_mib)]
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub buffer_size: u32,
 }
 

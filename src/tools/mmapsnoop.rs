@@ -46,7 +46,7 @@ pub struct Args {
     pub munmap: bool,
 
     /// Ring buffer size in MiB, a power of two: raise it if events are lost
-    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub buffer_size: u32,
 }
 

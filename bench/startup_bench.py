@@ -12,7 +12,13 @@ one's, and a child forked from Python starts as a copy of it.
 --baseline PATH adds another memtrace binary (a build from before a change),
 run interleaved under the label "baseline".
 
+--hide-debug-info runs it all with /usr/lib/debug hidden (an empty tmpfs over
+it, in a mount namespace of its own): the tools that symbolize a report
+(faults, brkstack) then don't read the separate debug files a machine may
+have installed (libc6-dbg), whose DWARF takes blazesym tens of ms to inflate.
+
 Usage: bench/startup_bench.py [--runs N] [--memtrace PATH] [--baseline PATH] [--only TOOL,...]
+                              [--hide-debug-info]
 """
 import argparse
 import os
@@ -55,7 +61,15 @@ def main():
     ap.add_argument("--memtrace", default=os.path.join(ROOT, "target/release/memtrace"))
     ap.add_argument("--baseline", help="another memtrace binary to compare with")
     ap.add_argument("--only", default="")
+    ap.add_argument("--hide-debug-info", action="store_true",
+                    help="hide /usr/lib/debug from every command (see above)")
     args = ap.parse_args()
+    if args.hide_debug_info and not os.environ.get("STARTUP_BENCH_DEBUG_HIDDEN"):
+        # the same run again, in a mount namespace where /usr/lib/debug is empty
+        os.environ["STARTUP_BENCH_DEBUG_HIDDEN"] = "1"
+        os.execvp("unshare", ["unshare", "-m", "sh", "-c",
+                              'mount -t tmpfs none /usr/lib/debug && exec "$@"', "sh",
+                              sys.executable] + sys.argv)
     tools = [t for t in TOOLS if not args.only or t in args.only.split(",")]
     configs = []
     for tool in tools:
@@ -68,7 +82,8 @@ def main():
         raise SystemExit(f"{GNU_TIME} (GNU time) is needed for the peak RSS")
     walls = {name: [] for name, _ in configs}
     rss = {name: [] for name, _ in configs}
-    print(f"# `TOOL -- true`, {args.runs} interleaved runs: median and max wall time, peak RSS")
+    hidden = ", /usr/lib/debug hidden" if args.hide_debug_info else ""
+    print(f"# `TOOL -- true`, {args.runs} interleaved runs{hidden}: median and max wall time, peak RSS")
     with tempfile.NamedTemporaryFile(prefix="startup_bench") as rss_file:
         for _ in range(args.runs):
             for name, cmd in configs:

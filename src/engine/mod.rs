@@ -6,6 +6,7 @@
 //! present, never tools.
 
 pub mod btf_tracepoints;
+pub mod detach;
 pub mod drops;
 pub mod faultvma;
 pub mod kernel;

@@ -26,12 +26,12 @@
 //! has for x86-64 only: elsewhere the classic programs are attached from the start.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{Link, Object};
 
+use crate::engine::detach::Detaching;
 use crate::engine::kernel;
 
 /// How long a trace stays on the raw tracepoints.
@@ -77,8 +77,8 @@ pub struct SyscallHooks {
     attached: Vec<ClassicLink>,
     /// When to move to the classic programs; None once done (or given up).
     switch_at: Option<Instant>,
-    /// Threads closing links in the background.
-    closing: Vec<JoinHandle<()>>,
+    /// Links being closed in the background, waited for on drop.
+    closing: Detaching,
 }
 
 impl SyscallHooks {
@@ -117,7 +117,7 @@ impl SyscallHooks {
             classic,
             attached: Vec::new(),
             switch_at: None,
-            closing: Vec::new(),
+            closing: Detaching::default(),
         };
         if raw {
             for &name in &programs.raw {
@@ -152,25 +152,13 @@ impl SyscallHooks {
                 Ok(link) => self.attached.push(link),
                 Err(err) => {
                     for link in std::mem::take(&mut self.attached) {
-                        self.close_in_background(link);
+                        self.closing.close(link);
                     }
                     return Err(err);
                 }
             }
         }
         Ok(())
-    }
-
-    /// Drops `links` in a thread of its own, joined when the hooks are
-    /// dropped. If no thread can be started, the closure is dropped at once,
-    /// and the links with it: they are closed here.
-    fn close_in_background<T: Send + 'static>(&mut self, links: T) {
-        let started = std::thread::Builder::new()
-            .name("memtrace-detach".into())
-            .spawn(move || drop(links));
-        if let Ok(thread) = started {
-            self.closing.push(thread);
-        }
     }
 
     /// Called by the session as it runs: moves to the classic programs once
@@ -186,7 +174,7 @@ impl SyscallHooks {
                 // ones go in the background (a tracepoint losing one of two
                 // probes may wait for a grace period)
                 let raw = std::mem::take(&mut self.raw);
-                self.close_in_background(raw);
+                self.closing.close(raw);
                 if self.verbose {
                     crate::say!("{}: system calls: moved to the per-call tracepoints", self.tool);
                 }
@@ -199,22 +187,20 @@ impl SyscallHooks {
     }
 
     /// Detaches every program: the raw ones at once, the classic ones each in
-    /// its own thread (their closes wait for the kernel), joined on drop.
+    /// its own thread (their closes wait for the kernel), waited for on drop.
     pub fn detach(&mut self) {
         self.switch_at = None;
         drop(std::mem::take(&mut self.raw));
         for link in std::mem::take(&mut self.attached) {
-            self.close_in_background(link);
+            self.closing.close(link);
         }
     }
 }
 
 impl Drop for SyscallHooks {
     fn drop(&mut self) {
+        // then `closing` waits for every close
         self.detach();
-        for thread in self.closing.drain(..) {
-            let _ = thread.join();
-        }
     }
 }
 

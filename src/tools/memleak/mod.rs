@@ -18,6 +18,7 @@ use libbpf_rs::{OpenObject, RingBuffer, RingBufferBuilder};
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_seconds, usage_error, CommonArgs};
+use crate::engine::detach::Detaching;
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records::{self, add_exit_mappings, ready_symbolizer};
@@ -212,10 +213,12 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args, kernel_mode)?;
-    let _link = match &allocator {
+    let link = match &allocator {
         Some(allocator) => Some(allocator.attach(&skel.progs.memleak_call, pid)?),
         None => None,
     };
+    // dropped after the report and the session: waits for the uprobes' removal
+    let mut detaching = Detaching::default();
 
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
@@ -242,6 +245,12 @@ pub fn run(args: Args) -> Result<i32> {
         || traced.borrow_mut().finish_batch(),
         || report(&mut out),
     )?;
+    // The trace is over: the uprobes go while the report is made. Their
+    // removal waits for the kernel (~20 ms), and the report sees the
+    // allocations as they stood at the end.
+    if let Some(link) = link {
+        detaching.close(link);
+    }
     if stop != Stop::Reports {
         report(&mut out)?;
     }

@@ -96,71 +96,35 @@ impl Session {
         let mut reports = 0u64;
         let mut next_target_check = Instant::now() + TICK;
         let stop = loop {
-            if let Some(sig) = signals::stop_signal() {
-                break Stop::Signal(sig);
-            }
             let now = Instant::now();
-            if self.deadline.is_some_and(|d| now >= d) {
-                break Stop::Duration;
+            if let Some(stop) = self.stop_condition(now, &mut next_target_check) {
+                break stop;
             }
             if let Some(syscalls) = &mut self.syscalls {
                 syscalls.tick(now);
             }
-            if let Target::Command(cmd) = &mut self.target {
-                if let Some(code) = cmd.try_wait() {
-                    break Stop::CommandExited(code);
+            if let Some(at) = next_interval.filter(|&at| now >= at) {
+                // a report sees every record delivered before it (an
+                // exiting process's mappings, sent before its maps vanish)
+                if let Some(ring) = ring {
+                    let _ = ring.consume_raw();
+                    after_batch()?;
                 }
-            }
-            if now >= next_target_check {
-                next_target_check = now + TICK;
-                if let Target::Pids(processes) = &self.target {
-                    if !processes.iter().any(|p| p.is_running()) {
-                        break Stop::TargetsExited;
-                    }
+                on_interval()?;
+                reports += 1;
+                if self.max_reports.is_some_and(|max| reports >= max) {
+                    break Stop::Reports;
                 }
+                next_interval = Some(at + self.interval.unwrap_or(TICK));
+                continue;
             }
-            if let Some(at) = next_interval {
-                if now >= at {
-                    // a report sees every record delivered before it (an
-                    // exiting process's mappings, sent before its maps vanish)
-                    if let Some(ring) = ring {
-                        let _ = ring.consume_raw();
-                        after_batch()?;
-                    }
-                    on_interval()?;
-                    reports += 1;
-                    if self.max_reports.is_some_and(|max| reports >= max) {
-                        break Stop::Reports;
-                    }
-                    next_interval = Some(at + self.interval.unwrap_or(TICK));
-                    continue;
-                }
-            }
-
             let mut timeout = TICK;
             for limit in [self.deadline, next_interval].into_iter().flatten() {
                 timeout = timeout.min(limit.saturating_duration_since(now));
             }
-            match ring {
-                Some(ring) => {
-                    let ret = ring.poll_raw(timeout);
-                    // a callback ends the poll on a write error, or when a
-                    // stop signal stopped the output (seen at the loop's top)
-                    if ret < 0 && ret != -libc::EINTR && signals::stop_signal().is_none() {
-                        after_batch()?;
-                        return Err(std::io::Error::from_raw_os_error(-ret))
-                            .context("polling the ring buffer");
-                    }
-                }
-                None => {
-                    // poll() with no fds: a sleep that a signal cuts short
-                    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-                    let _ = nix::poll::poll(
-                        &mut [],
-                        nix::poll::PollTimeout::try_from(ms)
-                            .unwrap_or(nix::poll::PollTimeout::NONE),
-                    );
-                }
+            if let Err(err) = wait_for_events(ring, timeout) {
+                after_batch()?;
+                return Err(err);
             }
             after_batch()?;
         };
@@ -183,6 +147,31 @@ impl Session {
             crate::say!("memtrace: the traced process exited; ending the trace.");
         }
         Ok(stop)
+    }
+
+    /// Why the trace ends now, if it does: a stop signal, -d, the command's
+    /// end, or (looked at each TICK) the end of every -p process.
+    fn stop_condition(&mut self, now: Instant, next_target_check: &mut Instant) -> Option<Stop> {
+        if let Some(sig) = signals::stop_signal() {
+            return Some(Stop::Signal(sig));
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Some(Stop::Duration);
+        }
+        if let Target::Command(cmd) = &mut self.target {
+            if let Some(code) = cmd.try_wait() {
+                return Some(Stop::CommandExited(code));
+            }
+        }
+        if now >= *next_target_check {
+            *next_target_check = now + TICK;
+            if let Target::Pids(processes) = &self.target {
+                if !processes.iter().any(|p| p.is_running()) {
+                    return Some(Stop::TargetsExited);
+                }
+            }
+        }
+        None
     }
 
     /// The exit status: the command's when it ran to the end; after a
@@ -216,4 +205,29 @@ impl Session {
             Stop::Duration | Stop::TargetsExited | Stop::Reports => 0,
         }
     }
+}
+
+/// Waits up to `timeout` for records (handing them to the ring buffer's
+/// callbacks), or, without a ring buffer, sleeps; a signal cuts either short.
+fn wait_for_events(ring: Option<&RingBuffer>, timeout: Duration) -> Result<()> {
+    match ring {
+        Some(ring) => {
+            let ret = ring.poll_raw(timeout);
+            // a callback ends the poll on a write error, or when a stop
+            // signal stopped the output (seen at the loop's top)
+            if ret < 0 && ret != -libc::EINTR && signals::stop_signal().is_none() {
+                return Err(std::io::Error::from_raw_os_error(-ret))
+                    .context("polling the ring buffer");
+            }
+        }
+        None => {
+            // poll() with no fds: a sleep that a signal cuts short
+            let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+            let _ = nix::poll::poll(
+                &mut [],
+                nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::NONE),
+            );
+        }
+    }
+    Ok(())
 }

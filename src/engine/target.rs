@@ -298,6 +298,56 @@ fn child_failed(err_write: &OwnedFd, step: Step, errno: Errno) -> ! {
     unsafe { libc::_exit(127) }
 }
 
+/// What the held child execs: built before fork, so that it allocates nothing.
+struct Exec<'a> {
+    program: &'a CString,
+    /// NULL-terminated, pointing into argv's CStrings.
+    argv: &'a [*const libc::c_char],
+    /// NULL-terminated; None: memtrace's own environment.
+    envp: Option<&'a [*const libc::c_char]>,
+}
+
+/// The forked child: waits on `go` until the parent has attached its probes
+/// (EOF: it gave up), becomes --user's user, and execs, under ptrace if told
+/// so; a failure goes back on `err` (child_failed). Allocates nothing.
+fn held_child(go: &OwnedFd, err: &OwnedFd, run_as: Option<&RunAs>, exec: &Exec<'_>) -> ! {
+    let mut byte = [0u8; 1];
+    let how = loop {
+        match nix::unistd::read(go, &mut byte) {
+            Err(Errno::EINTR) => continue,
+            Ok(1) => break byte[0],
+            _ => break 0,
+        }
+    };
+    if how == GO_TRACED {
+        // stopped by the kernel once exec succeeds (SIGTRAP)
+        if let Err(errno) = ptrace::traceme() {
+            child_failed(err, Step::Ptrace, errno);
+        }
+    } else if how != GO {
+        // SAFETY: _exit is async-signal-safe and ends only this child.
+        unsafe { libc::_exit(127) };
+    }
+    if let Some(user) = run_as {
+        if let Err((step, errno)) = user.become_user() {
+            child_failed(err, step, errno);
+        }
+    }
+    // Rust ignores SIGPIPE; the command should get the default.
+    // SAFETY: restoring a default disposition installs no handler.
+    let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    match exec.envp {
+        // SAFETY: program, argv and envp (NULL-terminated, pointing into
+        // CStrings the parent built) outlive the call.
+        Some(envp) => unsafe {
+            libc::execve(exec.program.as_ptr(), exec.argv.as_ptr(), envp.as_ptr())
+        },
+        // SAFETY: program and argv (as above) outlive the call.
+        None => unsafe { libc::execv(exec.program.as_ptr(), exec.argv.as_ptr()) },
+    };
+    child_failed(err, Step::Exec, Errno::last())
+}
+
 /// A NUL-terminated array of pointers into `strings`, for exec.
 fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings
@@ -397,42 +447,12 @@ impl HeldCommand {
             ForkResult::Child => {
                 drop(go_write);
                 drop(err_read);
-                let mut byte = [0u8; 1];
-                // Wait until the parent has attached its probes; EOF means it gave up.
-                let go = loop {
-                    match nix::unistd::read(&go_read, &mut byte) {
-                        Err(Errno::EINTR) => continue,
-                        Ok(1) => break byte[0],
-                        _ => break 0,
-                    }
+                let exec = Exec {
+                    program: &program,
+                    argv: &argv_ptrs,
+                    envp: envp_ptrs.as_deref(),
                 };
-                if go == GO_TRACED {
-                    // stopped by the kernel once exec succeeds (SIGTRAP)
-                    if let Err(errno) = ptrace::traceme() {
-                        child_failed(&err_write, Step::Ptrace, errno);
-                    }
-                } else if go != GO {
-                    // SAFETY: _exit is async-signal-safe and ends only this child.
-                    unsafe { libc::_exit(127) };
-                }
-                if let Some(user) = run_as {
-                    if let Err((step, errno)) = user.become_user() {
-                        child_failed(&err_write, step, errno);
-                    }
-                }
-                // Rust ignores SIGPIPE; the command should get the default.
-                // SAFETY: restoring a default disposition installs no handler.
-                let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-                match &envp_ptrs {
-                    // SAFETY: program, argv_ptrs and envp_ptrs (NULL-terminated,
-                    // pointing into argv and envp) outlive the call.
-                    Some(envp_ptrs) => unsafe {
-                        libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr())
-                    },
-                    // SAFETY: program and argv_ptrs (as above) outlive the call.
-                    None => unsafe { libc::execv(program.as_ptr(), argv_ptrs.as_ptr()) },
-                };
-                child_failed(&err_write, Step::Exec, Errno::last())
+                held_child(&go_read, &err_write, run_as, &exec)
             }
             ForkResult::Parent { child } => Ok(HeldCommand {
                 pid: child,

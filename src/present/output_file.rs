@@ -57,6 +57,15 @@ pub struct OutputFile {
 }
 
 impl OutputFile {
+    /// reserve() for an option that may not be given.
+    pub fn reserve_if_given(
+        option: &'static str,
+        path: Option<&Path>,
+    ) -> Result<Option<OutputFile>> {
+        path.map(|path| OutputFile::reserve(option, path))
+            .transpose()
+    }
+
     /// Reserves `path` (given with `option`): its directory opened, the path
     /// checked to be replaceable, the temporary file created. Every failure
     /// is one line naming the (escaped) path and what to do.

@@ -75,11 +75,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<i32> {
     // reserved first: a path that can't be written fails before the trace
-    let svg = args
-        .svg
-        .as_deref()
-        .map(|path| OutputFile::reserve("--svg", path))
-        .transpose()?;
+    let svg = OutputFile::reserve_if_given("--svg", args.svg.as_deref())?;
     let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args)?;

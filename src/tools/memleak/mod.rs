@@ -26,7 +26,6 @@ use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::Target;
 use crate::present::output::Output;
-use crate::present::output_file::OutputFile;
 
 use allocator::Allocator;
 use report::{print_trace_event, Profiles, Reporter};
@@ -176,28 +175,12 @@ const DROP_HINTS: &[(DropReason, &str)] = &[
 ];
 
 pub fn run(args: Args) -> Result<i32> {
-    if let (Some(min), Some(max)) = (args.min_size, args.max_size) {
-        if min > max {
-            return Ok(usage_error(&format!(
-                "-z/--min-size {min} is above -Z/--max-size {max}: nothing would be traced"
-            )));
-        }
+    if let Some(conflict) = size_conflict(&args) {
+        return Ok(usage_error(&conflict));
     }
-    let kernel_mode =
-        args.kernel || (args.common.pids.is_empty() && args.common.command.is_empty());
-    if !kernel_mode && args.common.pids.len() > 1 {
-        bail!("memleak traces one process in user mode: give -p once");
-    }
+    let kernel_mode = kernel_mode(&args)?;
     // reserved first: a path that can't be written fails before the trace
-    let reserve = |option, path: &Option<PathBuf>| {
-        path.as_deref()
-            .map(|path| OutputFile::reserve(option, path))
-            .transpose()
-    };
-    let profiles = Profiles {
-        svg: reserve("--svg", &args.svg)?,
-        pprof: reserve("--pprof", &args.pprof)?,
-    };
+    let profiles = Profiles::reserve(&args)?;
     // -p checked (a missing pid is said as every tool says it) before the
     // allocator is looked for in it
     let mut trace = Trace::prepare(&args.common)?;
@@ -259,6 +242,26 @@ pub fn run(args: Args) -> Result<i32> {
     reporter.warn_lost_stacks();
     drops::report(args.common.tool, skel.object(), DROP_HINTS)?;
     Ok(session.exit_code(stop))
+}
+
+/// -z above -Z traces nothing: said as a usage error.
+fn size_conflict(args: &Args) -> Option<String> {
+    match (args.min_size, args.max_size) {
+        (Some(min), Some(max)) if min > max => Some(format!(
+            "-z/--min-size {min} is above -Z/--max-size {max}: nothing would be traced"
+        )),
+        _ => None,
+    }
+}
+
+/// Kernel allocations (--kernel, or no process given), or one process's.
+fn kernel_mode(args: &Args) -> Result<bool> {
+    let kernel_mode =
+        args.kernel || (args.common.pids.is_empty() && args.common.command.is_empty());
+    if !kernel_mode && args.common.pids.len() > 1 {
+        bail!("memleak traces one process in user mode: give -p once");
+    }
+    Ok(kernel_mode)
 }
 
 /// The skeleton with the options as its globals, the mode's programs, and its maps sized.

@@ -80,6 +80,16 @@ pub struct Profiles {
     pub pprof: Option<OutputFile>,
 }
 
+impl Profiles {
+    /// Reserves the files --svg and --pprof name (see OutputFile).
+    pub fn reserve(args: &Args) -> Result<Profiles> {
+        Ok(Profiles {
+            svg: OutputFile::reserve_if_given("--svg", args.svg.as_deref())?,
+            pprof: OutputFile::reserve_if_given("--pprof", args.pprof.as_deref())?,
+        })
+    }
+}
+
 /// Reads what is outstanding and prints it, at each report and at the end.
 pub struct Reporter<'a> {
     args: &'a Args,

@@ -14,7 +14,8 @@
 /*
  * Not preallocated: 16384 stacks of 1 KiB made up front took the kernel
  * ~3 ms of each start; a stack's entry is allocated when it is first seen.
- * memleak's kernel mode preallocates it (see its allocs map).
+ * memleak's kernel mode preallocates it (see its allocs map), and so does
+ * faults before 6.1, where perf_event programs need preallocated hash maps.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

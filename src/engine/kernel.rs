@@ -238,6 +238,21 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
     check_tracepoints(&root, &tracepoints)
 }
 
+/// Whether the running kernel's release is `major.minor` or later (from
+/// /proc/sys/kernel/osrelease; an unreadable one counts as older).
+pub fn release_at_least(major: u32, minor: u32) -> bool {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .and_then(|release| parse_release(&release))
+        .is_some_and(|running| running >= (major, minor))
+}
+
+/// `6.12.48+deb13-amd64` -> (6, 12).
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// The size of a page, in bytes.
 pub fn page_size() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
@@ -248,6 +263,14 @@ pub fn page_size() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn releases_are_read_as_major_and_minor() {
+        assert_eq!(super::parse_release("6.12.48+deb13-amd64\n"), Some((6, 12)));
+        assert_eq!(super::parse_release("5.10.0-35-amd64"), Some((5, 10)));
+        assert_eq!(super::parse_release("6.1"), Some((6, 1)));
+        assert_eq!(super::parse_release("garbage"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{CommonArgs, ReportArgs};
 use crate::engine::drops::{self, LossWatch};
+use crate::engine::kernel;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{stored_stack, take_entries};
 use crate::engine::perf;
@@ -146,6 +147,11 @@ fn load<'obj>(
     loader::load(FaultsSkelBuilder::default(), storage, trace, |open, _| {
         open.rodata()?.kernel_stacks = args.kernel_stack;
         loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
+        if !kernel::release_at_least(6, 1) {
+            // a perf_event program may use a hash map made as entries come
+            // only since 6.1 (the BPF memory allocator)
+            loader::preallocate(&mut open.maps.stack_store)?;
+        }
         loader::set_entries(&mut open.maps.counts, args.max_entries)
     })
 }

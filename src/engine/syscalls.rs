@@ -15,7 +15,7 @@
 //! So a trace starts on the raw tracepoints, and after `SWITCH_AFTER` attaches
 //! the classic programs, then detaches the raw ones: a short trace ends at
 //! once, a long one costs per call what the classic tracepoints cost, and its
-//! classic perf events are closed in parallel threads at its end. Both
+//! classic perf events are closed after memtrace exits (engine::detach). Both
 //! programs of a call share one per-thread map of calls in flight, so a call
 //! seen by both while both are attached is reported once (its exit finds the
 //! entry only once), and none is missed (the classic programs are attached
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{Link, Object};
 
-use crate::engine::detach::Detaching;
+use crate::engine::detach::{self, Detaching};
 use crate::engine::kernel;
 
 /// How long a trace stays on the raw tracepoints.
@@ -63,8 +63,8 @@ struct Classic {
 /// A classic program attached: its BPF link and the perf event under it.
 /// Dropped in that order: the perf event's close is the slow one.
 struct ClassicLink {
-    _link: OwnedFd,
-    _perf: OwnedFd,
+    link: OwnedFd,
+    perf: OwnedFd,
 }
 
 /// The system call programs attached for a trace; the session moves them
@@ -186,20 +186,21 @@ impl SyscallHooks {
         }
     }
 
-    /// Detaches every program: the raw ones at once, the classic ones each in
-    /// its own thread (their closes wait for the kernel), waited for on drop.
+    /// Detaches every program: the raw ones at once, the classic ones after
+    /// memtrace exits (their closes wait for the kernel: detach::close_after_exit).
     pub fn detach(&mut self) {
         self.switch_at = None;
         drop(std::mem::take(&mut self.raw));
-        for link in std::mem::take(&mut self.attached) {
-            self.closing.close(link);
-        }
+        let classic = std::mem::take(&mut self.attached)
+            .into_iter()
+            .flat_map(|link| [link.link, link.perf]);
+        detach::close_after_exit(classic.collect());
     }
 }
 
 impl Drop for SyscallHooks {
     fn drop(&mut self) {
-        // then `closing` waits for every close
+        // then `closing` waits for the closes started during the trace
         self.detach();
     }
 }
@@ -253,8 +254,5 @@ fn attach_tracepoint(classic: &Classic) -> Result<ClassicLink> {
     }
     // SAFETY: a new descriptor that nothing else owns.
     let link = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(ClassicLink {
-        _link: link,
-        _perf: perf,
-    })
+    Ok(ClassicLink { link, perf })
 }

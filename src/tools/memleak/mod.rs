@@ -8,17 +8,18 @@ mod report;
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use libbpf_rs::skel::Skel;
-use libbpf_rs::{OpenObject, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{MapCore, OpenObject, RingBuffer, RingBufferBuilder};
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_seconds, usage_error, CommonArgs};
-use crate::engine::detach::Detaching;
+use crate::engine::detach;
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records::{self, add_exit_mappings, ready_symbolizer};
@@ -200,9 +201,6 @@ pub fn run(args: Args) -> Result<i32> {
         Some(allocator) => Some(allocator.attach(&skel.progs.memleak_call, pid)?),
         None => None,
     };
-    // dropped after the report and the session: waits for the uprobes' removal
-    let mut detaching = Detaching::default();
-
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
     let symbolizer = RefCell::new(StackSymbolizer::new(false));
@@ -228,11 +226,16 @@ pub fn run(args: Args) -> Result<i32> {
         || traced.borrow_mut().finish_batch(),
         || report(&mut out),
     )?;
-    // The trace is over: the uprobes go while the report is made. Their
-    // removal waits for the kernel (~20 ms), and the report sees the
-    // allocations as they stood at the end.
+    // The trace is over. The uprobes' removal waits for the kernel (~20 ms),
+    // which a process of its own does after memtrace exits (engine::detach);
+    // until then they see no traced process, and count nothing more: the
+    // report sees the allocations as they stood at the end.
     if let Some(link) = link {
-        detaching.close(link);
+        for tgid in skel.maps.traced_tgids.keys() {
+            let _ = skel.maps.traced_tgids.delete(&tgid);
+        }
+        let copy = link.as_fd().try_clone_to_owned();
+        detach::close_after_exit(copy.into_iter().collect());
     }
     if stop != Stop::Reports {
         report(&mut out)?;

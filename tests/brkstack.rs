@@ -100,14 +100,9 @@ fn calls_across_the_move_to_per_call_tracepoints_are_each_counted_once() {
         "grower",
         &["sbrk", "150", "4096", "10000"],
     );
-    finished.assert_success();
-    assert!(
-        finished
-            .stderr
-            .contains("system calls: moved to the per-call tracepoints"),
-        "{}",
-        finished.stderr
-    );
+    finished
+        .assert_success()
+        .assert_moved_to_per_call_tracepoints();
     let rows = finished.json();
     let grown = rows_through(&rows, "grower", "grow_heap");
     let calls: u64 = grown.iter().map(|r| r["calls"].as_u64().unwrap()).sum();

@@ -101,14 +101,9 @@ fn mappings_across_the_move_to_per_call_tracepoints_are_each_counted_once() {
         "mapper",
         &["paced", "150", "10000", file.to_str().unwrap()],
     );
-    finished.assert_success();
-    assert!(
-        finished
-            .stderr
-            .contains("system calls: moved to the per-call tracepoints"),
-        "{}",
-        finished.stderr
-    );
+    finished
+        .assert_success()
+        .assert_moved_to_per_call_tracepoints();
     let rows = finished.json();
     let name = file.file_name().unwrap().to_str().unwrap();
     let row = rows

@@ -628,13 +628,7 @@ fn calls_across_the_move_to_per_call_tracepoints_are_each_reported_once() {
     require_root!();
     // 300 mmap/munmap pairs 5 ms apart: over a second and a half
     let (pid, events, finished) = trace_mapper(&["--munmap", "-v"], &["paced", "300", "5000"]);
-    assert!(
-        finished
-            .stderr
-            .contains("system calls: moved to the per-call tracepoints"),
-        "{}",
-        finished.stderr
-    );
+    finished.assert_moved_to_per_call_tracepoints();
     let mine = of_pid(&events, pid);
     let count = |call: &str| {
         mine.iter()

@@ -165,14 +165,9 @@ fn calls_across_the_move_to_per_call_tracepoints_are_each_reported_once() {
         "shmer",
         &["paced", &key, "150", "10000"],
     );
-    finished.assert_success();
-    assert!(
-        finished
-            .stderr
-            .contains("system calls: moved to the per-call tracepoints"),
-        "{}",
-        finished.stderr
-    );
+    finished
+        .assert_success()
+        .assert_moved_to_per_call_tracepoints();
     let events = finished.json();
     let failed_gets = events
         .iter()

@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, Object, OpenMapMut, OpenObject, PrintLevel};
+use libbpf_rs::{MapCore, MapFlags, Object, OpenMapMut, OpenObject, OpenProgramMut, PrintLevel};
 
 use crate::cli::CommonArgs;
 use crate::engine::kernel;
@@ -178,21 +178,20 @@ fn section_of(object: &OpenObject, name: &str) -> Result<String> {
         .with_context(|| format!("BPF program {name} not found"))
 }
 
-fn set_autoload(object: &mut OpenObject, name: &str, on: bool) -> Result<()> {
-    let mut prog = object
+fn program_mut<'a>(object: &'a mut OpenObject, name: &str) -> Result<OpenProgramMut<'a>> {
+    object
         .progs_mut()
         .find(|p| p.name() == name)
-        .with_context(|| format!("BPF program {name} not found"))?;
-    prog.set_autoload(on);
+        .with_context(|| format!("BPF program {name} not found"))
+}
+
+fn set_autoload(object: &mut OpenObject, name: &str, on: bool) -> Result<()> {
+    program_mut(object, name)?.set_autoload(on);
     Ok(())
 }
 
 fn set_autoattach(object: &mut OpenObject, name: &str, on: bool) -> Result<()> {
-    let mut prog = object
-        .progs_mut()
-        .find(|p| p.name() == name)
-        .with_context(|| format!("BPF program {name} not found"))?;
-    prog.set_autoattach(on);
+    program_mut(object, name)?.set_autoattach(on);
     Ok(())
 }
 

@@ -88,3 +88,27 @@ fn folded_by_bytes_and_svg() {
     assert!(svg_text.contains("<svg") && svg_text.contains("grow_heap"));
     let _ = std::fs::remove_file(svg);
 }
+
+/// Calls before and after the move to the per-call tracepoints (after the
+/// trace's first second: engine/syscalls.rs) are each counted once.
+#[test]
+fn calls_across_the_move_to_per_call_tracepoints_are_each_counted_once() {
+    require_root!();
+    // 150 sbrk(4096) calls 10 ms apart: over a second and a half
+    let finished = run_on(
+        &["brkstack", "--json", "-v"],
+        "grower",
+        &["sbrk", "150", "4096", "10000"],
+    );
+    finished
+        .assert_success()
+        .assert_moved_to_per_call_tracepoints();
+    let rows = finished.json();
+    let grown = rows_through(&rows, "grower", "grow_heap");
+    let calls: u64 = grown.iter().map(|r| r["calls"].as_u64().unwrap()).sum();
+    let bytes: u64 = grown
+        .iter()
+        .map(|r| r["bytes_grown"].as_u64().unwrap())
+        .sum();
+    assert_eq!((calls, bytes), (150, 150 * 4096), "{rows:?}");
+}

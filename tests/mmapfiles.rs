@@ -88,3 +88,28 @@ fn interval_reports_reset_the_counts() {
     assert_eq!(total, 25, "{}", finished.stdout);
     let _ = std::fs::remove_file(file);
 }
+
+/// Mappings before and after the move to the per-call tracepoints (after the
+/// trace's first second: engine/syscalls.rs) are each counted once.
+#[test]
+fn mappings_across_the_move_to_per_call_tracepoints_are_each_counted_once() {
+    require_root!();
+    let file = temp_path("paced.dat");
+    // 150 mappings 10 ms apart: over a second and a half
+    let finished = run_on(
+        &["mmapfiles", "--json", "-v"],
+        "mapper",
+        &["paced", "150", "10000", file.to_str().unwrap()],
+    );
+    finished
+        .assert_success()
+        .assert_moved_to_per_call_tracepoints();
+    let rows = finished.json();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["file"] == name)
+        .unwrap_or_else(|| panic!("{name} not counted: {rows:?}"));
+    assert_eq!(row["count"], 150);
+    let _ = std::fs::remove_file(file);
+}

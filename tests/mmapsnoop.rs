@@ -619,3 +619,21 @@ fn a_closed_tracefs_is_not_called_unmounted() {
         "{stderr}"
     );
 }
+
+/// A trace that outlasts its first second moves from the raw system call
+/// tracepoints to the per-call ones (engine/syscalls.rs): each call is still
+/// reported once, before, during and after the move.
+#[test]
+fn calls_across_the_move_to_per_call_tracepoints_are_each_reported_once() {
+    require_root!();
+    // 300 mmap/munmap pairs 5 ms apart: over a second and a half
+    let (pid, events, finished) = trace_mapper(&["--munmap", "-v"], &["paced", "300", "5000"]);
+    finished.assert_moved_to_per_call_tracepoints();
+    let mine = of_pid(&events, pid);
+    let count = |call: &str| {
+        mine.iter()
+            .filter(|e| e["call"] == call && e["len"] == 28672)
+            .count()
+    };
+    assert_eq!((count("mmap"), count("munmap")), (300, 300), "{mine:?}");
+}

@@ -152,3 +152,26 @@ fn tid_filter_keeps_one_thread() {
     assert_eq!(events[0]["sys"], "shmget");
     assert_eq!(events[0]["errno"], "ENOENT");
 }
+
+/// Calls before and after the move to the per-call tracepoints (after the
+/// trace's first second: engine/syscalls.rs) are each reported once.
+#[test]
+fn calls_across_the_move_to_per_call_tracepoints_are_each_reported_once() {
+    require_root!();
+    let key = missing_key();
+    // 150 calls 10 ms apart: over a second and a half
+    let finished = run_on(
+        &["shmsnoop", "--json", "-v"],
+        "shmer",
+        &["paced", &key, "150", "10000"],
+    );
+    finished
+        .assert_success()
+        .assert_moved_to_per_call_tracepoints();
+    let events = finished.json();
+    let failed_gets = events
+        .iter()
+        .filter(|e| e["comm"] == "shmer" && e["sys"] == "shmget" && e["errno"] == "ENOENT")
+        .count();
+    assert_eq!(failed_gets, 150, "{events:?}");
+}

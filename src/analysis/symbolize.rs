@@ -11,6 +11,7 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
+use crate::analysis::debug_symbols::DebugSymbols;
 use crate::analysis::proc_maps;
 use crate::present::escape::escape_bytes;
 
@@ -31,6 +32,8 @@ pub struct StackSymbolizer {
     /// Mappings of live processes, read at the last report.
     live: HashMap<u32, Vec<Mapping>>,
     with_source: bool,
+    /// Each mapped file's separate debug file, looked for once (names only).
+    debug_files: HashMap<PathBuf, Option<DebugSymbols>>,
 }
 
 /// The executable file mappings of a live process, from /proc/PID/maps;
@@ -69,6 +72,7 @@ impl StackSymbolizer {
             exited: HashMap::new(),
             live: HashMap::new(),
             with_source,
+            debug_files: HashMap::new(),
         }
     }
 
@@ -119,7 +123,6 @@ impl StackSymbolizer {
 
     /// User-space frames, leaf first, as `func+0xoff [module]`.
     pub fn user_frames(&mut self, pid: u32, ips: &[u64]) -> Vec<String> {
-        let with_source = self.with_source;
         let Some(maps) = self.mappings(pid).cloned() else {
             return ips.iter().map(|ip| format!("{ip:#x} [unknown]")).collect();
         };
@@ -130,28 +133,51 @@ impl StackSymbolizer {
                 };
                 let module = module_name(&map.path);
                 let offset = ip - map.start + map.file_offset;
-                let source = Source::Elf(Elf::new(&map.path));
-                match self
-                    .symbolizer
-                    .symbolize_single(&source, Input::FileOffset(offset))
-                {
-                    Ok(Symbolized::Sym(sym)) => {
-                        let mut frame = format!("{}+{:#x} [{module}]", sym.name, sym.offset);
-                        if with_source {
-                            if let Some(info) = &sym.code_info {
-                                let file = escape_bytes(info.file.as_encoded_bytes());
-                                match info.line {
-                                    Some(line) => frame.push_str(&format!(" ({file}:{line})")),
-                                    None => frame.push_str(&format!(" ({file})")),
-                                }
-                            }
-                        }
-                        frame
-                    }
-                    _ => format!("{offset:#x} [{module}]"),
+                match self.symbolize_offset(&map.path, offset) {
+                    Some(sym) => format!("{sym} [{module}]"),
+                    None => format!("{offset:#x} [{module}]"),
                 }
             })
             .collect()
+    }
+
+    /// `func+0xoff`, with ` (file:line)` if asked for, of a file offset.
+    /// Names alone come from a separate debug file's ELF symbols where one is
+    /// installed (see analysis::debug_symbols), else through blazesym's own
+    /// search, which loads DWARF.
+    fn symbolize_offset(&mut self, path: &Path, offset: u64) -> Option<String> {
+        let debug_file = match self.with_source {
+            true => None,
+            false => self
+                .debug_files
+                .entry(path.to_path_buf())
+                .or_insert_with(|| DebugSymbols::find(path))
+                .as_ref(),
+        };
+        let symbolized = match debug_file {
+            Some(debug) => {
+                let mut elf = Elf::new(&debug.path);
+                elf.debug_syms = false;
+                let address = debug.loads.address_of(offset)?;
+                self.symbolizer
+                    .symbolize_single(&Source::Elf(elf), Input::VirtOffset(address))
+            }
+            None => self
+                .symbolizer
+                .symbolize_single(&Source::Elf(Elf::new(path)), Input::FileOffset(offset)),
+        };
+        let Ok(Symbolized::Sym(sym)) = symbolized else {
+            return None;
+        };
+        let mut frame = format!("{}+{:#x}", sym.name, sym.offset);
+        if let Some(info) = sym.code_info.as_ref().filter(|_| self.with_source) {
+            let file = escape_bytes(info.file.as_encoded_bytes());
+            match info.line {
+                Some(line) => frame.push_str(&format!(" ({file}:{line})")),
+                None => frame.push_str(&format!(" ({file})")),
+            }
+        }
+        Some(frame)
     }
 
     /// Kernel frames, leaf first, from /proc/kallsyms; the tracing program's

@@ -15,7 +15,9 @@ use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, NativeEndian, RegisterRule, UnwindContext,
     UnwindSection, X86_64,
 };
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection};
+
+use crate::analysis::debug_symbols::LoadSegments;
 
 /// Whether this build's architecture is the one the unwinder knows: x86-64.
 pub fn check_architecture() -> anyhow::Result<()> {
@@ -45,8 +47,7 @@ struct UnwindObject {
     eh_frame: Range<usize>,
     eh_frame_addr: u64,
     eh_frame_hdr: Option<(Range<usize>, u64)>,
-    /// PT_LOAD segments: (file offset, virtual address, file size).
-    loads: Vec<(u64, u64, u64)>,
+    loads: LoadSegments,
 }
 
 fn file_range(range: Option<(u64, u64)>) -> Option<Range<usize>> {
@@ -64,13 +65,7 @@ impl UnwindObject {
         let eh_frame_hdr = file
             .section_by_name(".eh_frame_hdr")
             .and_then(|s| Some((file_range(s.file_range())?, s.address())));
-        let loads = file
-            .segments()
-            .map(|s| {
-                let (offset, size) = s.file_range();
-                (offset, s.address(), size)
-            })
-            .collect();
+        let loads = LoadSegments::of(&file);
         Some(UnwindObject {
             eh_frame: eh_frame_range,
             eh_frame_addr,
@@ -78,14 +73,6 @@ impl UnwindObject {
             loads,
             data,
         })
-    }
-
-    /// The virtual address (as the ELF file numbers them) of a file offset.
-    fn address_of(&self, file_offset: u64) -> Option<u64> {
-        self.loads
-            .iter()
-            .find(|(offset, _, size)| (*offset..offset + size).contains(&file_offset))
-            .map(|(offset, vaddr, _)| file_offset - offset + vaddr)
     }
 
     /// How to find the caller's frame at `address`: (CFA register, CFA
@@ -178,7 +165,7 @@ impl Unwinder {
         cached
             .rules
             .entry(file_offset)
-            .or_insert_with(|| object.frame_rule(object.address_of(file_offset)?))
+            .or_insert_with(|| object.frame_rule(object.loads.address_of(file_offset)?))
             .clone()
     }
 

@@ -10,6 +10,7 @@
  * per call is affordable.
  */
 #include "exitmaps.bpf.h"
+#include "syscalls.bpf.h"
 #include "brkstack.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -21,12 +22,15 @@ struct {
 	__type(value, __u64); /* mm->brk at entry */
 } old_brks SEC(".maps");
 
+/* This architecture's number of brk (syscalls.bpf.h). */
+const volatile long nr_brk = -1;
+
 /* set by user space to the ring buffer's size (--buffer-size) */
-const volatile __u64 ring_bytes = 32 * 1024 * 1024;
+const volatile __u64 ring_bytes = 8 * 1024 * 1024;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 32 * 1024 * 1024); /* ~4000 calls */
+	__uint(max_entries, 8 * 1024 * 1024); /* ~1000 calls; user space may resize before load */
 } events SEC(".maps");
 
 /* Calls sent to no one (the ring buffer was full): their heap growth, by CPU. */
@@ -40,8 +44,8 @@ struct {
 /* Puts struct brkstack_event into the skeleton's generated types. */
 struct brkstack_event brkstack_event_layout = {};
 
-SEC("tp/syscalls/sys_enter_brk")
-int brkstack_enter(void *ctx)
+/* The heap's end as the call starts, kept until it returns. */
+static __always_inline int enter_brk(void)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -55,8 +59,13 @@ int brkstack_enter(void *ctx)
 	return 0;
 }
 
-SEC("tp/syscalls/sys_exit_brk")
-int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
+SEC("tp/syscalls/sys_enter_brk")
+int brkstack_enter(void *ctx)
+{
+	return enter_brk();
+}
+
+static __always_inline int exit_brk(long ret)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
@@ -76,14 +85,14 @@ int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
 		__u64 *lost = bpf_map_lookup_elem(&lost_growth, &zero);
 
 		memtrace_count_drop(MEMTRACE_DROP_RINGBUF);
-		if (lost && (__u64)ctx->ret > *old_brk)
-			*lost += ctx->ret - *old_brk;
+		if (lost && (__u64)ret > *old_brk)
+			*lost += ret - *old_brk;
 		bpf_map_delete_elem(&old_brks, &tid);
 		return 0;
 	}
 	e->time_ns = bpf_ktime_get_ns();
 	e->old_brk = *old_brk;
-	e->new_brk = ctx->ret;
+	e->new_brk = ret;
 	e->pid = id >> 32;
 	e->tid = tid;
 	e->pad = 0;
@@ -127,4 +136,28 @@ int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
 	/* its mappings are wanted when it exits, to unwind and symbolize after */
 	exitmaps_note_owner(id >> 32);
 	return 0;
+}
+
+SEC("tp/syscalls/sys_exit_brk")
+int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_brk(ctx->ret);
+}
+
+/* The raw tracepoints (syscalls.bpf.h), for brk alone. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(brkstack_sys_enter, struct pt_regs *regs, long nr)
+{
+	if (!memtrace_syscall_is(nr, nr_brk) || !memtrace_native_syscall())
+		return 0;
+	return enter_brk();
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(brkstack_sys_exit, struct pt_regs *regs, long ret)
+{
+	if (!memtrace_syscall_is(memtrace_exit_syscall_nr(regs), nr_brk) ||
+	    !memtrace_native_syscall())
+		return 0;
+	return exit_brk(ret);
 }

@@ -217,8 +217,7 @@ static __always_inline enum memtrace_walk_step memtrace_walk_up(struct memtrace_
 struct memtrace_path_walk {
 	struct memtrace_walk w;
 	char *buf;
-	struct memtrace_path *out;
-	__u32 off;
+	struct memtrace_path *out; /* out->len: the bytes written so far */
 };
 
 /* One component per bpf_loop() iteration: verified once, not once per level. */
@@ -227,7 +226,12 @@ static long memtrace_path_step(__u32 index, void *data)
 	struct memtrace_path_walk *walk = data;
 	struct dentry *dentry = walk->w.dentry;
 	struct dentry *parent;
-	__u32 off = walk->off;
+	/*
+	 * Kept in out (map memory, whose contents the verifier does not track),
+	 * not on the stack: a tracked offset would differ at every step, and the
+	 * verifier would check the step once for each range it can take.
+	 */
+	__u32 off = walk->out->len;
 	long n;
 
 	if (off > MEMTRACE_PATH_BUF - MEMTRACE_NAME_MAX) {
@@ -237,7 +241,7 @@ static long memtrace_path_step(__u32 index, void *data)
 	n = memtrace_dentry_name(dentry, walk->buf + off);
 	if (n <= 0)
 		return 1;
-	walk->off = off + n;
+	walk->out->len = off + n;
 	walk->out->depth++;
 	parent = BPF_CORE_READ(dentry, d_parent);
 	if (parent == dentry)
@@ -273,7 +277,6 @@ static __always_inline void memtrace_file_path(struct file *file, char *buf, str
 		out->flags |= MEMTRACE_PATH_ROOTED;
 	if (!(out->flags & MEMTRACE_PATH_ROOTED))
 		bpf_loop(MEMTRACE_PATH_DEPTH, memtrace_path_step, &walk, 0);
-	out->len = walk.off;
 }
 
 #endif

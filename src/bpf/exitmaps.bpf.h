@@ -31,9 +31,15 @@ struct {
 	__type(value, struct exitmaps_mapping);
 } mapping_scratch SEC(".maps");
 
+/*
+ * A record is ~50 bytes and the path: ~1 KiB for a process's executable
+ * mappings, so 1 MiB holds the exits of about a thousand processes between
+ * two reads (the reader is woken by each). Mapped twice by the reader, as
+ * every ring buffer is, it adds twice its size to memtrace's RSS.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 * 1024 * 1024);
+	__uint(max_entries, 1024 * 1024);
 } mappings SEC(".maps");
 
 extern int bpf_iter_task_vma_new(struct bpf_iter_task_vma *it, struct task_struct *task,
@@ -57,15 +63,30 @@ static __always_inline void exitmaps_send(struct exitmaps_mapping *m, __u64 size
 		memtrace_count_drop(MEMTRACE_DROP_RINGBUF);
 }
 
+/*
+ * Sends one executable mapping, its file's path walked in the kernel. A global
+ * function: the verifier checks it once, not again at each step of the VMA loop
+ * (inlined there, the path walk made the program take ~60 ms to verify).
+ */
+__noinline int exitmaps_send_mapping(struct exitmaps_mapping *m, __u64 file)
+{
+	if (!m)
+		return 0;
+	memtrace_file_path((struct file *)file, m->path, &m->path_info);
+	exitmaps_send(m, offsetof(struct exitmaps_mapping, path) + m->path_info.len);
+	return 0;
+}
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(exitmaps_send_mappings, struct task_struct *exiting)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct vm_area_struct *vma;
 	struct exitmaps_mapping *m;
-	__u32 tgid = task->tgid, zero = 0;
+	__u32 tgid = BPF_CORE_READ(task, tgid), zero = 0;
 
-	if (task->signal->live.counter != 0 || !bpf_map_lookup_elem(&stack_owners, &tgid))
+	if (BPF_CORE_READ(task, signal, live.counter) != 0 ||
+	    !bpf_map_lookup_elem(&stack_owners, &tgid))
 		return 0;
 	bpf_map_delete_elem(&stack_owners, &tgid);
 	m = bpf_map_lookup_elem(&mapping_scratch, &zero);
@@ -73,15 +94,14 @@ int BPF_PROG(exitmaps_send_mappings, struct task_struct *exiting)
 		return 0;
 	m->tgid = tgid;
 	bpf_for_each(task_vma, vma, task, 0) {
-		struct file *file = vma->vm_file;
+		__u64 file = (__u64)BPF_CORE_READ(vma, vm_file);
 
-		if (!(vma->vm_flags & VM_EXEC) || !file)
+		if (!(BPF_CORE_READ(vma, vm_flags) & VM_EXEC) || !file)
 			continue;
-		m->start = vma->vm_start;
-		m->end = vma->vm_end;
-		m->file_offset = vma->vm_pgoff << PAGE_SHIFT;
-		memtrace_file_path(file, m->path, &m->path_info);
-		exitmaps_send(m, offsetof(struct exitmaps_mapping, path) + m->path_info.len);
+		m->start = BPF_CORE_READ(vma, vm_start);
+		m->end = BPF_CORE_READ(vma, vm_end);
+		m->file_offset = BPF_CORE_READ(vma, vm_pgoff) << PAGE_SHIFT;
+		exitmaps_send_mapping(m, file);
 	}
 	/* the end of this process's list */
 	m->start = m->end = 0;

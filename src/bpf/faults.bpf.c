@@ -53,14 +53,10 @@ static __always_inline int count_fault(struct bpf_perf_event_data *ctx, __u32 ki
 	return 0;
 }
 
+/* On page-faults-min and -maj alike: the event's kind is its attach cookie. */
 SEC("perf_event")
-int faults_minor(struct bpf_perf_event_data *ctx)
+int faults_fault(struct bpf_perf_event_data *ctx)
 {
-	return count_fault(ctx, MEMTRACE_FAULT_MINOR);
-}
-
-SEC("perf_event")
-int faults_major(struct bpf_perf_event_data *ctx)
-{
-	return count_fault(ctx, MEMTRACE_FAULT_MAJOR);
+	return count_fault(ctx, bpf_get_attach_cookie(ctx) == MEMTRACE_FAULT_MAJOR ?
+					MEMTRACE_FAULT_MAJOR : MEMTRACE_FAULT_MINOR);
 }

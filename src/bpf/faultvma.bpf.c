@@ -409,18 +409,14 @@ static __always_inline int faultvma_count_fault(__u64 addr, __u32 kind)
 
 /*
  * Attached to the software perf events page-faults-min and -maj (period 1):
- * they carry the faulting address and exist on every architecture.
+ * they carry the faulting address and exist on every architecture. One
+ * program for both, the event's kind (enum memtrace_fault_kind) its attach
+ * cookie: the verifier checks it once, not twice.
  */
 SEC("perf_event")
-int faultvma_minor(struct bpf_perf_event_data *ctx)
+int faultvma_fault(struct bpf_perf_event_data *ctx)
 {
-	return faultvma_count_fault(ctx->addr, MEMTRACE_FAULT_MINOR);
-}
-
-SEC("perf_event")
-int faultvma_major(struct bpf_perf_event_data *ctx)
-{
-	return faultvma_count_fault(ctx->addr, MEMTRACE_FAULT_MAJOR);
+	return faultvma_count_fault(ctx->addr, bpf_get_attach_cookie(ctx));
 }
 
 #define REQ_OP_MASK 0xff /* the low bits of bi_opf: REQ_OP_BITS is 8 */

@@ -36,8 +36,16 @@ struct {
 	__type(value, struct memleak_call);
 } calls SEC(".maps");
 
+/*
+ * Not preallocated in user mode: a million entries made up front took the
+ * kernel ~30 ms (most of memleak's start); entries come from the kernel's
+ * per-CPU BPF allocator as they are added. Kernel mode preallocates (user
+ * space clears the flag): there the BPF allocator's own refills, kmallocs,
+ * would be traced allocations, each wanting an entry in turn.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1 << 20); /* user space may resize before load */
 	__type(key, __u64);           /* address */
 	__type(value, struct memleak_alloc);

@@ -1,15 +1,19 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * mmapfiles: successful mmaps counted by [grandparent dir, parent dir, file]
- * in a kernel map; user space reads and sorts it at each report.
+ * in a kernel map; user space reads and sorts it at each report. Both kinds of
+ * syscall tracepoint, classic and raw, have programs here (syscalls.bpf.h).
  */
-#include "common.bpf.h"
+#include "syscalls.bpf.h"
 #include "mmapfiles.h"
 
 #define MAP_ANONYMOUS 0x20
 #define MAX_ERRNO 4095
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* This architecture's number of mmap (syscalls.bpf.h). */
+const volatile long nr_mmap = -1;
 
 struct mmapfiles_call_args {
 	__s32 fd;
@@ -37,13 +41,12 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
-SEC("tp/syscalls/sys_enter_mmap")
-int mmapfiles_enter_mmap(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int enter_mmap(const struct memtrace_syscall_args *a)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct mmapfiles_call_args args = {
-		.flags = ctx->args[3],
-		.fd = ctx->args[4],
+		.flags = a->arg[3],
+		.fd = a->arg[4],
 	};
 
 	if (!memtrace_wanted())
@@ -53,8 +56,16 @@ int mmapfiles_enter_mmap(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-SEC("tp/syscalls/sys_exit_mmap")
-int mmapfiles_exit_mmap(struct trace_event_raw_sys_exit *ctx)
+SEC("tp/syscalls/sys_enter_mmap")
+int mmapfiles_enter_mmap(struct trace_event_raw_sys_enter *ctx)
+{
+	struct memtrace_syscall_args a;
+
+	memtrace_classic_syscall_args(ctx, &a);
+	return enter_mmap(&a);
+}
+
+static __always_inline int exit_mmap(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct mmapfiles_call_args *args;
@@ -64,7 +75,7 @@ int mmapfiles_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 	args = bpf_map_lookup_elem(&calls_in_flight, &id);
 	if (!args)
 		return 0;
-	if (ctx->ret < 0 && ctx->ret >= -MAX_ERRNO)
+	if (ret < 0 && ret >= -MAX_ERRNO)
 		goto out; /* failed: nothing was mapped */
 	key = bpf_map_lookup_elem(&key_scratch, &zero);
 	if (!key)
@@ -95,4 +106,31 @@ int mmapfiles_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 out:
 	bpf_map_delete_elem(&calls_in_flight, &id);
 	return 0;
+}
+
+SEC("tp/syscalls/sys_exit_mmap")
+int mmapfiles_exit_mmap(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_mmap(ctx->ret);
+}
+
+/* The raw tracepoints (syscalls.bpf.h), for mmap alone. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(mmapfiles_sys_enter, struct pt_regs *regs, long nr)
+{
+	struct memtrace_syscall_args a;
+
+	if (!memtrace_syscall_is(nr, nr_mmap) || !memtrace_native_syscall())
+		return 0;
+	memtrace_syscall_args(regs, &a);
+	return enter_mmap(&a);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(mmapfiles_sys_exit, struct pt_regs *regs, long ret)
+{
+	if (!memtrace_syscall_is(memtrace_exit_syscall_nr(regs), nr_mmap) ||
+	    !memtrace_native_syscall())
+		return 0;
+	return exit_mmap(ret);
 }

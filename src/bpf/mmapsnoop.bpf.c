@@ -3,14 +3,20 @@
  * mmapsnoop: every mmap (and with --munmap, munmap and mremap) as it returns.
  * The arguments are kept at sys_enter until sys_exit gives the result; the
  * file comes from the caller's fd table: syscall tracepoints need no kprobes,
- * which not every kernel has (CONFIG_KPROBES).
+ * which not every kernel has (CONFIG_KPROBES). Both kinds of syscall
+ * tracepoint, classic and raw, have programs here (syscalls.bpf.h).
  */
-#include "common.bpf.h"
+#include "syscalls.bpf.h"
 #include "mmapsnoop.h"
 
 #define MAP_ANONYMOUS 0x20
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* This architecture's numbers of the calls traced (syscalls.bpf.h); -1: not traced. */
+const volatile long nr_mmap = -1;
+const volatile long nr_munmap = -1;
+const volatile long nr_mremap = -1;
 
 struct mmapsnoop_call_args {
 	__u64 addr;
@@ -40,7 +46,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 * 1024 * 1024); /* user space may resize before load */
+	__uint(max_entries, 8 * 1024 * 1024); /* user space may resize before load */
 } events SEC(".maps");
 
 static __always_inline int remember_call(struct mmapsnoop_call_args *args)
@@ -54,7 +60,7 @@ static __always_inline int remember_call(struct mmapsnoop_call_args *args)
 	return 0;
 }
 
-/* with_file is a constant at each call: munmap's and mremap's programs carry no path walk */
+/* with_file: a constant in each classic program, so munmap's and mremap's carry no path walk */
 static __always_inline int report_call(long ret, bool with_file)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -106,49 +112,54 @@ out:
 	return 0;
 }
 
+/* The call's arguments kept until it returns (call: which call, an enum mmapsnoop_call). */
+static __always_inline int enter_call(const struct memtrace_syscall_args *a, enum mmapsnoop_call call)
+{
+	struct mmapsnoop_call_args args = {
+		.addr = a->arg[0],
+		.len = a->arg[1],
+		.fd = -1,
+		.call = call,
+	};
+
+	if (call == MMAPSNOOP_MMAP) {
+		args.prot = a->arg[2];
+		args.flags = a->arg[3];
+		args.fd = a->arg[4];
+		args.offset = a->arg[5];
+	} else if (call == MMAPSNOOP_MREMAP) {
+		args.new_len = a->arg[2];
+		args.flags = a->arg[3];
+		args.new_addr = a->arg[4];
+	}
+	return remember_call(&args);
+}
+
 SEC("tp/syscalls/sys_enter_mmap")
 int mmapsnoop_enter_mmap(struct trace_event_raw_sys_enter *ctx)
 {
-	struct mmapsnoop_call_args args = {
-		.addr = ctx->args[0],
-		.len = ctx->args[1],
-		.prot = ctx->args[2],
-		.flags = ctx->args[3],
-		.fd = ctx->args[4],
-		.offset = ctx->args[5],
-		.call = MMAPSNOOP_MMAP,
-	};
+	struct memtrace_syscall_args a;
 
-	return remember_call(&args);
+	memtrace_classic_syscall_args(ctx, &a);
+	return enter_call(&a, MMAPSNOOP_MMAP);
 }
 
 SEC("tp/syscalls/sys_enter_munmap")
 int mmapsnoop_enter_munmap(struct trace_event_raw_sys_enter *ctx)
 {
-	struct mmapsnoop_call_args args = {
-		.addr = ctx->args[0],
-		.len = ctx->args[1],
-		.fd = -1,
-		.call = MMAPSNOOP_MUNMAP,
-	};
+	struct memtrace_syscall_args a;
 
-	return remember_call(&args);
+	memtrace_classic_syscall_args(ctx, &a);
+	return enter_call(&a, MMAPSNOOP_MUNMAP);
 }
 
 SEC("tp/syscalls/sys_enter_mremap")
 int mmapsnoop_enter_mremap(struct trace_event_raw_sys_enter *ctx)
 {
-	struct mmapsnoop_call_args args = {
-		.addr = ctx->args[0],
-		.len = ctx->args[1],
-		.new_len = ctx->args[2],
-		.flags = ctx->args[3],
-		.new_addr = ctx->args[4],
-		.fd = -1,
-		.call = MMAPSNOOP_MREMAP,
-	};
+	struct memtrace_syscall_args a;
 
-	return remember_call(&args);
+	memtrace_classic_syscall_args(ctx, &a);
+	return enter_call(&a, MMAPSNOOP_MREMAP);
 }
 
 /* One exit program per call: each only finds calls its own enter stored. */
@@ -168,4 +179,38 @@ SEC("tp/syscalls/sys_exit_mremap")
 int mmapsnoop_exit_mremap(struct trace_event_raw_sys_exit *ctx)
 {
 	return report_call(ctx->ret, false);
+}
+
+/* The raw tracepoints (syscalls.bpf.h): the calls above, told apart by number. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(mmapsnoop_sys_enter, struct pt_regs *regs, long nr)
+{
+	struct memtrace_syscall_args a;
+	enum mmapsnoop_call call;
+
+	if (memtrace_syscall_is(nr, nr_mmap))
+		call = MMAPSNOOP_MMAP;
+	else if (memtrace_syscall_is(nr, nr_munmap))
+		call = MMAPSNOOP_MUNMAP;
+	else if (memtrace_syscall_is(nr, nr_mremap))
+		call = MMAPSNOOP_MREMAP;
+	else
+		return 0;
+	if (!memtrace_native_syscall())
+		return 0;
+	memtrace_syscall_args(regs, &a);
+	return enter_call(&a, call);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(mmapsnoop_sys_exit, struct pt_regs *regs, long ret)
+{
+	long nr = memtrace_exit_syscall_nr(regs);
+
+	if (!memtrace_syscall_is(nr, nr_mmap) && !memtrace_syscall_is(nr, nr_munmap) &&
+	    !memtrace_syscall_is(nr, nr_mremap))
+		return 0;
+	if (!memtrace_native_syscall())
+		return 0;
+	return report_call(ret, memtrace_syscall_is(nr, nr_mmap));
 }

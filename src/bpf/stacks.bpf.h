@@ -11,8 +11,15 @@
 
 #include "common.bpf.h"
 
+/*
+ * Not preallocated: 16384 stacks of 1 KiB made up front took the kernel
+ * ~3 ms of each start; a stack's entry is allocated when it is first seen.
+ * memleak's kernel mode preallocates it (see its allocs map), and so does
+ * faults before 6.1, where perf_event programs need preallocated hash maps.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384); /* user space may resize before load */
 	__type(key, __s64);
 	__type(value, struct memtrace_stack);

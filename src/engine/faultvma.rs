@@ -81,7 +81,7 @@ impl<'obj> FaultEngine<'obj> {
     /// image, kind and file) and attaches it.
     pub fn load(
         storage: &'obj mut MaybeUninit<OpenObject>,
-        trace: &Trace,
+        trace: &mut Trace,
         only: Only,
         max_slots: u32,
     ) -> Result<FaultEngine<'obj>> {
@@ -118,8 +118,7 @@ impl<'obj> FaultEngine<'obj> {
             },
         )?;
         // swap-ins are major faults: minor ones are not even looked at
-        let minor = (only != Only::Swap).then_some(&skel.progs.faultvma_minor);
-        let links = perf::attach_fault_programs(minor, &skel.progs.faultvma_major)?;
+        let links = perf::attach_fault_program(&skel.progs.faultvma_fault, only != Only::Swap)?;
         let slots = Slots::new(skel.object())?;
         Ok(FaultEngine {
             skel,

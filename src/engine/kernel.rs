@@ -2,12 +2,15 @@
 //! before any BPF is loaded so that each failure is one clear line:
 //! privileges, BTF, tracefs, the tracepoints programs attach to.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::btf::{types, Btf};
 use libbpf_rs::OpenObject;
+
+use crate::engine::btf_tracepoints;
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -113,7 +116,7 @@ fn ensure_tracefs() -> Result<PathBuf> {
 }
 
 /// A classic tracepoint named by a program's section: `tp/syscalls/sys_enter_mmap`.
-fn tracepoint_of_section(section: &str) -> Option<(&str, &str)> {
+pub fn tracepoint_of_section(section: &str) -> Option<(&str, &str)> {
     let rest = section
         .strip_prefix("tp/")
         .or_else(|| section.strip_prefix("tracepoint/"))?;
@@ -134,29 +137,39 @@ fn check_tracepoints(root: &Path, tracepoints: &[(String, String)]) -> Result<()
 }
 
 thread_local! {
-    /// The kernel's BTF, parsed once however many checks a tool makes.
-    static VMLINUX_BTF: std::cell::OnceCell<Btf<'static>> = const { std::cell::OnceCell::new() };
+    /// The kernel's BTF tracepoints, read once however many checks a tool makes.
+    static BTF_TRACEPOINTS: std::cell::OnceCell<HashSet<String>> = const { std::cell::OnceCell::new() };
 }
 
-fn with_vmlinux_btf<T>(f: impl FnOnce(&Btf<'static>) -> T) -> Result<T> {
-    VMLINUX_BTF.with(|cell| {
-        if let Some(btf) = cell.get() {
-            return Ok(f(btf));
+/// The kernel's BTF tracepoints: read from its raw BTF (btf_tracepoints.rs),
+/// or where that can't be done, from the BTF parsed whole.
+fn with_btf_tracepoints<T>(f: impl FnOnce(&HashSet<String>) -> T) -> Result<T> {
+    BTF_TRACEPOINTS.with(|cell| {
+        if let Some(tracepoints) = cell.get() {
+            return Ok(f(tracepoints));
         }
-        let btf = Btf::from_vmlinux().context("reading the kernel's BTF")?;
-        Ok(f(cell.get_or_init(|| btf)))
+        let tracepoints = match btf_tracepoints::of_running_kernel() {
+            Some(tracepoints) => tracepoints,
+            None => tracepoints_of_btf(&Btf::from_vmlinux().context("reading the kernel's BTF")?),
+        };
+        Ok(f(cell.get_or_init(|| tracepoints)))
     })
+}
+
+/// The names of the `btf_trace_NAME` typedefs of parsed BTF, without the prefix.
+fn tracepoints_of_btf(btf: &Btf) -> HashSet<String> {
+    btf.type_by_kind::<types::Typedef>()
+        .filter_map(|typedef| {
+            let name = typedef.name()?.to_str()?;
+            Some(name.strip_prefix("btf_trace_")?.to_string())
+        })
+        .collect()
 }
 
 /// Whether the kernel has the BTF tracepoint `name` (a `tp_btf/` target):
 /// the kernel's BTF then has the typedef btf_trace_NAME.
 fn btf_tracepoint_exists(name: &str) -> Result<bool> {
-    with_vmlinux_btf(|btf| has_btf_tracepoint(btf, name))
-}
-
-fn has_btf_tracepoint(btf: &Btf, name: &str) -> bool {
-    btf.type_by_name::<types::Typedef>(&format!("btf_trace_{name}"))
-        .is_some()
+    with_btf_tracepoints(|tracepoints| tracepoints.contains(name))
 }
 
 /// Whether the kernel has what a program with this section attaches to: a
@@ -173,6 +186,21 @@ pub fn can_attach(section: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// The perf id of a classic tracepoint (tracefs mounted if need be), as
+/// perf_event_open(2) takes it.
+pub fn tracepoint_id(category: &str, name: &str) -> Result<u64> {
+    let path = ensure_tracefs()?
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("id");
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("reading the id of tracepoint {category}:{name}"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("the id of tracepoint {category}:{name} is not a number"))
+}
+
 /// After the tool chose its programs: mounts tracefs if a classic tracepoint
 /// needs it, and checks that each tracepoint to attach exists, so a missing
 /// one is named instead of failing the load.
@@ -187,10 +215,10 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
         .filter_map(|s| s.strip_prefix("tp_btf/"))
         .collect();
     if !btf_tracepoints.is_empty() {
-        let missing = with_vmlinux_btf(|btf| {
+        let missing = with_btf_tracepoints(|tracepoints| {
             btf_tracepoints
                 .iter()
-                .find(|name| !has_btf_tracepoint(btf, name))
+                .find(|name| !tracepoints.contains(**name))
                 .copied()
         })?;
         if let Some(missing) = missing {
@@ -210,6 +238,21 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
     check_tracepoints(&root, &tracepoints)
 }
 
+/// Whether the running kernel's release is `major.minor` or later (from
+/// /proc/sys/kernel/osrelease; an unreadable one counts as older).
+pub fn release_at_least(major: u32, minor: u32) -> bool {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .and_then(|release| parse_release(&release))
+        .is_some_and(|running| running >= (major, minor))
+}
+
+/// `6.12.48+deb13-amd64` -> (6, 12).
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// The size of a page, in bytes.
 pub fn page_size() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
@@ -220,6 +263,14 @@ pub fn page_size() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn releases_are_read_as_major_and_minor() {
+        assert_eq!(super::parse_release("6.12.48+deb13-amd64\n"), Some((6, 12)));
+        assert_eq!(super::parse_release("5.10.0-35-amd64"), Some((5, 10)));
+        assert_eq!(super::parse_release("6.1"), Some((6, 1)));
+        assert_eq!(super::parse_release("garbage"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -4,7 +4,8 @@
 //! preflight (privileges, BTF) -> the target (`-p` checked, `-- COMMAND`
 //! started held) -> open -> the filter's globals -> the tool's globals, map
 //! sizes and programs -> the kernel probed for what the chosen programs need,
-//! alternatives chosen -> load -> the pid set filled -> attach.
+//! alternatives chosen -> load -> the pid set filled -> attach (a tool's
+//! system call programs through engine/syscalls.rs).
 //!
 //! Probing the kernel and choosing programs lives here: a tool states which
 //! programs can do a job (`Choice`), cheapest first, and what is lost without
@@ -14,12 +15,13 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, Object, OpenMapMut, OpenObject, PrintLevel};
+use libbpf_rs::{MapCore, MapFlags, Object, OpenMapMut, OpenObject, OpenProgramMut, PrintLevel};
 
 use crate::cli::CommonArgs;
 use crate::engine::kernel;
 use crate::engine::maps::map_named;
 use crate::engine::skeleton::{Filter, OpenSkeleton};
+use crate::engine::syscalls::{self, SyscallHooks, SyscallPrograms};
 use crate::engine::target::Target;
 
 pub const LOAD_FAILED: &str =
@@ -38,6 +40,8 @@ pub struct Trace {
     pub target: Target,
     /// The tool may add a thread or user filter before `load`.
     pub filter: Filter,
+    /// The tool's system call programs, once `load` attached them.
+    pub syscalls: Option<SyscallHooks>,
 }
 
 impl Trace {
@@ -57,6 +61,7 @@ impl Trace {
             json: common.json,
             target,
             filter,
+            syscalls: None,
         })
     }
 }
@@ -97,6 +102,9 @@ pub enum Without {
 pub struct Programs {
     switches: Vec<(&'static str, bool)>,
     choices: Vec<Choice>,
+    syscalls: Option<SyscallPrograms>,
+    /// Whether the raw system call programs are used (decided in apply).
+    raw_syscalls: bool,
 }
 
 impl Programs {
@@ -112,9 +120,28 @@ impl Programs {
         self
     }
 
-    fn apply(&self, trace: &Trace, object: &mut OpenObject) -> Result<()> {
+    /// The programs that see the tool's system calls, both kinds: the loader
+    /// attaches them through engine/syscalls.rs, which says which and when.
+    pub fn syscalls(&mut self, programs: SyscallPrograms) -> &mut Self {
+        self.syscalls = Some(programs);
+        self
+    }
+
+    fn apply(&mut self, trace: &Trace, object: &mut OpenObject) -> Result<()> {
         for &(name, on) in &self.switches {
             set_autoload(object, name, on)?;
+        }
+        if let Some(syscalls) = &self.syscalls {
+            self.raw_syscalls = syscalls::raw_usable()?;
+            // loaded and attached here: never by the skeleton's attach
+            for &name in &syscalls.classic {
+                set_autoload(object, name, true)?;
+                set_autoattach(object, name, false)?;
+            }
+            for &name in &syscalls.raw {
+                set_autoload(object, name, self.raw_syscalls)?;
+                set_autoattach(object, name, false)?;
+            }
         }
         for choice in &self.choices {
             let mut chosen = None;
@@ -151,12 +178,20 @@ fn section_of(object: &OpenObject, name: &str) -> Result<String> {
         .with_context(|| format!("BPF program {name} not found"))
 }
 
-fn set_autoload(object: &mut OpenObject, name: &str, on: bool) -> Result<()> {
-    let mut prog = object
+fn program_mut<'a>(object: &'a mut OpenObject, name: &str) -> Result<OpenProgramMut<'a>> {
+    object
         .progs_mut()
         .find(|p| p.name() == name)
-        .with_context(|| format!("BPF program {name} not found"))?;
-    prog.set_autoload(on);
+        .with_context(|| format!("BPF program {name} not found"))
+}
+
+fn set_autoload(object: &mut OpenObject, name: &str, on: bool) -> Result<()> {
+    program_mut(object, name)?.set_autoload(on);
+    Ok(())
+}
+
+fn set_autoattach(object: &mut OpenObject, name: &str, on: bool) -> Result<()> {
+    program_mut(object, name)?.set_autoattach(on);
     Ok(())
 }
 
@@ -164,11 +199,12 @@ fn set_autoload(object: &mut OpenObject, name: &str, on: bool) -> Result<()> {
 /// the tool's read-only globals and map sizes on the open skeleton and says
 /// which of its programs to load; the rest is the same for every tool.
 /// Programs libbpf can't attach by section (perf events, uprobes) are the
-/// tool's to attach afterwards, before its session starts.
+/// tool's to attach afterwards, before its session starts. The system call
+/// programs (Programs::syscalls) go into `trace.syscalls`.
 pub fn load<'obj, B>(
     builder: B,
     storage: &'obj mut MaybeUninit<OpenObject>,
-    trace: &Trace,
+    trace: &mut Trace,
     configure: impl FnOnce(&mut B::Output, &mut Programs) -> Result<()>,
 ) -> Result<<B::Output as OpenSkel<'obj>>::Output>
 where
@@ -187,6 +223,17 @@ where
     let mut skel = open.load().context(LOAD_FAILED)?;
     fill_traced_tgids(skel.object(), &trace.target)?;
     skel.attach().context(ATTACH_FAILED)?;
+    if let Some(syscalls) = &programs.syscalls {
+        let hooks = SyscallHooks::attach(
+            trace.tool,
+            trace.verbose,
+            skel.object(),
+            syscalls,
+            programs.raw_syscalls,
+        )
+        .context(ATTACH_FAILED)?;
+        trace.syscalls = Some(hooks);
+    }
     Ok(skel)
 }
 
@@ -208,6 +255,14 @@ fn fill_traced_tgids(object: &Object, target: &Target) -> Result<()> {
 pub fn set_entries(map: &mut OpenMapMut<'_>, entries: u32) -> Result<()> {
     map.set_max_entries(entries.max(1))
         .with_context(|| format!("sizing the BPF map {}", map.name().to_string_lossy()))
+}
+
+/// Makes a hash map that the BPF side declares with BPF_F_NO_PREALLOC
+/// preallocated after all, between open and load.
+pub fn preallocate(map: &mut OpenMapMut<'_>) -> Result<()> {
+    let flags = map.map_flags() & !libbpf_sys::BPF_F_NO_PREALLOC;
+    map.set_map_flags(flags)
+        .with_context(|| format!("preallocating the BPF map {}", map.name().to_string_lossy()))
 }
 
 /// Sizes a ring buffer for --buffer-size MIB (see ring_buffer_bytes); its bytes.

@@ -1,9 +1,12 @@
 //! The tracing engine every BPF tool runs on: the skeleton loader (preflight,
 //! kernel probing, program choice), the trace session (poll, signals,
 //! `-d`, `-i`, the target's end), targets (`-p`, `-- COMMAND`), reading
-//! maps and records, drop accounting, perf events, and the fault -> VMA
-//! engine four tools share. It may use analysis and present, never tools.
+//! maps and records, drop accounting, perf events, system call tracepoints,
+//! and the fault -> VMA engine four tools share. It may use analysis and
+//! present, never tools.
 
+pub mod btf_tracepoints;
+pub mod detach;
 pub mod drops;
 pub mod faultvma;
 pub mod kernel;
@@ -15,4 +18,5 @@ pub mod session;
 pub mod signals;
 pub mod skeleton;
 pub mod stream;
+pub mod syscalls;
 pub mod target;

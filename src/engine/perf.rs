@@ -4,7 +4,9 @@
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::{Link, ProgramMut};
+use libbpf_rs::{Link, PerfEventOpts, ProgramMut};
+
+use crate::engine::skeleton::FaultKind;
 
 const PAGE_FAULTS_MIN: u64 = libbpf_sys::PERF_COUNT_SW_PAGE_FAULTS_MIN as u64;
 const PAGE_FAULTS_MAJ: u64 = libbpf_sys::PERF_COUNT_SW_PAGE_FAULTS_MAJ as u64;
@@ -57,14 +59,24 @@ fn open_software_event(config: u64, cpu: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Attaches `prog` to software event `config` on every online CPU.
-fn attach_software_event(prog: &ProgramMut<'_>, config: u64, name: &str) -> Result<Vec<Link>> {
+/// Attaches `prog` to software event `config` on every online CPU, with
+/// `cookie` (bpf_get_attach_cookie()).
+fn attach_software_event(
+    prog: &ProgramMut<'_>,
+    config: u64,
+    cookie: u64,
+    name: &str,
+) -> Result<Vec<Link>> {
     let mut links = Vec::new();
     for cpu in online_cpus()? {
         let fd = open_software_event(config, cpu)
             .with_context(|| format!("opening the {name} perf event on CPU {cpu}"))?;
         let raw = fd.into_raw_fd();
-        match prog.attach_perf_event(raw) {
+        let opts = PerfEventOpts {
+            cookie,
+            ..Default::default()
+        };
+        match prog.attach_perf_event_with_opts(raw, opts) {
             // the link owns the descriptor from here on and closes it
             Ok(link) => links.push(link),
             Err(err) => {
@@ -78,18 +90,20 @@ fn attach_software_event(prog: &ProgramMut<'_>, config: u64, name: &str) -> Resu
     Ok(links)
 }
 
-/// Attaches a major-fault program, and a minor-fault one if given, on every online CPU.
-pub fn attach_fault_programs(
-    minor: Option<&ProgramMut<'_>>,
-    major: &ProgramMut<'_>,
-) -> Result<Vec<Link>> {
-    let mut links = match minor {
-        Some(minor) => attach_software_event(minor, PAGE_FAULTS_MIN, "page-faults-min")?,
-        None => Vec::new(),
-    };
+/// Attaches a fault program to the major-fault events, and to the minor-fault
+/// ones if `minor`, on every online CPU; its attach cookie is the event's
+/// enum memtrace_fault_kind.
+pub fn attach_fault_program(prog: &ProgramMut<'_>, minor: bool) -> Result<Vec<Link>> {
+    let mut links = Vec::new();
+    if minor {
+        let kind = u64::from(FaultKind::MEMTRACE_FAULT_MINOR.0);
+        links = attach_software_event(prog, PAGE_FAULTS_MIN, kind, "page-faults-min")?;
+    }
+    let kind = u64::from(FaultKind::MEMTRACE_FAULT_MAJOR.0);
     links.extend(attach_software_event(
-        major,
+        prog,
         PAGE_FAULTS_MAJ,
+        kind,
         "page-faults-maj",
     )?);
     Ok(links)

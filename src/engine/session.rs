@@ -10,6 +10,7 @@ use libbpf_rs::RingBuffer;
 
 use crate::engine::loader::Trace;
 use crate::engine::signals;
+use crate::engine::syscalls::SyscallHooks;
 use crate::engine::target::Target;
 
 /// Why a trace ended.
@@ -34,6 +35,9 @@ const TERMINATED: i32 = 128 + libc::SIGTERM;
 
 pub struct Session {
     target: Target,
+    /// The tool's system call programs: moved to the classic ones as the
+    /// trace goes on, detached as it ends (see engine/syscalls.rs).
+    syscalls: Option<SyscallHooks>,
     deadline: Option<Instant>,
     interval: Option<Duration>,
     /// Stop after this many interval reports.
@@ -55,6 +59,7 @@ impl Session {
     pub fn start(trace: Trace, interval: Option<Duration>, what: &str) -> Result<Session> {
         let duration = trace.duration;
         signals::install_handlers()?;
+        let syscalls = trace.syscalls;
         let mut target = trace.target;
         let start_ns = monotonic_ns();
         let how_to_end = match &target {
@@ -70,6 +75,7 @@ impl Session {
         crate::say!("Tracing {what}... {how_to_end}.");
         Ok(Session {
             target,
+            syscalls,
             // None (no deadline) only past the end of time: -d is at most cli::MAX_SECONDS
             deadline: duration.and_then(|d| Instant::now().checked_add(d)),
             interval,
@@ -93,6 +99,9 @@ impl Session {
             let now = Instant::now();
             if let Some(stop) = self.stop_condition(now, &mut next_target_check) {
                 break stop;
+            }
+            if let Some(syscalls) = &mut self.syscalls {
+                syscalls.tick(now);
             }
             if let Some(at) = next_interval.filter(|&at| now >= at) {
                 // a report sees every record delivered before it (an
@@ -129,6 +138,10 @@ impl Session {
         if let Some(ring) = ring {
             let _ = ring.consume_raw();
             after_batch()?;
+        }
+        // Detached while the tool reports; the session's drop waits for it.
+        if let Some(syscalls) = &mut self.syscalls {
+            syscalls.detach();
         }
         if stop == Stop::TargetsExited {
             crate::say!("memtrace: the traced process exited; ending the trace.");

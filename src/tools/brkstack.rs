@@ -24,6 +24,7 @@ use crate::engine::maps::percpu_sums;
 use crate::engine::records::add_exit_mappings;
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
+use crate::engine::syscalls::SyscallPrograms;
 use crate::present::escape::escape_c_chars;
 use crate::present::format::human_size;
 use crate::present::output::Output;
@@ -78,7 +79,7 @@ pub struct Args {
     pub weight: Weight,
 
     /// Ring buffer size in MiB (a power of two; a call takes 8 KiB): raise it if calls are lost
-    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = parse_ring_mib)]
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub buffer_size: u32,
 }
 
@@ -86,15 +87,21 @@ pub fn run(args: Args) -> Result<i32> {
     unwind::check_architecture()?;
     // reserved first: a path that can't be written fails before the trace
     let svg = OutputFile::reserve_if_given("--svg", args.svg.as_deref())?;
-    let trace = Trace::prepare(&args.common)?;
+    let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         BrkstackSkelBuilder::default(),
         &mut storage,
-        &trace,
-        |open, _| {
+        &mut trace,
+        |open, programs| {
             let ring_bytes = loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;
-            open.rodata()?.ring_bytes = u64::from(ring_bytes);
+            let rodata = open.rodata()?;
+            rodata.ring_bytes = u64::from(ring_bytes);
+            rodata.nr_brk = libc::SYS_brk;
+            programs.syscalls(SyscallPrograms {
+                raw: ["brkstack_sys_enter", "brkstack_sys_exit"],
+                classic: vec!["brkstack_enter", "brkstack_exit"],
+            });
             Ok(())
         },
     )?;

@@ -77,7 +77,7 @@ pub fn run(args: Args) -> Result<i32> {
     let skel = loader::load(
         DrsnoopSkelBuilder::default(),
         &mut storage,
-        &trace,
+        &mut trace,
         |_, programs| {
             let direct = args.kind != Kind::Memcg;
             let memcg = args.kind != Kind::Direct;

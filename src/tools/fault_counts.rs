@@ -73,9 +73,9 @@ pub fn run(
     counting: Counting,
     mut footer: Option<Footer<'_>>,
 ) -> Result<i32> {
-    let trace = Trace::prepare(common)?;
+    let mut trace = Trace::prepare(common)?;
     let mut storage = MaybeUninit::uninit();
-    let engine = FaultEngine::load(&mut storage, &trace, counting.only, counts.max_entries)?;
+    let engine = FaultEngine::load(&mut storage, &mut trace, counting.only, counts.max_entries)?;
     let gone = engine.gone_ring()?;
     let engine = RefCell::new(engine);
     let totals = RefCell::new(Totals::new(counting.grouping));

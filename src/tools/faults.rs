@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{CommonArgs, ReportArgs};
 use crate::engine::drops::{self, LossWatch};
+use crate::engine::kernel;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{stored_stack, take_entries};
 use crate::engine::perf;
@@ -76,11 +77,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<i32> {
     // reserved first: a path that can't be written fails before the trace
     let svg = OutputFile::reserve_if_given("--svg", args.svg.as_deref())?;
-    let trace = Trace::prepare(&args.common)?;
+    let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
-    let skel = load(&mut storage, &trace, &args)?;
-    let _links =
-        perf::attach_fault_programs(Some(&skel.progs.faults_minor), &skel.progs.faults_major)?;
+    let skel = load(&mut storage, &mut trace, &args)?;
+    let _links = perf::attach_fault_program(&skel.progs.faults_fault, true)?;
 
     let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let mut builder = RingBufferBuilder::new();
@@ -141,12 +141,17 @@ const DROP_HINTS: &[(DropReason, &str)] = &[
 /// The skeleton with -K, and its maps sized.
 fn load<'obj>(
     storage: &'obj mut MaybeUninit<OpenObject>,
-    trace: &Trace,
+    trace: &mut Trace,
     args: &Args,
 ) -> Result<FaultsSkel<'obj>> {
     loader::load(FaultsSkelBuilder::default(), storage, trace, |open, _| {
         open.rodata()?.kernel_stacks = args.kernel_stack;
         loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
+        if !kernel::release_at_least(6, 1) {
+            // a perf_event program may use a hash map made as entries come
+            // only since 6.1 (the BPF memory allocator)
+            loader::preallocate(&mut open.maps.stack_store)?;
+        }
         loader::set_entries(&mut open.maps.counts, args.max_entries)
     })
 }

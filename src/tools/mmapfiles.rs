@@ -14,7 +14,8 @@ use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::take_counts;
 use crate::engine::session::{monotonic_ns, Session};
-use crate::engine::skeleton::DropReason;
+use crate::engine::skeleton::{DropReason, OpenSkeleton};
+use crate::engine::syscalls::SyscallPrograms;
 use crate::present::escape::escape_c_chars;
 use crate::present::format::wall_clock_hms;
 use crate::present::output::Output;
@@ -44,13 +45,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let trace = Trace::prepare(&args.common)?;
+    let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         MmapfilesSkelBuilder::default(),
         &mut storage,
-        &trace,
-        |open, _| loader::set_entries(&mut open.maps.counts, args.max_files),
+        &mut trace,
+        |open, programs| {
+            open.rodata()?.nr_mmap = libc::SYS_mmap;
+            programs.syscalls(SyscallPrograms {
+                raw: ["mmapfiles_sys_enter", "mmapfiles_sys_exit"],
+                classic: vec!["mmapfiles_enter_mmap", "mmapfiles_exit_mmap"],
+            });
+            loader::set_entries(&mut open.maps.counts, args.max_files)
+        },
     )?;
     let mut out = Output::new(args.common.json);
     let interval = args.report.interval;

@@ -12,7 +12,9 @@ use crate::cli::{parse_ring_mib, CommonArgs};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records::{self, FilePath};
+use crate::engine::skeleton::OpenSkeleton;
 use crate::engine::stream::{self, EventPrinter};
+use crate::engine::syscalls::SyscallPrograms;
 use crate::present::decode;
 use crate::present::escape::{escape_bytes, escape_c_chars};
 use crate::present::format::{elapsed_cell, human_size};
@@ -44,27 +46,40 @@ pub struct Args {
     pub munmap: bool,
 
     /// Ring buffer size in MiB, a power of two: raise it if events are lost
-    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub buffer_size: u32,
 }
 
+/// The classic programs of munmap and mremap, loaded with --munmap only.
+const MUNMAP_PROGRAMS: &[&str] = &[
+    "mmapsnoop_enter_munmap",
+    "mmapsnoop_exit_munmap",
+    "mmapsnoop_enter_mremap",
+    "mmapsnoop_exit_mremap",
+];
+
 pub fn run(args: Args) -> Result<i32> {
-    let trace = Trace::prepare(&args.common)?;
+    let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         MmapsnoopSkelBuilder::default(),
         &mut storage,
-        &trace,
+        &mut trace,
         |open, programs| {
-            programs.load_if(
-                args.munmap,
-                &[
-                    "mmapsnoop_enter_munmap",
-                    "mmapsnoop_exit_munmap",
-                    "mmapsnoop_enter_mremap",
-                    "mmapsnoop_exit_mremap",
-                ],
-            );
+            let rodata = open.rodata()?;
+            rodata.nr_mmap = libc::SYS_mmap;
+            let mut classic = vec!["mmapsnoop_enter_mmap", "mmapsnoop_exit_mmap"];
+            // munmap's and mremap's programs are not even loaded without --munmap
+            programs.load_if(args.munmap, MUNMAP_PROGRAMS);
+            if args.munmap {
+                rodata.nr_munmap = libc::SYS_munmap;
+                rodata.nr_mremap = libc::SYS_mremap;
+                classic.extend_from_slice(MUNMAP_PROGRAMS);
+            }
+            programs.syscalls(SyscallPrograms {
+                raw: ["mmapsnoop_sys_enter", "mmapsnoop_sys_exit"],
+                classic,
+            });
             loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;
             Ok(())
         },

@@ -42,12 +42,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let trace = Trace::prepare(&args.common)?;
+    let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         OomkillSkelBuilder::default(),
         &mut storage,
-        &trace,
+        &mut trace,
         |_, _| Ok(()),
     )?;
     let printer = KillPrinter {

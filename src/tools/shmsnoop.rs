@@ -13,7 +13,9 @@ use crate::cli::{parse_ring_mib, CommonArgs};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records;
+use crate::engine::skeleton::OpenSkeleton;
 use crate::engine::stream::{self, EventPrinter};
+use crate::engine::syscalls::SyscallPrograms;
 use crate::present::decode;
 use crate::present::escape::escape_c_chars;
 use crate::present::format::elapsed_cell;
@@ -54,8 +56,26 @@ pub fn run(args: Args) -> Result<i32> {
     let skel = loader::load(
         ShmsnoopSkelBuilder::default(),
         &mut storage,
-        &trace,
-        |open, _| {
+        &mut trace,
+        |open, programs| {
+            let rodata = open.rodata()?;
+            rodata.nr_shmget = libc::SYS_shmget;
+            rodata.nr_shmat = libc::SYS_shmat;
+            rodata.nr_shmdt = libc::SYS_shmdt;
+            rodata.nr_shmctl = libc::SYS_shmctl;
+            programs.syscalls(SyscallPrograms {
+                raw: ["shmsnoop_sys_enter", "shmsnoop_sys_exit"],
+                classic: vec![
+                    "shmsnoop_enter_shmget",
+                    "shmsnoop_exit_shmget",
+                    "shmsnoop_enter_shmat",
+                    "shmsnoop_exit_shmat",
+                    "shmsnoop_enter_shmdt",
+                    "shmsnoop_exit_shmdt",
+                    "shmsnoop_enter_shmctl",
+                    "shmsnoop_exit_shmctl",
+                ],
+            });
             loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;
             Ok(())
         },

@@ -58,12 +58,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let trace = Trace::prepare(&args.common)?;
+    let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         VmscanSkelBuilder::default(),
         &mut storage,
-        &trace,
+        &mut trace,
         |_, programs| {
             programs.choose(Choice {
                 job: "folios written by reclaim",

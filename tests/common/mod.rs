@@ -178,6 +178,18 @@ impl Finished {
         );
         self
     }
+
+    /// Asserts that `-v` said the trace moved from the raw system call
+    /// tracepoints to the per-call ones (engine/syscalls.rs).
+    pub fn assert_moved_to_per_call_tracepoints(&self) -> &Self {
+        assert!(
+            self.stderr
+                .contains("system calls: moved to the per-call tracepoints"),
+            "{}",
+            self.stderr
+        );
+        self
+    }
 }
 
 fn collect<R: Read + Send + 'static>(stream: R) -> JoinHandle<String> {

@@ -8,16 +8,18 @@ mod report;
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use libbpf_rs::skel::Skel;
-use libbpf_rs::{OpenObject, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{MapCore, OpenObject, RingBuffer, RingBufferBuilder};
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_seconds, usage_error, CommonArgs};
+use crate::engine::detach;
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records::{self, add_exit_mappings, ready_symbolizer};
@@ -194,12 +196,11 @@ pub fn run(args: Args) -> Result<i32> {
         Target::All => -1,
     };
     let mut storage = MaybeUninit::uninit();
-    let skel = load(&mut storage, &trace, &args, kernel_mode)?;
-    let _link = match &allocator {
+    let skel = load(&mut storage, &mut trace, &args, kernel_mode)?;
+    let link = match &allocator {
         Some(allocator) => Some(allocator.attach(&skel.progs.memleak_call, pid)?),
         None => None,
     };
-
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
     let symbolizer = RefCell::new(StackSymbolizer::new(false));
@@ -225,6 +226,17 @@ pub fn run(args: Args) -> Result<i32> {
         || traced.borrow_mut().finish_batch(),
         || report(&mut out),
     )?;
+    // The trace is over. The uprobes' removal waits for the kernel (~20 ms),
+    // which a process of its own does after memtrace exits (engine::detach);
+    // until then they see no traced process, and count nothing more: the
+    // report sees the allocations as they stood at the end.
+    if let Some(link) = link {
+        for tgid in skel.maps.traced_tgids.keys() {
+            let _ = skel.maps.traced_tgids.delete(&tgid);
+        }
+        let copy = link.as_fd().try_clone_to_owned();
+        detach::close_after_exit(copy.into_iter().collect());
+    }
     if stop != Stop::Reports {
         report(&mut out)?;
     }
@@ -258,7 +270,7 @@ fn kernel_mode(args: &Args) -> Result<bool> {
 /// The skeleton with the options as its globals, the mode's programs, and its maps sized.
 fn load<'obj>(
     storage: &'obj mut MaybeUninit<OpenObject>,
-    trace: &Trace,
+    trace: &mut Trace,
     args: &Args,
     kernel_mode: bool,
 ) -> Result<MemleakSkel<'obj>> {
@@ -278,7 +290,14 @@ fn load<'obj>(
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
                 .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);
             loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
-            loader::set_entries(&mut open.maps.allocs, args.max_allocs)
+            loader::set_entries(&mut open.maps.allocs, args.max_allocs)?;
+            if kernel_mode {
+                // the BPF allocator's refills of maps made as entries come are
+                // kmallocs, which kernel mode would trace (see memleak.bpf.c)
+                loader::preallocate(&mut open.maps.stack_store)?;
+                loader::preallocate(&mut open.maps.allocs)?;
+            }
+            Ok(())
         },
     )
 }

@@ -29,6 +29,8 @@ def configs(memtrace, baseline):
         yield f"memtrace {tool}", [memtrace, tool]
         if baseline:
             yield f"baseline {tool}", [baseline, tool]
+    # user stacks walked with .eh_frame in the kernel, not frame pointers
+    yield "memtrace faults --unwind cfi", [memtrace, "faults", "--unwind", "cfi"]
     yield "bpftrace page_fault_user @[comm]", [
         "bpftrace", "-e",
         'BEGIN { printf("ready\\n"); } tracepoint:exceptions:page_fault_user { @[comm] = count(); }']

@@ -61,6 +61,8 @@ END {{ clear(@size); clear(@live); }}
     configs += [
         ("memleak", [args.memtrace, "memleak", "--"] + storm),
         ("memleak -s 10", [args.memtrace, "memleak", "-s", "10", "--"] + storm),
+        # user stacks walked with .eh_frame in the kernel, not frame pointers
+        ("memleak --unwind cfi", [args.memtrace, "memleak", "--unwind", "cfi", "--"] + storm),
     ]
     if args.baseline:
         configs += [
@@ -78,7 +80,7 @@ END {{ clear(@size); clear(@live); }}
         print(f"{name:36} {med:8.3f} s  {med / base:7.1f}x untraced")
     if "bpftrace malloc/free bookkeeping" in times:
         bt = statistics.median(times["bpftrace malloc/free bookkeeping"])
-        for name in [n for n in times if n.endswith(("memleak", "memleak -s 10"))]:
+        for name in [n for n in times if "memleak" in n and "bookkeeping" not in n]:
             print(f"{name:36} {statistics.median(times[name]) / bt:5.2f}x bpftrace")
     binaries = [("memleak", args.memtrace)] + ([("baseline memleak", args.baseline)] if args.baseline else [])
     true_runs = {name: [] for name, _ in binaries}

@@ -14,8 +14,17 @@ use blazesym::MaybeDefault;
 use crate::analysis::debug_symbols::DebugSymbols;
 use crate::analysis::proc_maps;
 use crate::present::escape::escape_bytes;
+use crate::present::stack_report::TRUNCATED_FRAME;
 
-/// An executable file mapping of a process.
+/// Ends the addresses of a stack the unwinder could not follow to its
+/// outermost frame (engine::maps::stored_stack puts it); no user address is this.
+pub const TRUNCATED_IP: u64 = u64::MAX;
+
+/// The path a mapping of the kernel's vDSO has here (it has no file): its
+/// frames print as `0xOFFSET [vdso]`.
+pub const VDSO: &str = "[vdso]";
+
+/// An executable file mapping of a process (or its vDSO: VDSO).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
@@ -48,11 +57,16 @@ fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
         maps.into_iter()
             .filter(|m| m.executable())
             .filter_map(|m| {
+                let path = match m.path() {
+                    Some(path) => path.to_path_buf(),
+                    None if m.name == VDSO.as_bytes() => PathBuf::from(VDSO),
+                    None => return None,
+                };
                 Some(Mapping {
                     start: m.start,
                     end: m.end,
                     file_offset: m.offset,
-                    path: m.path()?.to_path_buf(),
+                    path,
                 })
             })
             .collect(),
@@ -60,6 +74,9 @@ fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
 }
 
 fn module_name(path: &Path) -> String {
+    if path == Path::new(VDSO) {
+        return "vdso".into();
+    }
     path.file_name()
         .map(|n| escape_bytes(n.as_encoded_bytes()))
         .unwrap_or_else(|| "?".into())
@@ -128,6 +145,9 @@ impl StackSymbolizer {
         };
         ips.iter()
             .map(|&ip| {
+                if ip == TRUNCATED_IP {
+                    return TRUNCATED_FRAME.to_string();
+                }
                 let Some(map) = maps.iter().find(|m| (m.start..m.end).contains(&ip)) else {
                     return format!("{ip:#x} [unknown]");
                 };
@@ -146,6 +166,9 @@ impl StackSymbolizer {
     /// installed (see analysis::debug_symbols), else through blazesym's own
     /// search, which loads DWARF.
     fn symbolize_offset(&mut self, path: &Path, offset: u64) -> Option<String> {
+        if path == Path::new(VDSO) {
+            return None; // no file to read its symbols from
+        }
         let debug_file = match self.with_source {
             true => None,
             false => self

@@ -50,24 +50,25 @@ struct UnwindObject {
     loads: LoadSegments,
 }
 
-fn file_range(range: Option<(u64, u64)>) -> Option<Range<usize>> {
-    let (offset, size) = range?;
-    Some(offset as usize..(offset + size) as usize)
+/// Where a section's bytes lie in its file, and its virtual address: what
+/// gimli needs to read .eh_frame and to resolve its pc-relative pointers.
+pub fn section_location(file: &object::File<'_>, name: &str) -> Option<(Range<usize>, u64)> {
+    let section = file.section_by_name(name)?;
+    let (offset, size) = section.file_range()?;
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(size).ok()?)?;
+    Some((start..end, section.address()))
 }
 
 impl UnwindObject {
     fn load(path: &Path) -> Option<UnwindObject> {
         let data = std::fs::read(path).ok()?;
         let file = object::File::parse(&*data).ok()?;
-        let eh_frame = file.section_by_name(".eh_frame")?;
-        let eh_frame_range = file_range(eh_frame.file_range())?;
-        let eh_frame_addr = eh_frame.address();
-        let eh_frame_hdr = file
-            .section_by_name(".eh_frame_hdr")
-            .and_then(|s| Some((file_range(s.file_range())?, s.address())));
+        let (eh_frame, eh_frame_addr) = section_location(&file, ".eh_frame")?;
+        let eh_frame_hdr = section_location(&file, ".eh_frame_hdr");
         let loads = LoadSegments::of(&file);
         Some(UnwindObject {
-            eh_frame: eh_frame_range,
+            eh_frame,
             eh_frame_addr,
             eh_frame_hdr,
             loads,
@@ -138,6 +139,14 @@ const MAX_MEMO: usize = 65536;
 /// (address space, ip, sp, bp) -> the words an unwinding read, and its result.
 type Memo = HashMap<(u32, u64, u64, u64), Vec<(Vec<(u64, u64)>, Vec<u64>)>>;
 
+/// What one unwinding found: the return addresses (leaf first), each stack
+/// word read on the way, and whether it reached the outermost frame.
+struct Unwound {
+    ips: Vec<u64>,
+    reads: Vec<(u64, u64)>,
+    whole: bool,
+}
+
 /// Unwinds stacks; keeps each file it has read, each rule it has found, and
 /// the stacks it has unwound.
 #[derive(Default)]
@@ -198,7 +207,7 @@ impl Unwinder {
                 return ips.clone();
             }
         }
-        let (ips, reads) = self.unwind_recording(regs, stack, locate);
+        let Unwound { ips, reads, .. } = self.unwind_recording(regs, stack, locate);
         if self.memo_entries >= MAX_MEMO {
             self.memo.clear();
             self.memo_entries = 0;
@@ -211,13 +220,26 @@ impl Unwinder {
         ips
     }
 
+    /// The return addresses of a stack, leaf first, as unwind_memo() finds
+    /// them (not remembered), and whether they reach the outermost frame (the
+    /// CFI says the return address is undefined, or it is zero).
+    pub fn unwind_whole(
+        &mut self,
+        regs: Registers,
+        stack: &[u8],
+        locate: impl FnMut(u64) -> Option<(PathBuf, u64)>,
+    ) -> (Vec<u64>, bool) {
+        let unwound = self.unwind_recording(regs, stack, locate);
+        (unwound.ips, unwound.whole)
+    }
+
     /// The unwound return addresses, and each stack word read on the way.
     fn unwind_recording(
         &mut self,
         regs: Registers,
         stack: &[u8],
         mut locate: impl FnMut(u64) -> Option<(PathBuf, u64)>,
-    ) -> (Vec<u64>, Vec<(u64, u64)>) {
+    ) -> Unwound {
         let reads = std::cell::RefCell::new(Vec::new());
         let read = |addr: u64| -> Option<u64> {
             let value = read_word(regs.sp, stack, addr);
@@ -231,6 +253,7 @@ impl Unwinder {
             mut bp,
         } = regs;
         let mut ips = vec![ip];
+        let mut whole = false;
         while ips.len() < MAX_FRAMES {
             // a return address points after the call: look up the call itself
             let lookup = if ips.len() == 1 { ip } else { ip - 1 };
@@ -246,7 +269,8 @@ impl Unwinder {
                     };
                     let cfa = base.wrapping_add_signed(rule.cfa_offset);
                     let RegisterRule::Offset(ra_at) = rule.ra else {
-                        break; // undefined: the outermost frame
+                        whole = true; // undefined: the outermost frame
+                        break;
                     };
                     let next_bp = match rule.rbp {
                         Some(RegisterRule::Offset(at)) => read(cfa.wrapping_add_signed(at)),
@@ -259,14 +283,22 @@ impl Unwinder {
             let (Some(next_ip), Some(next_bp)) = (next_ip, next_bp) else {
                 break;
             };
+            if next_ip == 0 {
+                whole = true; // a zero return address: the outermost frame
+                break;
+            }
             // the stack grows down: a caller's frame is above its callee's
-            if next_ip == 0 || next_sp <= sp {
+            if next_sp <= sp {
                 break;
             }
             (ip, sp, bp) = (next_ip, next_sp, next_bp);
             ips.push(ip);
         }
-        (ips, reads.into_inner())
+        Unwound {
+            ips,
+            reads: reads.into_inner(),
+            whole,
+        }
     }
 }
 
@@ -325,7 +357,7 @@ mod tests {
         assert!(ips.len() >= 3, "{ips:x?}");
         // the same stack again is recognised; one with a return address changed is not
         assert_eq!(unwinder.unwind_memo(1, regs, &stack, locate), ips);
-        let (_, reads) = unwinder.unwind_recording(regs, &stack, locate);
+        let reads = unwinder.unwind_recording(regs, &stack, locate).reads;
         // the word holding capture()'s return address (a saved rbp may be read first)
         let (ra_at, _) = *reads.iter().find(|&&(_, value)| value == ips[1]).unwrap();
         let mut changed = stack.clone();

@@ -72,9 +72,8 @@ static __always_inline int exit_brk(long ret)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct brkstack_event *e;
-	__u64 *old_brk, sp, top, len, avail;
+	__u64 *old_brk, sp, avail;
 	bool wake;
-	__u32 i;
 
 	old_brk = bpf_map_lookup_elem(&old_brks, &tid);
 	if (!old_brk)
@@ -102,28 +101,7 @@ static __always_inline int exit_brk(long ret)
 	e->ip = PT_REGS_IP_CORE(regs);
 	e->sp = sp = PT_REGS_SP_CORE(regs);
 	e->bp = PT_REGS_FP_CORE(regs);
-	/*
-	 * A read that crosses the top of the stack fails whole (and faults on the
-	 * way), so read up to the top where it is known: on the main thread the
-	 * environment strings end just under it. Elsewhere (a thread's stack) read
-	 * in chunks up to the first that fails.
-	 */
-	top = BPF_CORE_READ(task, mm, env_end);
-	len = top > sp && top - sp < BRKSTACK_STACK_BYTES ? top - sp : BRKSTACK_STACK_BYTES;
-	if (len > BRKSTACK_STACK_BYTES) /* for the verifier: it is not */
-		len = BRKSTACK_STACK_BYTES;
-	if (!bpf_probe_read_user(e->stack, len, (void *)sp)) {
-		e->stack_len = len;
-		i = BRKSTACK_CHUNKS;
-	} else {
-		i = 0;
-	}
-	for (; i < BRKSTACK_CHUNKS; i++) {
-		if (bpf_probe_read_user(&e->stack[i * BRKSTACK_CHUNK], BRKSTACK_CHUNK,
-					(void *)(sp + i * BRKSTACK_CHUNK)))
-			break;
-		e->stack_len = (i + 1) * BRKSTACK_CHUNK;
-	}
+	e->stack_len = memtrace_copy_user_stack(task, sp, e->stack);
 	/*
 	 * User space reads at its reports, not per call: wake it only as the
 	 * buffer crosses a quarter full. A wake-up is an IPI (a VM exit under

@@ -4,11 +4,6 @@
 
 #include "common.h"
 
-/* The top of the user stack copied with each call, for unwinding in user space. */
-#define BRKSTACK_CHUNK 512
-#define BRKSTACK_CHUNKS 16
-#define BRKSTACK_STACK_BYTES (BRKSTACK_CHUNK * BRKSTACK_CHUNKS)
-
 /* One brk(2) call as it returned, with what user space needs to unwind its stack. */
 struct brkstack_event {
 	__u64 time_ns;
@@ -22,7 +17,7 @@ struct brkstack_event {
 	__u32 stack_len; /* bytes of stack[] copied from sp up */
 	__u32 pad;
 	char comm[MEMTRACE_COMM_LEN];
-	__u8 stack[BRKSTACK_STACK_BYTES];
+	__u8 stack[MEMTRACE_STACK_COPY_BYTES]; /* the top of the user stack, for unwinding */
 };
 
 #endif

@@ -116,17 +116,51 @@ int BPF_PROG(memtrace_follow_fork, struct task_struct *parent, struct task_struc
 	return 0;
 }
 
+/* At sched_process_exit: whether `task` is its process's last thread
+ * (signal->live reaches 0 when the last thread of the group exits). */
+static __always_inline bool memtrace_process_ends(struct task_struct *task)
+{
+	return BPF_CORE_READ(task, signal, live.counter) == 0;
+}
+
 /* A traced process that is gone leaves the set, so a recycled pid is not traced. */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(memtrace_forget_exit, struct task_struct *task)
 {
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 
-	/* signal->live reaches 0 when the last thread of the group exits */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
-		return 0;
-	bpf_map_delete_elem(&traced_tgids, &tgid);
+	if (memtrace_process_ends(task))
+		bpf_map_delete_elem(&traced_tgids, &tgid);
 	return 0;
+}
+
+/*
+ * Copies the top of the current task's user stack, from sp up, into buf
+ * (MEMTRACE_STACK_COPY_BYTES); the bytes copied. A read that crosses the top
+ * of the stack fails whole (and faults on the way), so it reads up to the top
+ * where it is known: on the main thread the environment strings end just
+ * under it. Elsewhere (a thread's stack) it reads in chunks up to the first
+ * that fails.
+ */
+static __always_inline __u32 memtrace_copy_user_stack(struct task_struct *task, __u64 sp,
+						      __u8 *buf)
+{
+	__u64 top = BPF_CORE_READ(task, mm, env_end), len;
+	__u32 copied = 0, i;
+
+	len = top > sp && top - sp < MEMTRACE_STACK_COPY_BYTES ? top - sp :
+								   MEMTRACE_STACK_COPY_BYTES;
+	if (len > MEMTRACE_STACK_COPY_BYTES) /* for the verifier: it is not */
+		len = MEMTRACE_STACK_COPY_BYTES;
+	if (!bpf_probe_read_user(buf, len, (void *)sp))
+		return len;
+	for (i = 0; i < MEMTRACE_COPY_CHUNKS; i++) {
+		if (bpf_probe_read_user(&buf[i * MEMTRACE_COPY_CHUNK], MEMTRACE_COPY_CHUNK,
+					(void *)(sp + i * MEMTRACE_COPY_CHUNK)))
+			break;
+		copied = (i + 1) * MEMTRACE_COPY_CHUNK;
+	}
+	return copied;
 }
 
 /* The struct file behind descriptor fd of the current task, or NULL. */

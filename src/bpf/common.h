@@ -24,8 +24,22 @@ enum memtrace_fault_kind {
 /* A stack as stacks.bpf.h stores it: nr frames, innermost first. */
 #define MEMTRACE_STACK_DEPTH 127
 struct memtrace_stack {
-	__u64 nr;
+	__u32 nr;
+	__u32 flags; /* enum memtrace_stack_flag */
 	__u64 ips[MEMTRACE_STACK_DEPTH];
+};
+
+/* The top of a user stack copied for unwinding in user space (brkstack's
+ * events, unwind.bpf.h's deferred stacks): 16 chunks of 512 bytes. */
+#define MEMTRACE_COPY_CHUNK 512
+#define MEMTRACE_COPY_CHUNKS 16
+#define MEMTRACE_STACK_COPY_BYTES (MEMTRACE_COPY_CHUNK * MEMTRACE_COPY_CHUNKS)
+
+enum memtrace_stack_flag {
+	/* the unwinder stopped before the outermost frame (unwind.bpf.h) */
+	MEMTRACE_STACK_TRUNCATED = 0x1,
+	/* sent to user space to unwind, which replaces this entry (unwind.h) */
+	MEMTRACE_STACK_PENDING = 0x2,
 };
 
 /* A file path as the BPF side found it: components leaf first, each NUL-terminated. */

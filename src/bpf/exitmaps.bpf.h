@@ -84,8 +84,9 @@ int BPF_PROG(exitmaps_send_mappings, struct task_struct *exiting)
 	struct vm_area_struct *vma;
 	struct exitmaps_mapping *m;
 	__u32 tgid = BPF_CORE_READ(task, tgid), zero = 0;
+	__u64 vdso;
 
-	if (BPF_CORE_READ(task, signal, live.counter) != 0 ||
+	if (!memtrace_process_ends(task) ||
 	    !bpf_map_lookup_elem(&stack_owners, &tgid))
 		return 0;
 	bpf_map_delete_elem(&stack_owners, &tgid);
@@ -93,17 +94,28 @@ int BPF_PROG(exitmaps_send_mappings, struct task_struct *exiting)
 	if (!m)
 		return 0;
 	m->tgid = tgid;
+	vdso = (__u64)BPF_CORE_READ(task, mm, context.vdso);
 	bpf_for_each(task_vma, vma, task, 0) {
 		__u64 file = (__u64)BPF_CORE_READ(vma, vm_file);
 
-		if (!(BPF_CORE_READ(vma, vm_flags) & VM_EXEC) || !file)
+		if (!(BPF_CORE_READ(vma, vm_flags) & VM_EXEC))
 			continue;
 		m->start = BPF_CORE_READ(vma, vm_start);
 		m->end = BPF_CORE_READ(vma, vm_end);
 		m->file_offset = BPF_CORE_READ(vma, vm_pgoff) << PAGE_SHIFT;
-		exitmaps_send_mapping(m, file);
+		if (file) {
+			m->kind = EXITMAPS_FILE;
+			exitmaps_send_mapping(m, file);
+		} else if (m->start == vdso) {
+			/* stacks unwound through it have frames there */
+			m->kind = EXITMAPS_VDSO;
+			m->path_info.len = 0;
+			m->path_info.depth = 0;
+			exitmaps_send(m, offsetof(struct exitmaps_mapping, path));
+		}
 	}
 	/* the end of this process's list */
+	m->kind = EXITMAPS_FILE;
 	m->start = m->end = 0;
 	m->path_info.len = 0;
 	m->path_info.depth = 0;

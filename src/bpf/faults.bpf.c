@@ -5,7 +5,7 @@
  * book's faults.bt. exitmaps.bpf.h keeps exited processes symbolizable.
  */
 #include "exitmaps.bpf.h"
-#include "stacks.bpf.h"
+#include "unwind.bpf.h"
 #include "faults.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -30,7 +30,7 @@ static __always_inline int count_fault(struct bpf_perf_event_data *ctx, __u32 ki
 	if (!memtrace_wanted())
 		return 0;
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
-	key.user_stack = memtrace_stack(ctx, BPF_F_USER_STACK);
+	key.user_stack = memtrace_user_stack_of(ctx);
 	if (kernel_stacks)
 		key.kernel_stack = memtrace_stack(ctx, 0);
 

@@ -9,7 +9,7 @@
  * time and stack until freed; a running total by stack serves --combined-only.
  */
 #include "exitmaps.bpf.h"
-#include "stacks.bpf.h"
+#include "unwind.bpf.h"
 #include "memleak.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -125,7 +125,7 @@ static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size
 	struct memleak_alloc a = { .size = size, .time_ns = bpf_ktime_get_ns() };
 
 	a.tgid = bpf_get_current_pid_tgid() >> 32;
-	a.stack = memtrace_stack(ctx, BPF_F_USER_STACK);
+	a.stack = memtrace_user_stack_of(ctx);
 	/* --wa-missing-free: the allocator handed out this address again, so its
 	 * earlier allocation was freed by a path we did not see */
 	if (wa_missing_free)

@@ -33,31 +33,22 @@ struct {
 } stack_scratch SEC(".maps");
 
 /*
- * The key of the current stack (bpf_get_stack() flags: BPF_F_USER_STACK or 0
- * for the kernel's), stored in stack_store; a negative errno if there is no
- * stack (-EFAULT) or no room to keep it (-ENOSPC).
+ * Keeps a stack found in `s` in stack_store; its key, or -ENOSPC if there is
+ * no room to keep it.
  */
-static __always_inline __s64 memtrace_stack(void *ctx, __u64 flags)
+static __always_inline __s64 memtrace_keep_stack(struct memtrace_stack *s)
 {
-	struct memtrace_stack *s;
 	__u64 hash = 14695981039346656037ULL; /* FNV-1a */
-	__u32 zero = 0, n;
-	long len;
+	__u32 n = s->nr;
 
-	s = bpf_map_lookup_elem(&stack_scratch, &zero);
-	if (!s)
-		return -12; /* ENOMEM */
-	len = bpf_get_stack(ctx, s->ips, sizeof(s->ips), flags);
-	if (len <= 0)
-		return len < 0 ? len : -14; /* EFAULT: no frames */
-	n = len / sizeof(__u64);
-	s->nr = n;
 	for (int i = 0; i < MEMTRACE_STACK_DEPTH; i++) {
 		if (i >= n)
 			break;
 		hash ^= s->ips[i];
 		hash *= 1099511628211ULL;
 	}
+	hash ^= s->flags;
+	hash *= 1099511628211ULL;
 	hash &= 0x7fffffffffffffffULL; /* keys are positive; errors negative */
 	if (!hash)
 		hash = 1;
@@ -68,6 +59,36 @@ static __always_inline __s64 memtrace_stack(void *ctx, __u64 flags)
 		return -28; /* ENOSPC */
 	}
 	return hash;
+}
+
+/* This CPU's stack under construction. */
+static __always_inline struct memtrace_stack *memtrace_stack_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&stack_scratch, &zero);
+}
+
+/*
+ * The key of the current stack as the kernel walks it (bpf_get_stack() flags:
+ * BPF_F_USER_STACK, frame pointers, or 0 for the kernel's), stored in
+ * stack_store; a negative errno if there is no stack (-EFAULT) or no room to
+ * keep it (-ENOSPC). User stacks through code built without frame pointers
+ * want unwind.bpf.h instead.
+ */
+static __always_inline __s64 memtrace_stack(void *ctx, __u64 flags)
+{
+	struct memtrace_stack *s = memtrace_stack_scratch();
+	long len;
+
+	if (!s)
+		return -12; /* ENOMEM */
+	len = bpf_get_stack(ctx, s->ips, sizeof(s->ips), flags);
+	if (len <= 0)
+		return len < 0 ? len : -14; /* EFAULT: no frames */
+	s->nr = len / sizeof(__u64);
+	s->flags = 0;
+	return memtrace_keep_stack(s);
 }
 
 #endif

@@ -10,8 +10,9 @@ use std::sync::atomic::AtomicU64;
 use anyhow::{ensure, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, Object};
 
+use crate::analysis::symbolize::TRUNCATED_IP;
 use crate::engine::kernel::page_size;
-use crate::engine::skeleton::StackRecord;
+use crate::engine::skeleton::{StackFlag, StackRecord};
 
 /// A map of a loaded object, by name.
 pub fn map_named<'a>(object: &'a Object, name: &str) -> Result<libbpf_rs::Map<'a>> {
@@ -160,7 +161,8 @@ pub fn take_counts<K: plain::Plain + Default>(counts: &dyn MapCore) -> Result<Ve
 }
 
 /// The frames (innermost first) of the stack stacks.bpf.h keeps under `key`
-/// in a stack store; None for a negative key (an errno: no stack) or one not found.
+/// in a stack store, ending in TRUNCATED_IP if the unwinder stopped short;
+/// None for a negative key (an errno: no stack) or one not found.
 pub fn stored_stack(stacks: &dyn MapCore, key: i64) -> Option<Vec<u64>> {
     if key < 0 {
         return None;
@@ -169,7 +171,11 @@ pub fn stored_stack(stacks: &dyn MapCore, key: i64) -> Option<Vec<u64>> {
     let mut stack = StackRecord::default();
     plain::copy_from_bytes(&mut stack, &raw).ok()?;
     let frames = (stack.nr as usize).min(stack.ips.len());
-    Some(stack.ips[..frames].to_vec())
+    let mut ips = stack.ips[..frames].to_vec();
+    if stack.flags & StackFlag::MEMTRACE_STACK_TRUNCATED.0 != 0 {
+        ips.push(TRUNCATED_IP);
+    }
+    Some(ips)
 }
 
 /// An array map made with `BPF_F_MMAPABLE`, read and written through a
@@ -182,11 +188,22 @@ pub struct MappedArray<T> {
     /// Each value's place: its size rounded up to 8 bytes, as the kernel lays them out.
     stride: usize,
     entries: usize,
+    /// The values mapped (all, unless made by `window`), and the offset in
+    /// the array's memory where the mapping starts.
+    mapped: std::ops::Range<usize>,
+    mapped_from: usize,
     values: PhantomData<T>,
 }
 
 impl<T: plain::Plain + Copy> MappedArray<T> {
     pub fn new(map: &dyn MapCore) -> Result<MappedArray<T>> {
+        MappedArray::window(map, 0..map.max_entries() as usize)
+    }
+
+    /// Maps only the pages of the values in `values` (a few rows of a large
+    /// array: a mapped page counts in memtrace's RSS); others read as the
+    /// default and are not written.
+    pub fn window(map: &dyn MapCore, values: std::ops::Range<usize>) -> Result<MappedArray<T>> {
         let name = map.name().to_string_lossy().into_owned();
         let size = map.value_size() as usize;
         ensure!(
@@ -196,10 +213,14 @@ impl<T: plain::Plain + Copy> MappedArray<T> {
         );
         let stride = size.next_multiple_of(8);
         let entries = map.max_entries() as usize;
+        let values = values.start.min(entries)..values.end.min(entries);
         let page = page_size() as usize;
-        let bytes = (stride * entries).next_multiple_of(page).max(page);
+        let mapped_from = values.start * stride / page * page;
+        let bytes = (values.end * stride - mapped_from)
+            .next_multiple_of(page)
+            .max(page);
         // SAFETY: a new shared mapping of the map's fd, which the kernel checks
-        // (an array made mmapable, at most its size); the result is checked.
+        // (an array made mmapable, inside its size); the result is checked.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -207,7 +228,7 @@ impl<T: plain::Plain + Copy> MappedArray<T> {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.as_fd().as_raw_fd(),
-                0,
+                mapped_from as libc::off_t,
             )
         };
         if base == libc::MAP_FAILED {
@@ -220,6 +241,8 @@ impl<T: plain::Plain + Copy> MappedArray<T> {
             bytes,
             stride,
             entries,
+            mapped: values,
+            mapped_from,
             values: PhantomData,
         })
     }
@@ -228,11 +251,17 @@ impl<T: plain::Plain + Copy> MappedArray<T> {
         self.entries
     }
 
-    /// The value at `index`; None past the end.
+    /// The value at `index`; None outside the values mapped.
     fn at(&self, index: usize) -> Option<*mut T> {
-        // SAFETY: index < entries, so the offset is inside the mapping.
-        (index < self.entries)
-            .then(|| unsafe { self.base.as_ptr().add(index * self.stride) }.cast())
+        // SAFETY: a mapped value, so the offset is inside the mapping.
+        self.mapped.contains(&index).then(|| {
+            unsafe {
+                self.base
+                    .as_ptr()
+                    .add(index * self.stride - self.mapped_from)
+            }
+            .cast()
+        })
     }
 
     /// A copy of the value at `index` (the default past the end).

@@ -20,3 +20,4 @@ pub mod skeleton;
 pub mod stream;
 pub mod syscalls;
 pub mod target;
+pub mod unwind;

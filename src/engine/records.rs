@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use libbpf_rs::{MapCore, RingBuffer, RingBufferBuilder};
 
-use crate::analysis::symbolize::{Mapping, StackSymbolizer};
-use crate::engine::skeleton::{ExitMappingRecord, PathFlag};
+use crate::analysis::symbolize::{Mapping, StackSymbolizer, VDSO};
+use crate::engine::skeleton::{ExitMappingKind, ExitMappingRecord, PathFlag};
 
 /// A record of type `T` from a ring buffer. Records may carry only the used
 /// part of a trailing buffer (a path): the rest reads as zeros. No copy is
@@ -113,6 +113,15 @@ pub fn ready_symbolizer(
 /// executable file mappings (None on the record that ends its list).
 fn exit_mapping(data: &[u8]) -> (u32, Option<Mapping>) {
     let record: ExitMappingRecord = decode(data);
+    if record.kind == ExitMappingKind::EXITMAPS_VDSO.0 {
+        let mapping = Mapping {
+            start: record.start,
+            end: record.end,
+            file_offset: 0,
+            path: PathBuf::from(VDSO),
+        };
+        return (record.tgid, Some(mapping));
+    }
     let info = &record.path_info;
     let file = FilePath::from_bpf(
         &record.path,

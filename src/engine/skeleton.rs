@@ -12,15 +12,26 @@ use crate::engine::target::Target;
 crate::bpf_skeleton!(@generated shared, "shared");
 
 pub use shared::types::{
-    exitmaps_mapping as ExitMappingRecord, memtrace_drop_reason as DropReason,
-    memtrace_fault_kind as FaultKind, memtrace_path_flag as PathFlag,
-    memtrace_stack as StackRecord,
+    exitmaps_kind as ExitMappingKind, exitmaps_mapping as ExitMappingRecord,
+    memtrace_drop_reason as DropReason, memtrace_fault_kind as FaultKind,
+    memtrace_path_flag as PathFlag, memtrace_stack as StackRecord,
+    memtrace_stack_flag as StackFlag, unwind_cfa as UnwindCfa, unwind_deferred as UnwindDeferred,
+    unwind_mapping as UnwindMapping, unwind_object as UnwindObject,
+    unwind_process as UnwindProcess, unwind_rbp as UnwindRbp, unwind_row as UnwindRow,
 };
 
 // SAFETY: C structs of integers and byte arrays: every bit pattern is valid.
 unsafe impl plain::Plain for ExitMappingRecord {}
 // SAFETY: as above.
 unsafe impl plain::Plain for StackRecord {}
+// SAFETY: as above.
+unsafe impl plain::Plain for UnwindRow {}
+// SAFETY: as above.
+unsafe impl plain::Plain for UnwindDeferred {}
+// SAFETY: as above.
+unsafe impl plain::Plain for UnwindObject {}
+// SAFETY: as above.
+unsafe impl plain::Plain for UnwindProcess {}
 
 /// The filter options of common.bpf.h, computed from the shared arguments.
 pub struct Filter {

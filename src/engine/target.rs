@@ -64,6 +64,14 @@ impl Target {
         }
     }
 
+    /// The processes given with -p (a held command has not exec'd yet).
+    pub fn live_pids(&self) -> Vec<u32> {
+        match self {
+            Target::Pids(processes) => processes.iter().map(|p| p.pid).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn follows_forks(&self) -> bool {
         matches!(self, Target::Command(_))
     }

@@ -8,6 +8,10 @@ use crate::present::format::wall_clock_hms;
 use crate::present::output::Output;
 use crate::present::profile::{folded_line, FlameGraph};
 
+/// The frame that ends a user stack the unwinder could not follow to its
+/// outermost frame.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
+
 /// A row of a stack-counting tool: a stack and what was counted on it.
 pub trait StackRow {
     /// Frames outermost first, as folded lines and flame graphs show them
@@ -22,6 +26,18 @@ pub trait StackRow {
 
     /// The row in the text report.
     fn write_text(&self, out: &mut Output) -> Result<()>;
+
+    /// Whether its stack ends in TRUNCATED_FRAME.
+    fn truncated(&self) -> bool {
+        self.folded_frames().iter().any(|f| f == TRUNCATED_FRAME)
+    }
+}
+
+/// How much of what was counted sat on truncated stacks.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    truncated: u64,
+    total: u64,
 }
 
 /// How a stack-counting tool reports: --folded, -t/--top, --svg.
@@ -31,6 +47,9 @@ pub struct StackReport {
     flame: Option<FlameGraph>,
     /// The wall-clock time before each text report (-i, -T).
     clock: bool,
+    /// Over every report, and in the last one.
+    all_reports: Tally,
+    last_report: Tally,
 }
 
 impl StackReport {
@@ -40,6 +59,8 @@ impl StackReport {
             top,
             flame,
             clock: false,
+            all_reports: Tally::default(),
+            last_report: Tally::default(),
         }
     }
 
@@ -70,6 +91,14 @@ impl StackReport {
                 flame.add(row.folded_frames(), row.weight());
             }
         }
+        self.last_report = Tally::default();
+        for row in &rows {
+            let cut = if row.truncated() { row.weight() } else { 0 };
+            self.last_report.truncated += cut;
+            self.last_report.total += row.weight();
+        }
+        self.all_reports.truncated += self.last_report.truncated;
+        self.all_reports.total += self.last_report.total;
         rows.truncate(self.top.unwrap_or(usize::MAX));
         if out.is_json() {
             rows.iter().try_for_each(|row| row.write_json(out))?;
@@ -83,6 +112,26 @@ impl StackReport {
             rows.iter().try_for_each(|row| row.write_text(out))?;
         }
         out.flush()
+    }
+
+    /// At the end of the trace, on stderr: the share of what was counted
+    /// (`what`: "faults", "bytes outstanding") on truncated stacks, over
+    /// every report (`cumulative`: each report counts what came since the
+    /// last) or in the last one (each is the state then). Nothing if none.
+    pub fn say_truncated(&self, tool: &str, what: &str, cumulative: bool) {
+        let tally = if cumulative {
+            self.all_reports
+        } else {
+            self.last_report
+        };
+        if tally.truncated > 0 {
+            crate::say!(
+                "{tool}: {} of {} {what} ({:.2}%) on stacks the unwinder could not follow to their start (shown ending in {TRUNCATED_FRAME})",
+                tally.truncated,
+                tally.total,
+                100.0 * tally.truncated as f64 / tally.total as f64
+            );
+        }
     }
 
     /// At the end of the trace: the flame graph, if one was asked for.

@@ -23,6 +23,8 @@ use crate::engine::perf;
 use crate::engine::records::{add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
+use crate::engine::target::Target;
+use crate::engine::unwind::{self, Unwind, UserStacks, UNWIND_PROGRAMS};
 use crate::present::escape::escape_c_chars;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
@@ -69,6 +71,16 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub stack_storage_size: u32,
 
+    /// How user stacks are walked: fp (frame pointers), or cfi (each object's
+    /// .eh_frame: whole stacks through code built without frame pointers)
+    #[arg(long, value_enum, default_value_t = Unwind::Fp)]
+    pub unwind: Unwind,
+
+    /// Rows of unwind tables (from each object's .eh_frame) the kernel can
+    /// hold; raise it if memtrace says they found no room
+    #[arg(long, value_name = "N", default_value_t = unwind::DEFAULT_ROWS)]
+    pub unwind_rows: u32,
+
     /// Distinct (process, stack, kind) counts the kernel can hold
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub max_entries: u32,
@@ -81,12 +93,29 @@ pub fn run(args: Args) -> Result<i32> {
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args)?;
     let _links = perf::attach_fault_program(&skel.progs.faults_fault, true)?;
+    let user_stacks = UserStacks::start(skel.object(), &trace.target.live_pids(), args.unwind)?;
+    if let (Target::Command(cmd), true) = (&mut trace.target, user_stacks.is_on()) {
+        // The command execs, stopped under ptrace at each system call of its
+        // loader, so that each library's table is there before its code runs
+        // (its faults are counted meanwhile: the programs are attached).
+        let pid = cmd.pid.as_raw() as u32;
+        cmd.exec_until_mapped(|maps| {
+            user_stacks.set_mappings(pid, maps);
+            None::<()>
+        })?;
+    }
 
     let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let mut builder = RingBufferBuilder::new();
     add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
         symbolizer.borrow_mut().add_exited_mapping(pid, mapping)
     })?;
+    let maps = &skel.maps;
+    user_stacks.add_to(
+        &mut builder,
+        &maps.unwind_requests,
+        &maps.unwind_deferred_ring,
+    )?;
     let ring = builder.build().context("setting up the ring buffer")?;
 
     let mut out = Output::new(args.common.json);
@@ -106,17 +135,23 @@ pub fn run(args: Args) -> Result<i32> {
         watch.check(skel.object(), true)?;
         watch.end_interval();
         ready_symbolizer(&symbolizer, &ring, counts.iter().map(|(key, _)| key.tgid));
+        user_stacks.catch_up(&skel.maps.stack_store, &symbolizer);
         let mut symbolizer = symbolizer.borrow_mut();
         let rows = symbolize_rows(&mut symbolizer, &skel.maps.stack_store, &counts);
         stacks.print(out, rows)
     };
     let stop = session.run(
         Some(&ring),
-        || watch.borrow_mut().check(skel.object(), false),
+        || {
+            user_stacks.catch_up(&skel.maps.stack_store, &symbolizer);
+            watch.borrow_mut().check(skel.object(), false)
+        },
         || report(&mut out),
     )?;
     report(&mut out)?;
     drop(ring);
+    stacks.say_truncated(args.common.tool, "faults", true);
+    user_stacks.say_lost(args.common.tool);
     stacks.finish()?;
     drops::report(args.common.tool, skel.object(), DROP_HINTS)?;
     Ok(session.exit_code(stop))
@@ -144,16 +179,30 @@ fn load<'obj>(
     trace: &mut Trace,
     args: &Args,
 ) -> Result<FaultsSkel<'obj>> {
-    loader::load(FaultsSkelBuilder::default(), storage, trace, |open, _| {
-        open.rodata()?.kernel_stacks = args.kernel_stack;
-        loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
-        if !kernel::release_at_least(6, 1) {
-            // a perf_event program may use a hash map made as entries come
-            // only since 6.1 (the BPF memory allocator)
-            loader::preallocate(&mut open.maps.stack_store)?;
-        }
-        loader::set_entries(&mut open.maps.counts, args.max_entries)
-    })
+    loader::load(
+        FaultsSkelBuilder::default(),
+        storage,
+        trace,
+        |open, programs| {
+            let rodata = open.rodata()?;
+            rodata.kernel_stacks = args.kernel_stack;
+            rodata.unwind_cfi = args.unwind == Unwind::Cfi;
+            programs.load_if(args.unwind == Unwind::Cfi, UNWIND_PROGRAMS);
+            loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
+            let rows = if args.unwind == Unwind::Cfi {
+                args.unwind_rows
+            } else {
+                1
+            };
+            loader::set_entries(&mut open.maps.unwind_rows, rows)?;
+            if !kernel::release_at_least(6, 1) {
+                // a perf_event program may use a hash map made as entries come
+                // only since 6.1 (the BPF memory allocator)
+                loader::preallocate(&mut open.maps.stack_store)?;
+            }
+            loader::set_entries(&mut open.maps.counts, args.max_entries)
+        },
+    )
 }
 
 /// One report row: a process, its stacks (leaf first) and counts by kind.

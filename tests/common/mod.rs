@@ -121,27 +121,49 @@ pub fn fixture(name: &str) -> PathBuf {
 /// tests/fixtures/SOURCE.c compiled with more cc `flags` (`-static`, ...)
 /// into the target dir as NAME, once per test binary.
 pub fn fixture_with(source: &str, name: &str, flags: &[&str]) -> PathBuf {
+    build_fixture("cc", &format!("{source}.c"), name, flags)
+}
+
+/// tests/fixtures/SOURCE.cc compiled with c++ and more `flags` into the
+/// target dir as NAME, once per test binary.
+pub fn cxx_fixture_with(source: &str, name: &str, flags: &[&str]) -> PathBuf {
+    build_fixture("c++", &format!("{source}.cc"), name, flags)
+}
+
+/// tests/fixtures/SOURCE.c built as a shared library (`-shared -fPIC`, and
+/// more `flags`) into the target dir as NAME (`libfoo.so`: the module name
+/// its frames print), once per test binary, beside the other fixtures.
+pub fn library_fixture_with(source: &str, name: &str, flags: &[&str]) -> PathBuf {
+    let mut all = vec!["-shared", "-fPIC"];
+    all.extend_from_slice(flags);
+    build_fixture("cc", &format!("{source}.c"), name, &all)
+}
+
+/// tests/fixtures/FILE compiled by `compiler` with the fixtures' flags and
+/// `flags` (later ones win: `-O2` over `-O1`) into the fixtures dir as NAME,
+/// once per test binary.
+fn build_fixture(compiler: &str, file: &str, name: &str, flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
     if let Some(path) = built.get(name) {
         return path.clone();
     }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{source}.c"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{file}"));
     let dir = scratch_dir().join("fixtures");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(name);
     let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
-    let status = Command::new("cc")
+    let status = Command::new(compiler)
         .args(["-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-Werror"])
         .args(flags)
         .arg("-o")
         .arg(&tmp)
         .arg(&source)
         .status()
-        .expect("running cc to build a test fixture");
+        .unwrap_or_else(|err| panic!("running {compiler} to build a test fixture: {err}"));
     assert!(
         status.success(),
-        "compiling {} with {flags:?}",
+        "compiling {} with {compiler} {flags:?}",
         source.display()
     );
     std::fs::rename(&tmp, &out).unwrap();

@@ -17,6 +17,7 @@ use super::Args;
 use crate::analysis::probe_site;
 use crate::analysis::proc_maps::{self, MapsEntry};
 use crate::engine::target::{process_kind, Mapped, ProcessKind, Target};
+use crate::engine::unwind::Unwind;
 use crate::present::escape::{escape_bytes, escape_path};
 
 /// The functions probed, each with its enum memleak_func (its probe's cookie).
@@ -60,19 +61,26 @@ impl Allocator {
                     (None, None) => bail!("memleak's user mode traces one process: give -p PID"),
                 }
             }
-            Target::Command(cmd) => match &args.object {
-                Some(path) => path.clone(),
-                None => match cmd.exec_until_mapped(libc_in)? {
-                    Mapped::Found(path) => path,
-                    Mapped::Absent { dynamic: true } => bail!(NO_LIBC),
-                    Mapped::Absent { dynamic: false } => bail!(
-                        "no libc in the target's mappings: {} runs without a dynamic loader (a \
-                         static program); name its allocator with -O, the program itself if \
-                         the allocator is linked into it",
-                        cmd.name
-                    ),
-                    Mapped::Exited => return Ok(None),
-                },
+            // The loader runs until libc is mapped; with --unwind cfi until
+            // its code is (libc is, as a rule, the last library mapped): the
+            // libraries are then in the mappings the unwind tables are read
+            // from (engine::unwind); one mapped later is read in when a stack
+            // first reaches it.
+            Target::Command(cmd) => match cmd.exec_until_mapped(if args.unwind == Unwind::Cfi {
+                libc_code_in
+            } else {
+                libc_in
+            })? {
+                Mapped::Exited => return Ok(None),
+                _ if args.object.is_some() => args.object.clone().unwrap_or_default(),
+                Mapped::Found(path) => path,
+                Mapped::Absent { dynamic: true } => bail!(NO_LIBC),
+                Mapped::Absent { dynamic: false } => bail!(
+                    "no libc in the target's mappings: {} runs without a dynamic loader (a \
+                     static program); name its allocator with -O, the program itself if the \
+                     allocator is linked into it",
+                    cmd.name
+                ),
             },
             Target::All => bail!("memleak's user mode needs -p PID or -- COMMAND"),
         };
@@ -134,11 +142,21 @@ fn gone(err: &anyhow::Error) -> bool {
 /// The libc among a process's mappings.
 fn libc_in(maps: &[MapsEntry]) -> Option<PathBuf> {
     maps.iter()
-        .filter(|m| {
-            let name = m.file_name();
-            name.starts_with(b"libc.so") || name.starts_with(b"libc-")
-        })
+        .filter(|m| is_libc(m))
         .find_map(|m| m.path().map(Path::to_path_buf))
+}
+
+/// libc, once its code is mapped (the loader maps a library's code after
+/// reserving its whole range).
+fn libc_code_in(maps: &[MapsEntry]) -> Option<PathBuf> {
+    maps.iter()
+        .filter(|m| is_libc(m) && m.executable())
+        .find_map(|m| m.path().map(Path::to_path_buf))
+}
+
+fn is_libc(mapping: &MapsEntry) -> bool {
+    let name = mapping.file_name();
+    name.starts_with(b"libc.so") || name.starts_with(b"libc-")
 }
 
 /// (probe's file offset, cookie) of the allocator functions in `object`.

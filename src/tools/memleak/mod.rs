@@ -21,11 +21,12 @@ use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
 use crate::engine::drops;
-use crate::engine::loader::{self, Trace};
+use crate::engine::loader::{self, MapInAdvance, Trace};
 use crate::engine::records::{self, add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::Target;
+use crate::engine::unwind::{self, Unwind, UserStacks, UNWIND_PROGRAMS};
 use crate::present::output::Output;
 
 use allocator::Allocator;
@@ -118,6 +119,16 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub stack_storage_size: u32,
 
+    /// How user stacks are walked: fp (frame pointers), or cfi (each object's
+    /// .eh_frame: whole stacks through code built without frame pointers)
+    #[arg(long, value_enum, default_value_t = Unwind::Fp)]
+    pub unwind: Unwind,
+
+    /// Rows of unwind tables (from each object's .eh_frame) the kernel can
+    /// hold; raise it if memtrace says they found no room
+    #[arg(long, value_name = "N", default_value_t = unwind::DEFAULT_ROWS)]
+    pub unwind_rows: u32,
+
     /// Outstanding allocations the kernel can hold
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_allocs: u32,
@@ -180,6 +191,7 @@ pub fn run(args: Args) -> Result<i32> {
         return Ok(usage_error(&conflict));
     }
     let kernel_mode = kernel_mode(&args)?;
+    let allocs = allocs_map(&args, kernel_mode);
     // reserved first: a path that can't be written fails before the trace
     let profiles = Profiles::reserve(&args)?;
     // -p checked (a missing pid is said as every tool says it) before the
@@ -196,15 +208,23 @@ pub fn run(args: Args) -> Result<i32> {
         Target::All => -1,
     };
     let mut storage = MaybeUninit::uninit();
-    let skel = load(&mut storage, &mut trace, &args, kernel_mode)?;
+    let skel = load(&mut storage, &mut trace, &args, kernel_mode, allocs)?;
     let link = match &allocator {
         Some(allocator) => Some(allocator.attach(&skel.progs.memleak_call, pid)?),
         None => None,
     };
+    let unwind = if kernel_mode { Unwind::Fp } else { args.unwind };
+    let user_stacks = UserStacks::start(skel.object(), &[pid as u32], unwind)?;
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
     let symbolizer = RefCell::new(StackSymbolizer::new(false));
-    let ring = ring_buffers(&skel, &symbolizer, args.trace.then_some(&traced))?;
+    let ring = ring_buffers(
+        &skel,
+        &symbolizer,
+        args.trace.then_some(&traced),
+        &user_stacks,
+    )?;
+    let catch_up = || user_stacks.catch_up(&skel.maps.stack_store, &symbolizer);
 
     let mut out = Output::new(args.common.json);
     let mut reporter = Reporter::new(&args, &skel, kernel_mode, pid, profiles);
@@ -219,11 +239,15 @@ pub fn run(args: Args) -> Result<i32> {
     let target_pids = || (!kernel_mode).then_some(pid as u32);
     let mut report = |out: &mut Output| {
         ready_symbolizer(&symbolizer, &ring, target_pids());
+        catch_up();
         reporter.print(out, &mut symbolizer.borrow_mut())
     };
     let stop = session.run(
         Some(&ring),
-        || traced.borrow_mut().finish_batch(),
+        || {
+            catch_up();
+            traced.borrow_mut().finish_batch()
+        },
         || report(&mut out),
     )?;
     // The trace is over. The uprobes' removal waits for the kernel (~20 ms),
@@ -243,8 +267,24 @@ pub fn run(args: Args) -> Result<i32> {
     reporter.write_profiles(&mut symbolizer.borrow_mut())?;
     drop(ring);
     reporter.warn_lost_stacks();
+    user_stacks.say_lost(args.common.tool);
     drops::report(args.common.tool, skel.object(), DROP_HINTS)?;
     Ok(session.exit_code(stop))
+}
+
+/// The map of outstanding allocations, made while the trace is prepared.
+/// Preallocated in kernel mode only: there the BPF allocator's refills of a
+/// map made as entries come are kmallocs, which kernel mode would trace, each
+/// wanting an entry in turn; in user mode a million entries made up front
+/// took the kernel 30-38 ms.
+fn allocs_map(args: &Args, kernel_mode: bool) -> MapInAdvance {
+    let flags = if kernel_mode {
+        0
+    } else {
+        libbpf_sys::BPF_F_NO_PREALLOC
+    };
+    let sizes = (8, std::mem::size_of::<bpf::types::memleak_alloc>() as u32);
+    MapInAdvance::hash("allocs", sizes, args.max_allocs, flags)
 }
 
 /// -z above -Z traces nothing: said as a usage error.
@@ -273,6 +313,7 @@ fn load<'obj>(
     trace: &mut Trace,
     args: &Args,
     kernel_mode: bool,
+    allocs: MapInAdvance,
 ) -> Result<MemleakSkel<'obj>> {
     loader::load(
         MemleakSkelBuilder::default(),
@@ -285,17 +326,21 @@ fn load<'obj>(
             rodata.sample_rate = args.sample_rate;
             rodata.trace_all = args.trace;
             rodata.wa_missing_free = args.wa_missing_free;
+            let cfi = !kernel_mode && args.unwind == Unwind::Cfi;
+            rodata.unwind_cfi = cfi;
             programs
                 .load_if(!kernel_mode, &["memleak_call", "exitmaps_send_mappings"])
+                .load_if(cfi, UNWIND_PROGRAMS)
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
                 .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);
             loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
-            loader::set_entries(&mut open.maps.allocs, args.max_allocs)?;
+            let rows = if cfi { args.unwind_rows } else { 1 };
+            loader::set_entries(&mut open.maps.unwind_rows, rows)?;
+            allocs.reuse_for(&mut open.maps.allocs)?;
             if kernel_mode {
                 // the BPF allocator's refills of maps made as entries come are
                 // kmallocs, which kernel mode would trace (see memleak.bpf.c)
                 loader::preallocate(&mut open.maps.stack_store)?;
-                loader::preallocate(&mut open.maps.allocs)?;
             }
             Ok(())
         },
@@ -308,8 +353,17 @@ fn ring_buffers<'a>(
     skel: &'a MemleakSkel<'_>,
     symbolizer: &'a RefCell<StackSymbolizer>,
     traced: Option<&'a RefCell<Output>>,
+    user_stacks: &'a UserStacks<'_>,
 ) -> Result<RingBuffer<'a>> {
     let mut builder = RingBufferBuilder::new();
+    {
+        let maps = &skel.maps;
+        user_stacks.add_to(
+            &mut builder,
+            &maps.unwind_requests,
+            &maps.unwind_deferred_ring,
+        )?;
+    }
     add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
         symbolizer.borrow_mut().add_exited_mapping(pid, mapping)
     })?;

@@ -236,6 +236,8 @@ impl<'a> Reporter<'a> {
     }
 
     pub fn warn_lost_stacks(&self) {
+        self.report
+            .say_truncated("memleak", "bytes outstanding at the last report", false);
         if self.lost_stacks > 0 {
             crate::say!(
                 "memleak: the stacks of {} outstanding allocations were lost: the stack store was full (raise --stack-storage-size)",

@@ -1,0 +1,376 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * User stacks unwound in the kernel from call frame information, as the
+ * continuous profilers do: user space turns each object's .eh_frame into a
+ * table of rows (analysis/unwind_table.rs) and loads it with each traced
+ * process's executable mappings (engine/unwind.rs); a program calls
+ * memtrace_user_stack() and gets a stack key as memtrace_stack() gives.
+ * Libraries built without frame pointers (Debian's libc) are followed; an
+ * object without CFI is followed by its frame pointers. A stack that can't be
+ * followed to its outermost frame ends where it stopped and carries
+ * MEMTRACE_STACK_TRUNCATED, never an address read from a guess.
+ *
+ * Needs bpf_loop() and bpf_find_vma() (5.17), bpf_task_pt_regs() (5.15).
+ * x86-64's registers.
+ */
+#ifndef MEMTRACE_UNWIND_BPF_H
+#define MEMTRACE_UNWIND_BPF_H
+
+#include "stacks.bpf.h"
+#include "unwind.h"
+
+/* --unwind cfi: user stacks walked with the tables; else by the kernel's
+ * frame-pointer walk (memtrace_user_stack_of). */
+const volatile bool unwind_cfi = false;
+
+/* Binary search steps: object tables up to 4M rows, 256 mappings. */
+#define UNWIND_ROW_STEPS 23
+#define UNWIND_MAPPING_STEPS 9
+
+/* Every object's rows, one after another, written by user space through a
+ * mapping of the pages they go to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1 << 18); /* --unwind-rows */
+	__type(key, __u32);
+	__type(value, struct unwind_row);
+} unwind_rows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct unwind_object);
+} unwind_objects SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 8192);
+	__type(key, __u32); /* tgid */
+	__type(value, struct unwind_process);
+} unwind_processes SEC(".maps");
+
+/* Processes whose mappings the unwinder lacks (new, or a new mapping seen):
+ * user space reads them in, then deletes the entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* tgid */
+	__type(value, __u8);
+} unwind_wanted SEC(".maps");
+
+/* Wakes user space when a tgid is first put in unwind_wanted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} unwind_requests SEC(".maps");
+
+/* Stacks for user space to unwind (struct unwind_deferred). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} unwind_deferred_ring SEC(".maps");
+
+/* Words of the stack's top that, with the registers, tell deferred stacks apart. */
+#define UNWIND_KEY_WORDS 32
+
+struct unwind_walk {
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
+	struct unwind_process *process;
+	struct memtrace_stack *stack;
+	bool whole;   /* reached the outermost frame */
+	bool missing; /* stopped at an address in no mapping user space gave */
+};
+
+static __always_inline void unwind_want(__u32 tgid)
+{
+	__u8 yes = 1;
+
+	if (!bpf_map_update_elem(&unwind_wanted, &tgid, &yes, BPF_NOEXIST))
+		bpf_ringbuf_output(&unwind_requests, &tgid, sizeof(tgid), 0);
+}
+
+/*
+ * The binary searches are global functions: the verifier checks each once on
+ * its own, not again for every state of the frame loop that calls it (inlined,
+ * they made a program take ~90 ms to verify).
+ */
+
+/* The index of the mapping holding addr in the sorted mappings; -1 if none. */
+__noinline int unwind_find_mapping(struct unwind_process *p, __u64 addr)
+{
+	__u32 lo = 0, hi;
+
+	if (!p)
+		return -1;
+	/* hi is not clamped: a constant bound would make the verifier walk each
+	 * path of the search on its own; the index is masked instead */
+	hi = p->nr;
+	for (int i = 0; i < UNWIND_MAPPING_STEPS && lo < hi; i++) {
+		__u32 mid = (lo + hi) / 2;
+
+		if (p->maps[mid & (UNWIND_MAX_MAPPINGS - 1)].start <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0 || addr >= p->maps[(lo - 1) & (UNWIND_MAX_MAPPINGS - 1)].end)
+		return -1;
+	return (lo - 1) & (UNWIND_MAX_MAPPINGS - 1);
+}
+
+/* The index in unwind_rows of the last of rows [first, first + rows) at or
+ * below pc; -1 if none. */
+__noinline int unwind_find_row(__u32 first, __u32 rows, __u32 pc)
+{
+	__u32 lo = first, hi = first + rows;
+
+	for (int i = 0; i < UNWIND_ROW_STEPS && lo < hi; i++) {
+		__u32 mid = lo + (hi - lo) / 2;
+		struct unwind_row *r = bpf_map_lookup_elem(&unwind_rows, &mid);
+
+		if (!r)
+			return -1;
+		if (r->pc <= pc)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo == first ? -1 : (int)(lo - 1);
+}
+
+/* The caller's CFA by the row's rule; 0 where the walk ends. */
+static __always_inline __u64 unwind_cfa(struct unwind_walk *st, struct unwind_row *r)
+{
+	switch (r->cfa_register) {
+	case UNWIND_CFA_RSP:
+		return st->sp + r->cfa_offset;
+	case UNWIND_CFA_RBP:
+		return st->bp + r->cfa_offset;
+	case UNWIND_CFA_PLT:
+		/* the stub pushes once from its 11th byte on */
+		return st->sp + 8 + ((st->ip & 15) >= 11 ? 8 : 0);
+	case UNWIND_END:
+		st->whole = true;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+/* One frame: records ip, then moves ip, sp and bp to the caller's. 1 ends the walk. */
+static long unwind_frame(__u64 frame, struct unwind_walk *st)
+{
+	struct memtrace_stack *s = st->stack;
+	struct unwind_mapping *m;
+	struct unwind_object *o;
+	struct unwind_row *r;
+	__u64 lookup, cfa, ra = 0, bp = st->bp;
+	__u32 n = s->nr, row;
+	int index;
+
+	if (n >= MEMTRACE_STACK_DEPTH)
+		return 1;
+	s->ips[n] = st->ip;
+	s->nr = n + 1;
+	/* a return address points past its call: the call is what it belongs to */
+	lookup = n == 0 ? st->ip : st->ip - 1;
+	index = unwind_find_mapping(st->process, lookup);
+	if (index < 0) {
+		st->missing = true;
+		return 1;
+	}
+	m = &st->process->maps[index & (UNWIND_MAX_MAPPINGS - 1)];
+	o = bpf_map_lookup_elem(&unwind_objects, &m->object);
+	if (!o)
+		return 1;
+	if (o->rows == 0) { /* no CFI: the frame pointer */
+		cfa = st->bp + 16;
+		if (!st->bp || bpf_probe_read_user(&bp, sizeof(bp), (void *)st->bp))
+			return 1;
+	} else {
+		if (lookup - m->bias > 0xffffffffULL)
+			return 1;
+		index = unwind_find_row(o->first_row, o->rows, lookup - m->bias);
+		row = index;
+		r = index < 0 ? NULL : bpf_map_lookup_elem(&unwind_rows, &row);
+		if (!r)
+			return 1;
+		cfa = unwind_cfa(st, r);
+		if (!cfa)
+			return 1;
+		if (r->rbp_rule == UNWIND_RBP_AT_CFA &&
+		    bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + r->rbp_offset)))
+			return 1;
+	}
+	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)))
+		return 1;
+	if (!ra) { /* a zero return address: the outermost frame */
+		st->whole = true;
+		return 1;
+	}
+	st->ip = ra;
+	st->sp = cfa;
+	st->bp = bp;
+	return 0;
+}
+
+/*
+ * A stack the walk could not follow for want of a table (a library mapped
+ * since user space read the process in) goes to user space whole (registers
+ * and the stack's top) to be unwound there; its key is a hash
+ * of the registers and the stack's top words, so that the same stack is sent
+ * once: its entry in stack_store is made at once, MEMTRACE_STACK_PENDING (and
+ * truncated, which it stays if user space can't unwind it).
+ */
+static __noinline __s64 unwind_defer(struct task_struct *task, __u32 tgid,
+				     struct memtrace_stack *s, struct pt_regs *regs)
+{
+	__u64 hash = 14695981039346656037ULL, key;
+	__u64 ip = BPF_CORE_READ(regs, ip), sp = BPF_CORE_READ(regs, sp);
+	__u64 bp = BPF_CORE_READ(regs, bp);
+	struct unwind_deferred *d;
+
+	if (!s)
+		return -12; /* ENOMEM */
+	__builtin_memset(s->ips, 0, UNWIND_KEY_WORDS * sizeof(__u64));
+	bpf_probe_read_user(s->ips, UNWIND_KEY_WORDS * sizeof(__u64), (void *)sp);
+	s->ips[UNWIND_KEY_WORDS] = tgid;
+	s->ips[UNWIND_KEY_WORDS + 1] = ip;
+	s->ips[UNWIND_KEY_WORDS + 2] = sp;
+	s->ips[UNWIND_KEY_WORDS + 3] = bp;
+	for (int i = 0; i < UNWIND_KEY_WORDS + 4; i++) {
+		hash ^= s->ips[i];
+		hash *= 1099511628211ULL;
+	}
+	key = hash & 0x7fffffffffffffffULL;
+	if (!key)
+		key = 1;
+	if (bpf_map_lookup_elem(&stack_store, &key))
+		return key; /* sent before */
+	s->nr = 0;
+	s->flags = MEMTRACE_STACK_PENDING | MEMTRACE_STACK_TRUNCATED;
+	if (bpf_map_update_elem(&stack_store, &key, s, BPF_NOEXIST)) {
+		if (bpf_map_lookup_elem(&stack_store, &key))
+			return key;
+		memtrace_count_drop(MEMTRACE_DROP_STACKS);
+		return -28; /* ENOSPC */
+	}
+	d = bpf_ringbuf_reserve(&unwind_deferred_ring, sizeof(*d), 0);
+	if (!d) {
+		memtrace_count_drop(MEMTRACE_DROP_RINGBUF);
+		return key; /* stays truncated */
+	}
+	d->key = key;
+	d->ip = ip;
+	d->sp = sp;
+	d->bp = bp;
+	d->tgid = tgid;
+	d->stack_len = memtrace_copy_user_stack(task, sp, d->stack);
+	bpf_ringbuf_submit(d, 0);
+	return key;
+}
+
+static long unwind_vma_found(struct task_struct *task, struct vm_area_struct *vma, void *ctx)
+{
+	return 0;
+}
+
+/*
+ * The key of the current thread's user stack, unwound from its user
+ * registers (as the kernel entered from user mode), stored in stack_store; a
+ * negative errno if there is none (-EFAULT: a kernel thread) or no room. A
+ * global function, checked once by the verifier, not on each path to a call.
+ */
+__noinline __s64 memtrace_user_stack(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct unwind_walk st = {};
+	struct pt_regs *regs;
+
+	if (!BPF_CORE_READ(task, mm))
+		return -14; /* EFAULT: no user stack */
+	st.stack = memtrace_stack_scratch();
+	if (!st.stack)
+		return -12; /* ENOMEM */
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	st.ip = BPF_CORE_READ(regs, ip);
+	st.sp = BPF_CORE_READ(regs, sp);
+	st.bp = BPF_CORE_READ(regs, bp);
+	st.stack->nr = 0;
+	st.stack->flags = 0;
+	st.process = bpf_map_lookup_elem(&unwind_processes, &tgid);
+	if (!st.process) {
+		/* during an exec the registers are still the old image's: no
+		 * stack of the new one yet */
+		if (bpf_find_vma(task, st.ip, unwind_vma_found, NULL, 0))
+			return -14; /* EFAULT */
+		/* a process user space has not read in (a new one, system-wide,
+		 * or just exec'd): its leaf alone, truncated, until it has */
+		unwind_want(tgid);
+		st.stack->ips[0] = st.ip;
+		st.stack->nr = 1;
+		st.stack->flags = MEMTRACE_STACK_TRUNCATED;
+		return memtrace_keep_stack(st.stack);
+	}
+	bpf_loop(MEMTRACE_STACK_DEPTH, unwind_frame, &st, 0);
+	if (st.missing) {
+		/* a mapping user space has not read in yet (a dlopen) */
+		unwind_want(tgid);
+		return unwind_defer(task, tgid, st.stack, regs);
+	}
+	if (!st.whole)
+		st.stack->flags = MEMTRACE_STACK_TRUNCATED;
+	return memtrace_keep_stack(st.stack);
+}
+
+/* The key of the current user stack, walked as --unwind says. */
+static __always_inline __s64 memtrace_user_stack_of(void *ctx)
+{
+	if (unwind_cfi)
+		return memtrace_user_stack();
+	return memtrace_stack(ctx, BPF_F_USER_STACK);
+}
+
+/* A child process has its parent's mappings until it execs. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(unwind_inherit_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 parent_tgid = BPF_CORE_READ(parent, tgid), child_tgid = BPF_CORE_READ(child, tgid);
+	struct unwind_process *p;
+
+	if (parent_tgid == child_tgid) /* a thread */
+		return 0;
+	p = bpf_map_lookup_elem(&unwind_processes, &parent_tgid);
+	if (p)
+		bpf_map_update_elem(&unwind_processes, &child_tgid, p, BPF_ANY);
+	return 0;
+}
+
+/* An exec replaces the mappings: the BPF side asks for the new ones. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(unwind_forget_exec, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	bpf_map_delete_elem(&unwind_processes, &tgid);
+	return 0;
+}
+
+/* A process that is gone leaves the table, so a recycled pid is read anew. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(unwind_forget_exit, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	if (memtrace_process_ends(task))
+		bpf_map_delete_elem(&unwind_processes, &tgid);
+	return 0;
+}
+
+#endif

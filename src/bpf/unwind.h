@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Types of the user-stack unwinder (unwind.bpf.h) shared with user space,
+ * which builds the tables (analysis/unwind_table.rs) and loads them
+ * (engine/unwind.rs). x86-64's register rules: arm64 would need its own
+ * enum unwind_cfa (CFA from sp or x29), the return address from x30 or the
+ * CFA, and x29 in place of rbp.
+ */
+#ifndef MEMTRACE_UNWIND_H
+#define MEMTRACE_UNWIND_H
+
+#include "common.h"
+
+/* One row of an object's table: the rule from pc (an ELF virtual address of
+ * the object) up to the next row's pc. The return address is at CFA - 8 and
+ * the caller's stack pointer is the CFA. */
+struct unwind_row {
+	__u32 pc;
+	__s16 cfa_offset;  /* CFA = register + cfa_offset */
+	__s16 rbp_offset;  /* UNWIND_RBP_AT_CFA: the caller's rbp is saved at CFA + rbp_offset */
+	__u8 cfa_register; /* enum unwind_cfa */
+	__u8 rbp_rule;     /* enum unwind_rbp */
+	__u8 pad[2];
+};
+
+enum unwind_cfa {
+	UNWIND_CFA_RSP = 0, /* CFA = rsp + cfa_offset */
+	UNWIND_CFA_RBP = 1, /* CFA = rbp + cfa_offset */
+	UNWIND_CFA_PLT = 2, /* a PLT stub: CFA = rsp + 8, + 8 more past the stub's push */
+	UNWIND_END = 3,     /* the outermost frame (_start, a thread's entry): the stack is whole */
+	UNWIND_NONE = 4,    /* no usable rule: the walk stops, truncated */
+};
+
+enum unwind_rbp {
+	UNWIND_RBP_SAME = 0,   /* rbp unchanged */
+	UNWIND_RBP_AT_CFA = 1, /* saved at CFA + rbp_offset */
+};
+
+/* An object's rows in unwind_rows; rows == 0: it has no CFI, frame pointers are followed. */
+struct unwind_object {
+	__u32 first_row;
+	__u32 rows;
+};
+
+/* An executable mapping of a process: an address ip in it is ELF virtual
+ * address ip - bias of object `object`. */
+struct unwind_mapping {
+	__u64 start;
+	__u64 end;
+	__u64 bias;
+	__u32 object;
+	__u32 pad;
+};
+
+#define UNWIND_MAX_MAPPINGS 256
+
+/* A process's executable mappings, sorted by start. */
+struct unwind_process {
+	__u32 nr;
+	__u32 pad;
+	struct unwind_mapping maps[UNWIND_MAX_MAPPINGS];
+};
+
+/* A stack the walk could not follow for want of a table (a library mapped
+ * since user space read the process, a process not read yet): its registers
+ * and the top of its stack, which user space unwinds, storing the result
+ * under `key` in stack_store (memtrace_stack.flags UNWIND_PENDING until then). */
+struct unwind_deferred {
+	__s64 key;
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
+	__u32 tgid;
+	__u32 stack_len;
+	__u8 stack[MEMTRACE_STACK_COPY_BYTES];
+};
+
+#endif

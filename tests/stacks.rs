@@ -325,6 +325,24 @@ fn faults_unwinds_memset_through_libc() {
         assert_whole(&stack);
         assert_ends_at_start(&stack, "memsetter");
     }
+    // The dynamic loader's own faults: its _start has no call frame
+    // information, and a call from an object's entry point is the outermost
+    // frame, so these stacks end whole at _dl_start_user.
+    let loader: Vec<Vec<&str>> = rows
+        .iter()
+        .filter(|r| r["comm"] == "memsetter")
+        .map(stack_frames)
+        .filter(|stack| stack.iter().any(|f| f.starts_with("_dl_start_user")))
+        .collect();
+    assert!(!loader.is_empty(), "no loader stacks: {rows:#?}");
+    for stack in loader {
+        assert!(
+            stack
+                .last()
+                .is_some_and(|f| f.starts_with("_dl_start_user")),
+            "{stack:?}"
+        );
+    }
 }
 
 /// A library dlopen()ed 300 ms into the trace, built without frame

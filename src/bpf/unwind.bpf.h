@@ -188,6 +188,11 @@ static long unwind_frame(__u64 frame, struct unwind_walk *st)
 	o = bpf_map_lookup_elem(&unwind_objects, &m->object);
 	if (!o)
 		return 1;
+	if (o->entry && lookup - m->bias >= o->entry &&
+	    lookup - m->bias < o->entry + UNWIND_ENTRY_BYTES) {
+		st->whole = true; /* called from the entry point: the outermost frame */
+		return 1;
+	}
 	if (o->rows == 0) { /* no CFI: the frame pointer */
 		cfa = st->bp + 16;
 		if (!st->bp || bpf_probe_read_user(&bp, sizeof(bp), (void *)st->bp))

@@ -36,11 +36,18 @@ enum unwind_rbp {
 	UNWIND_RBP_AT_CFA = 1, /* saved at CFA + rbp_offset */
 };
 
-/* An object's rows in unwind_rows; rows == 0: it has no CFI, frame pointers are followed. */
+/* An object's rows in unwind_rows; rows == 0: it has no CFI, frame pointers
+ * are followed. A call from its entry point's first bytes (a dynamic loader's
+ * _start has no CFI) is the outermost frame. */
 struct unwind_object {
 	__u32 first_row;
 	__u32 rows;
+	__u32 entry; /* ELF entry point (virtual address); 0: none */
+	__u32 pad;
 };
+
+/* How far past an entry point a call still counts as the entry's own. */
+#define UNWIND_ENTRY_BYTES 64
 
 /* An executable mapping of a process: an address ip in it is ELF virtual
  * address ip - bias of object `object`. */

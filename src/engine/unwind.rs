@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags, Object, RingBufferBuilder};
+use object::Object as _;
 
 use crate::analysis::debug_symbols::LoadSegments;
 use crate::analysis::proc_maps::{self, MapsEntry};
@@ -340,6 +341,8 @@ impl<'obj> UnwindTables<'obj> {
         let object = UnwindObject {
             first_row: first as u32,
             rows: table.rows.len() as u32,
+            entry: u32::try_from(elf.entry()).unwrap_or(0),
+            ..Default::default()
         };
         // SAFETY: a C struct of integers: its bytes are its value.
         let bytes = unsafe { plain::as_bytes(&object) };

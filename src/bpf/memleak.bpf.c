@@ -37,11 +37,9 @@ struct {
 } calls SEC(".maps");
 
 /*
- * Not preallocated in user mode: a million entries made up front took the
- * kernel ~30 ms (most of memleak's start); entries come from the kernel's
- * per-CPU BPF allocator as they are added. Kernel mode preallocates (user
- * space clears the flag): there the BPF allocator's own refills, kmallocs,
- * would be traced allocations, each wanting an entry in turn.
+ * Made by user space while the trace is prepared, with its size and
+ * preallocation (tools/memleak allocs_map says why), and given to libbpf in
+ * place of this declaration, which gives the map its types.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -237,9 +237,10 @@ impl<'obj> UnwindTables<'obj> {
         let queued = std::mem::take(&mut *deferred.0.borrow_mut());
         let mut read_in = std::collections::HashSet::new();
         for stack in queued {
+            // the symbolizer reads a live process's maps again itself when
+            // an address is in none it knows
             if read_in.insert(stack.tgid) {
                 self.add_process(stack.tgid);
-                symbolizer.refresh();
             }
             let regs = Registers {
                 ip: stack.ip,

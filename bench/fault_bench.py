@@ -29,8 +29,8 @@ def configs(memtrace, baseline):
         yield f"memtrace {tool}", [memtrace, tool]
         if baseline:
             yield f"baseline {tool}", [baseline, tool]
-    # user stacks walked with .eh_frame in the kernel, not frame pointers
-    yield "memtrace faults --unwind cfi", [memtrace, "faults", "--unwind", "cfi"]
+    # user stacks walked with frame pointers, not .eh_frame (the default)
+    yield "memtrace faults --unwind fp", [memtrace, "faults", "--unwind", "fp"]
     yield "bpftrace page_fault_user @[comm]", [
         "bpftrace", "-e",
         'BEGIN { printf("ready\\n"); } tracepoint:exceptions:page_fault_user { @[comm] = count(); }']

@@ -61,8 +61,8 @@ END {{ clear(@size); clear(@live); }}
     configs += [
         ("memleak", [args.memtrace, "memleak", "--"] + storm),
         ("memleak -s 10", [args.memtrace, "memleak", "-s", "10", "--"] + storm),
-        # user stacks walked with .eh_frame in the kernel, not frame pointers
-        ("memleak --unwind cfi", [args.memtrace, "memleak", "--unwind", "cfi", "--"] + storm),
+        # user stacks walked with frame pointers, not .eh_frame (the default)
+        ("memleak --unwind fp", [args.memtrace, "memleak", "--unwind", "fp", "--"] + storm),
     ]
     if args.baseline:
         configs += [

@@ -1,5 +1,6 @@
 //! Whole user stacks through code built without frame pointers (root):
-//! memleak and faults with `--unwind cfi` against fixtures built with -O2 -fomit-frame-pointer,
+//! memleak and faults with their default options (`--unwind cfi` where the
+//! kernel has it, as it must here) against fixtures built with -O2 -fomit-frame-pointer,
 //! through Debian's libc and libstdc++ (no frame pointers either), through a
 //! library loaded after the trace started, and through Debian's own xz. Only
 //! call frame information (.eh_frame) unwinds these stacks: walking frame
@@ -132,7 +133,7 @@ fn assert_ends_at_start(stack: &[&str], module: &str) {
 
 /// `memleak --json -o 0 -- PROGRAM ARGS`: every row after the program exited.
 fn memleak_rows(program: &Path, args: &[&str]) -> Vec<Value> {
-    let mut command = vec!["memleak", "--unwind", "cfi", "--json", "-o", "0", "--"];
+    let mut command = vec!["memleak", "--json", "-o", "0", "--"];
     command.push(program.to_str().unwrap());
     command.extend_from_slice(args);
     let finished = run(&command);
@@ -289,8 +290,6 @@ fn faults_unwinds_memset_through_libc() {
     let memsetter = fixture_with("memsetter", "memsetter", NO_FRAME_POINTERS);
     let finished = run(&[
         "faults",
-        "--unwind",
-        "cfi",
         "--json",
         "--",
         memsetter.to_str().unwrap(),
@@ -436,8 +435,6 @@ fn faults_unwinds_xz_whole() {
     let xz_entry = entry_offset(&xz);
     let finished = run(&[
         "faults",
-        "--unwind",
-        "cfi",
         "--json",
         "--",
         xz.to_str().unwrap(),

@@ -132,6 +132,27 @@ impl UnwindTable {
         })
     }
 
+    /// The page index the BPF side narrows its search with: the first page
+    /// (the first row's pc >> `page_shift`) and, for each page from there to
+    /// the last row's, the index of the row in effect at the page's start
+    /// (0 where none is). The rows for a pc in page p are those from
+    /// `index[p]` to `index[p + 1]` inclusive (to the last row for the last
+    /// page). Empty for an empty table.
+    pub fn page_index(&self, page_shift: u32) -> (u32, Vec<u32>) {
+        let (Some(first), Some(last)) = (self.rows.first(), self.rows.last()) else {
+            return (0, Vec::new());
+        };
+        let (first_page, last_page) = (first.pc >> page_shift, last.pc >> page_shift);
+        let index = (first_page..=last_page)
+            .map(|page| {
+                let start = page << page_shift;
+                let after = self.rows.partition_point(|row| row.pc <= start);
+                after.saturating_sub(1) as u32
+            })
+            .collect();
+        (first_page, index)
+    }
+
     /// The row in effect at an ELF virtual address: the last row at or below
     /// it, as the BPF side's binary search finds it.
     #[cfg(test)]
@@ -585,5 +606,41 @@ mod tests {
             }
             eprintln!("{}: {rows} rows in {best:.2?}", path.display());
         }
+    }
+
+    /// The BPF side's search through the page index (unwind_rows_for and
+    /// unwind_find_row in unwind.bpf.h), here, finds the row a search of
+    /// all rows finds, at every address of libc's code and around it.
+    #[test]
+    fn page_index_narrows_to_the_same_row() {
+        let table = UnwindTable::from_file(std::path::Path::new(LIBC)).unwrap();
+        let shift = 10;
+        let (first_page, index) = table.page_index(shift);
+        let with_index = |pc: u32| -> Option<usize> {
+            let (mut first, mut end) = (0usize, table.rows.len());
+            if pc >> shift >= first_page {
+                let page = ((pc >> shift) - first_page) as usize;
+                if page >= index.len() {
+                    first = end - 1;
+                } else {
+                    first = index[page] as usize;
+                    if let Some(next) = index.get(page + 1) {
+                        end = *next as usize + 1;
+                    }
+                }
+            }
+            let after = first + table.rows[first..end].partition_point(|row| row.pc <= pc);
+            (after != first).then(|| after - 1)
+        };
+        let start = table.rows[0].pc.saturating_sub(4096);
+        let end = table.rows.last().unwrap().pc + 4096;
+        for pc in start..end {
+            let all = table
+                .rows
+                .partition_point(|row| row.pc <= pc)
+                .checked_sub(1);
+            assert_eq!(with_index(pc), all, "pc {pc:#x}");
+        }
+        assert!(index.len() > 100, "libc's code spans {} pages", index.len());
     }
 }

@@ -37,6 +37,15 @@ struct {
 	__type(value, struct unwind_row);
 } unwind_rows SEC(".maps");
 
+/* The objects' page indexes (struct unwind_object), one after another. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1 << 17); /* --unwind-rows / 2 */
+	__type(key, __u32);
+	__type(value, __u32);
+} unwind_pages SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 8192);
@@ -76,12 +85,38 @@ struct {
 /* Words of the stack's top that, with the registers, tell deferred stacks apart. */
 #define UNWIND_KEY_WORDS 32
 
+/*
+ * The part of the user stack the walk reads now: a read from user memory
+ * costs ~50 ns however small, so the walk copies 1 KiB at a time (up to a
+ * page's end, so that a copy never fails for the unmapped page above a
+ * stack's top) and reads its frames' words from here.
+ */
+#define UNWIND_WINDOW_WORDS 128
+/* Kept in a map, not in struct unwind_walk on the BPF stack, with what
+ * changes from frame to frame: the verifier tracks values on the stack, and
+ * checked the frame loop many more times for them. */
+struct unwind_window {
+	__u64 start; /* the user address of words[0] */
+	__u64 bytes; /* 0: empty */
+	__u32 mapping; /* the last frame's mapping: the next is often in it */
+	__u32 pad;
+	__u64 words[UNWIND_WINDOW_WORDS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct unwind_window);
+} unwind_window SEC(".maps");
+
 struct unwind_walk {
 	__u64 ip;
 	__u64 sp;
 	__u64 bp;
 	struct unwind_process *process;
 	struct memtrace_stack *stack;
+	struct unwind_window *window;
 	bool whole;   /* reached the outermost frame */
 	bool missing; /* stopped at an address in no mapping user space gave */
 };
@@ -123,11 +158,11 @@ __noinline int unwind_find_mapping(struct unwind_process *p, __u64 addr)
 	return (lo - 1) & (UNWIND_MAX_MAPPINGS - 1);
 }
 
-/* The index in unwind_rows of the last of rows [first, first + rows) at or
- * below pc; -1 if none. */
-__noinline int unwind_find_row(__u32 first, __u32 rows, __u32 pc)
+/* The index in unwind_rows of the last of rows [first, end) at or below pc;
+ * -1 if none. */
+__noinline int unwind_find_row(__u32 first, __u32 end, __u32 pc)
 {
-	__u32 lo = first, hi = first + rows;
+	__u32 lo = first, hi = end;
 
 	for (int i = 0; i < UNWIND_ROW_STEPS && lo < hi; i++) {
 		__u32 mid = lo + (hi - lo) / 2;
@@ -141,6 +176,94 @@ __noinline int unwind_find_row(__u32 first, __u32 rows, __u32 pc)
 			hi = mid;
 	}
 	return lo == first ? -1 : (int)(lo - 1);
+}
+
+/* What unwind_locate found for an address, besides a row's index. */
+enum unwind_located {
+	UNWIND_NO_ROW = -1,	    /* no row: the walk stops there */
+	UNWIND_ENTRY_POINT = -2,    /* called from the entry point: the outermost frame */
+	UNWIND_FRAME_POINTER = -3, /* an object without CFI: its frame pointer */
+};
+
+/*
+ * The index in unwind_rows of the row for pc (an object's own address) in
+ * an object's table, or an enum unwind_located. The search looks at the rows
+ * of pc's page only where the object has a page index.
+ */
+static __always_inline int unwind_locate(__u32 object, __u32 pc)
+{
+	struct unwind_object *o = bpf_map_lookup_elem(&unwind_objects, &object);
+	__u32 first, end, page, index, *start, *next;
+
+	if (!o)
+		return UNWIND_NO_ROW;
+	if (o->entry && pc >= o->entry && pc < o->entry + UNWIND_ENTRY_BYTES)
+		return UNWIND_ENTRY_POINT;
+	if (o->rows == 0)
+		return UNWIND_FRAME_POINTER;
+	first = o->first_row;
+	end = o->first_row + o->rows;
+	page = (pc >> UNWIND_PAGE_SHIFT) - o->first_pc_page;
+	if (o->pages && pc >> UNWIND_PAGE_SHIFT >= o->first_pc_page) {
+		if (page >= o->pages) { /* past the last page: the last row */
+			first = end - 1;
+		} else {
+			index = o->first_page + page;
+			start = bpf_map_lookup_elem(&unwind_pages, &index);
+			if (start)
+				first = *start;
+			index++;
+			next = page + 1 < o->pages ? bpf_map_lookup_elem(&unwind_pages, &index) : NULL;
+			/* the next page's covering row may begin at its first byte */
+			if (start && next)
+				end = *next + 1;
+		}
+	}
+	return unwind_find_row(first, end, pc);
+}
+
+/*
+ * Copies the user stack from addr into this CPU's window: 1 KiB, or to the
+ * page's end (so that a copy never fails for an unmapped page above a
+ * stack's top), and a word at least. The bytes copied, or a negative errno.
+ * A global function: inlined at each read, it tripled the verifier's time.
+ */
+__noinline long unwind_fill(__u64 addr)
+{
+	__u32 zero = 0;
+	struct unwind_window *w = bpf_map_lookup_elem(&unwind_window, &zero);
+	__u64 bytes = 4096 - (addr & 4095);
+
+	if (!w)
+		return -12; /* ENOMEM */
+	if (bytes > sizeof(w->words))
+		bytes = sizeof(w->words);
+	if (bytes < 8) /* a word across pages */
+		bytes = 8;
+	if (bpf_probe_read_user(w->words, bytes, (void *)addr))
+		return -14; /* EFAULT */
+	return bytes;
+}
+
+/* A word of the user stack, through the window; 0 or a negative errno. */
+static __always_inline long unwind_read(struct unwind_walk *st, __u64 addr, __u64 *word)
+{
+	struct unwind_window *w = st->window;
+	__u64 offset = addr - w->start;
+	long bytes;
+
+	if (addr < w->start || offset + 8 > w->bytes || (offset & 7)) {
+		bytes = unwind_fill(addr);
+		if (bytes < 8) {
+			w->bytes = 0;
+			return -14; /* EFAULT */
+		}
+		w->start = addr;
+		w->bytes = bytes;
+		offset = 0;
+	}
+	*word = w->words[(offset >> 3) & (UNWIND_WINDOW_WORDS - 1)];
+	return 0;
 }
 
 /* The caller's CFA by the row's rule; 0 where the walk ends. */
@@ -167,7 +290,6 @@ static long unwind_frame(__u64 frame, struct unwind_walk *st)
 {
 	struct memtrace_stack *s = st->stack;
 	struct unwind_mapping *m;
-	struct unwind_object *o;
 	struct unwind_row *r;
 	__u64 lookup, cfa, ra = 0, bp = st->bp;
 	__u32 n = s->nr, row;
@@ -179,28 +301,29 @@ static long unwind_frame(__u64 frame, struct unwind_walk *st)
 	s->nr = n + 1;
 	/* a return address points past its call: the call is what it belongs to */
 	lookup = n == 0 ? st->ip : st->ip - 1;
-	index = unwind_find_mapping(st->process, lookup);
-	if (index < 0) {
-		st->missing = true;
+	m = &st->process->maps[st->window->mapping & (UNWIND_MAX_MAPPINGS - 1)];
+	if (lookup < m->start || lookup >= m->end) {
+		index = unwind_find_mapping(st->process, lookup);
+		if (index < 0) {
+			st->missing = true;
+			return 1;
+		}
+		st->window->mapping = index;
+		m = &st->process->maps[index & (UNWIND_MAX_MAPPINGS - 1)];
+	}
+	if (lookup - m->bias <= 0xffffffffULL)
+		index = unwind_locate(m->object, lookup - m->bias);
+	else /* code of no file (a JIT's): object 0 */
+		index = m->object ? UNWIND_NO_ROW : UNWIND_FRAME_POINTER;
+	if (index == UNWIND_ENTRY_POINT) {
+		st->whole = true;
 		return 1;
 	}
-	m = &st->process->maps[index & (UNWIND_MAX_MAPPINGS - 1)];
-	o = bpf_map_lookup_elem(&unwind_objects, &m->object);
-	if (!o)
-		return 1;
-	if (o->entry && lookup - m->bias >= o->entry &&
-	    lookup - m->bias < o->entry + UNWIND_ENTRY_BYTES) {
-		st->whole = true; /* called from the entry point: the outermost frame */
-		return 1;
-	}
-	if (o->rows == 0) { /* no CFI: the frame pointer */
+	if (index == UNWIND_FRAME_POINTER) {
 		cfa = st->bp + 16;
-		if (!st->bp || bpf_probe_read_user(&bp, sizeof(bp), (void *)st->bp))
+		if (!st->bp || unwind_read(st, st->bp, &bp))
 			return 1;
 	} else {
-		if (lookup - m->bias > 0xffffffffULL)
-			return 1;
-		index = unwind_find_row(o->first_row, o->rows, lookup - m->bias);
 		row = index;
 		r = index < 0 ? NULL : bpf_map_lookup_elem(&unwind_rows, &row);
 		if (!r)
@@ -208,11 +331,10 @@ static long unwind_frame(__u64 frame, struct unwind_walk *st)
 		cfa = unwind_cfa(st, r);
 		if (!cfa)
 			return 1;
-		if (r->rbp_rule == UNWIND_RBP_AT_CFA &&
-		    bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + r->rbp_offset)))
+		if (r->rbp_rule == UNWIND_RBP_AT_CFA && unwind_read(st, cfa + r->rbp_offset, &bp))
 			return 1;
 	}
-	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)))
+	if (unwind_read(st, cfa - 8, &ra))
 		return 1;
 	if (!ra) { /* a zero return address: the outermost frame */
 		st->whole = true;
@@ -236,8 +358,7 @@ static __noinline __s64 unwind_defer(struct task_struct *task, __u32 tgid,
 				     struct memtrace_stack *s, struct pt_regs *regs)
 {
 	__u64 hash = 14695981039346656037ULL, key;
-	__u64 ip = BPF_CORE_READ(regs, ip), sp = BPF_CORE_READ(regs, sp);
-	__u64 bp = BPF_CORE_READ(regs, bp);
+	__u64 ip = regs->ip, sp = regs->sp, bp = regs->bp;
 	struct unwind_deferred *d;
 
 	if (!s)
@@ -297,16 +418,24 @@ __noinline __s64 memtrace_user_stack(void)
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct unwind_walk st = {};
 	struct pt_regs *regs;
+	__u32 zero = 0;
 
-	if (!BPF_CORE_READ(task, mm))
+	/* read directly, not with BPF_CORE_READ's helper call: the walk runs on
+	 * every fault */
+	if (!task->mm)
 		return -14; /* EFAULT: no user stack */
 	st.stack = memtrace_stack_scratch();
 	if (!st.stack)
 		return -12; /* ENOMEM */
 	regs = (struct pt_regs *)bpf_task_pt_regs(task);
-	st.ip = BPF_CORE_READ(regs, ip);
-	st.sp = BPF_CORE_READ(regs, sp);
-	st.bp = BPF_CORE_READ(regs, bp);
+	st.ip = regs->ip;
+	st.sp = regs->sp;
+	st.bp = regs->bp;
+	st.window = bpf_map_lookup_elem(&unwind_window, &zero);
+	if (!st.window)
+		return -12; /* ENOMEM */
+	st.window->bytes = 0;
+	st.window->mapping = 0;
 	st.stack->nr = 0;
 	st.stack->flags = 0;
 	st.process = bpf_map_lookup_elem(&unwind_processes, &tgid);

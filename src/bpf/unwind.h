@@ -43,8 +43,16 @@ struct unwind_object {
 	__u32 first_row;
 	__u32 rows;
 	__u32 entry; /* ELF entry point (virtual address); 0: none */
-	__u32 pad;
+	/* The page index (unwind_pages[first_page ..][pages]): for each
+	 * UNWIND_PAGE_BYTES of code from first_pc_page on, the row that covers
+	 * its start, so that a search looks at a page's rows only. pages 0: none. */
+	__u32 first_page;
+	__u32 first_pc_page; /* pc >> UNWIND_PAGE_SHIFT of the first page */
+	__u32 pages;
 };
+
+#define UNWIND_PAGE_SHIFT 10
+#define UNWIND_PAGE_BYTES (1 << UNWIND_PAGE_SHIFT)
 
 /* How far past an entry point a call still counts as the entry's own. */
 #define UNWIND_ENTRY_BYTES 64
@@ -55,7 +63,7 @@ struct unwind_mapping {
 	__u64 start;
 	__u64 end;
 	__u64 bias;
-	__u32 object;
+	__u32 object; /* 0: code of no file, or of a file without CFI: frame pointers */
 	__u32 pad;
 };
 

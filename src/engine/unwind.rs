@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use libbpf_rs::{MapCore, MapFlags, Object, RingBufferBuilder};
+use libbpf_rs::{MapCore, MapFlags, Object, OpenMapMut, RingBufferBuilder};
 use object::Object as _;
 
 use crate::analysis::debug_symbols::LoadSegments;
@@ -28,6 +28,7 @@ use crate::engine::skeleton::{
     StackFlag, StackRecord, UnwindCfa, UnwindDeferred, UnwindMapping, UnwindObject, UnwindProcess,
     UnwindRbp, UnwindRow,
 };
+use crate::engine::{kernel, loader};
 
 /// --unwind: how the stack tools walk user stacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +43,101 @@ pub enum Unwind {
 
 /// --unwind-rows: Debian's libc has ~28,000 rows, libstdc++ ~34,000.
 pub const DEFAULT_ROWS: u32 = 1 << 18;
+
+/// The stack tools' options for walking user stacks.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UnwindArgs {
+    /// How user stacks are walked: cfi (each object's .eh_frame, in the
+    /// kernel: whole stacks through code built without frame pointers;
+    /// needs Linux 5.17) or fp (frame pointers). Default: cfi where the
+    /// kernel can, else fp
+    #[arg(long, value_enum)]
+    pub unwind: Option<Unwind>,
+
+    /// Rows of unwind tables (from each object's .eh_frame) the kernel can
+    /// hold; raise it if memtrace says they found no room
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ROWS)]
+    pub unwind_rows: u32,
+}
+
+/// The kind of program that walks the stacks: what the kernel must allow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walker {
+    /// A uprobe or kprobe program.
+    Probe,
+    /// A perf_event program, which may use a hash map made as entries come
+    /// (unwind_processes) only since 6.1.
+    PerfEvent,
+}
+
+impl UnwindArgs {
+    /// The walk to use: --unwind if given (an error if the kernel can't do
+    /// it), else cfi where the kernel can, else fp.
+    pub fn resolve(&self, walker: Walker) -> Result<Unwind> {
+        let missing = cfi_missing(walker);
+        match (self.unwind, missing) {
+            (Some(Unwind::Cfi), Some(missing)) => {
+                anyhow::bail!("--unwind cfi needs {missing}: use --unwind fp")
+            }
+            (Some(asked), _) => Ok(asked),
+            (None, Some(_)) => Ok(Unwind::Fp),
+            (None, None) => Ok(Unwind::Cfi),
+        }
+    }
+
+    /// Sizes the tables' maps before load: --unwind-rows, one entry each
+    /// where the walk is fp.
+    pub fn size_maps(
+        &self,
+        unwind: Unwind,
+        rows: &mut OpenMapMut<'_>,
+        pages: &mut OpenMapMut<'_>,
+    ) -> Result<()> {
+        let wanted = match unwind {
+            Unwind::Cfi => self.unwind_rows,
+            Unwind::Fp => 1,
+        };
+        loader::set_entries(rows, wanted)?;
+        loader::set_entries(pages, page_entries(wanted))
+    }
+}
+
+/// What the running kernel lacks for unwind.bpf.h's walk; None if nothing.
+fn cfi_missing(walker: Walker) -> Option<&'static str> {
+    // bpf_find_vma is the newest helper the walk calls (bpf_loop is 5.17
+    // too, bpf_task_pt_regs 5.15)
+    let prog_type = match walker {
+        Walker::Probe => libbpf_sys::BPF_PROG_TYPE_KPROBE,
+        Walker::PerfEvent => libbpf_sys::BPF_PROG_TYPE_PERF_EVENT,
+    };
+    // SAFETY: a plain call; a null options pointer is allowed.
+    let found = unsafe {
+        libbpf_sys::libbpf_probe_bpf_helper(
+            prog_type,
+            libbpf_sys::BPF_FUNC_find_vma,
+            std::ptr::null(),
+        )
+    };
+    if found != 1 {
+        return Some("Linux 5.17 (bpf_loop, bpf_find_vma)");
+    }
+    if walker == Walker::PerfEvent && !kernel::release_at_least(6, 1) {
+        return Some("Linux 6.1 (a perf_event program's map made as entries come)");
+    }
+    None
+}
+
+/// The entries of `unwind_pages` for `rows` rows of tables: an object's
+/// index has one per KiB of its code, and code has ~20 rows a KiB (libc:
+/// 28,270 rows, 1,446 KiB).
+fn page_entries(rows: u32) -> u32 {
+    (rows / 2).max(1)
+}
+
+/// The code each entry of a page index covers: 1 << 10 bytes
+/// (UNWIND_PAGE_SHIFT), ~20 rows, which a search goes through in 5 steps
+/// where one through libc's 28,270 takes 15.
+const PAGE_SHIFT: u32 = 10;
 
 /// The programs of unwind.bpf.h that keep the processes' mappings current.
 pub const UNWIND_PROGRAMS: &[&str] = &[
@@ -153,12 +249,14 @@ impl<'obj> UserStacks<'obj> {
 
 struct UnwindTables<'obj> {
     rows_map: libbpf_rs::Map<'obj>,
+    pages_map: libbpf_rs::Map<'obj>,
     objects_map: libbpf_rs::Map<'obj>,
     processes_map: libbpf_rs::Map<'obj>,
     wanted_map: libbpf_rs::Map<'obj>,
     /// By (device, inode): None for a file that gave no table.
     objects: HashMap<((u32, u32), u64), Option<LoadedObject>>,
     next_row: usize,
+    next_page: usize,
     next_object: u32,
     /// Rows that found no room (said once, at the end).
     rows_lost: usize,
@@ -178,11 +276,13 @@ impl<'obj> UnwindTables<'obj> {
     fn new(object: &'obj Object) -> Result<UnwindTables<'obj>> {
         Ok(UnwindTables {
             rows_map: map_named(object, "unwind_rows")?,
+            pages_map: map_named(object, "unwind_pages")?,
             objects_map: map_named(object, "unwind_objects")?,
             processes_map: map_named(object, "unwind_processes")?,
             wanted_map: map_named(object, "unwind_wanted")?,
             objects: HashMap::new(),
             next_row: 0,
+            next_page: 0,
             next_object: FRAME_POINTERS + 1,
             rows_lost: 0,
             unwinder: Unwinder::default(),
@@ -339,12 +439,13 @@ impl<'obj> UnwindTables<'obj> {
             let record = row_record(row);
             rows.update(first + index, |slot| *slot = record);
         }
-        let object = UnwindObject {
+        let mut object = UnwindObject {
             first_row: first as u32,
             rows: table.rows.len() as u32,
             entry: u32::try_from(elf.entry()).unwrap_or(0),
             ..Default::default()
         };
+        self.write_page_index(&table, &mut object);
         // SAFETY: a C struct of integers: its bytes are its value.
         let bytes = unsafe { plain::as_bytes(&object) };
         self.objects_map
@@ -353,6 +454,28 @@ impl<'obj> UnwindTables<'obj> {
         self.next_row += table.rows.len();
         self.next_object += 1;
         Some(LoadedObject { id, segments })
+    }
+
+    /// Writes an object's page index after those before it and says where
+    /// it is in `object`. Without room, the object has none: its searches
+    /// go through all its rows, slower but the same.
+    fn write_page_index(&mut self, table: &UnwindTable, object: &mut UnwindObject) {
+        let (first_pc_page, index) = table.page_index(PAGE_SHIFT);
+        let first = self.next_page;
+        if index.is_empty() || first + index.len() > self.pages_map.max_entries() as usize {
+            return;
+        }
+        let Ok(pages) = MappedArray::<u32>::window(&self.pages_map, first..first + index.len())
+        else {
+            return;
+        };
+        for (page, row) in index.iter().enumerate() {
+            pages.update(first + page, |slot| *slot = object.first_row + row);
+        }
+        object.first_page = first as u32;
+        object.first_pc_page = first_pc_page;
+        object.pages = index.len() as u32;
+        self.next_page += index.len();
     }
 }
 

@@ -24,7 +24,7 @@ use crate::engine::records::{add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
 use crate::engine::target::Target;
-use crate::engine::unwind::{self, Unwind, UserStacks, UNWIND_PROGRAMS};
+use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
 use crate::present::escape::escape_c_chars;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
@@ -71,15 +71,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub stack_storage_size: u32,
 
-    /// How user stacks are walked: fp (frame pointers), or cfi (each object's
-    /// .eh_frame: whole stacks through code built without frame pointers)
-    #[arg(long, value_enum, default_value_t = Unwind::Fp)]
-    pub unwind: Unwind,
-
-    /// Rows of unwind tables (from each object's .eh_frame) the kernel can
-    /// hold; raise it if memtrace says they found no room
-    #[arg(long, value_name = "N", default_value_t = unwind::DEFAULT_ROWS)]
-    pub unwind_rows: u32,
+    #[command(flatten)]
+    pub stacks: UnwindArgs,
 
     /// Distinct (process, stack, kind) counts the kernel can hold
     #[arg(long, value_name = "N", default_value_t = 16384)]
@@ -90,10 +83,11 @@ pub fn run(args: Args) -> Result<i32> {
     // reserved first: a path that can't be written fails before the trace
     let svg = OutputFile::reserve_if_given("--svg", args.svg.as_deref())?;
     let mut trace = Trace::prepare(&args.common)?;
+    let unwind = args.stacks.resolve(Walker::PerfEvent)?;
     let mut storage = MaybeUninit::uninit();
-    let skel = load(&mut storage, &mut trace, &args)?;
+    let skel = load(&mut storage, &mut trace, &args, unwind)?;
     let _links = perf::attach_fault_program(&skel.progs.faults_fault, true)?;
-    let user_stacks = UserStacks::start(skel.object(), &trace.target.live_pids(), args.unwind)?;
+    let user_stacks = UserStacks::start(skel.object(), &trace.target.live_pids(), unwind)?;
     if let (Target::Command(cmd), true) = (&mut trace.target, user_stacks.is_on()) {
         // The command execs, stopped under ptrace at each system call of its
         // loader, so that each library's table is there before its code runs
@@ -178,6 +172,7 @@ fn load<'obj>(
     storage: &'obj mut MaybeUninit<OpenObject>,
     trace: &mut Trace,
     args: &Args,
+    unwind: Unwind,
 ) -> Result<FaultsSkel<'obj>> {
     loader::load(
         FaultsSkelBuilder::default(),
@@ -186,15 +181,12 @@ fn load<'obj>(
         |open, programs| {
             let rodata = open.rodata()?;
             rodata.kernel_stacks = args.kernel_stack;
-            rodata.unwind_cfi = args.unwind == Unwind::Cfi;
-            programs.load_if(args.unwind == Unwind::Cfi, UNWIND_PROGRAMS);
+            rodata.unwind_cfi = unwind == Unwind::Cfi;
+            programs.load_if(unwind == Unwind::Cfi, UNWIND_PROGRAMS);
             loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
-            let rows = if args.unwind == Unwind::Cfi {
-                args.unwind_rows
-            } else {
-                1
-            };
-            loader::set_entries(&mut open.maps.unwind_rows, rows)?;
+            let maps = &mut open.maps;
+            args.stacks
+                .size_maps(unwind, &mut maps.unwind_rows, &mut maps.unwind_pages)?;
             if !kernel::release_at_least(6, 1) {
                 // a perf_event program may use a hash map made as entries come
                 // only since 6.1 (the BPF memory allocator)

@@ -49,7 +49,7 @@ impl Allocator {
     /// command's libc is looked for in what it maps after exec: it is
     /// stopped there, before any of its code runs, until the session
     /// starts. None: the command ended before (its loader failed).
-    pub fn find(args: &Args, target: &mut Target) -> Result<Option<Allocator>> {
+    pub fn find(args: &Args, unwind: Unwind, target: &mut Target) -> Result<Option<Allocator>> {
         let object = match target {
             Target::Pids(processes) => {
                 for process in processes.iter() {
@@ -66,7 +66,7 @@ impl Allocator {
             // libraries are then in the mappings the unwind tables are read
             // from (engine::unwind); one mapped later is read in when a stack
             // first reaches it.
-            Target::Command(cmd) => match cmd.exec_until_mapped(if args.unwind == Unwind::Cfi {
+            Target::Command(cmd) => match cmd.exec_until_mapped(if unwind == Unwind::Cfi {
                 libc_code_in
             } else {
                 libc_in

@@ -26,7 +26,7 @@ use crate::engine::records::{self, add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::Target;
-use crate::engine::unwind::{self, Unwind, UserStacks, UNWIND_PROGRAMS};
+use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
 use crate::present::output::Output;
 
 use allocator::Allocator;
@@ -119,15 +119,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub stack_storage_size: u32,
 
-    /// How user stacks are walked: fp (frame pointers), or cfi (each object's
-    /// .eh_frame: whole stacks through code built without frame pointers)
-    #[arg(long, value_enum, default_value_t = Unwind::Fp)]
-    pub unwind: Unwind,
-
-    /// Rows of unwind tables (from each object's .eh_frame) the kernel can
-    /// hold; raise it if memtrace says they found no room
-    #[arg(long, value_name = "N", default_value_t = unwind::DEFAULT_ROWS)]
-    pub unwind_rows: u32,
+    #[command(flatten)]
+    pub stacks: UnwindArgs,
 
     /// Outstanding allocations the kernel can hold
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
@@ -197,10 +190,15 @@ pub fn run(args: Args) -> Result<i32> {
     // -p checked (a missing pid is said as every tool says it) before the
     // allocator is looked for in it
     let mut trace = Trace::prepare(&args.common)?;
+    // kernel mode's stacks are the kernel's
+    let unwind = match kernel_mode {
+        true => Unwind::Fp,
+        false => args.stacks.resolve(Walker::Probe)?,
+    };
     let allocator = if kernel_mode {
         None
     } else {
-        Allocator::find(&args, &mut trace.target)?
+        Allocator::find(&args, unwind, &mut trace.target)?
     };
     let pid = match &trace.target {
         Target::Pids(processes) => processes[0].pid as i32,
@@ -208,12 +206,11 @@ pub fn run(args: Args) -> Result<i32> {
         Target::All => -1,
     };
     let mut storage = MaybeUninit::uninit();
-    let skel = load(&mut storage, &mut trace, &args, kernel_mode, allocs)?;
+    let skel = load(&mut storage, &mut trace, &args, kernel_mode, unwind, allocs)?;
     let link = match &allocator {
         Some(allocator) => Some(allocator.attach(&skel.progs.memleak_call, pid)?),
         None => None,
     };
-    let unwind = if kernel_mode { Unwind::Fp } else { args.unwind };
     let user_stacks = UserStacks::start(skel.object(), &[pid as u32], unwind)?;
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
@@ -313,6 +310,7 @@ fn load<'obj>(
     trace: &mut Trace,
     args: &Args,
     kernel_mode: bool,
+    unwind: Unwind,
     allocs: MapInAdvance,
 ) -> Result<MemleakSkel<'obj>> {
     loader::load(
@@ -326,7 +324,7 @@ fn load<'obj>(
             rodata.sample_rate = args.sample_rate;
             rodata.trace_all = args.trace;
             rodata.wa_missing_free = args.wa_missing_free;
-            let cfi = !kernel_mode && args.unwind == Unwind::Cfi;
+            let cfi = unwind == Unwind::Cfi;
             rodata.unwind_cfi = cfi;
             programs
                 .load_if(!kernel_mode, &["memleak_call", "exitmaps_send_mappings"])
@@ -334,8 +332,9 @@ fn load<'obj>(
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
                 .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);
             loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
-            let rows = if cfi { args.unwind_rows } else { 1 };
-            loader::set_entries(&mut open.maps.unwind_rows, rows)?;
+            let maps = &mut open.maps;
+            args.stacks
+                .size_maps(unwind, &mut maps.unwind_rows, &mut maps.unwind_pages)?;
             allocs.reuse_for(&mut open.maps.allocs)?;
             if kernel_mode {
                 // the BPF allocator's refills of maps made as entries come are

@@ -194,6 +194,78 @@ fn memleak_unwinds_strdup_through_libc_and_code_without_frame_pointers() {
     assert_deep_leak("strdup", 100, &[library(&["strdup"], "libc.so.6")]);
 }
 
+/// The line of tests/fixtures/deepleak.c marked `LINE:name`.
+fn deepleak_line(name: &str) -> usize {
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deepleak.c"),
+    )
+    .unwrap();
+    let marker = format!("/* LINE:{name} */");
+    let found: Vec<usize> = source
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.contains(&marker))
+        .map(|(index, _)| index + 1)
+        .collect();
+    assert_eq!(found.len(), 1, "{marker} in deepleak.c");
+    found[0]
+}
+
+/// --source: the leak's frames carry their file and line, and the leaf
+/// inlined into middle_inlined is a frame of its own, `leaf_inlined
+/// (inlined)`, at the line of its strdup call, before middle_inlined at the
+/// line where it was inlined; libc's strdup has its line from libc's
+/// separate debug file (libc6-dbg, under /usr/lib/debug/.build-id).
+#[test]
+fn memleak_source_shows_lines_and_inlined_frames() {
+    require_root!();
+    let debug_flags = [NO_FRAME_POINTERS, &["-g"]].concat();
+    let deepleak = fixture_with("deepleak", "deepleak-g", &debug_flags);
+    let finished = run(&[
+        "memleak",
+        "--source",
+        "--json",
+        "-o",
+        "0",
+        "--",
+        deepleak.to_str().unwrap(),
+        "inlined",
+        "10",
+    ]);
+    finished.assert_success();
+    let rows = finished.json();
+    let row = the_row_through(&rows, &ours("middle_inlined", "deepleak-g"));
+    assert_eq!(row["bytes"], 1000, "{row}");
+    let stack = stack_frames(row);
+    let at = |name: &str| {
+        stack
+            .iter()
+            .position(|frame| frame.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} frame in {stack:#?}"))
+    };
+    let (leaf, middle, main) = (at("leaf_inlined "), at("middle_inlined+"), at("main+"));
+    assert_eq!((middle, main), (leaf + 1, leaf + 2), "{stack:#?}");
+    let with_line = |name: &str| format!("(deepleak.c:{}) [deepleak-g]", deepleak_line(name));
+    assert_eq!(
+        stack[leaf],
+        format!("leaf_inlined (inlined) {}", with_line("leaf_inlined"))
+    );
+    assert!(
+        stack[middle].ends_with(&with_line("middle_inlined")),
+        "{stack:#?}"
+    );
+    assert!(stack[main].ends_with(&with_line("main")), "{stack:#?}");
+    // the frame under ours is libc's strdup, with its source from libc6-dbg
+    let strdup = &stack[leaf - 1];
+    assert!(
+        strdup.contains("strdup")
+            && strdup.contains("(strdup.c:")
+            && strdup.ends_with("[libc.so.6]"),
+        "{stack:#?}"
+    );
+    assert_whole(&stack);
+}
+
 /// calloc's caller and the two functions above it, built without frame
 /// pointers: leaf_calloc <- middle_calloc <- main, 10 x 300 bytes.
 #[test]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
-use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
 use crate::analysis::debug_symbols::DebugSymbols;
@@ -138,34 +138,51 @@ impl StackSymbolizer {
         None
     }
 
-    /// User-space frames, leaf first, as `func+0xoff [module]`.
+    /// User-space frames, leaf first, as `func+0xoff [module]`; with source
+    /// information, a call inlined at an address adds a frame for each
+    /// function inlined there, `func (inlined) (file:line) [module]`,
+    /// before the one of the function it was inlined into.
     pub fn user_frames(&mut self, pid: u32, ips: &[u64]) -> Vec<String> {
         let Some(maps) = self.mappings(pid).cloned() else {
             return ips.iter().map(|ip| format!("{ip:#x} [unknown]")).collect();
         };
-        ips.iter()
-            .map(|&ip| {
-                if ip == TRUNCATED_IP {
-                    return TRUNCATED_FRAME.to_string();
+        let mut frames = Vec::with_capacity(ips.len());
+        for (depth, &ip) in ips.iter().enumerate() {
+            if ip == TRUNCATED_IP {
+                frames.push(TRUNCATED_FRAME.to_string());
+                continue;
+            }
+            let Some(map) = maps.iter().find(|m| (m.start..m.end).contains(&ip)) else {
+                frames.push(format!("{ip:#x} [unknown]"));
+                continue;
+            };
+            let module = module_name(&map.path);
+            let offset = ip - map.start + map.file_offset;
+            // a caller's address is its call's return address: the call,
+            // its line and what was inlined there are the byte before
+            let after_call = u64::from(depth > 0 && offset > 0);
+            match self.symbolize_offset(&map.path, offset - after_call, after_call) {
+                Some(syms) => {
+                    frames.extend(syms.into_iter().map(|sym| format!("{sym} [{module}]")))
                 }
-                let Some(map) = maps.iter().find(|m| (m.start..m.end).contains(&ip)) else {
-                    return format!("{ip:#x} [unknown]");
-                };
-                let module = module_name(&map.path);
-                let offset = ip - map.start + map.file_offset;
-                match self.symbolize_offset(&map.path, offset) {
-                    Some(sym) => format!("{sym} [{module}]"),
-                    None => format!("{offset:#x} [{module}]"),
-                }
-            })
-            .collect()
+                None => frames.push(format!("{offset:#x} [{module}]")),
+            }
+        }
+        frames
     }
 
-    /// `func+0xoff`, with ` (file:line)` if asked for, of a file offset.
-    /// Names alone come from a separate debug file's ELF symbols where one is
-    /// installed (see analysis::debug_symbols), else through blazesym's own
-    /// search, which loads DWARF.
-    fn symbolize_offset(&mut self, path: &Path, offset: u64) -> Option<String> {
+    /// `func+0xoff`, with ` (file:line)` if asked for, of a file offset,
+    /// after the functions inlined there, innermost first. Names alone come
+    /// from a separate debug file's ELF symbols where one is installed (see
+    /// analysis::debug_symbols), else through blazesym's own search, which
+    /// loads DWARF (a separate debug file found by build ID or debug link).
+    /// `shown_past` is added to the offset shown (a return address's byte).
+    fn symbolize_offset(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        shown_past: u64,
+    ) -> Option<Vec<String>> {
         if path == Path::new(VDSO) {
             return None; // no file to read its symbols from
         }
@@ -192,15 +209,34 @@ impl StackSymbolizer {
         let Ok(Symbolized::Sym(sym)) = symbolized else {
             return None;
         };
-        let mut frame = format!("{}+{:#x}", sym.name, sym.offset);
-        if let Some(info) = sym.code_info.as_ref().filter(|_| self.with_source) {
-            let file = escape_bytes(info.file.as_encoded_bytes());
-            match info.line {
-                Some(line) => frame.push_str(&format!(" ({file}:{line})")),
-                None => frame.push_str(&format!(" ({file})")),
+        let location = |info: Option<&CodeInfo>| match info.filter(|_| self.with_source) {
+            Some(info) => {
+                let file = escape_bytes(info.file.as_encoded_bytes());
+                match info.line {
+                    Some(line) => format!(" ({file}:{line})"),
+                    None => format!(" ({file})"),
+                }
             }
-        }
-        Some(frame)
+            None => String::new(),
+        };
+        // blazesym lists inlined calls outermost first; each one's code
+        // information is where in it the address (or the next call) is
+        let mut frames: Vec<String> = sym
+            .inlined
+            .iter()
+            .rev()
+            .map(|inlined| {
+                let name = escape_bytes(inlined.name.as_bytes());
+                format!("{name} (inlined){}", location(inlined.code_info.as_ref()))
+            })
+            .collect();
+        frames.push(format!(
+            "{}+{:#x}{}",
+            escape_bytes(sym.name.as_bytes()),
+            sym.offset as u64 + shown_past,
+            location(sym.code_info.as_deref())
+        ));
+        Some(frames)
     }
 
     /// Kernel frames, leaf first, from /proc/kallsyms; the tracing program's

@@ -74,6 +74,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
 
+    /// Source file and line of each frame, and the functions inlined
+    /// there, where debug information exists (the file's own, or a separate
+    /// one under /usr/lib/debug: Debian's -dbg and -dbgsym packages)
+    #[arg(long)]
+    pub source: bool,
+
     /// What --folded and --svg count
     #[arg(long, value_enum, default_value_t = Weight::Calls)]
     pub weight: Weight,
@@ -106,7 +112,7 @@ pub fn run(args: Args) -> Result<i32> {
         },
     )?;
 
-    let stacks = RefCell::new(Stacks::new());
+    let stacks = RefCell::new(Stacks::new(args.source));
     let mut builder = RingBufferBuilder::new();
     add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
         stacks
@@ -180,9 +186,9 @@ struct Call {
 }
 
 impl Stacks {
-    fn new() -> Stacks {
+    fn new(with_source: bool) -> Stacks {
         Stacks {
-            symbolizer: StackSymbolizer::new(false),
+            symbolizer: StackSymbolizer::new(with_source),
             unwinder: Unwinder::default(),
             pending: Vec::new(),
             counted: HashMap::new(),

@@ -55,7 +55,9 @@ pub struct Args {
     #[arg(short = 'K', long)]
     pub kernel_stack: bool,
 
-    /// Source file and line of each frame, where debug information exists
+    /// Source file and line of each frame, and the functions inlined
+    /// there, where debug information exists (the file's own, or a separate
+    /// one under /usr/lib/debug: Debian's -dbg and -dbgsym packages)
     #[arg(long)]
     pub source: bool,
 

@@ -94,6 +94,12 @@ pub struct Args {
     #[arg(short = 's', long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample_rate: u32,
 
+    /// Source file and line of each frame, and the functions inlined
+    /// there, where debug information exists (the file's own, or a separate
+    /// one under /usr/lib/debug: Debian's -dbg and -dbgsym packages)
+    #[arg(long)]
+    pub source: bool,
+
     /// Report totals by stack only (faster with many allocations; ignores -o)
     #[arg(long)]
     pub combined_only: bool,
@@ -214,7 +220,7 @@ pub fn run(args: Args) -> Result<i32> {
     let user_stacks = UserStacks::start(skel.object(), &[pid as u32], unwind)?;
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
-    let symbolizer = RefCell::new(StackSymbolizer::new(false));
+    let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let ring = ring_buffers(
         &skel,
         &symbolizer,

@@ -9,13 +9,13 @@ Workloads (tests/fixtures/pressure.c and grower.c):
   swap:    128 MiB filled and read back in that cgroup with a temporary swap file;
            swapin, and bpftrace counting major faults and pages read by comm and pid
   brk:     20000 sbrk(4096) calls back to back (a storm: ~1.5 M calls/s); brkstack
-           with a ring buffer that holds them all, and the book's brkstack.bt
+           and the book's brkstack.bt (--baseline: an older build's brkstack too)
   heap:    4000 blocks of 100000 bytes malloc'ed and written (about 3000 brk calls)
 For each configuration, interleaved runs: the tracer is started, the workload is
 timed once the tracer is attached, then the tracer is stopped. Medians, ratios to
 untraced. Run as root; the cgroup and the swap file are removed at the end.
 
-Usage: bench/pressure_bench.py [--runs N] [--memtrace PATH] [--only reclaim,swap,brk,heap]
+Usage: bench/pressure_bench.py [--runs N] [--memtrace PATH] [--baseline PATH] [--only reclaim,swap,brk,heap]
 """
 import argparse
 import os
@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--memtrace", default=os.path.join(ROOT, "target/release/memtrace"))
     ap.add_argument("--only", default="reclaim,swap,brk,heap")
+    ap.add_argument("--baseline", help="another memtrace binary whose brkstack runs interleaved")
     args = ap.parse_args()
     mt = args.memtrace
     tmp = tempfile.mkdtemp(prefix="memtrace-pressure-bench-", dir=os.path.join(ROOT, "target"))
@@ -105,13 +106,16 @@ def main():
                 ("bpftrace major faults + read bio pages", ["bpftrace", "-e", BT_SWAPIN]),
             ]),
             "brk": ([grower, "sbrk", "20000", "4096"], [
-                ("memtrace brkstack --buffer-size 256", [mt, "brkstack", "--buffer-size", "256"]),
+                ("memtrace brkstack", [mt, "brkstack"]),
                 ("bpftrace brkstack.bt", ["bpftrace", "-e", BT_BRKSTACK]),
-            ]),
+            ] + ([
+                # before brkstack unwound in the kernel: 8 KiB of stack a call, a ring that holds them all
+                ("baseline brkstack --buffer-size 256", [args.baseline, "brkstack", "--buffer-size", "256"]),
+            ] if args.baseline else [])),
             "heap": ([grower, "malloc", "4000", "100000"], [
                 ("memtrace brkstack", [mt, "brkstack"]),
                 ("bpftrace brkstack.bt", ["bpftrace", "-e", BT_BRKSTACK]),
-            ]),
+            ] + ([("baseline brkstack", [args.baseline, "brkstack"])] if args.baseline else [])),
         }
         for name in args.only.split(","):
             workload, tracers = workloads[name]

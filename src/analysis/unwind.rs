@@ -4,8 +4,11 @@
 //! pointers, which libraries built without them (Debian's libc) break: a
 //! syscall made from libc then shows no caller at all.
 //!
+//! Stacks the BPF unwinder (unwind.bpf.h) could not follow for want of a
+//! table (a library mapped since the process was read in) come here.
+//!
 //! x86-64 only: the register rules below are x86-64's (RSP, RBP, the return
-//! address); check_architecture() says so on other architectures.
+//! address); elsewhere no rule is found, and stacks end at their first frame.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -18,17 +21,6 @@ use gimli::{
 use object::{Object, ObjectSection};
 
 use crate::analysis::debug_symbols::LoadSegments;
-
-/// Whether this build's architecture is the one the unwinder knows: x86-64.
-pub fn check_architecture() -> anyhow::Result<()> {
-    if cfg!(target_arch = "x86_64") {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "unwinding user stacks is implemented for x86-64 only; this build is for {}",
-        std::env::consts::ARCH
-    )
-}
 
 /// The user registers unwinding starts from.
 #[derive(Clone, Copy, Debug)]
@@ -133,27 +125,10 @@ struct CachedObject {
     rules: HashMap<u64, Option<FrameRule>>,
 }
 
-/// Stacks remembered by unwind_memo() before the memo starts over.
-const MAX_MEMO: usize = 65536;
-
-/// (address space, ip, sp, bp) -> the words an unwinding read, and its result.
-type Memo = HashMap<(u32, u64, u64, u64), Vec<(Vec<(u64, u64)>, Vec<u64>)>>;
-
-/// What one unwinding found: the return addresses (leaf first), each stack
-/// word read on the way, and whether it reached the outermost frame.
-struct Unwound {
-    ips: Vec<u64>,
-    reads: Vec<(u64, u64)>,
-    whole: bool,
-}
-
-/// Unwinds stacks; keeps each file it has read, each rule it has found, and
-/// the stacks it has unwound.
+/// Unwinds stacks; keeps each file it has read and each rule it has found.
 #[derive(Default)]
 pub struct Unwinder {
     objects: HashMap<PathBuf, CachedObject>,
-    memo: Memo,
-    memo_entries: usize,
 }
 
 impl Unwinder {
@@ -178,75 +153,20 @@ impl Unwinder {
             .clone()
     }
 
-    /// The return addresses of a stack, leaf (the registers' ip) first.
-    /// `locate` gives the file and file offset of an address; `stack` holds
-    /// the bytes from `regs.sp` up. Unwinding stops where the CFI ends (the
-    /// program's entry point), where a read falls outside the copy, or where
-    /// no file or rule is known; a frame without CFI is tried with the frame
-    /// pointer.
-    ///
-    /// Remembered: a stack unwound before from the same registers is
-    /// recognised by the words the unwinding read (return addresses and saved
-    /// frame pointers), which decide the result, and is not unwound again.
-    /// `key` names the address space (a pid).
-    pub fn unwind_memo(
-        &mut self,
-        key: u32,
-        regs: Registers,
-        stack: &[u8],
-        locate: impl FnMut(u64) -> Option<(PathBuf, u64)>,
-    ) -> Vec<u64> {
-        let memo_key = (key, regs.ip, regs.sp, regs.bp);
-        if let Some(seen) = self.memo.get(&memo_key) {
-            let same = |reads: &[(u64, u64)]| {
-                reads.iter().all(|&(addr, value)| {
-                    read_word(regs.sp, stack, addr).unwrap_or(u64::MAX) == value
-                })
-            };
-            if let Some((_, ips)) = seen.iter().find(|(reads, _)| same(reads)) {
-                return ips.clone();
-            }
-        }
-        let Unwound { ips, reads, .. } = self.unwind_recording(regs, stack, locate);
-        if self.memo_entries >= MAX_MEMO {
-            self.memo.clear();
-            self.memo_entries = 0;
-        }
-        self.memo_entries += 1;
-        self.memo
-            .entry(memo_key)
-            .or_default()
-            .push((reads, ips.clone()));
-        ips
-    }
-
-    /// The return addresses of a stack, leaf first, as unwind_memo() finds
-    /// them (not remembered), and whether they reach the outermost frame (the
-    /// CFI says the return address is undefined, or it is zero).
+    /// The return addresses of a stack, leaf (the registers' ip) first, and
+    /// whether they reach the outermost frame (the CFI says the return
+    /// address is undefined, or it is zero). `locate` gives the file and
+    /// file offset of an address; `stack` holds the bytes from `regs.sp` up.
+    /// Unwinding stops where the CFI ends (the program's entry point), where
+    /// a read falls outside the copy, or where no file or rule is known; a
+    /// frame without CFI is tried with the frame pointer.
     pub fn unwind_whole(
         &mut self,
         regs: Registers,
         stack: &[u8],
-        locate: impl FnMut(u64) -> Option<(PathBuf, u64)>,
-    ) -> (Vec<u64>, bool) {
-        let unwound = self.unwind_recording(regs, stack, locate);
-        (unwound.ips, unwound.whole)
-    }
-
-    /// The unwound return addresses, and each stack word read on the way.
-    fn unwind_recording(
-        &mut self,
-        regs: Registers,
-        stack: &[u8],
         mut locate: impl FnMut(u64) -> Option<(PathBuf, u64)>,
-    ) -> Unwound {
-        let reads = std::cell::RefCell::new(Vec::new());
-        let read = |addr: u64| -> Option<u64> {
-            let value = read_word(regs.sp, stack, addr);
-            // a failed read decides too: the unwinding stopped there
-            reads.borrow_mut().push((addr, value.unwrap_or(u64::MAX)));
-            value
-        };
+    ) -> (Vec<u64>, bool) {
+        let read = |addr: u64| read_word(regs.sp, stack, addr);
         let Registers {
             mut ip,
             mut sp,
@@ -294,11 +214,7 @@ impl Unwinder {
             (ip, sp, bp) = (next_ip, next_sp, next_bp);
             ips.push(ip);
         }
-        Unwound {
-            ips,
-            reads: reads.into_inner(),
-            whole,
-        }
+        (ips, whole)
     }
 }
 
@@ -353,17 +269,8 @@ mod tests {
             Some((m.path()?.to_path_buf(), addr - m.start + m.offset))
         };
         let mut unwinder = Unwinder::default();
-        let ips = unwinder.unwind_memo(1, regs, &stack, locate);
+        let (ips, _) = unwinder.unwind_whole(regs, &stack, locate);
         assert!(ips.len() >= 3, "{ips:x?}");
-        // the same stack again is recognised; one with a return address changed is not
-        assert_eq!(unwinder.unwind_memo(1, regs, &stack, locate), ips);
-        let reads = unwinder.unwind_recording(regs, &stack, locate).reads;
-        // the word holding capture()'s return address (a saved rbp may be read first)
-        let (ra_at, _) = *reads.iter().find(|&&(_, value)| value == ips[1]).unwrap();
-        let mut changed = stack.clone();
-        let at = (ra_at - regs.sp) as usize;
-        changed[at..at + 8].copy_from_slice(&0u64.to_ne_bytes());
-        assert_ne!(unwinder.unwind_memo(1, regs, &changed, locate), ips);
         // every frame lies in a file mapping of this process
         assert!(ips.iter().all(|&ip| locate(ip).is_some()), "{ips:x?}");
         // the caller of capture() is this test function

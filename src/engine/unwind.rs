@@ -22,12 +22,13 @@ use crate::analysis::proc_maps::{self, MapsEntry};
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::analysis::unwind::{Registers, Unwinder};
 use crate::analysis::unwind_table::{Cfa, RbpRule, UnwindRow as Row, UnwindTable};
-use crate::engine::maps::{map_named, take_entries, MappedArray};
+use crate::engine::maps::{map_named, stored_stack, take_entries, MappedArray};
 use crate::engine::records;
 use crate::engine::skeleton::{
     StackFlag, StackRecord, UnwindCfa, UnwindDeferred, UnwindMapping, UnwindObject, UnwindProcess,
     UnwindRbp, UnwindRow,
 };
+use crate::engine::target::Target;
 use crate::engine::{kernel, loader};
 
 /// --unwind: how the stack tools walk user stacks.
@@ -58,6 +59,24 @@ pub struct UnwindArgs {
     /// hold; raise it if memtrace says they found no room
     #[arg(long, value_name = "N", default_value_t = DEFAULT_ROWS)]
     pub unwind_rows: u32,
+}
+
+/// The frames of the user stack kept under `key` in `stack_store`
+/// (memtrace_user_stack_of's result), leaf first, symbolized for `pid`; a
+/// frame saying why where there is none.
+pub fn user_frames(
+    symbolizer: &mut StackSymbolizer,
+    stack_store: &dyn MapCore,
+    pid: u32,
+    key: i64,
+) -> Vec<String> {
+    match stored_stack(stack_store, key) {
+        Some(ips) => symbolizer.user_frames(pid, &ips),
+        None if key == -i64::from(libc::ENOSPC) => {
+            vec!["[stack lost: the stack store was full]".into()]
+        }
+        None => vec!["[no user stack]".into()],
+    }
 }
 
 /// The kind of program that walks the stacks: what the kernel must allow it.
@@ -209,6 +228,22 @@ impl<'obj> UserStacks<'obj> {
         if let Some(tables) = &self.tables {
             tables.borrow_mut().set_mappings(pid, maps);
         }
+    }
+
+    /// For a `-- COMMAND` trace, with the walk on: the command execs,
+    /// stopped under ptrace at each system call of its loader, so that each
+    /// library's table is in before its code runs (what it does meanwhile is
+    /// traced: the programs are attached). It stays stopped until the
+    /// session starts.
+    pub fn follow_loader(&self, target: &mut Target) -> Result<()> {
+        if let (Target::Command(cmd), true) = (target, self.is_on()) {
+            let pid = cmd.pid.as_raw() as u32;
+            cmd.exec_until_mapped(|maps| {
+                self.set_mappings(pid, maps);
+                None::<()>
+            })?;
+        }
+        Ok(())
     }
 
     /// Adds the skeleton's `unwind_requests` (which wake the session's poll

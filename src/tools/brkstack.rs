@@ -1,8 +1,8 @@
 //! brkstack: brk(2) calls counted by user stack and process, with the bytes
 //! of heap growth each stack caused, as the book's brkstack (which counts
-//! calls only). Stacks are unwound in user space from a copy of the stack
-//! (see analysis/unwind.rs), so libc's frames without frame pointers don't
-//! cut them. x86-64 only, as the unwinder is.
+//! calls only). Stacks are walked in the kernel with each object's
+//! .eh_frame (engine/unwind.rs, unwind.bpf.h), as memleak's and faults' are,
+//! so libc's frames without frame pointers don't cut them, and counted there.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,19 +12,19 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use libbpf_rs::skel::Skel;
-use libbpf_rs::RingBufferBuilder;
+use libbpf_rs::{MapCore, RingBufferBuilder};
 use serde::Serialize;
 
 use crate::analysis::symbolize::StackSymbolizer;
-use crate::analysis::unwind::{self, Registers, Unwinder};
-use crate::cli::{parse_ring_mib, CommonArgs, ReportArgs};
-use crate::engine::drops;
+use crate::cli::{CommonArgs, ReportArgs};
+use crate::engine::drops::{self, LossWatch};
 use crate::engine::loader::{self, Trace};
-use crate::engine::maps::percpu_sums;
-use crate::engine::records::add_exit_mappings;
+use crate::engine::maps::{percpu_sums, take_entries};
+use crate::engine::records::{add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::syscalls::SyscallPrograms;
+use crate::engine::unwind::{self, Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
 use crate::present::escape::escape_c_chars;
 use crate::present::format::human_size;
 use crate::present::output::Output;
@@ -32,15 +32,11 @@ use crate::present::output_file::OutputFile;
 use crate::present::profile::FlameGraph;
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
 
-crate::bpf_skeleton!("brkstack", OpenBrkstackSkel, records: [brkstack_event]);
-use bpf::types::brkstack_event as Event;
+crate::bpf_skeleton!("brkstack", OpenBrkstackSkel, records: [brkstack_key, brkstack_value]);
+use bpf::types::{brkstack_key as Key, brkstack_value as Value};
 use bpf::BrkstackSkelBuilder;
 
 pub const ABOUT: &str = "Count brk(2) calls and heap growth by user stack";
-
-/// Calls of exited processes kept raw (with their stack copies) until their
-/// mappings arrive; beyond this they are counted by their leaf frame alone.
-const MAX_PENDING: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Weight {
@@ -52,8 +48,8 @@ pub enum Weight {
 
 #[derive(Parser, Debug)]
 #[command(about = ABOUT, after_help = "\
-Each stack is unwound from the caller's registers and the top 8 KiB of its stack
-with the files' .eh_frame, so libraries without frame pointers keep their callers.
+Each stack is walked in the kernel with the files' .eh_frame, so libraries
+without frame pointers keep their callers.
 
 Examples:
   brkstack -- ./app                 # which code grows ./app's heap
@@ -84,49 +80,58 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Weight::Calls)]
     pub weight: Weight,
 
-    /// Ring buffer size in MiB (a power of two; a call takes 8 KiB): raise it if calls are lost
-    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
-    pub buffer_size: u32,
+    #[command(flatten)]
+    pub stacks: UnwindArgs,
+
+    /// Distinct stacks the kernel can hold; raise it if stacks are lost
+    #[arg(long, value_name = "N", default_value_t = 16384)]
+    pub stack_storage_size: u32,
+
+    /// Distinct (process, stack) counts the kernel can hold
+    #[arg(long, value_name = "N", default_value_t = 16384)]
+    pub max_entries: u32,
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    unwind::check_architecture()?;
     // reserved first: a path that can't be written fails before the trace
     let svg = OutputFile::reserve_if_given("--svg", args.svg.as_deref())?;
     let mut trace = Trace::prepare(&args.common)?;
+    let unwind = args.stacks.resolve(Walker::Probe)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         BrkstackSkelBuilder::default(),
         &mut storage,
         &mut trace,
         |open, programs| {
-            let ring_bytes = loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;
             let rodata = open.rodata()?;
-            rodata.ring_bytes = u64::from(ring_bytes);
             rodata.nr_brk = libc::SYS_brk;
+            rodata.unwind_cfi = unwind == Unwind::Cfi;
             programs.syscalls(SyscallPrograms {
                 raw: ["brkstack_sys_enter", "brkstack_sys_exit"],
                 classic: vec!["brkstack_enter", "brkstack_exit"],
             });
-            Ok(())
+            programs.load_if(unwind == Unwind::Cfi, UNWIND_PROGRAMS);
+            let maps = &mut open.maps;
+            loader::set_entries(&mut maps.stack_store, args.stack_storage_size)?;
+            args.stacks
+                .size_maps(unwind, &mut maps.unwind_rows, &mut maps.unwind_pages)?;
+            loader::set_entries(&mut maps.counts, args.max_entries)
         },
     )?;
+    let user_stacks = UserStacks::start(skel.object(), &trace.target.live_pids(), unwind)?;
+    user_stacks.follow_loader(&mut trace.target)?;
 
-    let stacks = RefCell::new(Stacks::new(args.source));
+    let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let mut builder = RingBufferBuilder::new();
     add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
-        stacks
-            .borrow_mut()
-            .symbolizer
-            .add_exited_mapping(pid, mapping)
+        symbolizer.borrow_mut().add_exited_mapping(pid, mapping)
     })?;
-    builder.add(&skel.maps.events, |data| {
-        // in place: an event is 8 KiB, and storms of them come faster than copies go
-        if let Ok(event) = plain::from_bytes::<Event>(data) {
-            stacks.borrow_mut().add(event);
-        }
-        0
-    })?;
+    let maps = &skel.maps;
+    user_stacks.add_to(
+        &mut builder,
+        &maps.unwind_requests,
+        &maps.unwind_deferred_ring,
+    )?;
     let ring = builder.build().context("setting up the ring buffer")?;
 
     let mut out = Output::new(args.common.json);
@@ -136,136 +141,111 @@ pub fn run(args: Args) -> Result<i32> {
     });
     let clock = args.report.interval.is_some() || args.common.timestamp;
     let mut report_stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
+    let watch = RefCell::new(LossWatch::new(
+        args.common.tool,
+        DropReason::MEMTRACE_DROP_COUNTS,
+        MAX_ENTRIES_HINT,
+    ));
     let interval = args.report.interval;
     let mut session = Session::start(trace, interval, "brk() calls")?;
     let mut report = |out: &mut Output| -> Result<()> {
-        let rows = stacks.borrow_mut().take(args.weight);
+        let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
+        let mut watch = watch.borrow_mut();
+        watch.check(skel.object(), true)?;
+        watch.end_interval();
+        ready_symbolizer(&symbolizer, &ring, counts.iter().map(|(key, _)| key.tgid));
+        user_stacks.catch_up(&skel.maps.stack_store, &symbolizer);
+        let mut symbolizer = symbolizer.borrow_mut();
+        let rows = symbolize_rows(
+            &mut symbolizer,
+            &skel.maps.stack_store,
+            &counts,
+            args.weight,
+        );
         report_stacks.print(out, rows)
     };
-    let stop = session.run(Some(&ring), || Ok(()), || report(&mut out))?;
+    let stop = session.run(
+        Some(&ring),
+        || {
+            user_stacks.catch_up(&skel.maps.stack_store, &symbolizer);
+            watch.borrow_mut().check(skel.object(), false)
+        },
+        || report(&mut out),
+    )?;
     report(&mut out)?;
     drop(ring);
+    report_stacks.say_truncated(args.common.tool, "brk calls", true);
+    user_stacks.say_lost(args.common.tool);
     report_stacks.finish()?;
-    let hints = [(
-        DropReason::MEMTRACE_DROP_RINGBUF,
-        "brk calls, or exited processes' mappings: raise --buffer-size",
-    )];
-    if drops::report(args.common.tool, skel.object(), &hints)? {
+    if drops::report(args.common.tool, skel.object(), DROP_HINTS)? {
         let lost = percpu_sums(&skel.maps.lost_growth, 1)?[0];
-        crate::say!("brkstack: the calls lost grew the heap by {lost} bytes in all");
+        if lost > 0 {
+            crate::say!("brkstack: the calls not counted grew the heap by {lost} bytes in all");
+        }
     }
     Ok(session.exit_code(stop))
 }
 
-/// Counts of one (process, stack).
-#[derive(Default, Clone, Copy)]
-struct Totals {
-    calls: u64,
-    grown: u64,
-    shrunk: u64,
-}
+/// What a full counts map loses, and what to do about it.
+const MAX_ENTRIES_HINT: &str = "raise --max-entries";
 
-/// Calls gathered between reports: unwound as they come (most are a stack
-/// seen before: see Unwinder::unwind_memo), or at the report for a process
-/// that exited before its mappings arrived; symbolized once each, at the report.
-struct Stacks {
-    symbolizer: StackSymbolizer,
-    unwinder: Unwinder,
-    /// Calls not unwound yet, with the used part of their stack copies.
-    pending: Vec<(Call, Vec<u8>)>,
-    counted: HashMap<(u32, String, Vec<u64>), Totals>,
-}
+/// What was lost, and what to do about it.
+const DROP_HINTS: &[(DropReason, &str)] = &[
+    (DropReason::MEMTRACE_DROP_COUNTS, MAX_ENTRIES_HINT),
+    (
+        DropReason::MEMTRACE_DROP_STACKS,
+        "their calls show [stack lost]: raise --stack-storage-size",
+    ),
+    (
+        DropReason::MEMTRACE_DROP_PENDING,
+        "brk calls whose start found no room (more than 16384 threads in brk at once)",
+    ),
+    (
+        DropReason::MEMTRACE_DROP_RINGBUF,
+        "exited processes' mappings: their stacks show addresses",
+    ),
+];
 
-/// A call as counted: who, from where, and how the heap moved.
-struct Call {
-    pid: u32,
-    comm: String,
-    regs: Registers,
-    old_brk: u64,
-    new_brk: u64,
-}
-
-impl Stacks {
-    fn new(with_source: bool) -> Stacks {
-        Stacks {
-            symbolizer: StackSymbolizer::new(with_source),
-            unwinder: Unwinder::default(),
-            pending: Vec::new(),
-            counted: HashMap::new(),
-        }
+/// The counts grouped by process and stack, symbolized, the most calls
+/// first; `weight` says what their folded lines and flame graph count.
+fn symbolize_rows(
+    symbolizer: &mut StackSymbolizer,
+    stacks: &dyn MapCore,
+    counts: &[(Key, Value)],
+    weight: Weight,
+) -> Vec<Row> {
+    // one process's stack may come under two comms (it renamed itself)
+    let mut grouped: HashMap<(u32, String, i64), (u64, u64, u64)> = HashMap::new();
+    for (key, value) in counts {
+        let group = (key.tgid, escape_c_chars(&value.comm), key.user_stack);
+        let totals = grouped.entry(group).or_default();
+        totals.0 += value.calls;
+        totals.1 += value.grown;
+        totals.2 += value.shrunk;
     }
-
-    /// Counts a call, unwinding it now if its process's mappings are known
-    /// (alive, or its exit already reported); else keeps it for the report.
-    fn add(&mut self, e: &Event) {
-        let call = Call {
-            pid: e.pid,
-            comm: escape_c_chars(&e.comm),
-            regs: Registers {
-                ip: e.ip,
-                sp: e.sp,
-                bp: e.bp,
+    let time_ns = monotonic_ns();
+    let mut rows: Vec<Row> = grouped
+        .into_iter()
+        .map(|((pid, comm, stack), (calls, grown, shrunk))| Row {
+            time_ns,
+            pid,
+            comm,
+            calls,
+            bytes_grown: grown,
+            bytes_shrunk: shrunk,
+            stack: unwind::user_frames(symbolizer, stacks, pid, stack),
+            weight: match weight {
+                Weight::Calls => calls,
+                Weight::Bytes => grown,
             },
-            old_brk: e.old_brk,
-            new_brk: e.new_brk,
-        };
-        let stack = &e.stack[..(e.stack_len as usize).min(e.stack.len())];
-        if self.pending.len() < MAX_PENDING && !self.symbolizer.has_mappings(e.pid) {
-            self.pending.push((call, stack.to_vec()));
-        } else {
-            // beyond MAX_PENDING, unwound as far as it can be: its leaf frame
-            self.count(call, stack);
-        }
-    }
-
-    fn count(&mut self, call: Call, stack: &[u8]) {
-        let symbolizer = &mut self.symbolizer;
-        let ips = self
-            .unwinder
-            .unwind_memo(call.pid, call.regs, stack, |addr| {
-                symbolizer.locate(call.pid, addr)
-            });
-        let totals = self.counted.entry((call.pid, call.comm, ips)).or_default();
-        totals.calls += 1;
-        if call.new_brk > call.old_brk {
-            totals.grown += call.new_brk - call.old_brk;
-        } else {
-            totals.shrunk += call.old_brk - call.new_brk;
-        }
-    }
-
-    /// The rows counted since the last call, the most calls first; `weight`
-    /// says what their folded lines and flame graph count.
-    fn take(&mut self, weight: Weight) -> Vec<Row> {
-        for (call, stack) in std::mem::take(&mut self.pending) {
-            self.count(call, &stack);
-        }
-        self.symbolizer.refresh();
-        let time_ns = monotonic_ns();
-        let counted: Vec<_> = self.counted.drain().collect();
-        let mut rows: Vec<Row> = counted
-            .into_iter()
-            .map(|((pid, comm, ips), totals)| Row {
-                time_ns,
-                pid,
-                comm,
-                calls: totals.calls,
-                bytes_grown: totals.grown,
-                bytes_shrunk: totals.shrunk,
-                stack: self.symbolizer.user_frames(pid, &ips),
-                weight: match weight {
-                    Weight::Calls => totals.calls,
-                    Weight::Bytes => totals.grown,
-                },
-            })
-            .collect();
-        rows.sort_by(|a, b| {
-            (b.calls, b.bytes_grown)
-                .cmp(&(a.calls, a.bytes_grown))
-                .then_with(|| (a.pid, &a.stack).cmp(&(b.pid, &b.stack)))
-        });
-        rows
-    }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        (b.calls, b.bytes_grown)
+            .cmp(&(a.calls, a.bytes_grown))
+            .then_with(|| (a.pid, &a.stack).cmp(&(b.pid, &b.stack)))
+    });
+    rows
 }
 
 /// One (process, stack) of a report; the JSON fields are documented in the README.

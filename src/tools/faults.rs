@@ -23,8 +23,7 @@ use crate::engine::perf;
 use crate::engine::records::{add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
-use crate::engine::target::Target;
-use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
+use crate::engine::unwind::{self, Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
 use crate::present::escape::escape_c_chars;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
@@ -90,16 +89,7 @@ pub fn run(args: Args) -> Result<i32> {
     let skel = load(&mut storage, &mut trace, &args, unwind)?;
     let _links = perf::attach_fault_program(&skel.progs.faults_fault, true)?;
     let user_stacks = UserStacks::start(skel.object(), &trace.target.live_pids(), unwind)?;
-    if let (Target::Command(cmd), true) = (&mut trace.target, user_stacks.is_on()) {
-        // The command execs, stopped under ptrace at each system call of its
-        // loader, so that each library's table is there before its code runs
-        // (its faults are counted meanwhile: the programs are attached).
-        let pid = cmd.pid.as_raw() as u32;
-        cmd.exec_until_mapped(|maps| {
-            user_stacks.set_mappings(pid, maps);
-            None::<()>
-        })?;
-    }
+    user_stacks.follow_loader(&mut trace.target)?;
 
     let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
     let mut builder = RingBufferBuilder::new();
@@ -274,17 +264,13 @@ impl StackRow for Row {
     }
 }
 
-/// Why there is no stack, as a frame. A fault taken in user mode has no
-/// kernel stack of its own (the perf event carries user registers).
-fn missing_stack(id: i64, kernel: bool) -> Vec<String> {
+/// Why there is no kernel stack, as a frame. A fault taken in user mode has
+/// no kernel stack of its own (the perf event carries user registers).
+fn missing_kernel_stack(id: i64) -> Vec<String> {
     if id == -i64::from(libc::ENOSPC) {
         return vec!["[stack lost: the stack store was full]".into()];
     }
-    if kernel {
-        vec!["[fault in user mode]".into()]
-    } else {
-        vec!["[no user stack]".into()]
-    }
+    vec!["[fault in user mode]".into()]
 }
 
 /// The counts grouped by process and stacks, symbolized, the most faults first.
@@ -305,14 +291,11 @@ fn symbolize_rows(
     let time_ns = monotonic_ns();
     let mut rows = Vec::with_capacity(grouped.len());
     for ((pid, comm, user_id, kernel_id), [minor, major]) in grouped {
-        let user = match stored_stack(stacks, user_id) {
-            Some(ips) => symbolizer.user_frames(pid, &ips),
-            None => missing_stack(user_id, false),
-        };
+        let user = unwind::user_frames(symbolizer, stacks, pid, user_id);
         let kernel =
             (kernel_id != no_kernel_stack).then(|| match stored_stack(stacks, kernel_id) {
                 Some(ips) => symbolizer.kernel_frames(&ips),
-                None => missing_stack(kernel_id, true),
+                None => missing_kernel_stack(kernel_id),
             });
         rows.push(Row {
             time_ns,

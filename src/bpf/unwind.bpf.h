@@ -98,8 +98,10 @@ struct {
 struct unwind_window {
 	__u64 start; /* the user address of words[0] */
 	__u64 bytes; /* 0: empty */
-	__u32 mapping; /* the last frame's mapping: the next is often in it */
-	__u32 pad;
+	/* The last two frames' mappings: a stack goes back and forth between
+	 * a program and its libraries, and a search is dearer than a look. */
+	__u32 mapping;
+	__u32 other_mapping;
 	__u64 words[UNWIND_WINDOW_WORDS];
 };
 
@@ -135,31 +137,68 @@ static __always_inline void unwind_want(__u32 tgid)
  * they made a program take ~90 ms to verify).
  */
 
-/* The index of the mapping holding addr in the sorted mappings; -1 if none. */
-__noinline int unwind_find_mapping(struct unwind_process *p, __u64 addr)
-{
-	__u32 lo = 0, hi;
+struct unwind_mapping_search {
+	struct unwind_process *p;
+	__u64 addr;
+	__u32 lo;
+	__u32 hi;
+};
 
-	if (!p)
-		return -1;
+static long unwind_mapping_step(__u64 step, struct unwind_mapping_search *s)
+{
 	/* hi is not clamped: a constant bound would make the verifier walk each
 	 * path of the search on its own; the index is masked instead */
-	hi = p->nr;
-	for (int i = 0; i < UNWIND_MAPPING_STEPS && lo < hi; i++) {
-		__u32 mid = (lo + hi) / 2;
+	__u32 mid = (s->lo + s->hi) / 2;
 
-		if (p->maps[mid & (UNWIND_MAX_MAPPINGS - 1)].start <= addr)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	if (lo == 0 || addr >= p->maps[(lo - 1) & (UNWIND_MAX_MAPPINGS - 1)].end)
+	if (s->lo >= s->hi)
+		return 1;
+	if (s->p->maps[mid & (UNWIND_MAX_MAPPINGS - 1)].start <= s->addr)
+		s->lo = mid + 1;
+	else
+		s->hi = mid;
+	return 0;
+}
+
+/* Whether mapping `index` of p holds addr. */
+static __always_inline bool unwind_mapping_holds(struct unwind_process *p, __u32 index, __u64 addr)
+{
+	struct unwind_mapping *m = &p->maps[index & (UNWIND_MAX_MAPPINGS - 1)];
+
+	return m->start <= addr && addr < m->end;
+}
+
+/*
+ * The index of the mapping holding addr in the sorted mappings; -1 if none.
+ * One of the last two frames' mappings (kept in w) as a rule; else a search,
+ * whose steps are bpf_loop() callbacks: a bounded loop is checked step by
+ * step (a sixth of the verifier's work on a program that unwinds).
+ */
+__noinline int unwind_find_mapping(struct unwind_process *p, __u64 addr, struct unwind_window *w)
+{
+	struct unwind_mapping_search s = { .p = p, .addr = addr };
+	__u32 found;
+
+	if (!p || !w)
 		return -1;
-	return (lo - 1) & (UNWIND_MAX_MAPPINGS - 1);
+	if (unwind_mapping_holds(p, w->mapping, addr))
+		return w->mapping & (UNWIND_MAX_MAPPINGS - 1);
+	if (unwind_mapping_holds(p, w->other_mapping, addr)) {
+		found = w->other_mapping;
+	} else {
+		s.hi = p->nr;
+		bpf_loop(UNWIND_MAPPING_STEPS, unwind_mapping_step, &s, 0);
+		if (s.lo == 0 || !unwind_mapping_holds(p, s.lo - 1, addr))
+			return -1;
+		found = s.lo - 1;
+	}
+	w->other_mapping = w->mapping;
+	w->mapping = found;
+	return found & (UNWIND_MAX_MAPPINGS - 1);
 }
 
 /* The index in unwind_rows of the last of rows [first, end) at or below pc;
- * -1 if none. */
+ * -1 if none. A bounded loop: run on every frame, a bpf_loop() callback per
+ * step cost ~50 ns a frame more. */
 __noinline int unwind_find_row(__u32 first, __u32 end, __u32 pc)
 {
 	__u32 lo = first, hi = end;
@@ -301,16 +340,12 @@ static long unwind_frame(__u64 frame, struct unwind_walk *st)
 	s->nr = n + 1;
 	/* a return address points past its call: the call is what it belongs to */
 	lookup = n == 0 ? st->ip : st->ip - 1;
-	m = &st->process->maps[st->window->mapping & (UNWIND_MAX_MAPPINGS - 1)];
-	if (lookup < m->start || lookup >= m->end) {
-		index = unwind_find_mapping(st->process, lookup);
-		if (index < 0) {
-			st->missing = true;
-			return 1;
-		}
-		st->window->mapping = index;
-		m = &st->process->maps[index & (UNWIND_MAX_MAPPINGS - 1)];
+	index = unwind_find_mapping(st->process, lookup, st->window);
+	if (index < 0) {
+		st->missing = true;
+		return 1;
 	}
+	m = &st->process->maps[index & (UNWIND_MAX_MAPPINGS - 1)];
 	if (lookup - m->bias <= 0xffffffffULL)
 		index = unwind_locate(m->object, lookup - m->bias);
 	else /* code of no file (a JIT's): object 0 */
@@ -436,6 +471,7 @@ __noinline __s64 memtrace_user_stack(void)
 		return -12; /* ENOMEM */
 	st.window->bytes = 0;
 	st.window->mapping = 0;
+	st.window->other_mapping = 0;
 	st.stack->nr = 0;
 	st.stack->flags = 0;
 	st.process = bpf_map_lookup_elem(&unwind_processes, &tgid);

@@ -197,6 +197,29 @@ impl DeferredStacks {
     }
 }
 
+/// The maps of a stack tool's skeleton that its user side reads besides
+/// its own (stacks.bpf.h's, exitmaps.bpf.h's and unwind.bpf.h's rings).
+#[derive(Clone, Copy)]
+pub struct StackMaps<'a> {
+    pub stack_store: &'a dyn MapCore,
+    pub mappings: &'a dyn MapCore,
+    pub requests: &'a dyn MapCore,
+    pub deferred: &'a dyn MapCore,
+}
+
+/// The StackMaps of a skeleton's `maps`: every stack tool's has these fields.
+#[macro_export]
+macro_rules! stack_maps {
+    ($maps:expr) => {
+        $crate::engine::unwind::StackMaps {
+            stack_store: &$maps.stack_store,
+            mappings: &$maps.mappings,
+            requests: &$maps.unwind_requests,
+            deferred: &$maps.unwind_deferred_ring,
+        }
+    };
+}
+
 /// What a tool that unwinds user stacks in BPF keeps: the tables and the
 /// stacks sent to be unwound here. Shared by the session's callbacks. Off
 /// (every call does nothing) with `--unwind fp`.
@@ -246,22 +269,27 @@ impl<'obj> UserStacks<'obj> {
         Ok(())
     }
 
-    /// Adds the skeleton's `unwind_requests` (which wake the session's poll
-    /// when the BPF side asks for a process) and `unwind_deferred_ring` to a
-    /// ring buffer.
+    /// Adds to a ring buffer what a stack tool's skeleton sends for its
+    /// stacks: exiting processes' mappings (`mappings`, given to
+    /// `symbolizer`), and with the walk on, `unwind_requests` (which wake
+    /// the session's poll when the BPF side asks for a process) and
+    /// `unwind_deferred_ring`.
     pub fn add_to<'slf>(
         &'slf self,
         builder: &mut RingBufferBuilder<'slf, 'slf>,
-        requests: &'slf dyn MapCore,
-        deferred: &'slf dyn MapCore,
+        symbolizer: &'slf RefCell<StackSymbolizer>,
+        maps: StackMaps<'slf>,
     ) -> Result<()> {
+        records::add_exit_mappings(builder, maps.mappings, |pid, mapping| {
+            symbolizer.borrow_mut().add_exited_mapping(pid, mapping)
+        })?;
         if !self.is_on() {
             return Ok(());
         }
         builder
-            .add(requests, |_| 0)
+            .add(maps.requests, |_| 0)
             .context("adding the unwind requests to the ring buffer")?;
-        self.deferred.add_to(builder, deferred)
+        self.deferred.add_to(builder, maps.deferred)
     }
 
     /// After each poll and before each report: reads in the processes the

@@ -4,33 +4,32 @@
 //! .eh_frame (engine/unwind.rs, unwind.bpf.h), as memleak's and faults' are,
 //! so libc's frames without frame pointers don't cut them, and counted there.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use libbpf_rs::skel::Skel;
-use libbpf_rs::{MapCore, RingBufferBuilder};
+use libbpf_rs::MapCore;
 use serde::Serialize;
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::engine::drops::{self, LossWatch};
+use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{percpu_sums, take_entries};
-use crate::engine::records::{add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::syscalls::SyscallPrograms;
-use crate::engine::unwind::{self, Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
+use crate::engine::unwind::{self, Unwind, UnwindArgs, Walker, UNWIND_PROGRAMS};
 use crate::present::escape::escape_c_chars;
 use crate::present::format::human_size;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
 use crate::present::profile::FlameGraph;
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
+use crate::tools::stack_counts::{StackCounting, EXIT_MAPPINGS_HINT, MAX_ENTRIES_HINT};
 
 crate::bpf_skeleton!("brkstack", OpenBrkstackSkel, records: [brkstack_key, brkstack_value]);
 use bpf::types::{brkstack_key as Key, brkstack_value as Value};
@@ -118,21 +117,16 @@ pub fn run(args: Args) -> Result<i32> {
             loader::set_entries(&mut maps.counts, args.max_entries)
         },
     )?;
-    let user_stacks = UserStacks::start(skel.object(), &trace.target.live_pids(), unwind)?;
-    user_stacks.follow_loader(&mut trace.target)?;
-
-    let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
-    let mut builder = RingBufferBuilder::new();
-    add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
-        symbolizer.borrow_mut().add_exited_mapping(pid, mapping)
-    })?;
-    let maps = &skel.maps;
-    user_stacks.add_to(
-        &mut builder,
-        &maps.unwind_requests,
-        &maps.unwind_deferred_ring,
+    let counting = StackCounting::start(
+        args.common.tool,
+        skel.object(),
+        crate::stack_maps!(skel.maps),
+        &mut trace.target,
+        unwind,
+        args.source,
+        MAX_ENTRIES_HINT,
     )?;
-    let ring = builder.build().context("setting up the ring buffer")?;
+    let ring = counting.ring()?;
 
     let mut out = Output::new(args.common.json);
     let flame = svg.map(|file| match args.weight {
@@ -141,21 +135,12 @@ pub fn run(args: Args) -> Result<i32> {
     });
     let clock = args.report.interval.is_some() || args.common.timestamp;
     let mut report_stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
-    let watch = RefCell::new(LossWatch::new(
-        args.common.tool,
-        DropReason::MEMTRACE_DROP_COUNTS,
-        MAX_ENTRIES_HINT,
-    ));
     let interval = args.report.interval;
     let mut session = Session::start(trace, interval, "brk() calls")?;
     let mut report = |out: &mut Output| -> Result<()> {
         let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
-        let mut watch = watch.borrow_mut();
-        watch.check(skel.object(), true)?;
-        watch.end_interval();
-        ready_symbolizer(&symbolizer, &ring, counts.iter().map(|(key, _)| key.tgid));
-        user_stacks.catch_up(&skel.maps.stack_store, &symbolizer);
-        let mut symbolizer = symbolizer.borrow_mut();
+        let mut symbolizer =
+            counting.before_report(&ring, counts.iter().map(|(key, _)| key.tgid))?;
         let rows = symbolize_rows(
             &mut symbolizer,
             &skel.maps.stack_store,
@@ -164,18 +149,11 @@ pub fn run(args: Args) -> Result<i32> {
         );
         report_stacks.print(out, rows)
     };
-    let stop = session.run(
-        Some(&ring),
-        || {
-            user_stacks.catch_up(&skel.maps.stack_store, &symbolizer);
-            watch.borrow_mut().check(skel.object(), false)
-        },
-        || report(&mut out),
-    )?;
+    let stop = session.run(Some(&ring), || counting.after_poll(), || report(&mut out))?;
     report(&mut out)?;
     drop(ring);
     report_stacks.say_truncated(args.common.tool, "brk calls", true);
-    user_stacks.say_lost(args.common.tool);
+    counting.say_lost();
     report_stacks.finish()?;
     if drops::report(args.common.tool, skel.object(), DROP_HINTS)? {
         let lost = percpu_sums(&skel.maps.lost_growth, 1)?[0];
@@ -185,9 +163,6 @@ pub fn run(args: Args) -> Result<i32> {
     }
     Ok(session.exit_code(stop))
 }
-
-/// What a full counts map loses, and what to do about it.
-const MAX_ENTRIES_HINT: &str = "raise --max-entries";
 
 /// What was lost, and what to do about it.
 const DROP_HINTS: &[(DropReason, &str)] = &[
@@ -200,10 +175,7 @@ const DROP_HINTS: &[(DropReason, &str)] = &[
         DropReason::MEMTRACE_DROP_PENDING,
         "brk calls whose start found no room (more than 16384 threads in brk at once)",
     ),
-    (
-        DropReason::MEMTRACE_DROP_RINGBUF,
-        "exited processes' mappings: their stacks show addresses",
-    ),
+    (DropReason::MEMTRACE_DROP_RINGBUF, EXIT_MAPPINGS_HINT),
 ];
 
 /// The counts grouped by process and stack, symbolized, the most calls

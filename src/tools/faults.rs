@@ -2,33 +2,32 @@
 //! and kind: which code grows the RSS. As the book's faults.bt, symbolized,
 //! with folded stacks and flame graphs.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel;
-use libbpf_rs::{MapCore, OpenObject, RingBufferBuilder};
+use libbpf_rs::{MapCore, OpenObject};
 use serde::Serialize;
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{CommonArgs, ReportArgs};
-use crate::engine::drops::{self, LossWatch};
+use crate::engine::drops;
 use crate::engine::kernel;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{stored_stack, take_entries};
 use crate::engine::perf;
-use crate::engine::records::{add_exit_mappings, ready_symbolizer};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
-use crate::engine::unwind::{self, Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
+use crate::engine::unwind::{self, Unwind, UnwindArgs, Walker, UNWIND_PROGRAMS};
 use crate::present::escape::escape_c_chars;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
 use crate::present::profile::FlameGraph;
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
+use crate::tools::stack_counts::{StackCounting, EXIT_MAPPINGS_HINT, MAX_ENTRIES_HINT};
 
 crate::bpf_skeleton!("faults", OpenFaultsSkel, records: [faults_key, faults_value]);
 use bpf::types::{faults_key as Key, faults_stack_key, faults_value as Value};
@@ -88,63 +87,39 @@ pub fn run(args: Args) -> Result<i32> {
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args, unwind)?;
     let _links = perf::attach_fault_program(&skel.progs.faults_fault, true)?;
-    let user_stacks = UserStacks::start(skel.object(), &trace.target.live_pids(), unwind)?;
-    user_stacks.follow_loader(&mut trace.target)?;
-
-    let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
-    let mut builder = RingBufferBuilder::new();
-    add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
-        symbolizer.borrow_mut().add_exited_mapping(pid, mapping)
-    })?;
-    let maps = &skel.maps;
-    user_stacks.add_to(
-        &mut builder,
-        &maps.unwind_requests,
-        &maps.unwind_deferred_ring,
+    let counting = StackCounting::start(
+        args.common.tool,
+        skel.object(),
+        crate::stack_maps!(skel.maps),
+        &mut trace.target,
+        unwind,
+        args.source,
+        MAX_ENTRIES_HINT,
     )?;
-    let ring = builder.build().context("setting up the ring buffer")?;
+    let ring = counting.ring()?;
 
     let mut out = Output::new(args.common.json);
     let flame = svg.map(|file| FlameGraph::new(file, "Page faults by stack", "faults"));
     let clock = args.report.interval.is_some() || args.common.timestamp;
     let mut stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
-    let watch = RefCell::new(LossWatch::new(
-        args.common.tool,
-        DropReason::MEMTRACE_DROP_COUNTS,
-        MAX_ENTRIES_HINT,
-    ));
     let interval = args.report.interval;
     let mut session = Session::start(trace, interval, "page faults")?;
     let mut report = |out: &mut Output| -> Result<()> {
         let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
-        let mut watch = watch.borrow_mut();
-        watch.check(skel.object(), true)?;
-        watch.end_interval();
-        ready_symbolizer(&symbolizer, &ring, counts.iter().map(|(key, _)| key.tgid));
-        user_stacks.catch_up(&skel.maps.stack_store, &symbolizer);
-        let mut symbolizer = symbolizer.borrow_mut();
+        let mut symbolizer =
+            counting.before_report(&ring, counts.iter().map(|(key, _)| key.tgid))?;
         let rows = symbolize_rows(&mut symbolizer, &skel.maps.stack_store, &counts);
         stacks.print(out, rows)
     };
-    let stop = session.run(
-        Some(&ring),
-        || {
-            user_stacks.catch_up(&skel.maps.stack_store, &symbolizer);
-            watch.borrow_mut().check(skel.object(), false)
-        },
-        || report(&mut out),
-    )?;
+    let stop = session.run(Some(&ring), || counting.after_poll(), || report(&mut out))?;
     report(&mut out)?;
     drop(ring);
     stacks.say_truncated(args.common.tool, "faults", true);
-    user_stacks.say_lost(args.common.tool);
+    counting.say_lost();
     stacks.finish()?;
     drops::report(args.common.tool, skel.object(), DROP_HINTS)?;
     Ok(session.exit_code(stop))
 }
-
-/// What a full counts map loses, and what to do about it.
-const MAX_ENTRIES_HINT: &str = "raise --max-entries";
 
 /// What was lost, and what to do about it.
 const DROP_HINTS: &[(DropReason, &str)] = &[
@@ -153,10 +128,7 @@ const DROP_HINTS: &[(DropReason, &str)] = &[
         DropReason::MEMTRACE_DROP_STACKS,
         "their faults show [stack lost]: raise --stack-storage-size",
     ),
-    (
-        DropReason::MEMTRACE_DROP_RINGBUF,
-        "exited processes' mappings: their stacks show addresses",
-    ),
+    (DropReason::MEMTRACE_DROP_RINGBUF, EXIT_MAPPINGS_HINT),
 ];
 
 /// The skeleton with -K, and its maps sized.

@@ -20,6 +20,7 @@ pub mod mmapsnoop;
 pub mod oomkill;
 pub mod pmap;
 pub mod shmsnoop;
+pub mod stack_counts;
 pub mod swapin;
 pub mod vmscan;
 

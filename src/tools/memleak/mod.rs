@@ -22,7 +22,7 @@ use crate::cli::{parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
 use crate::engine::drops;
 use crate::engine::loader::{self, MapInAdvance, Trace};
-use crate::engine::records::{self, add_exit_mappings, ready_symbolizer};
+use crate::engine::records::{self, ready_symbolizer};
 use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::Target;
@@ -361,17 +361,7 @@ fn ring_buffers<'a>(
     user_stacks: &'a UserStacks<'_>,
 ) -> Result<RingBuffer<'a>> {
     let mut builder = RingBufferBuilder::new();
-    {
-        let maps = &skel.maps;
-        user_stacks.add_to(
-            &mut builder,
-            &maps.unwind_requests,
-            &maps.unwind_deferred_ring,
-        )?;
-    }
-    add_exit_mappings(&mut builder, &skel.maps.mappings, |pid, mapping| {
-        symbolizer.borrow_mut().add_exited_mapping(pid, mapping)
-    })?;
+    user_stacks.add_to(&mut builder, symbolizer, crate::stack_maps!(skel.maps))?;
     if let Some(traced) = traced {
         builder.add(&skel.maps.trace_events, |data| {
             let mut traced = traced.borrow_mut();

@@ -1,0 +1,95 @@
+//! What the tools that count by user stack in the kernel (faults, brkstack)
+//! share around their session: the unwinder's tables read in (the command's
+//! loader followed), its requests and deferred stacks answered after each
+//! poll, a full counting map said as it starts losing, the symbolizer told
+//! of processes that exited.
+
+use std::cell::{RefCell, RefMut};
+
+use anyhow::{Context, Result};
+use libbpf_rs::{Object, RingBuffer, RingBufferBuilder};
+
+use crate::analysis::symbolize::StackSymbolizer;
+use crate::engine::drops::LossWatch;
+use crate::engine::records::ready_symbolizer;
+use crate::engine::skeleton::DropReason;
+use crate::engine::target::Target;
+use crate::engine::unwind::{StackMaps, Unwind, UserStacks};
+
+/// What a full counting map loses, and what to do about it.
+pub const MAX_ENTRIES_HINT: &str = "raise --max-entries";
+
+/// What a full ring of exiting processes' mappings loses.
+pub const EXIT_MAPPINGS_HINT: &str = "exited processes' mappings: their stacks show addresses";
+
+pub struct StackCounting<'obj> {
+    tool: &'static str,
+    object: &'obj Object,
+    maps: StackMaps<'obj>,
+    user_stacks: UserStacks<'obj>,
+    symbolizer: RefCell<StackSymbolizer>,
+    watch: RefCell<LossWatch>,
+}
+
+impl<'obj> StackCounting<'obj> {
+    /// For a loaded object with stacks.bpf.h, exitmaps.bpf.h, unwind.bpf.h
+    /// and a counting map whose losses (MEMTRACE_DROP_COUNTS) `hint` says
+    /// how to avoid; the target's processes read in, a command's loader
+    /// followed (see UserStacks::follow_loader). `with_source`: --source.
+    pub fn start(
+        tool: &'static str,
+        object: &'obj Object,
+        maps: StackMaps<'obj>,
+        target: &mut Target,
+        unwind: Unwind,
+        with_source: bool,
+        hint: &'static str,
+    ) -> Result<StackCounting<'obj>> {
+        let user_stacks = UserStacks::start(object, &target.live_pids(), unwind)?;
+        user_stacks.follow_loader(target)?;
+        Ok(StackCounting {
+            tool,
+            object,
+            maps,
+            user_stacks,
+            symbolizer: RefCell::new(StackSymbolizer::new(with_source)),
+            watch: RefCell::new(LossWatch::new(tool, DropReason::MEMTRACE_DROP_COUNTS, hint)),
+        })
+    }
+
+    /// The ring buffer the session polls: see UserStacks::add_to.
+    pub fn ring(&self) -> Result<RingBuffer<'_>> {
+        let mut builder = RingBufferBuilder::new();
+        self.user_stacks
+            .add_to(&mut builder, &self.symbolizer, self.maps)?;
+        builder.build().context("setting up the ring buffer")
+    }
+
+    /// After each poll.
+    pub fn after_poll(&self) -> Result<()> {
+        self.user_stacks
+            .catch_up(self.maps.stack_store, &self.symbolizer);
+        self.watch.borrow_mut().check(self.object, false)
+    }
+
+    /// Before each report, with the processes of the counts it shows: the
+    /// symbolizer to symbolize them with.
+    pub fn before_report(
+        &self,
+        ring: &RingBuffer<'_>,
+        pids: impl IntoIterator<Item = u32>,
+    ) -> Result<RefMut<'_, StackSymbolizer>> {
+        let mut watch = self.watch.borrow_mut();
+        watch.check(self.object, true)?;
+        watch.end_interval();
+        ready_symbolizer(&self.symbolizer, ring, pids);
+        self.user_stacks
+            .catch_up(self.maps.stack_store, &self.symbolizer);
+        Ok(self.symbolizer.borrow_mut())
+    }
+
+    /// At the end, on stderr: the unwind tables' rows that found no room.
+    pub fn say_lost(&self) {
+        self.user_stacks.say_lost(self.tool);
+    }
+}

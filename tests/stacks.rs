@@ -133,7 +133,14 @@ fn assert_ends_at_start(stack: &[&str], module: &str) {
 
 /// `memleak --json -o 0 -- PROGRAM ARGS`: every row after the program exited.
 fn memleak_rows(program: &Path, args: &[&str]) -> Vec<Value> {
-    let mut command = vec!["memleak", "--json", "-o", "0", "--"];
+    memleak_rows_with(&[], program, args)
+}
+
+/// `memleak OPTIONS --json -o 0 -- PROGRAM ARGS`: every row after the program exited.
+fn memleak_rows_with(options: &[&str], program: &Path, args: &[&str]) -> Vec<Value> {
+    let mut command = vec!["memleak"];
+    command.extend_from_slice(options);
+    command.extend_from_slice(&["--json", "-o", "0", "--"]);
     command.push(program.to_str().unwrap());
     command.extend_from_slice(args);
     let finished = run(&command);
@@ -192,6 +199,29 @@ fn assert_deep_leak(kind: &str, bytes_each: u64, allocator: &[Expected]) {
 fn memleak_unwinds_strdup_through_libc_and_code_without_frame_pointers() {
     require_root!();
     assert_deep_leak("strdup", 100, &[library(&["strdup"], "libc.so.6")]);
+}
+
+/// `--unwind fp` is the kernel's frame-pointer walk, as before .eh_frame
+/// was the default: the leak is counted exactly, but the walk can't get
+/// from libc's strdup (no frame pointers) back through leaf_strdup and
+/// middle_strdup (none either) to main.
+#[test]
+fn memleak_unwind_fp_stops_in_code_without_frame_pointers() {
+    require_root!();
+    let deepleak = fixture_with("deepleak", "deepleak", NO_FRAME_POINTERS);
+    let rows = memleak_rows_with(&["--unwind", "fp"], &deepleak, &["strdup", "10"]);
+    let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(total, 1000, "{rows:#?}");
+    for row in &rows {
+        let stack = stack_frames(row);
+        let whole = ["leaf_strdup+", "middle_strdup+", "main+"]
+            .iter()
+            .all(|name| stack.iter().any(|frame| frame.starts_with(name)));
+        assert!(
+            !whole,
+            "a frame-pointer walk through code without them: {stack:#?}"
+        );
+    }
 }
 
 /// The line of tests/fixtures/deepleak.c marked `LINE:name`.

@@ -3,7 +3,7 @@
 //! rule from its pc up to the next row's pc, which a BPF program can binary
 //! search (as the Parca agent and the OpenTelemetry eBPF profiler do). The
 //! CFI programs are run here once per object, not per sample; unwind.rs
-//! looks rules up one address at a time instead, for brkstack's copied stacks.
+//! looks rules up one address at a time instead, for stacks the BPF side sent.
 //!
 //! x86-64 only: a row holds the rules x86-64 needs (CFA from RSP or RBP, the
 //! caller's RBP, the return address always at CFA-8). Another architecture

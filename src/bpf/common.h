@@ -29,8 +29,8 @@ struct memtrace_stack {
 	__u64 ips[MEMTRACE_STACK_DEPTH];
 };
 
-/* The top of a user stack copied for unwinding in user space (brkstack's
- * events, unwind.bpf.h's deferred stacks): 16 chunks of 512 bytes. */
+/* The top of a user stack copied for unwinding in user space (unwind.bpf.h's
+ * deferred stacks): 16 chunks of 512 bytes. */
 #define MEMTRACE_COPY_CHUNK 512
 #define MEMTRACE_COPY_CHUNKS 16
 #define MEMTRACE_STACK_COPY_BYTES (MEMTRACE_COPY_CHUNK * MEMTRACE_COPY_CHUNKS)

@@ -91,16 +91,23 @@ pub enum Walker {
 
 impl UnwindArgs {
     /// The walk to use: --unwind if given (an error if the kernel can't do
-    /// it), else cfi where the kernel can, else fp.
-    pub fn resolve(&self, walker: Walker) -> Result<Unwind> {
-        let missing = cfi_missing(walker);
+    /// it), else cfi where the kernel can, else fp (said on stderr).
+    pub fn resolve(&self, tool: &str, walker: Walker) -> Result<Unwind> {
+        let missing = match self.unwind {
+            Some(Unwind::Fp) => return Ok(Unwind::Fp),
+            _ => cfi_missing(walker),
+        };
         match (self.unwind, missing) {
-            (Some(Unwind::Cfi), Some(missing)) => {
+            (Some(_), Some(missing)) => {
                 anyhow::bail!("--unwind cfi needs {missing}: use --unwind fp")
             }
-            (Some(asked), _) => Ok(asked),
-            (None, Some(_)) => Ok(Unwind::Fp),
-            (None, None) => Ok(Unwind::Cfi),
+            (None, Some(missing)) => {
+                crate::say!(
+                    "{tool}: user stacks are walked by frame pointers: .eh_frame needs {missing} (code built without frame pointers shows short stacks)"
+                );
+                Ok(Unwind::Fp)
+            }
+            (_, None) => Ok(Unwind::Cfi),
         }
     }
 

@@ -95,7 +95,7 @@ pub fn run(args: Args) -> Result<i32> {
     // reserved first: a path that can't be written fails before the trace
     let svg = OutputFile::reserve_if_given("--svg", args.svg.as_deref())?;
     let mut trace = Trace::prepare(&args.common)?;
-    let unwind = args.stacks.resolve(Walker::Probe)?;
+    let unwind = args.stacks.resolve(args.common.tool, Walker::Probe)?;
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         BrkstackSkelBuilder::default(),

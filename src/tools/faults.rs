@@ -83,7 +83,7 @@ pub fn run(args: Args) -> Result<i32> {
     // reserved first: a path that can't be written fails before the trace
     let svg = OutputFile::reserve_if_given("--svg", args.svg.as_deref())?;
     let mut trace = Trace::prepare(&args.common)?;
-    let unwind = args.stacks.resolve(Walker::PerfEvent)?;
+    let unwind = args.stacks.resolve(args.common.tool, Walker::PerfEvent)?;
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args, unwind)?;
     let _links = perf::attach_fault_program(&skel.progs.faults_fault, true)?;

@@ -199,7 +199,7 @@ pub fn run(args: Args) -> Result<i32> {
     // kernel mode's stacks are the kernel's
     let unwind = match kernel_mode {
         true => Unwind::Fp,
-        false => args.stacks.resolve(Walker::Probe)?,
+        false => args.stacks.resolve(args.common.tool, Walker::Probe)?,
     };
     let allocator = if kernel_mode {
         None

@@ -486,16 +486,17 @@ __noinline __s64 memtrace_user_stack(void)
 		st.stack->ips[0] = st.ip;
 		st.stack->nr = 1;
 		st.stack->flags = MEMTRACE_STACK_TRUNCATED;
-		return memtrace_keep_stack(st.stack);
+	} else {
+		bpf_loop(MEMTRACE_STACK_DEPTH, unwind_frame, &st, 0);
+		if (st.missing) {
+			/* a mapping user space has not read in yet (a dlopen) */
+			unwind_want(tgid);
+			return unwind_defer(task, tgid, st.stack, regs);
+		}
+		if (!st.whole)
+			st.stack->flags = MEMTRACE_STACK_TRUNCATED;
 	}
-	bpf_loop(MEMTRACE_STACK_DEPTH, unwind_frame, &st, 0);
-	if (st.missing) {
-		/* a mapping user space has not read in yet (a dlopen) */
-		unwind_want(tgid);
-		return unwind_defer(task, tgid, st.stack, regs);
-	}
-	if (!st.whole)
-		st.stack->flags = MEMTRACE_STACK_TRUNCATED;
+	/* one call: the verifier checks its loop over the frames once */
 	return memtrace_keep_stack(st.stack);
 }
 

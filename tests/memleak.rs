@@ -65,16 +65,62 @@ fn freeing_everything_leaves_nothing_outstanding() {
     assert!(rows.is_empty(), "{rows:?}");
 }
 
+/// -o hides allocations younger than it from the reports made while the
+/// command runs; the one after it exited shows all it still held.
 #[test]
-fn older_hides_young_allocations() {
+fn older_hides_young_allocations_until_the_command_exits() {
     require_root!();
-    // the report comes right after the leak: younger than 5 s, hidden
-    let rows = report(&["-o", "5000"], &["malloc"]);
-    assert!(rows.is_empty(), "{rows:?}");
-    // held for 1.5 s before exiting: older than 500 ms (the default), shown
-    let rows = report(&[], &["malloc", "1500"]);
+    // reports every 0.3 s while the leak, younger than 5 s, is held 1.5 s
+    let rows = report(&["-o", "5000", "0.3"], &["malloc", "1500"]);
+    let interim: Vec<&Value> = rows.iter().filter(|r| r["final"] == false).collect();
+    assert!(
+        interim.iter().all(|r| !has_frame(r, "leak_with")),
+        "{rows:#?}"
+    );
+    let last: Vec<&Value> = rows.iter().filter(|r| r["final"] == true).collect();
+    let leaked: u64 = last
+        .iter()
+        .filter(|r| has_frame(r, "leak_with"))
+        .map(|r| r["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(leaked, 30000, "{rows:#?}");
+}
+
+/// `memleak -- COMMAND` with default options (-o 500): a leak the command
+/// made just before it exited is in the report after it.
+#[test]
+fn default_options_report_a_short_commands_leak() {
+    require_root!();
+    let rows = report(&[], &["malloc"]);
     let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
-    assert_eq!(total, 30000, "{rows:?}");
+    assert_eq!(total, 30000, "{rows:#?}");
+    assert!(rows.iter().any(|r| has_frame(r, "leak_with")), "{rows:#?}");
+}
+
+/// Each report is the outstanding set then, not an increment: JSON rows
+/// carry the report's number, and the last report's rows `"final": true`.
+#[test]
+fn json_reports_are_numbered_and_the_last_is_final() {
+    require_root!();
+    // held 1.3 s, reports every 0.4 s: three or so, then the final one
+    let rows = report(&["-o", "0", "0.4"], &["malloc", "1300"]);
+    let numbers: Vec<u64> = rows.iter().map(|r| r["report"].as_u64().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[0] <= w[1]), "{numbers:?}");
+    let last = *numbers.last().unwrap();
+    assert!(last >= 3, "{rows:#?}");
+    for row in &rows {
+        let number = row["report"].as_u64().unwrap();
+        assert_eq!(row["final"], number == last, "{row}");
+    }
+    // every report holds the whole leak: summing them would count it each time
+    for number in 1..=last {
+        let leaked: u64 = rows
+            .iter()
+            .filter(|r| r["report"] == number && has_frame(r, "leak_with"))
+            .map(|r| r["bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(leaked, 30000, "report {number}: {rows:#?}");
+    }
 }
 
 #[test]

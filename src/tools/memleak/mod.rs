@@ -30,7 +30,7 @@ use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGR
 use crate::present::output::Output;
 
 use allocator::Allocator;
-use report::{print_trace_event, Profiles, Reporter};
+use report::{print_trace_event, Moment, Profiles, Reporter};
 
 crate::bpf_skeleton!("memleak", OpenMemleakSkel, records: [memleak_alloc, memleak_combined, memleak_event]);
 use bpf::types::memleak_event;
@@ -240,10 +240,10 @@ pub fn run(args: Args) -> Result<i32> {
     session.max_reports = args.count;
     // user mode symbolizes the target's stacks, kernel mode the kernel's
     let target_pids = || (!kernel_mode).then_some(pid as u32);
-    let mut report = |out: &mut Output| {
+    let mut report = |out: &mut Output, moment: Moment| {
         ready_symbolizer(&symbolizer, &ring, target_pids());
         catch_up();
-        reporter.print(out, &mut symbolizer.borrow_mut())
+        reporter.print(out, &mut symbolizer.borrow_mut(), moment)
     };
     let stop = session.run(
         Some(&ring),
@@ -251,7 +251,7 @@ pub fn run(args: Args) -> Result<i32> {
             catch_up();
             traced.borrow_mut().finish_batch()
         },
-        || report(&mut out),
+        || report(&mut out, Moment::Interval),
     )?;
     // The trace is over. The uprobes' removal waits for the kernel (~20 ms),
     // which a process of its own does after memtrace exits (engine::detach);
@@ -264,8 +264,10 @@ pub fn run(args: Args) -> Result<i32> {
         let copy = link.as_fd().try_clone_to_owned();
         detach::close_after_exit(copy.into_iter().collect());
     }
-    if stop != Stop::Reports {
-        report(&mut out)?;
+    match stop {
+        Stop::Reports => {}
+        Stop::CommandExited(_) | Stop::TargetsExited => report(&mut out, Moment::TargetGone)?,
+        Stop::Signal(_) | Stop::Duration => report(&mut out, Moment::End)?,
     }
     reporter.write_profiles(&mut symbolizer.borrow_mut())?;
     drop(ring);

@@ -31,9 +31,16 @@ struct Outstanding {
 }
 
 /// One stack of a report; the JSON fields are documented in the README.
+/// Each report is the whole outstanding set then: it replaces the one
+/// before, and is not added to it.
 #[derive(Serialize)]
 struct Row {
     time_ns: u64,
+    /// The report's number, from 1.
+    report: u64,
+    /// The last report of the trace.
+    #[serde(rename = "final")]
+    last: bool,
     /// null in kernel mode.
     pid: Option<i32>,
     bytes: u64,
@@ -102,6 +109,23 @@ pub struct Reporter<'a> {
     profiles: Profiles,
     /// Outstanding allocations whose stack could not be stored, at the last report.
     lost_stacks: u64,
+    /// Reports printed.
+    reports: u64,
+    /// The age below which the last report left allocations out (ms): the
+    /// profiles written at the end show what it showed.
+    last_older_ms: u64,
+}
+
+/// Which report is printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    /// At an interval, the trace going on.
+    Interval,
+    /// At the end of the trace, the traced processes alive.
+    End,
+    /// At the end, the traced command or processes gone: whatever they
+    /// still held is shown, however young (-o does not apply).
+    TargetGone,
 }
 
 impl<'a> Reporter<'a> {
@@ -122,12 +146,14 @@ impl<'a> Reporter<'a> {
             report: StackReport::new(args.folded, Some(args.top), None),
             profiles,
             lost_stacks: 0,
+            reports: 0,
+            last_older_ms: args.older,
         }
     }
 
-    /// What is outstanding now, by stack key: each allocation (filtered by
-    /// -o), or the kernel's totals by stack (--combined-only).
-    fn outstanding(&self) -> Result<HashMap<i64, Outstanding>> {
+    /// What is outstanding now, by stack key: each allocation (older than
+    /// `older_ms`), or the kernel's totals by stack (--combined-only).
+    fn outstanding(&self, older_ms: u64) -> Result<HashMap<i64, Outstanding>> {
         let mut by_stack: HashMap<i64, Outstanding> = HashMap::new();
         if self.args.combined_only {
             for (stack, totals) in entries::<i64, memleak_combined>(self.combined)? {
@@ -140,7 +166,7 @@ impl<'a> Reporter<'a> {
             return Ok(by_stack);
         }
         let now = monotonic_ns();
-        let older_ns = self.args.older * 1_000_000;
+        let older_ns = older_ms * 1_000_000;
         for (addr, alloc) in entries::<u64, memleak_alloc>(self.allocs)? {
             if now.saturating_sub(alloc.time_ns) < older_ns {
                 continue;
@@ -167,8 +193,22 @@ impl<'a> Reporter<'a> {
 
     /// One report: the stacks with the most outstanding (by --sort), the top
     /// first, symbolized with what `symbolizer` knows (see records::ready_symbolizer).
-    pub fn print(&mut self, out: &mut Output, symbolizer: &mut StackSymbolizer) -> Result<()> {
-        let outstanding = self.outstanding()?;
+    pub fn print(
+        &mut self,
+        out: &mut Output,
+        symbolizer: &mut StackSymbolizer,
+        moment: Moment,
+    ) -> Result<()> {
+        let older_ms = match moment {
+            Moment::TargetGone => 0,
+            Moment::Interval | Moment::End => self.args.older,
+        };
+        let outstanding = self.outstanding(older_ms)?;
+        self.last_older_ms = older_ms;
+        self.reports += 1;
+        let report = self.reports;
+        // the COUNTth interval report ends the trace too
+        let last = moment != Moment::Interval || self.args.count == Some(report);
         self.lost_stacks = outstanding
             .iter()
             .filter(|(key, _)| **key == -i64::from(libc::ENOSPC))
@@ -189,6 +229,8 @@ impl<'a> Reporter<'a> {
             .into_iter()
             .map(|(key, outstanding)| Row {
                 time_ns,
+                report,
+                last,
                 pid: (self.pid > 0).then_some(self.pid),
                 bytes: outstanding.bytes,
                 allocations: outstanding.allocs,
@@ -196,6 +238,7 @@ impl<'a> Reporter<'a> {
                 addresses: outstanding.addresses,
             })
             .collect();
+        // the originals' title: the JSON rows say which report is the last
         self.report.print_titled(out, rows, |shown| {
             Some(format!(
                 "[{}] Top {shown} stacks with outstanding allocations:",
@@ -204,14 +247,15 @@ impl<'a> Reporter<'a> {
         })
     }
 
-    /// --svg and --pprof: what is outstanding at the end, every stack.
+    /// --svg and --pprof: what is outstanding at the end, every stack, as
+    /// the last report saw it.
     pub fn write_profiles(&mut self, symbolizer: &mut StackSymbolizer) -> Result<()> {
         let Profiles { svg, pprof } = std::mem::take(&mut self.profiles);
         if svg.is_none() && pprof.is_none() {
             return Ok(());
         }
         let samples: Vec<Sample> = self
-            .outstanding()?
+            .outstanding(self.last_older_ms)?
             .into_iter()
             .map(|(key, row)| Sample {
                 frames: self.frames(symbolizer, key),

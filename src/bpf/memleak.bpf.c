@@ -149,6 +149,17 @@ static __always_inline bool size_wanted(__u64 size)
 	return sample_rate <= 1 || bpf_ktime_get_ns() % sample_rate == 0;
 }
 
+/* mmap(2) flags */
+#define MEMLEAK_MAP_TYPE 0x0f /* MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE */
+#define MEMLEAK_MAP_PRIVATE 0x02
+#define MEMLEAK_MAP_ANONYMOUS 0x20
+
+/* Whether mmap's flags make heap: anonymous and private. */
+static __always_inline bool heap_mapping(__u64 flags)
+{
+	return (flags & MEMLEAK_MAP_ANONYMOUS) && (flags & MEMLEAK_MAP_TYPE) == MEMLEAK_MAP_PRIVATE;
+}
+
 /* Returns 0 when the return half is wanted, 1 when not. */
 static __always_inline int on_entry(struct pt_regs *ctx)
 {
@@ -187,10 +198,17 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 		call.size = PT_REGS_PARM2(ctx);
 		break;
 	case MEMLEAK_MMAP:
+		/* heap is anonymous private memory (an allocator's arenas and large
+		 * blocks); a mapped file (a locale, a cache) or shared memory is not */
+		if (!heap_mapping(PT_REGS_PARM4(ctx)))
+			return 1;
 		call.size = PT_REGS_PARM2(ctx);
 		break;
 	case MEMLEAK_MREMAP:
 		call.old_addr = PT_REGS_PARM1(ctx);
+		/* a mapping that was not counted (a file's) stays uncounted moved */
+		if (!bpf_map_lookup_elem(&allocs, &call.old_addr))
+			return 1;
 		call.size = PT_REGS_PARM3(ctx);
 		break;
 	default:

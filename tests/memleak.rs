@@ -565,6 +565,40 @@ fn mapped_files_and_shared_memory_are_not_heap() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// 2^15 leaks of 16 bytes, each from a stack of its own: more distinct
+/// stacks than the default 16384, so --stack-storage-size is raised, and the
+/// running totals by stack (--combined-only) follow it: every byte counted,
+/// nothing said lost. (Before, the totals map stayed at 16384 and the loss
+/// was blamed on --max-allocs.)
+#[test]
+fn totals_by_stack_grow_with_the_stack_store() {
+    require_root!();
+    let finished = run_on(
+        &[
+            "memleak",
+            "--json",
+            "--combined-only",
+            "--stack-storage-size",
+            "40000",
+            "-T",
+            "100000",
+        ],
+        "leaker",
+        &["tree", "15"],
+    );
+    finished.assert_success();
+    let rows = finished.json();
+    let tree: Vec<&Value> = rows.iter().filter(|r| has_frame(r, "tree")).collect();
+    let bytes: u64 = tree.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(
+        (tree.len(), bytes),
+        (1 << 15, 16 << 15),
+        "{}",
+        finished.stderr
+    );
+    assert!(!finished.stderr.contains("lost"), "{}", finished.stderr);
+}
+
 /// A fresh directory and, in it, the path of a file whose name is not UTF-8
 /// and holds a terminal escape (the leaker creates and maps it).
 fn hostile_name() -> (PathBuf, PathBuf) {

@@ -51,14 +51,14 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 16384); /* --stack-storage-size, and room for the errno keys */
 	__type(key, __s64); /* stack key */
 	__type(value, struct memleak_combined);
 } combined SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 * 1024 * 1024);
+	__uint(max_entries, 4 * 1024 * 1024); /* --buffer-size */
 } trace_events SEC(".maps");
 
 /* Puts struct memleak_event into the skeleton's generated types (ring buffers have no value type). */
@@ -98,7 +98,8 @@ static __always_inline void account(__s64 stack, __s64 bytes, __s64 count)
 		bpf_map_update_elem(&combined, &stack, &first, BPF_NOEXIST);
 		c = bpf_map_lookup_elem(&combined, &stack);
 		if (!c) {
-			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+			/* sized with the stack store (--stack-storage-size) */
+			memtrace_count_drop(MEMTRACE_DROP_STACKS);
 			return;
 		}
 	}

@@ -18,7 +18,7 @@ use libbpf_rs::skel::Skel;
 use libbpf_rs::{MapCore, OpenObject, RingBuffer, RingBufferBuilder};
 
 use crate::analysis::symbolize::StackSymbolizer;
-use crate::cli::{parse_seconds, usage_error, CommonArgs};
+use crate::cli::{parse_ring_mib, parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
 use crate::engine::drops;
 use crate::engine::loader::{self, MapInAdvance, Trace};
@@ -121,9 +121,15 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub pprof: Option<PathBuf>,
 
-    /// Distinct stacks the kernel can hold; raise it if stacks are lost
+    /// Distinct stacks the kernel can hold, and their running totals;
+    /// raise it if stacks are lost
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub stack_storage_size: u32,
+
+    /// Ring buffer for -t's events, in MiB (a power of two): raise it if
+    /// events are lost
+    #[arg(long, value_name = "MIB", default_value_t = 4, value_parser = parse_ring_mib)]
+    pub buffer_size: u32,
 
     #[command(flatten)]
     pub stacks: UnwindArgs,
@@ -183,7 +189,14 @@ const DROP_HINTS: &[(DropReason, &str)] = &[
         DropReason::MEMTRACE_DROP_STACKS,
         "raise --stack-storage-size",
     ),
+    (
+        DropReason::MEMTRACE_DROP_RINGBUF,
+        "-t's events (raise --buffer-size), or exited processes' mappings",
+    ),
 ];
+
+/// Keys of the totals map that are not stacks: the errnos a stack's key may be.
+const ERRNO_KEYS: u32 = 16;
 
 pub fn run(args: Args) -> Result<i32> {
     if let Some(conflict) = size_conflict(&args) {
@@ -340,6 +353,12 @@ fn load<'obj>(
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
                 .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);
             loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
+            // a total per stack kept, and per key that says why none was
+            // (-ENOSPC, -EFAULT)
+            let totals = args.stack_storage_size.saturating_add(ERRNO_KEYS);
+            loader::set_entries(&mut open.maps.combined, totals)?;
+            let ring = if args.trace { args.buffer_size } else { 1 };
+            loader::set_ring_buffer_size(&mut open.maps.trace_events, ring)?;
             let maps = &mut open.maps;
             args.stacks
                 .size_maps(unwind, &mut maps.unwind_rows, &mut maps.unwind_pages)?;

@@ -599,6 +599,33 @@ fn totals_by_stack_grow_with_the_stack_store() {
     assert!(!finished.stderr.contains("lost"), "{}", finished.stderr);
 }
 
+/// More outstanding allocations than --max-allocs: the loss is said as it
+/// starts (the reports under-count from then on), with the option to raise,
+/// and totalled at the end.
+#[test]
+fn a_full_allocation_map_is_said_as_it_starts() {
+    require_root!();
+    // 101 allocations held 1.5 s, reports every 0.3 s, room for 10
+    let finished = run_on(
+        &["memleak", "--json", "-o", "0", "--max-allocs", "10", "0.3"],
+        "leaker",
+        &["many", "1500"],
+    );
+    finished.assert_success();
+    let lines: Vec<&str> = finished.stderr.lines().collect();
+    let started = lines.iter().position(|l| {
+        l.starts_with("memleak: counts lost since ") && l.ends_with("raise --max-allocs)")
+    });
+    let total = lines
+        .iter()
+        .position(|l| l.contains(" counts lost: ") && l.ends_with("raise --max-allocs)"));
+    assert!(
+        matches!((started, total), (Some(s), Some(t)) if s < t),
+        "{}",
+        finished.stderr
+    );
+}
+
 /// A fresh directory and, in it, the path of a file whose name is not UTF-8
 /// and holds a terminal escape (the leaker creates and maps it).
 fn hostile_name() -> (PathBuf, PathBuf) {

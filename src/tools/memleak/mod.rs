@@ -20,7 +20,7 @@ use libbpf_rs::{MapCore, OpenObject, RingBuffer, RingBufferBuilder};
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_ring_mib, parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
-use crate::engine::drops;
+use crate::engine::drops::{self, LossWatch};
 use crate::engine::loader::{self, MapInAdvance, Trace};
 use crate::engine::records::{self, ready_symbolizer};
 use crate::engine::session::{Session, Stop};
@@ -181,10 +181,7 @@ const PERCPU_PROGRAMS: &[&str] = &["memleak_percpu_alloc", "memleak_percpu_free"
 
 /// What was lost, and what to do about it.
 const DROP_HINTS: &[(DropReason, &str)] = &[
-    (
-        DropReason::MEMTRACE_DROP_COUNTS,
-        "allocations not tracked: raise --max-allocs",
-    ),
+    (DropReason::MEMTRACE_DROP_COUNTS, MAX_ALLOCS_HINT),
     (
         DropReason::MEMTRACE_DROP_STACKS,
         "raise --stack-storage-size",
@@ -194,6 +191,9 @@ const DROP_HINTS: &[(DropReason, &str)] = &[
         "-t's events (raise --buffer-size), or exited processes' mappings",
     ),
 ];
+
+/// What a full allocation map loses, and what to do about it.
+const MAX_ALLOCS_HINT: &str = "allocations not tracked: raise --max-allocs";
 
 /// Keys of the totals map that are not stacks: the errnos a stack's key may be.
 const ERRNO_KEYS: u32 = 16;
@@ -253,7 +253,17 @@ pub fn run(args: Args) -> Result<i32> {
     session.max_reports = args.count;
     // user mode symbolizes the target's stacks, kernel mode the kernel's
     let target_pids = || (!kernel_mode).then_some(pid as u32);
+    // allocations the full map could not hold are said as they start: the
+    // reports under-count from then on (a perl's million outstanding)
+    let watch = RefCell::new(LossWatch::new(
+        args.common.tool,
+        DropReason::MEMTRACE_DROP_COUNTS,
+        MAX_ALLOCS_HINT,
+    ));
     let mut report = |out: &mut Output, moment: Moment| {
+        let mut watch = watch.borrow_mut();
+        watch.check(skel.object(), true)?;
+        watch.end_interval();
         ready_symbolizer(&symbolizer, &ring, target_pids());
         catch_up();
         reporter.print(out, &mut symbolizer.borrow_mut(), moment)
@@ -262,6 +272,7 @@ pub fn run(args: Args) -> Result<i32> {
         Some(&ring),
         || {
             catch_up();
+            watch.borrow_mut().check(skel.object(), false)?;
             traced.borrow_mut().finish_batch()
         },
         || report(&mut out, Moment::Interval),

@@ -22,7 +22,7 @@ use crate::analysis::proc_maps::{self, MapsEntry};
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::analysis::unwind::{Registers, Unwinder};
 use crate::analysis::unwind_table::{Cfa, RbpRule, UnwindRow as Row, UnwindTable};
-use crate::engine::maps::{map_named, stored_stack, take_entries, MappedArray};
+use crate::engine::maps::{map_named, take_entries, MappedArray};
 use crate::engine::records;
 use crate::engine::skeleton::{
     StackFlag, StackRecord, UnwindCfa, UnwindDeferred, UnwindMapping, UnwindObject, UnwindProcess,
@@ -59,24 +59,6 @@ pub struct UnwindArgs {
     /// hold; raise it if memtrace says they found no room
     #[arg(long, value_name = "N", default_value_t = DEFAULT_ROWS)]
     pub unwind_rows: u32,
-}
-
-/// The frames of the user stack kept under `key` in `stack_store`
-/// (memtrace_user_stack_of's result), leaf first, symbolized for `pid`; a
-/// frame saying why where there is none.
-pub fn user_frames(
-    symbolizer: &mut StackSymbolizer,
-    stack_store: &dyn MapCore,
-    pid: u32,
-    key: i64,
-) -> Vec<String> {
-    match stored_stack(stack_store, key) {
-        Some(ips) => symbolizer.user_frames(pid, &ips),
-        None if key == -i64::from(libc::ENOSPC) => {
-            vec!["[stack lost: the stack store was full]".into()]
-        }
-        None => vec!["[no user stack]".into()],
-    }
 }
 
 /// The kind of program that walks the stacks: what the kernel must allow it.

@@ -12,6 +12,9 @@ use crate::present::profile::{folded_line, FlameGraph};
 /// outermost frame.
 pub const TRUNCATED_FRAME: &str = "[truncated]";
 
+/// The frame of a stack that found no room in the stack store.
+pub const STORE_FULL_FRAME: &str = "[stack lost: the stack store was full]";
+
 /// A row of a stack-counting tool: a stack and what was counted on it.
 pub trait StackRow {
     /// Frames outermost first, as folded lines and flame graphs show them

@@ -22,14 +22,14 @@ use crate::engine::maps::{percpu_sums, take_entries};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::syscalls::SyscallPrograms;
-use crate::engine::unwind::{self, Unwind, UnwindArgs, Walker, UNWIND_PROGRAMS};
+use crate::engine::unwind::{Unwind, UnwindArgs, Walker, UNWIND_PROGRAMS};
 use crate::present::escape::escape_c_chars;
 use crate::present::format::human_size;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
 use crate::present::profile::FlameGraph;
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
-use crate::tools::stack_counts::{StackCounting, EXIT_MAPPINGS_HINT, MAX_ENTRIES_HINT};
+use crate::tools::stack_counts::{self, StackCounting, EXIT_MAPPINGS_HINT, MAX_ENTRIES_HINT};
 
 crate::bpf_skeleton!("brkstack", OpenBrkstackSkel, records: [brkstack_key, brkstack_value]);
 use bpf::types::{brkstack_key as Key, brkstack_value as Value};
@@ -205,7 +205,7 @@ fn symbolize_rows(
             calls,
             bytes_grown: grown,
             bytes_shrunk: shrunk,
-            stack: unwind::user_frames(symbolizer, stacks, pid, stack),
+            stack: stack_counts::user_frames(symbolizer, stacks, pid, stack),
             weight: match weight {
                 Weight::Calls => calls,
                 Weight::Bytes => grown,

@@ -21,13 +21,13 @@ use crate::engine::maps::{stored_stack, take_entries};
 use crate::engine::perf;
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
-use crate::engine::unwind::{self, Unwind, UnwindArgs, Walker, UNWIND_PROGRAMS};
+use crate::engine::unwind::{Unwind, UnwindArgs, Walker, UNWIND_PROGRAMS};
 use crate::present::escape::escape_c_chars;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
 use crate::present::profile::FlameGraph;
-use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
-use crate::tools::stack_counts::{StackCounting, EXIT_MAPPINGS_HINT, MAX_ENTRIES_HINT};
+use crate::present::stack_report::{write_stackcount, StackReport, StackRow, STORE_FULL_FRAME};
+use crate::tools::stack_counts::{self, StackCounting, EXIT_MAPPINGS_HINT, MAX_ENTRIES_HINT};
 
 crate::bpf_skeleton!("faults", OpenFaultsSkel, records: [faults_key, faults_value]);
 use bpf::types::{faults_key as Key, faults_stack_key, faults_value as Value};
@@ -240,7 +240,7 @@ impl StackRow for Row {
 /// no kernel stack of its own (the perf event carries user registers).
 fn missing_kernel_stack(id: i64) -> Vec<String> {
     if id == -i64::from(libc::ENOSPC) {
-        return vec!["[stack lost: the stack store was full]".into()];
+        return vec![STORE_FULL_FRAME.into()];
     }
     vec!["[fault in user mode]".into()]
 }
@@ -263,7 +263,7 @@ fn symbolize_rows(
     let time_ns = monotonic_ns();
     let mut rows = Vec::with_capacity(grouped.len());
     for ((pid, comm, user_id, kernel_id), [minor, major]) in grouped {
-        let user = unwind::user_frames(symbolizer, stacks, pid, user_id);
+        let user = stack_counts::user_frames(symbolizer, stacks, pid, user_id);
         let kernel =
             (kernel_id != no_kernel_stack).then(|| match stored_stack(stacks, kernel_id) {
                 Some(ips) => symbolizer.kernel_frames(&ips),

@@ -7,14 +7,16 @@
 use std::cell::{RefCell, RefMut};
 
 use anyhow::{Context, Result};
-use libbpf_rs::{Object, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{MapCore, Object, RingBuffer, RingBufferBuilder};
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::engine::drops::LossWatch;
+use crate::engine::maps::stored_stack;
 use crate::engine::records::ready_symbolizer;
 use crate::engine::skeleton::DropReason;
 use crate::engine::target::Target;
 use crate::engine::unwind::{StackMaps, Unwind, UserStacks};
+use crate::present::stack_report::STORE_FULL_FRAME;
 
 /// What a full counting map loses, and what to do about it.
 pub const MAX_ENTRIES_HINT: &str = "raise --max-entries";
@@ -91,5 +93,23 @@ impl<'obj> StackCounting<'obj> {
     /// At the end, on stderr: the unwind tables' rows that found no room.
     pub fn say_lost(&self) {
         self.user_stacks.say_lost(self.tool);
+    }
+}
+
+/// The frames of the user stack kept under `key` in `stack_store`
+/// (memtrace_user_stack_of's result), leaf first, symbolized for `pid`; a
+/// frame saying why where there is none.
+pub fn user_frames(
+    symbolizer: &mut StackSymbolizer,
+    stack_store: &dyn MapCore,
+    pid: u32,
+    key: i64,
+) -> Vec<String> {
+    match stored_stack(stack_store, key) {
+        Some(ips) => symbolizer.user_frames(pid, &ips),
+        None if key == -i64::from(libc::ENOSPC) => {
+            vec![STORE_FULL_FRAME.into()]
+        }
+        None => vec!["[no user stack]".into()],
     }
 }

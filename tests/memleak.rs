@@ -4,7 +4,7 @@ mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -779,39 +779,20 @@ fn running(program: &std::path::Path) -> bool {
 }
 
 #[test]
-fn a_static_command_needs_o_and_is_traced_with_it() {
+fn a_static_programs_own_allocator_is_found() {
     require_root!();
-    // the leaker linked with the static libc: no libc.so to find
+    // the leaker linked with the static libc: its malloc is in the program
     let leaker = fixture_with("leaker", "leaker-static", &["-static"]);
     let program = leaker.to_str().unwrap();
-    // its main would create this file first
-    let ran = temp_path("static-leaker-ran");
-    let out = memtrace()
-        .args(["memleak", "-o", "0", "--", program, "--map"])
-        .arg(&ran)
-        .arg("malloc")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(out.stdout.is_empty());
-    assert_eq!(
-        stderr,
-        format!(
-            "memleak: no libc in the target's mappings: {program} runs without a dynamic loader \
-             (a static program); name its allocator with -O, the program itself if the \
-             allocator is linked into it\n"
-        )
-    );
-    // stopped right after exec, then killed: never ran, and not left behind
-    assert!(!ran.exists(), "the command ran");
-    assert!(!running(&leaker), "the command was left behind");
-
-    // -O the program itself: its own malloc is probed
-    let finished = run(&[
-        "memleak", "--json", "-o", "0", "-O", program, "--", program, "malloc",
-    ]);
+    let finished = run(&["memleak", "--json", "-o", "0", "--", program, "malloc"]);
     finished.assert_success();
+    assert!(
+        finished.stderr.contains(&format!(
+            "memleak: probing allocator functions in {program} ("
+        )),
+        "{}",
+        finished.stderr
+    );
     let rows = finished.json();
     let leaks: Vec<&Value> = rows.iter().filter(|r| has_frame(r, "leak_with")).collect();
     assert_eq!(leaks.len(), 1, "{rows:?}");
@@ -820,6 +801,143 @@ fn a_static_command_needs_o_and_is_traced_with_it() {
     assert!(stack_frames(leaks[0])
         .iter()
         .any(|f| f.starts_with("main+") && f.ends_with("[leaker-static]")));
+}
+
+#[test]
+fn a_program_without_an_allocator_is_said_to_have_none() {
+    require_root!();
+    // a static program with no allocator at all: nothing to probe
+    let bare = fixture_with("bare", "bare", &["-static", "-nostdlib"]);
+    let program = bare.to_str().unwrap();
+    let out = memtrace()
+        .args(["memleak", "-o", "0", "--", program])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr,
+        format!(
+            "memleak: no allocator in the mappings of {program}: none of its objects has \
+             malloc, free or operator new; name the allocator's library with -O (and \
+             --symbols-prefix if its functions have one)\n"
+        )
+    );
+    // stopped right after exec, then killed: not left behind
+    assert!(!running(&bare), "the command was left behind");
+}
+
+/// (bytes, allocations) of each row whose stack goes through `function`.
+fn bytes_and_allocations(rows: &[Value], function: &str) -> Vec<(u64, u64)> {
+    rows.iter()
+        .filter(|r| has_frame(r, function))
+        .map(|r| {
+            (
+                r["bytes"].as_u64().unwrap(),
+                r["allocations"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A library of Debian's (libjemalloc2, ...), where the dynamic loader finds it.
+fn debian_library(file: &str) -> PathBuf {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+        "/lib",
+    ]
+    .iter()
+    .map(|dir| PathBuf::from(dir).join(file))
+    .find(|path| path.exists())
+    .unwrap_or_else(|| panic!("{file} is not installed (scripts/install-deps installs it)"))
+}
+
+/// Debian's allocators that replace malloc and operator new when preloaded.
+const PRELOADED: &[&str] = &[
+    "libjemalloc.so.2",
+    "libtcmalloc_minimal.so.4",
+    "libmimalloc.so.2",
+];
+
+/// `memleak --json -o 0 -- fixture ARGS` with `library` preloaded: its stderr and rows.
+fn preloaded_report(library: &Path, fixture: &Path, args: &[&str]) -> (String, Vec<Value>) {
+    let mut memleak = memtrace();
+    memleak
+        .args(["memleak", "--json", "-o", "0", "--"])
+        .arg(fixture)
+        .args(args)
+        .env("LD_PRELOAD", library);
+    let finished = Tracer::start_command(memleak).wait();
+    finished.assert_success();
+    (finished.stderr.clone(), finished.json())
+}
+
+#[test]
+fn preloaded_allocators_are_found_without_o() {
+    require_root!();
+    let leaker = fixture("leaker");
+    for file in PRELOADED {
+        let library = debian_library(file);
+        let (stderr, rows) = preloaded_report(&library, &leaker, &["many"]);
+        // named on stderr beside libc (which the loader maps all the same)
+        let real = std::fs::canonicalize(&library).unwrap();
+        assert!(
+            stderr.contains(&format!("{} (", real.display())) && stderr.contains("libc.so.6 ("),
+            "{file}: {stderr}"
+        );
+        // the leak, exactly, from its function; the churn (calloc, realloc,
+        // free) balanced; the 100 small leaks too
+        let through = |function: &str| bytes_and_allocations(&rows, function);
+        assert_eq!(through("leak_with"), [(30000, 1)], "{file}: {rows:?}");
+        assert_eq!(through("leak_small"), [(1600, 100)], "{file}: {rows:?}");
+        assert_eq!(through("churn"), [], "{file}: {rows:?}");
+    }
+}
+
+/// Every operator new and delete the compiler emits (plain, array, nothrow,
+/// aligned; sized and aligned deletes), through libstdc++ to glibc's malloc
+/// and through the operators of jemalloc, tcmalloc and mimalloc themselves:
+/// the leak exactly, the churn balanced.
+#[test]
+fn cxx_new_and_delete_variants_balance() {
+    require_root!();
+    let cxxleak = cxx_fixture_with("cxxleak", "cxxleak", &[]);
+    let libraries = std::iter::once(None).chain(PRELOADED.iter().map(|f| Some(debian_library(f))));
+    for library in libraries {
+        let (_, rows) = match &library {
+            Some(library) => preloaded_report(library, &cxxleak, &["variants"]),
+            None => {
+                let finished = run(&[
+                    "memleak",
+                    "--json",
+                    "-o",
+                    "0",
+                    "--",
+                    cxxleak.to_str().unwrap(),
+                    "variants",
+                ]);
+                finished.assert_success();
+                (String::new(), finished.json())
+            }
+        };
+        let leaked: Vec<&Value> = rows
+            .iter()
+            .filter(|r| has_frame(r, "leak_variants()"))
+            .collect();
+        let bytes: u64 = leaked.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+        let allocations: u64 = leaked
+            .iter()
+            .map(|r| r["allocations"].as_u64().unwrap())
+            .sum();
+        assert_eq!((bytes, allocations), (4020, 5), "{library:?}: {rows:?}");
+        assert!(
+            !rows.iter().any(|r| has_frame(r, "churn_variants()")),
+            "{library:?}: {rows:?}"
+        );
+    }
 }
 
 #[test]
@@ -849,20 +967,93 @@ fn a_commands_own_libc_is_probed_from_its_first_allocation() {
     let finished = Tracer::start_command(memleak).wait();
     finished.assert_success();
     let rows = finished.json();
-    let bytes_through = |function: &str| -> Vec<(u64, u64)> {
-        rows.iter()
-            .filter(|r| has_frame(r, function))
-            .map(|r| {
-                (
-                    r["bytes"].as_u64().unwrap(),
-                    r["allocations"].as_u64().unwrap(),
-                )
-            })
-            .collect()
-    };
+    let bytes_through = |function: &str| bytes_and_allocations(&rows, function);
     assert_eq!(bytes_through("leak_with"), [(30000, 1)], "{rows:?}");
     assert_eq!(bytes_through("leak_early"), [(777, 1)], "{rows:?}");
     let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
     assert_eq!(total, 30777, "everything else was freed: {rows:?}");
     let _ = std::fs::remove_dir_all(own);
+}
+
+/// Debian's redis-server on 127.0.0.1, stopped when dropped.
+struct Redis {
+    server: std::process::Child,
+    port: String,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        let server = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (scripts/install-deps installs it)");
+        let redis = Redis { server, port };
+        for _ in 0..100 {
+            if redis.cli(&["ping"]) == "PONG" {
+                return redis;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer on port {}", redis.port);
+    }
+
+    /// redis-cli's answer to one command.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port])
+            .args(args)
+            .output()
+            .expect("redis-cli is not installed (scripts/install-deps installs it)");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// A real server: redis-server takes its malloc from libjemalloc, which
+/// memleak finds without -O. Two 30000-byte values are SET while it traces
+/// and one is deleted: one value is outstanding at the end, exactly (its sds
+/// string: a 5-byte header, the bytes and a NUL), allocated in sdsnewlen.
+#[test]
+fn redis_servers_jemalloc_is_found_and_its_values_counted() {
+    require_root!();
+    let redis = Redis::start();
+    let pid = redis.server.id().to_string();
+    let tracer = Tracer::start(&["memleak", "--json", "-o", "0", "-p", &pid, "3600"]);
+    let value = "x".repeat(30000);
+    assert_eq!(redis.cli(&["set", "kept", &value]), "OK");
+    assert_eq!(redis.cli(&["set", "deleted", &value]), "OK");
+    assert_eq!(redis.cli(&["del", "deleted"]), "1");
+    let finished = tracer.stop();
+    assert!(
+        finished.stderr.contains("libjemalloc.so.2 ("),
+        "{}",
+        finished.stderr
+    );
+    let rows = finished.json();
+    let values: Vec<(u64, u64)> = rows
+        .iter()
+        .filter(|r| stack_frames(r).iter().any(|f| f.contains("sdsnewlen")))
+        .map(|r| {
+            (
+                r["bytes"].as_u64().unwrap(),
+                r["allocations"].as_u64().unwrap(),
+            )
+        })
+        .filter(|&(bytes, _)| bytes >= 30000)
+        .collect();
+    assert_eq!(values, [(30006, 1)], "{rows:?}");
 }

@@ -161,56 +161,97 @@ static __always_inline bool heap_mapping(__u64 flags)
 	return (flags & MEMLEAK_MAP_ANONYMOUS) && (flags & MEMLEAK_MAP_TYPE) == MEMLEAK_MAP_PRIVATE;
 }
 
+/*
+ * Argument n (0-3) of the probed function. The probe may sit a few
+ * instructions into it (user space places it on one the kernel emulates:
+ * analysis/probe_site.rs), where an argument may have been moved to another
+ * register: the cookie says which, 4 bits an argument from bit 8 (x86
+ * numbering: 0 rax, 1 rcx, 2 rdx, 3 rbx, 6 rsi, 7 rdi, 8-15 r8-r15).
+ */
+static __always_inline __u64 memleak_arg(struct pt_regs *ctx, __u64 cookie, int n)
+{
+#if defined(__TARGET_ARCH_x86)
+	/* read into an array indexed by number: a switch of context reads is
+	 * compiled into one read at a computed offset, which the verifier refuses */
+	__u64 regs[16] = {
+		ctx->ax, ctx->cx, ctx->dx, ctx->bx, 0, 0, ctx->si, ctx->di,
+		ctx->r8, ctx->r9, ctx->r10, ctx->r11, ctx->r12, ctx->r13, ctx->r14, ctx->r15,
+	};
+
+	/* rsp and rbp (4, 5) are never chosen */
+	return regs[(cookie >> (8 + 4 * n)) & 0xf];
+#else
+	/* elsewhere the probe is at the entry: the ABI's registers */
+	switch (n) {
+	case 0: return PT_REGS_PARM1(ctx);
+	case 1: return PT_REGS_PARM2(ctx);
+	case 2: return PT_REGS_PARM3(ctx);
+	default: return PT_REGS_PARM4(ctx);
+	}
+#endif
+}
+
+/* realloc(p, 0) frees p */
+static __always_inline bool frees_on_zero(__u32 func)
+{
+	return func == MEMLEAK_REALLOC || func == MEMLEAK_REALLOCARRAY;
+}
+
 /* Returns 0 when the return half is wanted, 1 when not. */
 static __always_inline int on_entry(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct memleak_call call = { .func = bpf_get_attach_cookie(ctx) };
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	struct memleak_call call = { .func = cookie & 0xff };
 
 	if (!memtrace_wanted())
 		return 1;
 	switch (call.func) {
 	case MEMLEAK_FREE:
-		forget(PT_REGS_PARM1(ctx));
+		forget(memleak_arg(ctx, cookie, 0));
 		return 1;
 	case MEMLEAK_MUNMAP:
 		/* munmap from inside the allocator (a large free) is free's business */
 		if (!bpf_map_lookup_elem(&calls, &id))
-			forget(PT_REGS_PARM1(ctx));
+			forget(memleak_arg(ctx, cookie, 0));
 		return 1;
 	case MEMLEAK_MALLOC:
 	case MEMLEAK_VALLOC:
 	case MEMLEAK_PVALLOC:
-		call.size = PT_REGS_PARM1(ctx);
+		call.size = memleak_arg(ctx, cookie, 0);
 		break;
 	case MEMLEAK_CALLOC:
-		call.size = PT_REGS_PARM1(ctx) * PT_REGS_PARM2(ctx);
+		call.size = memleak_arg(ctx, cookie, 0) * memleak_arg(ctx, cookie, 1);
 		break;
 	case MEMLEAK_REALLOC:
-		call.old_addr = PT_REGS_PARM1(ctx);
-		call.size = PT_REGS_PARM2(ctx);
+		call.old_addr = memleak_arg(ctx, cookie, 0);
+		call.size = memleak_arg(ctx, cookie, 1);
+		break;
+	case MEMLEAK_REALLOCARRAY:
+		call.old_addr = memleak_arg(ctx, cookie, 0);
+		call.size = memleak_arg(ctx, cookie, 1) * memleak_arg(ctx, cookie, 2);
 		break;
 	case MEMLEAK_POSIX_MEMALIGN:
-		call.memptr = PT_REGS_PARM1(ctx);
-		call.size = PT_REGS_PARM3(ctx);
+		call.memptr = memleak_arg(ctx, cookie, 0);
+		call.size = memleak_arg(ctx, cookie, 2);
 		break;
 	case MEMLEAK_MEMALIGN:
 	case MEMLEAK_ALIGNED_ALLOC:
-		call.size = PT_REGS_PARM2(ctx);
+		call.size = memleak_arg(ctx, cookie, 1);
 		break;
 	case MEMLEAK_MMAP:
 		/* heap is anonymous private memory (an allocator's arenas and large
 		 * blocks); a mapped file (a locale, a cache) or shared memory is not */
-		if (!heap_mapping(PT_REGS_PARM4(ctx)))
+		if (!heap_mapping(memleak_arg(ctx, cookie, 3)))
 			return 1;
-		call.size = PT_REGS_PARM2(ctx);
+		call.size = memleak_arg(ctx, cookie, 1);
 		break;
 	case MEMLEAK_MREMAP:
-		call.old_addr = PT_REGS_PARM1(ctx);
+		call.old_addr = memleak_arg(ctx, cookie, 0);
 		/* a mapping that was not counted (a file's) stays uncounted moved */
 		if (!bpf_map_lookup_elem(&allocs, &call.old_addr))
 			return 1;
-		call.size = PT_REGS_PARM3(ctx);
+		call.size = memleak_arg(ctx, cookie, 2);
 		break;
 	default:
 		return 1;
@@ -219,7 +260,7 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 	if (bpf_map_lookup_elem(&calls, &id))
 		return 1;
 	/* realloc(p, 0) frees p: its return is needed whatever the size */
-	if (!size_wanted(call.size) && !(call.func == MEMLEAK_REALLOC && call.old_addr))
+	if (!size_wanted(call.size) && !(frees_on_zero(call.func) && call.old_addr))
 		return 1;
 	if (bpf_map_update_elem(&calls, &id, &call, BPF_ANY)) {
 		memtrace_count_drop(MEMTRACE_DROP_PENDING);
@@ -231,7 +272,7 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 static __always_inline int on_return(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 func = bpf_get_attach_cookie(ctx);
+	__u32 func = bpf_get_attach_cookie(ctx) & 0xff;
 	struct memleak_call *call;
 	__u64 addr = PT_REGS_RC(ctx);
 
@@ -247,7 +288,7 @@ static __always_inline int on_return(struct pt_regs *ctx)
 		if ((__s64)addr < 0 && (__s64)addr >= -4095)
 			addr = 0; /* MAP_FAILED */
 	}
-	if (func == MEMLEAK_REALLOC && call->size == 0)
+	if (frees_on_zero(func) && call->size == 0)
 		forget(call->old_addr); /* realloc(p, 0) frees p and may return NULL */
 	if (addr) {
 		if (call->old_addr)

@@ -4,7 +4,8 @@
 
 #include "common.h"
 
-/* The allocator functions, passed to the probes as BPF cookies. */
+/* The allocator functions, passed to the probes in their BPF cookies' low
+ * byte (the registers their arguments are in above: memleak.bpf.c memleak_arg). */
 enum memleak_func {
 	MEMLEAK_MALLOC = 0,
 	MEMLEAK_CALLOC = 1,
@@ -18,7 +19,8 @@ enum memleak_func {
 	MEMLEAK_MMAP = 9,
 	MEMLEAK_MUNMAP = 10,
 	MEMLEAK_MREMAP = 11,
-	MEMLEAK_NFUNCS = 12,
+	MEMLEAK_REALLOCARRAY = 12,
+	MEMLEAK_NFUNCS = 13,
 };
 
 /* An outstanding allocation, by address. */

@@ -406,10 +406,10 @@ pub enum Mapped<T> {
     /// What was looked for, in the command's mappings; the command is
     /// stopped until release().
     Found(T),
-    /// The command's dynamic loader is done and did not map it (`dynamic`),
-    /// or the command has no dynamic loader (a static program); the command
-    /// is stopped, and dropping the HeldCommand kills it.
-    Absent { dynamic: bool },
+    /// The command's dynamic loader is done and did not map it, or the
+    /// command has no dynamic loader (a static program); the command is
+    /// stopped, and dropping the HeldCommand kills it.
+    Absent,
     /// The command ended first (a library missing, say); its exit status is
     /// kept for the session.
     Exited,
@@ -557,7 +557,7 @@ impl HeldCommand {
                 return Ok(Mapped::Found(found));
             }
             if loader.is_empty() {
-                return Ok(Mapped::Absent { dynamic: false });
+                return Ok(Mapped::Absent);
             }
             // on to the end of the next system call the loader makes
             let mut signal = None;
@@ -576,7 +576,7 @@ impl HeldCommand {
                             libc::PTRACE_SYSCALL_INFO_ENTRY
                                 if !loader.iter().any(|m| (m.start..m.end).contains(&ip)) =>
                             {
-                                return Ok(Mapped::Absent { dynamic: true })
+                                return Ok(Mapped::Absent)
                             }
                             libc::PTRACE_SYSCALL_INFO_EXIT => break,
                             _ => {}

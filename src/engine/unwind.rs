@@ -42,8 +42,9 @@ pub enum Unwind {
     Cfi,
 }
 
-/// --unwind-rows: Debian's libc has ~28,000 rows, libstdc++ ~34,000.
-pub const DEFAULT_ROWS: u32 = 1 << 18;
+/// --unwind-rows: Debian's libc has ~28,000 rows, libstdc++ ~34,000; redis-server
+/// with its libraries (libcrypto, libsystemd, ...) ~271,000.
+pub const DEFAULT_ROWS: u32 = 1 << 20;
 
 /// The stack tools' options for walking user stacks.
 #[derive(Clone, Debug, clap::Args)]

@@ -14,17 +14,25 @@ use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
 
 use super::bpf::types::memleak_func as Func;
 use super::Args;
-use crate::analysis::probe_site;
+use crate::analysis::probe_site::{self, ProbeSite};
 use crate::analysis::proc_maps::{self, MapsEntry};
 use crate::engine::target::{process_kind, Mapped, ProcessKind, Target};
-use crate::engine::unwind::Unwind;
 use crate::present::escape::{escape_bytes, escape_path};
 
-/// The functions probed, each with its enum memleak_func (its probe's cookie).
-const FUNCS: &[(&str, Func)] = &[
+/// The allocator functions probed, by symbol name, each with what it does
+/// (its probe's cookie): glibc's, jemalloc's (mallocx and friends), the
+/// C23 sized frees, and libstdc++'s operator new and delete in every
+/// variant (nothrow, sized, aligned), which jemalloc, tcmalloc and mimalloc
+/// define too. Where one enters another (operator delete -> free, new ->
+/// malloc) the outer call is the one counted (memleak.bpf.c). The C++
+/// operators of an object without malloc (libstdc++'s) are not probed:
+/// they call malloc and free, which are, and a probe costs a trap per call.
+/// jemalloc's xallocx resizes in place and is not followed.
+const FUNCTIONS: &[(&str, Func)] = &[
     ("malloc", Func::MEMLEAK_MALLOC),
     ("calloc", Func::MEMLEAK_CALLOC),
     ("realloc", Func::MEMLEAK_REALLOC),
+    ("reallocarray", Func::MEMLEAK_REALLOCARRAY),
     ("free", Func::MEMLEAK_FREE),
     ("posix_memalign", Func::MEMLEAK_POSIX_MEMALIGN),
     ("memalign", Func::MEMLEAK_MEMALIGN),
@@ -34,71 +42,226 @@ const FUNCS: &[(&str, Func)] = &[
     ("mmap", Func::MEMLEAK_MMAP),
     ("munmap", Func::MEMLEAK_MUNMAP),
     ("mremap", Func::MEMLEAK_MREMAP),
+    ("free_sized", Func::MEMLEAK_FREE),
+    ("free_aligned_sized", Func::MEMLEAK_FREE),
+    ("mallocx", Func::MEMLEAK_MALLOC),
+    ("rallocx", Func::MEMLEAK_REALLOC),
+    ("dallocx", Func::MEMLEAK_FREE),
+    ("sdallocx", Func::MEMLEAK_FREE),
+    ("_Znwm", Func::MEMLEAK_MALLOC),
+    ("_Znam", Func::MEMLEAK_MALLOC),
+    ("_ZnwmRKSt9nothrow_t", Func::MEMLEAK_MALLOC),
+    ("_ZnamRKSt9nothrow_t", Func::MEMLEAK_MALLOC),
+    ("_ZnwmSt11align_val_t", Func::MEMLEAK_MALLOC),
+    ("_ZnamSt11align_val_t", Func::MEMLEAK_MALLOC),
+    ("_ZnwmSt11align_val_tRKSt9nothrow_t", Func::MEMLEAK_MALLOC),
+    ("_ZnamSt11align_val_tRKSt9nothrow_t", Func::MEMLEAK_MALLOC),
+    ("_ZdlPv", Func::MEMLEAK_FREE),
+    ("_ZdaPv", Func::MEMLEAK_FREE),
+    ("_ZdlPvm", Func::MEMLEAK_FREE),
+    ("_ZdaPvm", Func::MEMLEAK_FREE),
+    ("_ZdlPvRKSt9nothrow_t", Func::MEMLEAK_FREE),
+    ("_ZdaPvRKSt9nothrow_t", Func::MEMLEAK_FREE),
+    ("_ZdlPvSt11align_val_t", Func::MEMLEAK_FREE),
+    ("_ZdaPvSt11align_val_t", Func::MEMLEAK_FREE),
+    ("_ZdlPvmSt11align_val_t", Func::MEMLEAK_FREE),
+    ("_ZdaPvmSt11align_val_t", Func::MEMLEAK_FREE),
+    ("_ZdlPvSt11align_val_tRKSt9nothrow_t", Func::MEMLEAK_FREE),
+    ("_ZdaPvSt11align_val_tRKSt9nothrow_t", Func::MEMLEAK_FREE),
 ];
 
-/// An allocator library and where to probe its functions.
-pub struct Allocator {
-    object: PathBuf,
-    /// (file offset of the probe, cookie)
-    probes: Vec<(u64, u64)>,
+/// Symbol prefixes looked for when --symbols-prefix gives none: jemalloc
+/// built with its own (`je_malloc`: redis's bundled copy, linked into the
+/// program). C++'s mangled names take none.
+const DEFAULT_PREFIXES: &[&str] = &["", "je_"];
+
+/// The arguments a function's entry probe reads (a bit per argument, the
+/// first is bit 0), which must still be in registers where it is probed.
+fn arguments_read(func: Func) -> u8 {
+    match func {
+        Func::MEMLEAK_CALLOC | Func::MEMLEAK_REALLOC => 0b11,
+        Func::MEMLEAK_REALLOCARRAY => 0b111,
+        Func::MEMLEAK_POSIX_MEMALIGN | Func::MEMLEAK_MREMAP => 0b101,
+        Func::MEMLEAK_MEMALIGN | Func::MEMLEAK_ALIGNED_ALLOC => 0b10,
+        Func::MEMLEAK_MMAP => 0b1010,
+        _ => 0b1,
+    }
 }
 
-impl Allocator {
-    /// The library of -O (default: the target's libc) and its functions
-    /// (with --symbols-prefix); those it lacks are said and skipped. A
-    /// command's libc is looked for in what it maps after exec: it is
-    /// stopped there, before any of its code runs, until the session
+/// One probed function.
+struct Probe {
+    symbol: String,
+    func: Func,
+    /// The function's file offset.
+    offset: u64,
+    site: ProbeSite,
+}
+
+impl Probe {
+    /// The probe's BPF cookie: the function, and from bit 8 the register of
+    /// each of its first four arguments at the site, 4 bits each
+    /// (memleak.bpf.c memleak_arg).
+    fn cookie(&self) -> u64 {
+        let registers = self
+            .site
+            .args
+            .iter()
+            .enumerate()
+            .fold(0u64, |acc, (n, &reg)| acc | u64::from(reg) << (4 * n));
+        u64::from(self.func.0) | registers << 8
+    }
+}
+
+/// An object with allocator functions, and their probes.
+struct ProbedObject {
+    path: PathBuf,
+    probes: Vec<Probe>,
+}
+
+/// Every allocator the target uses, found in its mappings.
+pub struct Allocators {
+    objects: Vec<ProbedObject>,
+}
+
+impl Allocators {
+    /// The allocators among the target's mapped objects (its libc, a
+    /// jemalloc, tcmalloc or mimalloc linked or preloaded, libstdc++'s
+    /// operator new, the program itself if its allocator is linked in), or
+    /// -O's library alone. A command is looked at stopped after exec, once
+    /// its loader has mapped libc (and with it the program's own and
+    /// preloaded libraries), before any of their code runs, until the session
     /// starts. None: the command ended before (its loader failed).
-    pub fn find(args: &Args, unwind: Unwind, target: &mut Target) -> Result<Option<Allocator>> {
-        let object = match target {
+    pub fn find(args: &Args, target: &mut Target) -> Result<Option<Allocators>> {
+        let (maps, whose) = match target {
             Target::Pids(processes) => {
                 for process in processes.iter() {
                     check_user_process(process.pid)?;
                 }
-                match (&args.object, processes.first()) {
-                    (Some(path), _) => path.clone(),
-                    (None, Some(process)) => find_libc(process.pid)?,
-                    (None, None) => bail!("memleak's user mode traces one process: give -p PID"),
-                }
+                let Some(process) = processes.first() else {
+                    bail!("memleak's user mode traces one process: give -p PID")
+                };
+                (read_maps_of(process.pid)?, format!("PID {}", process.pid))
             }
-            // The loader runs until libc is mapped; with --unwind cfi until
-            // its code is (libc is, as a rule, the last library mapped): the
-            // libraries are then in the mappings the unwind tables are read
-            // from (engine::unwind); one mapped later is read in when a stack
-            // first reaches it.
-            Target::Command(cmd) => match cmd.exec_until_mapped(if unwind == Unwind::Cfi {
-                libc_code_in
-            } else {
-                libc_in
-            })? {
-                Mapped::Exited => return Ok(None),
-                _ if args.object.is_some() => args.object.clone().unwrap_or_default(),
-                Mapped::Found(path) => path,
-                Mapped::Absent { dynamic: true } => bail!(NO_LIBC),
-                Mapped::Absent { dynamic: false } => bail!(
-                    "no libc in the target's mappings: {} runs without a dynamic loader (a \
-                     static program); name its allocator with -O, the program itself if the \
-                     allocator is linked into it",
-                    cmd.name
-                ),
-            },
+            // The loader runs until libc's code is mapped (libc is, as a
+            // rule, the last of the program's own libraries mapped, after
+            // the preloaded ones): the libraries are then in the mappings
+            // the unwind tables are read from too (engine::unwind); one
+            // mapped later is read in when a stack first reaches it.
+            Target::Command(cmd) => {
+                let libc_mapped =
+                    |maps: &[MapsEntry]| maps.iter().any(|m| is_libc(m) && m.executable());
+                let maps =
+                    match cmd.exec_until_mapped(|maps| libc_mapped(maps).then(|| maps.to_vec()))? {
+                        Mapped::Exited => return Ok(None),
+                        Mapped::Found(maps) => maps,
+                        // a static program, or one without glibc: its own mappings
+                        Mapped::Absent => read_maps_of(cmd.pid.as_raw() as u32)?,
+                    };
+                (maps, cmd.name.clone())
+            }
             Target::All => bail!("memleak's user mode needs -p PID or -- COMMAND"),
         };
-        let probes = resolve_functions(&object, &args.symbols_prefix)?;
-        Ok(Some(Allocator { object, probes }))
+        let prefixes: Vec<&str> = match args.symbols_prefix.as_str() {
+            "" => DEFAULT_PREFIXES.to_vec(),
+            prefix => vec![prefix],
+        };
+        let mut objects = Vec::new();
+        if let Some(object) = &args.object {
+            let probes = resolve_functions(object, &prefixes)?;
+            if probes.is_empty() {
+                bail!(
+                    "{} has none of the allocator functions{}",
+                    escape_path(object),
+                    with_prefix(&args.symbols_prefix)
+                );
+            }
+            objects.push(ProbedObject {
+                path: object.clone(),
+                probes,
+            });
+        } else {
+            for path in mapped_objects(&maps) {
+                match resolve_functions(&path, &prefixes) {
+                    Ok(probes) if probes.is_empty() => {}
+                    Ok(probes) => objects.push(ProbedObject { path, probes }),
+                    // a file replaced or deleted since it was mapped
+                    Err(err) => crate::say!("memleak: not probed: {err:#}"),
+                }
+            }
+            if objects.is_empty() {
+                bail!(
+                    "no allocator in the mappings of {whose}: none of its objects has malloc, \
+                     free or operator new{}; name the allocator's library with -O (and \
+                     --symbols-prefix if its functions have one)",
+                    with_prefix(&args.symbols_prefix)
+                );
+            }
+        }
+        let allocators = Allocators { objects };
+        allocators.say(args.common.verbose);
+        Ok(Some(allocators))
     }
 
-    /// One session link for every function: each single uprobe link takes
-    /// ~0.1 s to remove, a multi link ~20-35 ms.
-    pub fn attach(&self, prog: &ProgramMut<'_>, pid: i32) -> Result<Link> {
-        let opts = UprobeMultiOpts {
-            offsets: self.probes.iter().map(|p| p.0 as usize).collect(),
-            cookies: self.probes.iter().map(|p| p.1).collect(),
-            session: true,
-            ..Default::default()
-        };
-        prog.attach_uprobe_multi_with_opts(pid, &self.object, "", opts)
-            .with_context(|| format!("attaching uprobes to {}", escape_path(&self.object)))
+    /// On stderr, the objects probed; verbose: and each function, with the
+    /// bytes its probe sits past the function's start.
+    fn say(&self, verbose: bool) {
+        let counts: Vec<String> = self
+            .objects
+            .iter()
+            .map(|o| format!("{} ({})", escape_path(&o.path), o.probes.len()))
+            .collect();
+        crate::say!(
+            "memleak: probing allocator functions in {}",
+            counts.join(", ")
+        );
+        if !verbose {
+            return;
+        }
+        for object in &self.objects {
+            let functions: Vec<String> = object
+                .probes
+                .iter()
+                .map(|p| match p.site.offset {
+                    0 => p.symbol.clone(),
+                    offset => format!("{}+{offset:#x}", p.symbol),
+                })
+                .collect();
+            crate::say!(
+                "memleak: {}: {}",
+                escape_path(&object.path),
+                escape_bytes(functions.join(" ").as_bytes())
+            );
+        }
+    }
+
+    /// One session link per object, for all its functions: each single
+    /// uprobe link takes ~0.1 s to remove, a multi link ~20-35 ms.
+    pub fn attach(&self, prog: &ProgramMut<'_>, pid: i32) -> Result<Vec<Link>> {
+        self.objects
+            .iter()
+            .map(|object| {
+                let opts = UprobeMultiOpts {
+                    offsets: object
+                        .probes
+                        .iter()
+                        .map(|p| (p.offset + p.site.offset) as usize)
+                        .collect(),
+                    cookies: object.probes.iter().map(Probe::cookie).collect(),
+                    session: true,
+                    ..Default::default()
+                };
+                prog.attach_uprobe_multi_with_opts(pid, &object.path, "", opts)
+                    .with_context(|| format!("attaching uprobes to {}", escape_path(&object.path)))
+            })
+            .collect()
+    }
+}
+
+/// ", with prefix P" for messages, when --symbols-prefix gave one.
+fn with_prefix(prefix: &str) -> String {
+    match prefix {
+        "" => String::new(),
+        prefix => format!(" with prefix {}", escape_bytes(prefix.as_bytes())),
     }
 }
 
@@ -117,17 +280,13 @@ fn check_user_process(pid: u32) -> Result<()> {
     }
 }
 
-const NO_LIBC: &str = "no libc in the target's mappings: name the allocator library with -O";
-
-/// The libc a process uses, from its maps.
-fn find_libc(pid: u32) -> Result<PathBuf> {
-    let maps = match proc_maps::read_maps(pid) {
-        Ok(maps) => maps,
-        // it exited meanwhile
+/// A process's mappings; a process gone meanwhile is said to be.
+fn read_maps_of(pid: u32) -> Result<Vec<MapsEntry>> {
+    match proc_maps::read_maps(pid) {
+        Ok(maps) => Ok(maps),
         Err(err) if gone(&err) => bail!("no process with PID {pid}"),
-        Err(err) => return Err(err),
-    };
-    libc_in(&maps).context(NO_LIBC)
+        Err(err) => Err(err),
+    }
 }
 
 /// Whether reading a process's /proc file failed because it is gone.
@@ -139,19 +298,14 @@ fn gone(err: &anyhow::Error) -> bool {
         })
 }
 
-/// The libc among a process's mappings.
-fn libc_in(maps: &[MapsEntry]) -> Option<PathBuf> {
+/// The files a process has code mapped from, each once, in mapping order.
+fn mapped_objects(maps: &[MapsEntry]) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
     maps.iter()
-        .filter(|m| is_libc(m))
-        .find_map(|m| m.path().map(Path::to_path_buf))
-}
-
-/// libc, once its code is mapped (the loader maps a library's code after
-/// reserving its whole range).
-fn libc_code_in(maps: &[MapsEntry]) -> Option<PathBuf> {
-    maps.iter()
-        .filter(|m| is_libc(m) && m.executable())
-        .find_map(|m| m.path().map(Path::to_path_buf))
+        .filter(|m| m.executable() && m.inode != 0)
+        .filter(|m| seen.insert((m.device, m.inode)))
+        .filter_map(|m| m.path().map(Path::to_path_buf))
+        .collect()
 }
 
 fn is_libc(mapping: &MapsEntry) -> bool {
@@ -159,57 +313,76 @@ fn is_libc(mapping: &MapsEntry) -> bool {
     name.starts_with(b"libc.so") || name.starts_with(b"libc-")
 }
 
-/// (probe's file offset, cookie) of the allocator functions in `object`.
-fn resolve_functions(object: &Path, prefix: &str) -> Result<Vec<(u64, u64)>> {
-    let inspector = Inspector::new();
-    let names: Vec<String> = FUNCS.iter().map(|(n, _)| format!("{prefix}{n}")).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+/// The allocator functions `object` defines (under each prefix), each
+/// once (aliases share an address), and where to probe them.
+fn resolve_functions(object: &Path, prefixes: &[&str]) -> Result<Vec<Probe>> {
+    let names: Vec<(String, Func)> = FUNCTIONS
+        .iter()
+        .flat_map(|&(name, func)| {
+            let prefixes = if name.starts_with("_Z") {
+                &[""][..]
+            } else {
+                prefixes
+            };
+            prefixes
+                .iter()
+                .map(move |prefix| (format!("{prefix}{name}"), func))
+        })
+        .collect();
+    let refs: Vec<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
     let mut elf = Elf::new(object);
     elf.debug_syms = false; // the ELF symbol tables (.dynsym is all Debian's libc has)
+    let inspector = Inspector::new();
     let found = inspector
         .lookup(&Source::Elf(elf), &refs)
         .with_context(|| format!("reading the symbols of {}", escape_path(object)))?;
     let mut file =
         File::open(object).with_context(|| format!("opening {}", escape_path(object)))?;
-    let mut probes = Vec::new();
-    let mut missing = Vec::new();
-    for ((name, syms), &(_, func)) in names.iter().zip(found).zip(FUNCS) {
-        match syms.iter().find_map(|s| s.file_offset) {
-            Some(offset) => {
-                let site = cheap_probe_site(&mut file, offset).with_context(|| {
-                    format!(
-                        "reading {} in {}",
-                        escape_bytes(name.as_bytes()),
-                        escape_path(object)
-                    )
-                })?;
-                probes.push((offset + site, u64::from(func.0)));
-            }
-            None => missing.push(name.clone()),
+    let defines_malloc = names.iter().zip(&found).any(|((name, func), syms)| {
+        *func == Func::MEMLEAK_MALLOC && !name.starts_with("_Z") && !syms.is_empty()
+    });
+    let mut probes: Vec<Probe> = Vec::new();
+    for ((name, func), syms) in names.into_iter().zip(found) {
+        let Some(sym) = syms.iter().find(|s| s.file_offset.is_some()) else {
+            continue;
+        };
+        if name.starts_with("_Z") && !defines_malloc {
+            continue;
         }
-    }
-    if !missing.is_empty() {
-        crate::say!(
-            "memleak: {} has no {}: not traced",
-            escape_path(object),
-            escape_bytes(missing.join(", ").as_bytes())
-        );
-    }
-    if probes.is_empty() {
-        bail!(
-            "{} has none of the allocator functions",
-            escape_path(object)
-        );
+        let offset = sym.file_offset.unwrap_or_default();
+        if probes.iter().any(|p| p.offset == offset) {
+            continue;
+        }
+        let size = sym.size.unwrap_or(probe_site::FUNCTION_BYTES);
+        let site =
+            cheap_probe_site(&mut file, offset, size, arguments_read(func)).with_context(|| {
+                format!(
+                    "reading {} in {}",
+                    escape_bytes(name.as_bytes()),
+                    escape_path(object)
+                )
+            })?;
+        probes.push(Probe {
+            symbol: name,
+            func,
+            offset,
+            site,
+        });
     }
     Ok(probes)
 }
 
-/// How far into the function at `offset` its uprobe can go and cost one trap
-/// instead of two (see probe_site).
-fn cheap_probe_site(file: &mut File, offset: u64) -> std::io::Result<u64> {
-    let mut code = Vec::with_capacity(probe_site::PROLOGUE_BYTES);
+/// Where in the function of `size` bytes at `offset` its uprobe costs one
+/// trap instead of two (see probe_site).
+fn cheap_probe_site(
+    file: &mut File,
+    offset: u64,
+    size: usize,
+    args_read: u8,
+) -> std::io::Result<ProbeSite> {
+    let size = size.min(probe_site::FUNCTION_BYTES);
+    let mut code = Vec::with_capacity(size);
     file.seek(SeekFrom::Start(offset))?;
-    file.take(probe_site::PROLOGUE_BYTES as u64)
-        .read_to_end(&mut code)?;
-    Ok(probe_site::emulated_site(&code))
+    file.take(size as u64).read_to_end(&mut code)?;
+    Ok(probe_site::cheap_site(&code, args_read))
 }

@@ -29,7 +29,7 @@ use crate::engine::target::Target;
 use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
 use crate::present::output::Output;
 
-use allocator::Allocator;
+use allocator::Allocators;
 use report::{print_trace_event, Moment, Profiles, Reporter};
 
 crate::bpf_skeleton!("memleak", OpenMemleakSkel, records: [memleak_alloc, memleak_combined, memleak_event]);
@@ -152,11 +152,14 @@ pub struct Args {
     #[arg(long)]
     pub percpu: bool,
 
-    /// The allocator library (default: the target's libc)
+    /// The allocator library (default: every allocator in the target's
+    /// mappings: libc, jemalloc, tcmalloc, mimalloc, libstdc++'s operator
+    /// new, the program's own)
     #[arg(short = 'O', long = "obj", value_name = "OBJ")]
     pub object: Option<PathBuf>,
 
-    /// Prefix of the allocator's symbols (je_ for jemalloc's je_malloc, ...)
+    /// Prefix of the allocator's symbols (default: none, and je_ for a
+    /// jemalloc built with it)
     #[arg(long, value_name = "PREFIX", default_value = "")]
     pub symbols_prefix: String,
 }
@@ -217,7 +220,7 @@ pub fn run(args: Args) -> Result<i32> {
     let allocator = if kernel_mode {
         None
     } else {
-        Allocator::find(&args, unwind, &mut trace.target)?
+        Allocators::find(&args, &mut trace.target)?
     };
     let pid = match &trace.target {
         Target::Pids(processes) => processes[0].pid as i32,
@@ -226,9 +229,9 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args, kernel_mode, unwind, allocs)?;
-    let link = match &allocator {
-        Some(allocator) => Some(allocator.attach(&skel.progs.memleak_call, pid)?),
-        None => None,
+    let links = match &allocator {
+        Some(allocator) => allocator.attach(&skel.progs.memleak_call, pid)?,
+        None => Vec::new(),
     };
     let user_stacks = UserStacks::start(skel.object(), &[pid as u32], unwind)?;
     // declared before the ring buffer, whose callbacks borrow them
@@ -281,12 +284,14 @@ pub fn run(args: Args) -> Result<i32> {
     // which a process of its own does after memtrace exits (engine::detach);
     // until then they see no traced process, and count nothing more: the
     // report sees the allocations as they stood at the end.
-    if let Some(link) = link {
+    if !links.is_empty() {
         for tgid in skel.maps.traced_tgids.keys() {
             let _ = skel.maps.traced_tgids.delete(&tgid);
         }
-        let copy = link.as_fd().try_clone_to_owned();
-        detach::close_after_exit(copy.into_iter().collect());
+        let copies = links
+            .iter()
+            .filter_map(|l| l.as_fd().try_clone_to_owned().ok());
+        detach::close_after_exit(copies.collect());
     }
     match stop {
         Stop::Reports => {}

@@ -77,8 +77,9 @@ pub fn cheap_site(code: &[u8], args_read: u8) -> ProbeSite {
         if is_emulated(&code[at..]) {
             let site = ProbeSite {
                 offset: at as u64,
+                // its own register while it still holds it, else a copy
                 args: std::array::from_fn(|n| match holders[n] {
-                    0 => ABI_ARGS[n],
+                    held if held == 0 || held & (1 << ABI_ARGS[n]) != 0 => ABI_ARGS[n],
                     held => held.trailing_zeros() as u8,
                 }),
             };

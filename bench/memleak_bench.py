@@ -5,7 +5,8 @@ Workload: tests/fixtures/leaker.c `storm N`, N malloc(64)+free pairs. Interleave
 runs, whole-process wall time (tracer start and exit included, as a user
 waits for them): untraced; a bpftrace script doing memleak's bookkeeping (uprobe
 malloc, uretprobe malloc, uprobe free, a map of live addresses); `memleak --`;
-`memleak -s 10 --`. Also `memleak -- true`: start, attach, detach, exit.
+`memleak -s 10 --`. Also `memleak -- true`: start, attach, detach, exit; and `memleak -p`
+on a leaker of 106,496 allocations over 8192 stacks: its attach and its final report.
 Run as root. Prints medians and ratios.
 
 --baseline PATH adds another memtrace binary (a build from before a change),
@@ -20,8 +21,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
-from benchlib import ROOT, build_fixture, say as print, timed
+from benchlib import ROOT, build_fixture, say as print, start_tracer, stop_tracer, timed
 
 
 def libc_path():
@@ -90,7 +92,36 @@ END {{ clear(@size); clear(@live); }}
     print()
     for name, runs in true_runs.items():
         print(f"{name} -- true: median {statistics.median(runs) * 1000:.0f} ms, max {max(runs) * 1000:.0f} ms")
+    attach_and_report(leaker, binaries, args.runs)
     shutil.rmtree(tmp)
+
+
+def attach_and_report(leaker, binaries, runs):
+    """`memleak -p` on a waiting leaker: seconds to attach; then, after it leaked
+    106,496 x 16 bytes from 8192 stacks (`tree 13 13`), seconds from Ctrl-C to the end
+    of the final report, every stack in JSON."""
+    times = {name: {"attach": [], "report": []} for name, _ in binaries}
+    for _ in range(runs):
+        for name, binary in binaries:
+            target = subprocess.Popen([leaker, "wait", "tree", "13", "13", "600000"],
+                                      stdin=subprocess.PIPE)
+            t0 = time.perf_counter()
+            tracer = start_tracer([binary, "memleak", "--json", "-T", "1000000", "-o", "0",
+                                   "-p", str(target.pid), "3600"])
+            times[name]["attach"].append(time.perf_counter() - t0)
+            target.stdin.write(b"g")
+            target.stdin.flush()
+            time.sleep(2)  # its leaks take ~0.2 s traced
+            t1 = time.perf_counter()
+            stop_tracer(tracer)
+            times[name]["report"].append(time.perf_counter() - t1)
+            target.kill()
+            target.wait()
+    print()
+    for name, measured in times.items():
+        print(f"{name} -p attached in {statistics.median(measured['attach']) * 1000:.0f} ms; "
+              f"final report of 106,496 allocations on 8192 stacks "
+              f"{statistics.median(measured['report']) * 1000:.0f} ms (medians)")
 
 
 if __name__ == "__main__":

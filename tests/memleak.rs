@@ -1057,3 +1057,74 @@ fn redis_servers_jemalloc_is_found_and_its_values_counted() {
         .collect();
     assert_eq!(values, [(30006, 1)], "{rows:?}");
 }
+
+/// A wrapper that execs the real program (as pyenv's python3 does): sh,
+/// with glibc's malloc, execs env, which execs the leaker with jemalloc
+/// preloaded. Each exec is followed: jemalloc is found in the new program
+/// and probed before it runs, and what sh and env left allocated went with
+/// their address spaces.
+#[test]
+fn a_program_exec_by_a_wrapper_is_followed_to_its_allocator() {
+    require_root!();
+    let leaker = fixture("leaker");
+    let jemalloc = debian_library("libjemalloc.so.2");
+    let script = format!("exec env LD_PRELOAD={} \"$0\" many", jemalloc.display());
+    let finished = run(&[
+        "memleak",
+        "--json",
+        "-o",
+        "0",
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+        leaker.to_str().unwrap(),
+    ]);
+    finished.assert_success();
+    let real = std::fs::canonicalize(&jemalloc).unwrap();
+    let tracing = finished.stderr.find("Tracing").unwrap();
+    assert!(
+        finished.stderr[tracing..].contains(&format!(
+            "memleak: probing allocator functions in {} (",
+            real.display()
+        )),
+        "{}",
+        finished.stderr
+    );
+    let rows = finished.json();
+    assert_eq!(
+        bytes_and_allocations(&rows, "leak_with"),
+        [(30000, 1)],
+        "{rows:?}"
+    );
+    assert_eq!(
+        bytes_and_allocations(&rows, "leak_small"),
+        [(1600, 100)],
+        "{rows:?}"
+    );
+    assert_eq!(bytes_and_allocations(&rows, "churn"), [], "{rows:?}");
+    for row in &rows {
+        assert!(
+            !stack_frames(row).iter().any(|f| f.ends_with("[unknown]")),
+            "an allocation of a program exec'd away: {row}"
+        );
+    }
+}
+
+/// A command memleak follows (under ptrace, for its execs) gets its
+/// signals as it would untraced: the shell's trap runs and sets its status.
+#[test]
+fn a_followed_command_gets_its_signals() {
+    require_root!();
+    // a signal lost: the shell sleeps and exits 0; one never delivered: it
+    // stays stopped, and memleak never ends
+    let finished = run(&[
+        "memleak",
+        "--json",
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap 'exit 7' USR1; kill -USR1 $$; sleep 5",
+    ]);
+    assert_eq!(finished.status.code(), Some(7), "{}", finished.stderr);
+}

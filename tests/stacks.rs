@@ -313,6 +313,29 @@ fn memleak_unwinds_realloc_callers_without_frame_pointers() {
     assert_deep_leak("realloc", 500, &[]);
 }
 
+/// The same through a wrapper that execs the program (sh -c 'exec ...'):
+/// the exec is followed, the new program's libraries read in before it
+/// runs, so its first stacks are whole too; the shell's allocations went
+/// with its address space.
+#[test]
+fn memleak_unwinds_a_program_exec_by_a_wrapper() {
+    require_root!();
+    let deepleak = fixture_with("deepleak", "deepleak", NO_FRAME_POINTERS);
+    let sh = Path::new("/bin/sh");
+    let rows = memleak_rows(
+        sh,
+        &["-c", "exec \"$0\" calloc 10", deepleak.to_str().unwrap()],
+    );
+    let row = the_row_through(&rows, &ours("leaf_calloc", "deepleak"));
+    assert_eq!(row["bytes"], 3000, "{row}");
+    assert_eq!(row["allocations"], 10, "{row}");
+    let stack = stack_frames(row);
+    assert_whole(&stack);
+    assert_ends_at_start(&stack, "deepleak");
+    let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(total, 3000, "everything else was freed: {rows:#?}");
+}
+
 /// operator new (in libstdc++, no frame pointers)
 const OPERATOR_NEW: &[&str] = &["operator new", "_Znwm"];
 

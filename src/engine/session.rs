@@ -11,7 +11,7 @@ use libbpf_rs::RingBuffer;
 use crate::engine::loader::Trace;
 use crate::engine::signals;
 use crate::engine::syscalls::SyscallHooks;
-use crate::engine::target::Target;
+use crate::engine::target::{HeldCommand, Target};
 
 /// Why a trace ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +89,21 @@ impl Session {
     pub fn run(
         &mut self,
         ring: Option<&RingBuffer>,
+        after_batch: impl FnMut() -> Result<()>,
+        on_interval: impl FnMut() -> Result<()>,
+    ) -> Result<Stop> {
+        self.run_following_execs(ring, after_batch, on_interval, |_| Ok(()))
+    }
+
+    /// run, for a command that follows execs (HeldCommand::follow_execs):
+    /// `on_exec` is given the command stopped at each exec, and it goes on
+    /// (release) once that returns.
+    pub fn run_following_execs(
+        &mut self,
+        ring: Option<&RingBuffer>,
         mut after_batch: impl FnMut() -> Result<()>,
         mut on_interval: impl FnMut() -> Result<()>,
+        mut on_exec: impl FnMut(&mut HeldCommand) -> Result<()>,
     ) -> Result<Stop> {
         let mut next_interval = self.interval.map(|i| Instant::now() + i);
         let mut reports = 0u64;
@@ -99,6 +112,13 @@ impl Session {
             let now = Instant::now();
             if let Some(stop) = self.stop_condition(now, &mut next_target_check) {
                 break stop;
+            }
+            if let Target::Command(cmd) = &mut self.target {
+                if cmd.exec_stopped() {
+                    on_exec(cmd)?;
+                    cmd.release()?;
+                    continue;
+                }
             }
             if let Some(syscalls) = &mut self.syscalls {
                 syscalls.tick(now);

@@ -394,6 +394,11 @@ pub struct HeldCommand {
     exec_error: Option<OwnedFd>,
     /// Stopped under ptrace after exec (exec_until_mapped), until release.
     traced: bool,
+    /// Kept under ptrace once released, to be stopped at each later exec
+    /// (follow_execs).
+    following: bool,
+    /// Stopped at a later exec (following), until release.
+    exec_stopped: bool,
     exit_code: Option<i32>,
 }
 
@@ -469,20 +474,54 @@ impl HeldCommand {
                 go: Some(go_write),
                 exec_error: Some(err_read),
                 traced: false,
+                following: false,
+                exec_stopped: false,
                 exit_code: None,
             }),
         }
     }
 
-    /// Lets the command run: exec, or, stopped after exec_until_mapped, go
-    /// on untraced; fails if exec failed (no such command, ...).
+    /// Lets the command run: exec, or, stopped after exec_until_mapped or at
+    /// a later exec, go on (untraced, unless it follows execs); fails if
+    /// exec failed (no such command, ...).
     pub fn release(&mut self) -> Result<()> {
-        if self.traced {
+        if self.traced || self.exec_stopped {
             self.traced = false;
-            return ptrace::detach(self.pid, None)
-                .with_context(|| format!("letting {} go on", self.name));
+            self.exec_stopped = false;
+            let going = match self.following {
+                true => ptrace::cont(self.pid, None),
+                false => ptrace::detach(self.pid, None),
+            };
+            // ESRCH: killed meanwhile, which try_wait will see
+            return match going {
+                Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                Err(err) => Err(err).with_context(|| format!("letting {} go on", self.name)),
+            };
         }
         self.go_on(GO)
+    }
+
+    /// Stopped by exec_until_mapped: keeps the command under ptrace once
+    /// released, so that each later exec (a wrapper script exec'ing the real
+    /// program) stops it until the tool has looked at what the new program
+    /// maps (exec_stopped, after_exec_until_mapped). Its signals pass through
+    /// memtrace (try_wait delivers them); a stop signal sent to it alone
+    /// (`kill -STOP`) does not hold it, as under a non-seizing ptrace it
+    /// could not be continued by SIGCONT; Ctrl-Z stops memtrace, and with
+    /// it the command. If memtrace dies, the command goes on untraced.
+    pub fn follow_execs(&mut self) -> Result<()> {
+        if !self.traced {
+            return Ok(());
+        }
+        let options = ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_TRACEEXEC;
+        ptrace::setoptions(self.pid, options).context("ptrace(PTRACE_SETOPTIONS)")?;
+        self.following = true;
+        Ok(())
+    }
+
+    /// Whether the command is stopped at an exec (see follow_execs).
+    pub fn exec_stopped(&self) -> bool {
+        self.exec_stopped
     }
 
     /// Tells the child to exec (under ptrace with GO_TRACED) and waits for
@@ -539,7 +578,7 @@ impl HeldCommand {
     /// Requires PTRACE_GET_SYSCALL_INFO (Linux 5.3; nix has it on glibc targets).
     pub fn exec_until_mapped<T>(
         &mut self,
-        mut wanted: impl FnMut(&[MapsEntry]) -> Option<T>,
+        wanted: impl FnMut(&[MapsEntry]) -> Option<T>,
     ) -> Result<Mapped<T>> {
         self.go_on(GO_TRACED)?;
         self.traced = true;
@@ -550,6 +589,28 @@ impl HeldCommand {
         // Killed with memtrace if memtrace dies while it is stopped.
         let options = ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL;
         ptrace::setoptions(self.pid, options).context("ptrace(PTRACE_SETOPTIONS)")?;
+        self.until_mapped(wanted)
+    }
+
+    /// exec_until_mapped for a later exec: the command, stopped there
+    /// (exec_stopped), goes on system call by system call of its new
+    /// program's loader until `wanted` finds what it looks for; it stays
+    /// stopped until release().
+    pub fn after_exec_until_mapped<T>(
+        &mut self,
+        wanted: impl FnMut(&[MapsEntry]) -> Option<T>,
+    ) -> Result<Mapped<T>> {
+        self.exec_stopped = false;
+        self.traced = true;
+        self.until_mapped(wanted)
+    }
+
+    /// The command stopped after exec: on through its loader's system
+    /// calls (see exec_until_mapped).
+    fn until_mapped<T>(
+        &mut self,
+        mut wanted: impl FnMut(&[MapsEntry]) -> Option<T>,
+    ) -> Result<Mapped<T>> {
         let loader = self.loader()?;
         loop {
             let maps = proc_maps::read_maps(self.pid.as_raw() as u32)?;
@@ -652,14 +713,27 @@ impl HeldCommand {
         }
     }
 
-    /// The command's exit code once it has ended (128+N for signal N).
+    /// The command's exit code once it has ended (128+N for signal N). A
+    /// command that follows execs is seen stopping too: at an exec it stays
+    /// stopped (exec_stopped) until release; a signal for it is delivered
+    /// as it goes on; a group stop is not held (see follow_execs).
     pub fn try_wait(&mut self) -> Option<i32> {
-        if self.exit_code.is_none() {
+        while self.exit_code.is_none() && !self.exec_stopped {
             match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => self.exit_code = Some(code),
                 Ok(WaitStatus::Signaled(_, sig, _)) => self.exit_code = Some(128 + sig as i32),
                 Err(Errno::ECHILD) => self.exit_code = Some(127),
-                _ => {}
+                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_EXEC)) => {
+                    self.exec_stopped = true
+                }
+                Ok(WaitStatus::Stopped(_, sig)) => {
+                    let deliver = ptrace::getsiginfo(self.pid).is_ok().then_some(sig);
+                    let _ = ptrace::cont(self.pid, deliver);
+                }
+                Ok(WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_)) => {
+                    let _ = ptrace::cont(self.pid, None);
+                }
+                _ => break,
             }
         }
         self.exit_code

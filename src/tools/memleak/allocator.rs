@@ -16,7 +16,7 @@ use super::bpf::types::memleak_func as Func;
 use super::Args;
 use crate::analysis::probe_site::{self, ProbeSite};
 use crate::analysis::proc_maps::{self, MapsEntry};
-use crate::engine::target::{process_kind, Mapped, ProcessKind, Target};
+use crate::engine::target::{process_kind, HeldCommand, Mapped, ProcessKind, Target};
 use crate::present::escape::{escape_bytes, escape_path};
 
 /// The allocator functions probed, by symbol name, each with what it does
@@ -142,29 +142,19 @@ impl Allocators {
                 };
                 (read_maps_of(process.pid)?, format!("PID {}", process.pid))
             }
-            // The loader runs until libc's code is mapped (libc is, as a
-            // rule, the last of the program's own libraries mapped, after
-            // the preloaded ones): the libraries are then in the mappings
-            // the unwind tables are read from too (engine::unwind); one
-            // mapped later is read in when a stack first reaches it.
+            // kept under ptrace once released: each later exec is followed
+            // (follow_exec)
             Target::Command(cmd) => {
-                let libc_mapped =
-                    |maps: &[MapsEntry]| maps.iter().any(|m| is_libc(m) && m.executable());
-                let maps =
-                    match cmd.exec_until_mapped(|maps| libc_mapped(maps).then(|| maps.to_vec()))? {
-                        Mapped::Exited => return Ok(None),
-                        Mapped::Found(maps) => maps,
-                        // a static program, or one without glibc: its own mappings
-                        Mapped::Absent => read_maps_of(cmd.pid.as_raw() as u32)?,
-                    };
+                let Some(maps) = mapped_by_loader(cmd.exec_until_mapped(libc_code_mapped)?, cmd)?
+                else {
+                    return Ok(None);
+                };
+                cmd.follow_execs()?;
                 (maps, cmd.name.clone())
             }
             Target::All => bail!("memleak's user mode needs -p PID or -- COMMAND"),
         };
-        let prefixes: Vec<&str> = match args.symbols_prefix.as_str() {
-            "" => DEFAULT_PREFIXES.to_vec(),
-            prefix => vec![prefix],
-        };
+        let prefixes = prefixes(args);
         let mut objects = Vec::new();
         if let Some(object) = &args.object {
             let probes = resolve_functions(object, &prefixes)?;
@@ -180,14 +170,7 @@ impl Allocators {
                 probes,
             });
         } else {
-            for path in mapped_objects(&maps) {
-                match resolve_functions(&path, &prefixes) {
-                    Ok(probes) if probes.is_empty() => {}
-                    Ok(probes) => objects.push(ProbedObject { path, probes }),
-                    // a file replaced or deleted since it was mapped
-                    Err(err) => crate::say!("memleak: not probed: {err:#}"),
-                }
-            }
+            objects = allocators_in(&maps, &prefixes, &[]);
             if objects.is_empty() {
                 bail!(
                     "no allocator in the mappings of {whose}: none of its objects has malloc, \
@@ -198,15 +181,51 @@ impl Allocators {
             }
         }
         let allocators = Allocators { objects };
-        allocators.say(args.common.verbose);
+        allocators.say(&allocators.objects, args.common.verbose);
         Ok(Some(allocators))
+    }
+
+    /// The command stopped at a later exec (a wrapper script exec'ing the
+    /// real program): on through the new program's loader until libc's code
+    /// is mapped, as at the start (`mapped` sees the mappings at each step:
+    /// the unwinder's), then the allocators it maps that were not probed
+    /// yet (none with -O) are, on `prog`. The command stays stopped.
+    pub fn follow_exec(
+        &mut self,
+        args: &Args,
+        cmd: &mut HeldCommand,
+        mut mapped: impl FnMut(&[MapsEntry]),
+        prog: &ProgramMut<'_>,
+    ) -> Result<Vec<Link>> {
+        let step = cmd.after_exec_until_mapped(|maps| {
+            mapped(maps);
+            libc_code_mapped(maps)
+        })?;
+        let Some(maps) = mapped_by_loader(step, cmd)? else {
+            return Ok(Vec::new());
+        };
+        mapped(&maps);
+        if args.object.is_some() {
+            return Ok(Vec::new());
+        }
+        let known: Vec<&Path> = self.objects.iter().map(|o| o.path.as_path()).collect();
+        let found = allocators_in(&maps, &prefixes(args), &known);
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.say(&found, args.common.verbose);
+        let links = found
+            .iter()
+            .map(|object| object.attach(prog, cmd.pid.as_raw()))
+            .collect::<Result<_>>()?;
+        self.objects.extend(found);
+        Ok(links)
     }
 
     /// On stderr, the objects probed; verbose: and each function, with the
     /// bytes its probe sits past the function's start.
-    fn say(&self, verbose: bool) {
-        let counts: Vec<String> = self
-            .objects
+    fn say(&self, objects: &[ProbedObject], verbose: bool) {
+        let counts: Vec<String> = objects
             .iter()
             .map(|o| format!("{} ({})", escape_path(&o.path), o.probes.len()))
             .collect();
@@ -217,7 +236,7 @@ impl Allocators {
         if !verbose {
             return;
         }
-        for object in &self.objects {
+        for object in objects {
             let functions: Vec<String> = object
                 .probes
                 .iter()
@@ -237,23 +256,75 @@ impl Allocators {
     /// One session link per object, for all its functions: each single
     /// uprobe link takes ~0.1 s to remove, a multi link ~20-35 ms.
     pub fn attach(&self, prog: &ProgramMut<'_>, pid: i32) -> Result<Vec<Link>> {
-        self.objects
-            .iter()
-            .map(|object| {
-                let opts = UprobeMultiOpts {
-                    offsets: object
-                        .probes
-                        .iter()
-                        .map(|p| (p.offset + p.site.offset) as usize)
-                        .collect(),
-                    cookies: object.probes.iter().map(Probe::cookie).collect(),
-                    session: true,
-                    ..Default::default()
-                };
-                prog.attach_uprobe_multi_with_opts(pid, &object.path, "", opts)
-                    .with_context(|| format!("attaching uprobes to {}", escape_path(&object.path)))
-            })
-            .collect()
+        self.objects.iter().map(|o| o.attach(prog, pid)).collect()
+    }
+}
+
+impl ProbedObject {
+    /// One session multi-uprobe link for all the object's functions.
+    fn attach(&self, prog: &ProgramMut<'_>, pid: i32) -> Result<Link> {
+        let opts = UprobeMultiOpts {
+            offsets: self
+                .probes
+                .iter()
+                .map(|p| (p.offset + p.site.offset) as usize)
+                .collect(),
+            cookies: self.probes.iter().map(Probe::cookie).collect(),
+            session: true,
+            ..Default::default()
+        };
+        prog.attach_uprobe_multi_with_opts(pid, &self.path, "", opts)
+            .with_context(|| format!("attaching uprobes to {}", escape_path(&self.path)))
+    }
+}
+
+/// The symbol prefixes looked for: --symbols-prefix's, else DEFAULT_PREFIXES.
+fn prefixes(args: &Args) -> Vec<&str> {
+    match args.symbols_prefix.as_str() {
+        "" => DEFAULT_PREFIXES.to_vec(),
+        prefix => vec![prefix],
+    }
+}
+
+/// The objects mapped in `maps` that define allocator functions, but for
+/// those `known` already.
+fn allocators_in(maps: &[MapsEntry], prefixes: &[&str], known: &[&Path]) -> Vec<ProbedObject> {
+    let mut objects = Vec::new();
+    for path in mapped_objects(maps) {
+        if known.contains(&path.as_path()) {
+            continue;
+        }
+        match resolve_functions(&path, prefixes) {
+            Ok(probes) if probes.is_empty() => {}
+            Ok(probes) => objects.push(ProbedObject { path, probes }),
+            // a file replaced or deleted since it was mapped
+            Err(err) => crate::say!("memleak: not probed: {err:#}"),
+        }
+    }
+    objects
+}
+
+/// The loader goes on until libc's code is mapped (libc is, as a rule, the
+/// last of the program's own libraries mapped, after the preloaded ones):
+/// the libraries are then in the mappings the unwind tables are read from
+/// too (engine::unwind); one mapped later is read in when a stack first
+/// reaches it.
+fn libc_code_mapped(maps: &[MapsEntry]) -> Option<Vec<MapsEntry>> {
+    maps.iter()
+        .any(|m| is_libc(m) && m.executable())
+        .then(|| maps.to_vec())
+}
+
+/// The command's mappings where its loader stopped: None if it ended.
+fn mapped_by_loader(
+    step: Mapped<Vec<MapsEntry>>,
+    cmd: &HeldCommand,
+) -> Result<Option<Vec<MapsEntry>>> {
+    match step {
+        Mapped::Exited => Ok(None),
+        Mapped::Found(maps) => Ok(Some(maps)),
+        // a static program, or one without glibc: its own mappings
+        Mapped::Absent => read_maps_of(cmd.pid.as_raw() as u32).map(Some),
     }
 }
 

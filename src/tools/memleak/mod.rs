@@ -15,17 +15,19 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use libbpf_rs::skel::Skel;
-use libbpf_rs::{MapCore, OpenObject, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
 
+use crate::analysis::proc_maps::MapsEntry;
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_ring_mib, parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
 use crate::engine::drops::{self, LossWatch};
 use crate::engine::loader::{self, MapInAdvance, Trace};
+use crate::engine::maps::entries;
 use crate::engine::records::{self, ready_symbolizer};
 use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
-use crate::engine::target::Target;
+use crate::engine::target::{HeldCommand, Target};
 use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
 use crate::present::output::Output;
 
@@ -217,7 +219,7 @@ pub fn run(args: Args) -> Result<i32> {
         true => Unwind::Fp,
         false => args.stacks.resolve(args.common.tool, Walker::Probe)?,
     };
-    let allocator = if kernel_mode {
+    let mut allocators = if kernel_mode {
         None
     } else {
         Allocators::find(&args, &mut trace.target)?
@@ -229,8 +231,8 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args, kernel_mode, unwind, allocs)?;
-    let links = match &allocator {
-        Some(allocator) => allocator.attach(&skel.progs.memleak_call, pid)?,
+    let mut links = match &allocators {
+        Some(allocators) => allocators.attach(&skel.progs.memleak_call, pid)?,
         None => Vec::new(),
     };
     let user_stacks = UserStacks::start(skel.object(), &[pid as u32], unwind)?;
@@ -271,7 +273,20 @@ pub fn run(args: Args) -> Result<i32> {
         catch_up();
         reporter.print(out, &mut symbolizer.borrow_mut(), moment)
     };
-    let stop = session.run(
+    // a command that execs another program (a wrapper script's exec): its
+    // loader followed as at the start, the unwinder given each step's
+    // mappings, the new program's allocators probed
+    let on_exec = |cmd: &mut HeldCommand| -> Result<()> {
+        let Some(allocators) = allocators.as_mut() else {
+            return Ok(());
+        };
+        let pid = cmd.pid.as_raw() as u32;
+        forget_old_image(&skel, pid)?;
+        let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(pid, maps);
+        links.extend(allocators.follow_exec(&args, cmd, mapped, &skel.progs.memleak_call)?);
+        Ok(())
+    };
+    let stop = session.run_following_execs(
         Some(&ring),
         || {
             catch_up();
@@ -279,6 +294,7 @@ pub fn run(args: Args) -> Result<i32> {
             traced.borrow_mut().finish_batch()
         },
         || report(&mut out, Moment::Interval),
+        on_exec,
     )?;
     // The trace is over. The uprobes' removal waits for the kernel (~20 ms),
     // which a process of its own does after memtrace exits (engine::detach);
@@ -304,6 +320,34 @@ pub fn run(args: Args) -> Result<i32> {
     user_stacks.say_lost(args.common.tool);
     drops::report(args.common.tool, skel.object(), DROP_HINTS)?;
     Ok(session.exit_code(stop))
+}
+
+/// At an exec, before the new program runs: the old program's allocations
+/// went with its address space; they are forgotten, and taken out of the
+/// totals by stack (else they would stay outstanding, on stacks of
+/// addresses no mapping holds any more).
+fn forget_old_image(skel: &MemleakSkel<'_>, tgid: u32) -> Result<()> {
+    let allocs = &skel.maps.allocs;
+    for (addr, alloc) in entries::<u64, bpf::types::memleak_alloc>(allocs)? {
+        if alloc.tgid != tgid {
+            continue;
+        }
+        let _ = allocs.delete(&addr.to_ne_bytes());
+        let key = alloc.stack.to_ne_bytes();
+        let combined = &skel.maps.combined;
+        let Some(raw) = combined.lookup(&key, MapFlags::ANY)? else {
+            continue;
+        };
+        let mut totals = bpf::types::memleak_combined::default();
+        if plain::copy_from_bytes(&mut totals, &raw).is_ok() {
+            totals.bytes = totals.bytes.saturating_sub(alloc.size);
+            totals.allocs = totals.allocs.saturating_sub(1);
+            // SAFETY: a plain C struct of two u64s, no padding
+            let bytes = unsafe { plain::as_bytes(&totals) };
+            combined.update(&key, bytes, MapFlags::ANY)?;
+        }
+    }
+    Ok(())
 }
 
 /// The map of outstanding allocations, made while the trace is prepared.

@@ -181,7 +181,7 @@ impl Allocators {
             }
         }
         let allocators = Allocators { objects };
-        allocators.say(&allocators.objects, args.common.verbose);
+        say_probed(&allocators.objects, args.common.verbose);
         Ok(Some(allocators))
     }
 
@@ -213,44 +213,13 @@ impl Allocators {
         if found.is_empty() {
             return Ok(Vec::new());
         }
-        self.say(&found, args.common.verbose);
+        say_probed(&found, args.common.verbose);
         let links = found
             .iter()
             .map(|object| object.attach(prog, cmd.pid.as_raw()))
             .collect::<Result<_>>()?;
         self.objects.extend(found);
         Ok(links)
-    }
-
-    /// On stderr, the objects probed; verbose: and each function, with the
-    /// bytes its probe sits past the function's start.
-    fn say(&self, objects: &[ProbedObject], verbose: bool) {
-        let counts: Vec<String> = objects
-            .iter()
-            .map(|o| format!("{} ({})", escape_path(&o.path), o.probes.len()))
-            .collect();
-        crate::say!(
-            "memleak: probing allocator functions in {}",
-            counts.join(", ")
-        );
-        if !verbose {
-            return;
-        }
-        for object in objects {
-            let functions: Vec<String> = object
-                .probes
-                .iter()
-                .map(|p| match p.site.offset {
-                    0 => p.symbol.clone(),
-                    offset => format!("{}+{offset:#x}", p.symbol),
-                })
-                .collect();
-            crate::say!(
-                "memleak: {}: {}",
-                escape_path(&object.path),
-                escape_bytes(functions.join(" ").as_bytes())
-            );
-        }
     }
 
     /// One session link per object, for all its functions: each single
@@ -275,6 +244,37 @@ impl ProbedObject {
         };
         prog.attach_uprobe_multi_with_opts(pid, &self.path, "", opts)
             .with_context(|| format!("attaching uprobes to {}", escape_path(&self.path)))
+    }
+}
+
+/// On stderr, the objects probed; verbose: and each function, with the
+/// bytes its probe sits past the function's start.
+fn say_probed(objects: &[ProbedObject], verbose: bool) {
+    let counts: Vec<String> = objects
+        .iter()
+        .map(|o| format!("{} ({})", escape_path(&o.path), o.probes.len()))
+        .collect();
+    crate::say!(
+        "memleak: probing allocator functions in {}",
+        counts.join(", ")
+    );
+    if !verbose {
+        return;
+    }
+    for object in objects {
+        let functions: Vec<String> = object
+            .probes
+            .iter()
+            .map(|p| match p.site.offset {
+                0 => p.symbol.clone(),
+                offset => format!("{}+{offset:#x}", p.symbol),
+            })
+            .collect();
+        crate::say!(
+            "memleak: {}: {}",
+            escape_path(&object.path),
+            escape_bytes(functions.join(" ").as_bytes())
+        );
     }
 }
 

@@ -1128,3 +1128,53 @@ fn a_followed_command_gets_its_signals() {
     ]);
     assert_eq!(finished.status.code(), Some(7), "{}", finished.stderr);
 }
+
+/// An allocator dlopen'ed during the trace (Debian's libtcmalloc_minimal,
+/// its malloc found with dlsym): the command stops as the loader has mapped it,
+/// before its code runs, and its functions are probed: the leak is exact.
+#[test]
+fn an_allocator_dlopened_later_is_probed() {
+    require_root!();
+    let dlleaker = fixture("dlleaker");
+    let tcmalloc = debian_library("libtcmalloc_minimal.so.4");
+    let finished = run(&[
+        "memleak",
+        "--json",
+        "-o",
+        "0",
+        "--",
+        dlleaker.to_str().unwrap(),
+        "--malloc",
+        tcmalloc.to_str().unwrap(),
+        "100",
+        "30",
+    ]);
+    finished.assert_success();
+    let real = std::fs::canonicalize(&tcmalloc).unwrap();
+    let tracing = finished.stderr.find("Tracing").unwrap();
+    assert!(
+        finished.stderr[tracing..].contains(&format!(
+            "memleak: probing allocator functions in {} (",
+            real.display()
+        )),
+        "{}",
+        finished.stderr
+    );
+    let rows = finished.json();
+    // the mallocs leak_from_loaded made (its dlopen allocates too, deeper)
+    let direct: Vec<(u64, u64)> = rows
+        .iter()
+        .filter(|r| {
+            stack_frames(r)
+                .first()
+                .is_some_and(|f| f.starts_with("leak_from_loaded+"))
+        })
+        .map(|r| {
+            (
+                r["bytes"].as_u64().unwrap(),
+                r["allocations"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(direct, [(30000, 30)], "{rows:?}");
+}

@@ -19,6 +19,10 @@ const volatile __u64 max_size = 0;    /* -Z: 0 = no maximum */
 const volatile __u32 sample_rate = 1; /* -s: trace one allocation in N */
 const volatile bool trace_all = false; /* -t: send each allocation and free */
 const volatile bool wa_missing_free = false; /* an address allocated again was freed unseen */
+/* a command under memtrace's ptrace: stopped at each _dl_debug_state call */
+const volatile bool stop_at_loads = false;
+
+#define MEMLEAK_SIGSTOP 19
 
 /* A call in flight on a thread, from entry to return. */
 struct memleak_call {
@@ -207,6 +211,14 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 	if (!memtrace_wanted())
 		return 1;
 	switch (call.func) {
+	case MEMLEAK_LOADS:
+		/* the loader has mapped (or will unmap) objects: a dlopen's, before
+		 * their constructors run. The thread stops (memtrace, the command's
+		 * tracer, takes the SIGSTOP and does not deliver it) until user
+		 * space has probed the allocators and read the objects in. */
+		if (stop_at_loads)
+			bpf_send_signal_thread(MEMLEAK_SIGSTOP);
+		return 1;
 	case MEMLEAK_FREE:
 		forget(memleak_arg(ctx, cookie, 0));
 		return 1;

@@ -20,7 +20,8 @@ enum memleak_func {
 	MEMLEAK_MUNMAP = 10,
 	MEMLEAK_MREMAP = 11,
 	MEMLEAK_REALLOCARRAY = 12,
-	MEMLEAK_NFUNCS = 13,
+	MEMLEAK_LOADS = 13, /* the loader's _dl_debug_state: a dlopen mapped objects */
+	MEMLEAK_NFUNCS = 14,
 };
 
 /* An outstanding allocation, by address. */

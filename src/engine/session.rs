@@ -11,7 +11,7 @@ use libbpf_rs::RingBuffer;
 use crate::engine::loader::Trace;
 use crate::engine::signals;
 use crate::engine::syscalls::SyscallHooks;
-use crate::engine::target::{HeldCommand, Target};
+use crate::engine::target::{CommandStop, HeldCommand, Target};
 
 /// Why a trace ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,18 +92,18 @@ impl Session {
         after_batch: impl FnMut() -> Result<()>,
         on_interval: impl FnMut() -> Result<()>,
     ) -> Result<Stop> {
-        self.run_following_execs(ring, after_batch, on_interval, |_| Ok(()))
+        self.run_following(ring, after_batch, on_interval, |_, _| Ok(()))
     }
 
     /// run, for a command that follows execs (HeldCommand::follow_execs):
-    /// `on_exec` is given the command stopped at each exec, and it goes on
-    /// (release) once that returns.
-    pub fn run_following_execs(
+    /// `on_stop` is given the command stopped at each exec or load, and it
+    /// goes on (release) once that returns.
+    pub fn run_following(
         &mut self,
         ring: Option<&RingBuffer>,
         mut after_batch: impl FnMut() -> Result<()>,
         mut on_interval: impl FnMut() -> Result<()>,
-        mut on_exec: impl FnMut(&mut HeldCommand) -> Result<()>,
+        mut on_stop: impl FnMut(&mut HeldCommand, CommandStop) -> Result<()>,
     ) -> Result<Stop> {
         let mut next_interval = self.interval.map(|i| Instant::now() + i);
         let mut reports = 0u64;
@@ -114,8 +114,8 @@ impl Session {
                 break stop;
             }
             if let Target::Command(cmd) = &mut self.target {
-                if cmd.exec_stopped() {
-                    on_exec(cmd)?;
+                if let Some(stop) = cmd.stopped_at() {
+                    on_stop(cmd, stop)?;
                     cmd.release()?;
                     continue;
                 }
@@ -215,6 +215,10 @@ impl Session {
                 loop {
                     if let Some(code) = cmd.try_wait() {
                         return code;
+                    }
+                    // the trace is over: a stop for the tool is let go
+                    if cmd.stopped_at().is_some() {
+                        let _ = cmd.release();
                     }
                     if Instant::now() >= deadline {
                         return otherwise;

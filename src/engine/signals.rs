@@ -20,7 +20,8 @@ extern "C" fn record_stop_signal(sig: libc::c_int) {
 }
 
 extern "C" fn wake_on_child(_: libc::c_int) {
-    // Nothing to do: the signal interrupts poll() so the loop looks at the command.
+    // Nothing to do: the signal interrupts poll() so the loop looks at the
+    // command (its end, or a stop under memleak's ptrace).
 }
 
 pub fn install_handlers() -> Result<()> {
@@ -29,9 +30,11 @@ pub fn install_handlers() -> Result<()> {
         SaFlags::empty(),
         SigSet::empty(),
     );
+    // not SA_NOCLDSTOP: a command under ptrace (memleak follows its execs
+    // and loads) stops for memtrace, which must hear of it at once
     let child = SigAction::new(
         SigHandler::Handler(wake_on_child),
-        SaFlags::SA_NOCLDSTOP,
+        SaFlags::empty(),
         SigSet::empty(),
     );
     // SAFETY: the handlers only store to atomics (lock-free) or do nothing,

@@ -397,9 +397,28 @@ pub struct HeldCommand {
     /// Kept under ptrace once released, to be stopped at each later exec
     /// (follow_execs).
     following: bool,
-    /// Stopped at a later exec (following), until release.
-    exec_stopped: bool,
+    /// Stopped where the tool looks at it (following), until release.
+    stopped_at: Option<CommandStop>,
     exit_code: Option<i32>,
+}
+
+/// Where a command kept under ptrace (follow_execs) is stopped for the tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandStop {
+    /// At an exec, before the new program's loader runs.
+    Exec,
+    /// Told to stop by a BPF program (a SIGSTOP the kernel sent: memleak's
+    /// probe on the loader's _dl_debug_state, which a dlopen calls once its
+    /// objects are mapped, before their constructors run).
+    Load,
+}
+
+/// si_code of a signal the kernel sent (bpf_send_signal's).
+const SI_KERNEL: i32 = 0x80;
+
+/// Whether the command's stop is for a SIGSTOP a BPF program sent.
+fn stopped_by_bpf(pid: Pid, sig: Signal) -> bool {
+    sig == Signal::SIGSTOP && ptrace::getsiginfo(pid).is_ok_and(|info| info.si_code == SI_KERNEL)
 }
 
 /// What the held child is told on its pipe: exec, or exec under ptrace.
@@ -475,7 +494,7 @@ impl HeldCommand {
                 exec_error: Some(err_read),
                 traced: false,
                 following: false,
-                exec_stopped: false,
+                stopped_at: None,
                 exit_code: None,
             }),
         }
@@ -485,9 +504,9 @@ impl HeldCommand {
     /// a later exec, go on (untraced, unless it follows execs); fails if
     /// exec failed (no such command, ...).
     pub fn release(&mut self) -> Result<()> {
-        if self.traced || self.exec_stopped {
+        if self.traced || self.stopped_at.is_some() {
             self.traced = false;
-            self.exec_stopped = false;
+            self.stopped_at = None;
             let going = match self.following {
                 true => ptrace::cont(self.pid, None),
                 false => ptrace::detach(self.pid, None),
@@ -504,7 +523,8 @@ impl HeldCommand {
     /// Stopped by exec_until_mapped: keeps the command under ptrace once
     /// released, so that each later exec (a wrapper script exec'ing the real
     /// program) stops it until the tool has looked at what the new program
-    /// maps (exec_stopped, after_exec_until_mapped). Its signals pass through
+    /// maps (stopped_at, after_exec_until_mapped), as does a SIGSTOP sent by
+    /// the tool's BPF program (CommandStop::Load). Its signals pass through
     /// memtrace (try_wait delivers them); a stop signal sent to it alone
     /// (`kill -STOP`) does not hold it, as under a non-seizing ptrace it
     /// could not be continued by SIGCONT; Ctrl-Z stops memtrace, and with
@@ -519,9 +539,9 @@ impl HeldCommand {
         Ok(())
     }
 
-    /// Whether the command is stopped at an exec (see follow_execs).
-    pub fn exec_stopped(&self) -> bool {
-        self.exec_stopped
+    /// Where the command is stopped for the tool, if it is (see follow_execs).
+    pub fn stopped_at(&self) -> Option<CommandStop> {
+        self.stopped_at
     }
 
     /// Tells the child to exec (under ptrace with GO_TRACED) and waits for
@@ -593,14 +613,14 @@ impl HeldCommand {
     }
 
     /// exec_until_mapped for a later exec: the command, stopped there
-    /// (exec_stopped), goes on system call by system call of its new
+    /// (CommandStop::Exec), goes on system call by system call of its new
     /// program's loader until `wanted` finds what it looks for; it stays
     /// stopped until release().
     pub fn after_exec_until_mapped<T>(
         &mut self,
         wanted: impl FnMut(&[MapsEntry]) -> Option<T>,
     ) -> Result<Mapped<T>> {
-        self.exec_stopped = false;
+        self.stopped_at = None;
         self.traced = true;
         self.until_mapped(wanted)
     }
@@ -644,9 +664,12 @@ impl HeldCommand {
                         }
                     }
                     // a signal for the command: delivered as it resumes,
-                    // unless this is a group stop (no siginfo), which resuming ends
+                    // unless this is a group stop (no siginfo), which resuming
+                    // ends, or a BPF program's stop (its maps are read at each
+                    // step here anyway)
                     WaitStatus::Stopped(_, sig) => {
-                        signal = ptrace::getsiginfo(self.pid).is_ok().then_some(sig)
+                        let deliver = ptrace::getsiginfo(self.pid).is_ok();
+                        signal = (deliver && !stopped_by_bpf(self.pid, sig)).then_some(sig)
                     }
                     status => {
                         if self.ended(status) {
@@ -684,7 +707,7 @@ impl HeldCommand {
     /// The mappings of the command's dynamic loader (AT_BASE, where the
     /// kernel loaded it, in the command's auxiliary vector): none for a
     /// program run without one.
-    fn loader(&self) -> Result<Vec<MapsEntry>> {
+    pub fn loader(&self) -> Result<Vec<MapsEntry>> {
         let process = procfs::process::Process::new(self.pid.as_raw())
             .with_context(|| format!("reading /proc/{}", self.pid))?;
         let auxv = process
@@ -714,17 +737,21 @@ impl HeldCommand {
     }
 
     /// The command's exit code once it has ended (128+N for signal N). A
-    /// command that follows execs is seen stopping too: at an exec it stays
-    /// stopped (exec_stopped) until release; a signal for it is delivered
-    /// as it goes on; a group stop is not held (see follow_execs).
+    /// command that follows execs is seen stopping too: at an exec or a BPF
+    /// program's SIGSTOP it stays stopped (stopped_at) until release; a
+    /// signal for it is delivered as it goes on; a group stop is not held
+    /// (see follow_execs).
     pub fn try_wait(&mut self) -> Option<i32> {
-        while self.exit_code.is_none() && !self.exec_stopped {
+        while self.exit_code.is_none() && self.stopped_at.is_none() {
             match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => self.exit_code = Some(code),
                 Ok(WaitStatus::Signaled(_, sig, _)) => self.exit_code = Some(128 + sig as i32),
                 Err(Errno::ECHILD) => self.exit_code = Some(127),
                 Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_EXEC)) => {
-                    self.exec_stopped = true
+                    self.stopped_at = Some(CommandStop::Exec)
+                }
+                Ok(WaitStatus::Stopped(_, sig)) if stopped_by_bpf(self.pid, sig) => {
+                    self.stopped_at = Some(CommandStop::Load)
                 }
                 Ok(WaitStatus::Stopped(_, sig)) => {
                     let deliver = ptrace::getsiginfo(self.pid).is_ok().then_some(sig);
@@ -747,6 +774,9 @@ impl Drop for HeldCommand {
         if self.go.is_some() || self.traced {
             let _ = signal::kill(self.pid, Signal::SIGKILL);
             let _ = waitpid(self.pid, None);
+        } else if self.stopped_at.is_some() {
+            // stopped for a tool that is done: on, without the stop's signal
+            let _ = ptrace::cont(self.pid, None);
         }
     }
 }

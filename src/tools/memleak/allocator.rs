@@ -70,6 +70,10 @@ const FUNCTIONS: &[(&str, Func)] = &[
     ("_ZdaPvSt11align_val_tRKSt9nothrow_t", Func::MEMLEAK_FREE),
 ];
 
+/// The dynamic loader's function called around each change of the loaded
+/// objects (glibc's ld.so exports it for debuggers).
+const LOADER_HOOK: &str = "_dl_debug_state";
+
 /// Symbol prefixes looked for when --symbols-prefix gives none: jemalloc
 /// built with its own (`je_malloc`: redis's bundled copy, linked into the
 /// program). C++'s mangled names take none.
@@ -121,6 +125,8 @@ struct ProbedObject {
 /// Every allocator the target uses, found in its mappings.
 pub struct Allocators {
     objects: Vec<ProbedObject>,
+    /// The loaders whose _dl_debug_state is probed (watch_loads).
+    loaders: Vec<PathBuf>,
 }
 
 impl Allocators {
@@ -180,7 +186,10 @@ impl Allocators {
                 );
             }
         }
-        let allocators = Allocators { objects };
+        let allocators = Allocators {
+            objects,
+            loaders: Vec::new(),
+        };
         say_probed(&allocators.objects, args.common.verbose);
         Ok(Some(allocators))
     }
@@ -205,21 +214,91 @@ impl Allocators {
             return Ok(Vec::new());
         };
         mapped(&maps);
+        self.probe_new(args, &maps, cmd.pid.as_raw(), prog)
+    }
+
+    /// A dlopen of the command stopped at the loader's _dl_debug_state (see
+    /// watch_loads): the allocators it mapped that were not probed yet are,
+    /// on `prog`; `mapped` is given the command's mappings (the unwinder's).
+    pub fn follow_load(
+        &mut self,
+        args: &Args,
+        cmd: &HeldCommand,
+        mut mapped: impl FnMut(&[MapsEntry]),
+        prog: &ProgramMut<'_>,
+    ) -> Result<Vec<Link>> {
+        let maps = read_maps_of(cmd.pid.as_raw() as u32)?;
+        mapped(&maps);
+        self.probe_new(args, &maps, cmd.pid.as_raw(), prog)
+    }
+
+    /// The allocators in `maps` not probed yet (none with -O), probed.
+    fn probe_new(
+        &mut self,
+        args: &Args,
+        maps: &[MapsEntry],
+        pid: i32,
+        prog: &ProgramMut<'_>,
+    ) -> Result<Vec<Link>> {
         if args.object.is_some() {
             return Ok(Vec::new());
         }
         let known: Vec<&Path> = self.objects.iter().map(|o| o.path.as_path()).collect();
-        let found = allocators_in(&maps, &prefixes(args), &known);
+        let found = allocators_in(maps, &prefixes(args), &known);
         if found.is_empty() {
             return Ok(Vec::new());
         }
         say_probed(&found, args.common.verbose);
         let links = found
             .iter()
-            .map(|object| object.attach(prog, cmd.pid.as_raw()))
+            .map(|object| object.attach(prog, pid))
             .collect::<Result<_>>()?;
         self.objects.extend(found);
         Ok(links)
+    }
+
+    /// For a command under ptrace (HeldCommand::follow_execs): a probe on
+    /// its loader's _dl_debug_state, which the loader calls once a dlopen's
+    /// objects are mapped, before their constructors run (the debuggers'
+    /// r_brk); the BPF side stops the command there. None for a loader
+    /// without it (a static program has none).
+    /// Once per loader file: the probe stays through execs of programs
+    /// with the same loader.
+    pub fn watch_loads(
+        &mut self,
+        cmd: &HeldCommand,
+        prog: &ProgramMut<'_>,
+    ) -> Result<Option<Link>> {
+        let Some(loader) = cmd
+            .loader()?
+            .iter()
+            .find_map(|m| m.path().map(Path::to_path_buf))
+        else {
+            return Ok(None);
+        };
+        if self.loaders.contains(&loader) {
+            return Ok(None);
+        }
+        self.loaders.push(loader.clone());
+        let inspector = Inspector::new();
+        let mut elf = Elf::new(&loader);
+        elf.debug_syms = false;
+        let found = inspector
+            .lookup(&Source::Elf(elf), &[LOADER_HOOK])
+            .with_context(|| format!("reading the symbols of {}", escape_path(&loader)))?;
+        let Some(offset) = found.iter().flatten().find_map(|s| s.file_offset) else {
+            return Ok(None);
+        };
+        let hook = ProbedObject {
+            path: loader,
+            probes: vec![Probe {
+                symbol: LOADER_HOOK.into(),
+                func: Func::MEMLEAK_LOADS,
+                offset,
+                site: probe_site::ENTRY,
+            }],
+        };
+        hook.attach(prog, cmd.pid.as_raw()).map(Some)
     }
 
     /// One session link per object, for all its functions: each single

@@ -27,7 +27,7 @@ use crate::engine::maps::entries;
 use crate::engine::records::{self, ready_symbolizer};
 use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
-use crate::engine::target::{HeldCommand, Target};
+use crate::engine::target::{CommandStop, HeldCommand, Target};
 use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
 use crate::present::output::Output;
 
@@ -231,8 +231,14 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args, kernel_mode, unwind, allocs)?;
-    let mut links = match &allocators {
-        Some(allocators) => allocators.attach(&skel.progs.memleak_call, pid)?,
+    let mut links = match &mut allocators {
+        Some(allocators) => {
+            let mut links = allocators.attach(&skel.progs.memleak_call, pid)?;
+            if let Target::Command(cmd) = &trace.target {
+                links.extend(allocators.watch_loads(cmd, &skel.progs.memleak_call)?);
+            }
+            links
+        }
         None => Vec::new(),
     };
     let user_stacks = UserStacks::start(skel.object(), &[pid as u32], unwind)?;
@@ -273,20 +279,28 @@ pub fn run(args: Args) -> Result<i32> {
         catch_up();
         reporter.print(out, &mut symbolizer.borrow_mut(), moment)
     };
-    // a command that execs another program (a wrapper script's exec): its
+    // A command that execs another program (a wrapper script's exec): its
     // loader followed as at the start, the unwinder given each step's
-    // mappings, the new program's allocators probed
-    let on_exec = |cmd: &mut HeldCommand| -> Result<()> {
+    // mappings, the new program's allocators probed. One that dlopens
+    // objects: stopped by the BPF side once they are mapped, the same.
+    let on_stop = |cmd: &mut HeldCommand, stop: CommandStop| -> Result<()> {
         let Some(allocators) = allocators.as_mut() else {
             return Ok(());
         };
         let pid = cmd.pid.as_raw() as u32;
-        forget_old_image(&skel, pid)?;
         let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(pid, maps);
-        links.extend(allocators.follow_exec(&args, cmd, mapped, &skel.progs.memleak_call)?);
+        let prog = &skel.progs.memleak_call;
+        match stop {
+            CommandStop::Exec => {
+                forget_old_image(&skel, pid)?;
+                links.extend(allocators.follow_exec(&args, cmd, mapped, prog)?);
+                links.extend(allocators.watch_loads(cmd, prog)?);
+            }
+            CommandStop::Load => links.extend(allocators.follow_load(&args, cmd, mapped, prog)?),
+        }
         Ok(())
     };
-    let stop = session.run_following_execs(
+    let stop = session.run_following(
         Some(&ring),
         || {
             catch_up();
@@ -294,7 +308,7 @@ pub fn run(args: Args) -> Result<i32> {
             traced.borrow_mut().finish_batch()
         },
         || report(&mut out, Moment::Interval),
-        on_exec,
+        on_stop,
     )?;
     // The trace is over. The uprobes' removal waits for the kernel (~20 ms),
     // which a process of its own does after memtrace exits (engine::detach);
@@ -405,6 +419,9 @@ fn load<'obj>(
             rodata.sample_rate = args.sample_rate;
             rodata.trace_all = args.trace;
             rodata.wa_missing_free = args.wa_missing_free;
+            // a command is under ptrace (HeldCommand::follow_execs): its
+            // dlopens stop it until their allocators are probed
+            rodata.stop_at_loads = !kernel_mode && !args.common.command.is_empty();
             let cfi = unwind == Unwind::Cfi;
             rodata.unwind_cfi = cfi;
             programs

@@ -22,18 +22,26 @@ fn report(extra: &[&str], leaker_args: &[&str]) -> Vec<Value> {
 /// The leak is reported whole, once, from leak_with(); nothing else is outstanding.
 fn assert_leaks_30000(allocator: &str) {
     let rows = report(&["-o", "0"], &[allocator]);
-    let leaks: Vec<&Value> = rows.iter().filter(|r| has_frame(r, "leak_with")).collect();
-    assert_eq!(leaks.len(), 1, "{allocator}: {rows:?}");
-    assert_eq!(leaks[0]["bytes"], 30000, "{allocator}: {rows:?}");
-    assert_eq!(leaks[0]["allocations"], 1, "{allocator}: {rows:?}");
     // symbolized although the leaker had exited before the report
-    assert!(stack_frames(leaks[0])
-        .iter()
-        .any(|f| f.starts_with("main+") && f.ends_with("[leaker]")));
+    assert_the_leak_from_main(&rows, "leaker", allocator);
     let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
     assert_eq!(
         total, 30000,
         "{allocator}: everything else was freed: {rows:?}"
+    );
+}
+
+/// Asserts leak_with()'s leak: one row, 30000 bytes in one allocation,
+/// its stack down to main of `module`.
+fn assert_the_leak_from_main(rows: &[Value], module: &str, what: &str) {
+    let leaks: Vec<&Value> = rows.iter().filter(|r| has_frame(r, "leak_with")).collect();
+    assert_eq!(leaks.len(), 1, "{what}: {rows:?}");
+    assert_eq!(leaks[0]["bytes"], 30000, "{what}: {rows:?}");
+    assert_eq!(leaks[0]["allocations"], 1, "{what}: {rows:?}");
+    let main_frame = |f: &&str| f.starts_with("main+") && f.ends_with(&format!("[{module}]"));
+    assert!(
+        stack_frames(leaks[0]).iter().any(main_frame),
+        "{what}: {rows:?}"
     );
 }
 
@@ -793,14 +801,7 @@ fn a_static_programs_own_allocator_is_found() {
         "{}",
         finished.stderr
     );
-    let rows = finished.json();
-    let leaks: Vec<&Value> = rows.iter().filter(|r| has_frame(r, "leak_with")).collect();
-    assert_eq!(leaks.len(), 1, "{rows:?}");
-    assert_eq!(leaks[0]["bytes"], 30000, "{rows:?}");
-    assert_eq!(leaks[0]["allocations"], 1, "{rows:?}");
-    assert!(stack_frames(leaks[0])
-        .iter()
-        .any(|f| f.starts_with("main+") && f.ends_with("[leaker-static]")));
+    assert_the_leak_from_main(&finished.json(), "leaker-static", "static");
 }
 
 #[test]
@@ -853,6 +854,18 @@ fn debian_library(file: &str) -> PathBuf {
     .map(|dir| PathBuf::from(dir).join(file))
     .find(|path| path.exists())
     .unwrap_or_else(|| panic!("{file} is not installed (scripts/install-deps installs it)"))
+}
+
+/// Asserts that stderr says, after "Tracing", that `library` was probed:
+/// found in the command as it went on (an exec, a dlopen).
+fn assert_probed_during_the_trace(stderr: &str, library: &Path) {
+    let real = std::fs::canonicalize(library).unwrap();
+    let tracing = stderr.find("Tracing").expect("no Tracing line");
+    let probed = format!(
+        "memleak: probing allocator functions in {} (",
+        real.display()
+    );
+    assert!(stderr[tracing..].contains(&probed), "{stderr}");
 }
 
 /// Debian's allocators that replace malloc and operator new when preloaded.
@@ -1081,16 +1094,7 @@ fn a_program_exec_by_a_wrapper_is_followed_to_its_allocator() {
         leaker.to_str().unwrap(),
     ]);
     finished.assert_success();
-    let real = std::fs::canonicalize(&jemalloc).unwrap();
-    let tracing = finished.stderr.find("Tracing").unwrap();
-    assert!(
-        finished.stderr[tracing..].contains(&format!(
-            "memleak: probing allocator functions in {} (",
-            real.display()
-        )),
-        "{}",
-        finished.stderr
-    );
+    assert_probed_during_the_trace(&finished.stderr, &jemalloc);
     let rows = finished.json();
     assert_eq!(
         bytes_and_allocations(&rows, "leak_with"),
@@ -1150,16 +1154,7 @@ fn an_allocator_dlopened_later_is_probed() {
         "30",
     ]);
     finished.assert_success();
-    let real = std::fs::canonicalize(&tcmalloc).unwrap();
-    let tracing = finished.stderr.find("Tracing").unwrap();
-    assert!(
-        finished.stderr[tracing..].contains(&format!(
-            "memleak: probing allocator functions in {} (",
-            real.display()
-        )),
-        "{}",
-        finished.stderr
-    );
+    assert_probed_during_the_trace(&finished.stderr, &tcmalloc);
     let rows = finished.json();
     // the mallocs leak_from_loaded made (its dlopen allocates too, deeper)
     let direct: Vec<(u64, u64)> = rows

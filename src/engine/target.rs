@@ -1,9 +1,10 @@
 //! What to trace: every process, the processes named by `-p PID`, or a
 //! command started by memtrace (`-- COMMAND ARGS`, as `--user USER` if given)
 //! and held before exec until the probes are attached, so its first mmap is
-//! seen; or, for a tool that must see what the command maps (memleak's libc),
-//! stopped under ptrace right after exec, while its dynamic loader maps its
-//! libraries.
+//! seen; or, for a tool that must see what the command maps (memleak's
+//! allocators), stopped under ptrace right after exec, while its dynamic
+//! loader maps its libraries, and kept under ptrace to be stopped at each
+//! later exec and where the tool's BPF program asks (a dlopen).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * memleak, user mode: one session uprobe link (uprobe.multi with sessions) on
- * the allocator's functions, each probe's function its BPF cookie. The entry
+ * memleak, user mode: a session uprobe link (uprobe.multi with sessions) on
+ * each allocator object's functions, each probe's function (and where its
+ * arguments are) its BPF cookie; for a command, one on its loader's
+ * _dl_debug_state too (MEMLEAK_LOADS). The entry
  * half decides whether the return is wanted at all: free and munmap, calls
  * not sampled (-s), out of -z/-Z bounds or nested in another allocator call
  * return 1, and the kernel then sets no return probe, which saves a trap of

@@ -1173,3 +1173,51 @@ fn an_allocator_dlopened_later_is_probed() {
         .collect();
     assert_eq!(direct, [(30000, 30)], "{rows:?}");
 }
+
+/// The state letter of /proc/PID/stat (R, S, T, t, Z, ...), if it lives.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// A followed command that stops itself (SIGSTOP) stays stopped, as it
+/// would untraced, until SIGCONT; then it goes on to its end.
+#[test]
+fn a_followed_command_stays_stopped_until_sigcont() {
+    require_root!();
+    let tracer = Tracer::start(&[
+        "memleak",
+        "--json",
+        "--",
+        "/bin/sh",
+        "-c",
+        "kill -STOP $$; exit 9",
+    ]);
+    let memtrace = tracer.pid();
+    let children = format!("/proc/{memtrace}/task/{memtrace}/children");
+    let command: u32 = std::fs::read_to_string(children)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stopped = |pid| matches!(process_state(pid), Some('T' | 't'));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stopped(command) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            process_state(command)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        stopped(command),
+        "went on without SIGCONT: {:?}",
+        process_state(command)
+    );
+    // SAFETY: kill(2) with a pid and a signal number
+    assert_eq!(unsafe { libc::kill(command as i32, libc::SIGCONT) }, 0);
+    let finished = tracer.wait();
+    assert_eq!(finished.status.code(), Some(9), "{}", finished.stderr);
+}

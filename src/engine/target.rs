@@ -280,8 +280,6 @@ enum Step {
     Groups = 1,
     Gid = 2,
     Uid = 3,
-    /// PTRACE_TRACEME, for exec_until_mapped.
-    Ptrace = 4,
 }
 
 impl Step {
@@ -290,7 +288,6 @@ impl Step {
             1 => Step::Groups,
             2 => Step::Gid,
             3 => Step::Uid,
-            4 => Step::Ptrace,
             _ => Step::Exec,
         }
     }
@@ -328,12 +325,7 @@ fn held_child(go: &OwnedFd, err: &OwnedFd, run_as: Option<&RunAs>, exec: &Exec<'
             _ => break 0,
         }
     };
-    if how == GO_TRACED {
-        // stopped by the kernel once exec succeeds (SIGTRAP)
-        if let Err(errno) = ptrace::traceme() {
-            child_failed(err, Step::Ptrace, errno);
-        }
-    } else if how != GO {
+    if how != GO {
         // SAFETY: _exit is async-signal-safe and ends only this child.
         unsafe { libc::_exit(127) };
     }
@@ -417,14 +409,32 @@ pub enum CommandStop {
 /// si_code of a signal the kernel sent (bpf_send_signal's).
 const SI_KERNEL: i32 = 0x80;
 
+/// The signals that stop a process (a group stop).
+fn is_stop_signal(sig: Signal) -> bool {
+    matches!(
+        sig,
+        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+    )
+}
+
+/// PTRACE_LISTEN: a seized tracee in a group stop stays stopped, as an
+/// untraced process would, and its tracer hears when SIGCONT ends it (nix
+/// has no wrapper).
+fn listen(pid: Pid) {
+    // SAFETY: PTRACE_LISTEN takes no pointers (addr and data are 0).
+    unsafe {
+        libc::ptrace(libc::PTRACE_LISTEN, pid.as_raw(), 0, 0);
+    }
+}
+
 /// Whether the command's stop is for a SIGSTOP a BPF program sent.
 fn stopped_by_bpf(pid: Pid, sig: Signal) -> bool {
     sig == Signal::SIGSTOP && ptrace::getsiginfo(pid).is_ok_and(|info| info.si_code == SI_KERNEL)
 }
 
-/// What the held child is told on its pipe: exec, or exec under ptrace.
+/// What the held child is told on its pipe: exec (under ptrace if the
+/// parent has seized it: exec_until_mapped).
 const GO: u8 = 1;
-const GO_TRACED: u8 = 2;
 
 /// What exec_until_mapped saw.
 pub enum Mapped<T> {
@@ -518,7 +528,7 @@ impl HeldCommand {
                 Err(err) => Err(err).with_context(|| format!("letting {} go on", self.name)),
             };
         }
-        self.go_on(GO)
+        self.go_on()
     }
 
     /// Stopped by exec_until_mapped: keeps the command under ptrace once
@@ -526,10 +536,9 @@ impl HeldCommand {
     /// program) stops it until the tool has looked at what the new program
     /// maps (stopped_at, after_exec_until_mapped), as does a SIGSTOP sent by
     /// the tool's BPF program (CommandStop::Load). Its signals pass through
-    /// memtrace (try_wait delivers them); a stop signal sent to it alone
-    /// (`kill -STOP`) does not hold it, as under a non-seizing ptrace it
-    /// could not be continued by SIGCONT; Ctrl-Z stops memtrace, and with
-    /// it the command. If memtrace dies, the command goes on untraced.
+    /// memtrace (try_wait delivers them); a stop signal holds it stopped
+    /// until SIGCONT, as untraced (PTRACE_LISTEN). If memtrace dies, the
+    /// command goes on untraced.
     pub fn follow_execs(&mut self) -> Result<()> {
         if !self.traced {
             return Ok(());
@@ -545,11 +554,10 @@ impl HeldCommand {
         self.stopped_at
     }
 
-    /// Tells the child to exec (under ptrace with GO_TRACED) and waits for
-    /// the exec to succeed or fail.
-    fn go_on(&mut self, how: u8) -> Result<()> {
+    /// Tells the child to exec and waits for the exec to succeed or fail.
+    fn go_on(&mut self) -> Result<()> {
         if let Some(go) = self.go.take() {
-            nix::unistd::write(&go, &[how]).context("releasing the command")?;
+            nix::unistd::write(&go, &[GO]).context("releasing the command")?;
         }
         let Some(err_pipe) = self.exec_error.take() else {
             return Ok(());
@@ -580,12 +588,6 @@ impl HeldCommand {
             Step::Groups => " (setgroups)",
             Step::Gid => " (setresgid)",
             Step::Uid => " (setresuid)",
-            Step::Ptrace => bail!(
-                "can't stop {} after exec to find what it maps: ptrace: {} (name the \
-                 allocator library with -O)",
-                self.name,
-                errno.desc()
-            ),
         };
         bail!("can't run {}{as_user}{what}: {}", self.name, errno.desc())
     }
@@ -601,15 +603,25 @@ impl HeldCommand {
         &mut self,
         wanted: impl FnMut(&[MapsEntry]) -> Option<T>,
     ) -> Result<Mapped<T>> {
-        self.go_on(GO_TRACED)?;
+        // Seized by memtrace (not PTRACE_TRACEME in the child), so that a
+        // stop signal for it can be held (PTRACE_LISTEN) while it follows
+        // execs; it stops at the exec; killed with memtrace if memtrace dies
+        // while it is stopped.
+        let options = ptrace::Options::PTRACE_O_TRACESYSGOOD
+            | ptrace::Options::PTRACE_O_TRACEEXEC
+            | ptrace::Options::PTRACE_O_EXITKILL;
+        if let Err(errno) = ptrace::seize(self.pid, options) {
+            bail!(
+                "can't trace {} with ptrace to see what it maps: {}",
+                self.name,
+                errno.desc()
+            );
+        }
+        self.go_on()?;
         self.traced = true;
-        // the stop after exec (SIGTRAP, not delivered: the next resume drops it)
         if !self.wait_stopped()? {
             return Ok(Mapped::Exited);
         }
-        // Killed with memtrace if memtrace dies while it is stopped.
-        let options = ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL;
-        ptrace::setoptions(self.pid, options).context("ptrace(PTRACE_SETOPTIONS)")?;
         self.until_mapped(wanted)
     }
 
@@ -686,7 +698,15 @@ impl HeldCommand {
     fn wait_stopped(&mut self) -> Result<bool> {
         loop {
             match waitpid(self.pid, None).context("waiting for the command")? {
-                WaitStatus::Stopped(..) => return Ok(true),
+                WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_EXEC) => return Ok(true),
+                // a signal that came before the exec: delivered (the exec
+                // is still to come)
+                WaitStatus::Stopped(_, sig) => {
+                    let _ = ptrace::cont(self.pid, sig);
+                }
+                WaitStatus::PtraceEvent(..) => {
+                    let _ = ptrace::cont(self.pid, None);
+                }
                 status if self.ended(status) => return Ok(false),
                 _ => {}
             }
@@ -740,8 +760,8 @@ impl HeldCommand {
     /// The command's exit code once it has ended (128+N for signal N). A
     /// command that follows execs is seen stopping too: at an exec or a BPF
     /// program's SIGSTOP it stays stopped (stopped_at) until release; a
-    /// signal for it is delivered as it goes on; a group stop is not held
-    /// (see follow_execs).
+    /// signal for it is delivered as it goes on; a group stop is held until
+    /// SIGCONT (see follow_execs).
     pub fn try_wait(&mut self) -> Option<i32> {
         while self.exit_code.is_none() && self.stopped_at.is_none() {
             match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
@@ -755,8 +775,14 @@ impl HeldCommand {
                     self.stopped_at = Some(CommandStop::Load)
                 }
                 Ok(WaitStatus::Stopped(_, sig)) => {
-                    let deliver = ptrace::getsiginfo(self.pid).is_ok().then_some(sig);
-                    let _ = ptrace::cont(self.pid, deliver);
+                    let _ = ptrace::cont(self.pid, sig);
+                }
+                // a group stop (kill -STOP, Ctrl-Z): held, the tracer told
+                // when SIGCONT ends it
+                Ok(WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP))
+                    if is_stop_signal(sig) =>
+                {
+                    listen(self.pid)
                 }
                 Ok(WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_)) => {
                     let _ = ptrace::cont(self.pid, None);

@@ -67,6 +67,16 @@ struct {
 	__uint(max_entries, 4 * 1024 * 1024); /* --buffer-size */
 } trace_events SEC(".maps");
 
+/* Traced processes that exec'd, and when (bpf_ktime_get_ns): the old
+ * program's allocations went with its address space, and user space
+ * forgets those made before. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); /* tgid */
+	__type(value, __u64);
+} execs SEC(".maps");
+
 /* Puts struct memleak_event into the skeleton's generated types (ring buffers have no value type). */
 struct memleak_event memleak_event_layout = {};
 /* and enum memleak_func: user space gives each probe its function as the cookie */
@@ -311,6 +321,19 @@ static __always_inline int on_return(struct pt_regs *ctx)
 			remember(ctx, addr, call->size);
 	}
 	bpf_map_delete_elem(&calls, &id);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(memleak_exec, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	__u64 now;
+
+	if (!memtrace_wanted())
+		return 0;
+	now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&execs, &tgid, &now, BPF_ANY);
 	return 0;
 }
 

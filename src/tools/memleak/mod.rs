@@ -23,9 +23,9 @@ use crate::cli::{parse_ring_mib, parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
 use crate::engine::drops::{self, LossWatch};
 use crate::engine::loader::{self, MapInAdvance, Trace};
-use crate::engine::maps::entries;
+use crate::engine::maps::{entries, take_entries};
 use crate::engine::records::{self, ready_symbolizer};
-use crate::engine::session::{Session, Stop};
+use crate::engine::session::{monotonic_ns, Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::{CommandStop, HeldCommand, Target};
 use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
@@ -271,7 +271,11 @@ pub fn run(args: Args) -> Result<i32> {
         DropReason::MEMTRACE_DROP_COUNTS,
         MAX_ALLOCS_HINT,
     ));
+    // a command's execs are followed (on_stop); a -p process's are said
+    let followed = !args.common.command.is_empty();
+    let said_exec = RefCell::new(false);
     let mut report = |out: &mut Output, moment: Moment| {
+        forget_execs(&skel, followed, &mut said_exec.borrow_mut())?;
         let mut watch = watch.borrow_mut();
         watch.check(skel.object(), true)?;
         watch.end_interval();
@@ -292,7 +296,8 @@ pub fn run(args: Args) -> Result<i32> {
         let prog = &skel.progs.memleak_call;
         match stop {
             CommandStop::Exec => {
-                forget_old_image(&skel, pid)?;
+                // everything it allocated so far was the old program's
+                forget_before_exec(&skel, pid, monotonic_ns())?;
                 links.extend(allocators.follow_exec(&args, cmd, mapped, prog)?);
                 links.extend(allocators.watch_loads(cmd, prog)?);
             }
@@ -303,6 +308,7 @@ pub fn run(args: Args) -> Result<i32> {
     let stop = session.run_following(
         Some(&ring),
         || {
+            forget_execs(&skel, followed, &mut said_exec.borrow_mut())?;
             catch_up();
             watch.borrow_mut().check(skel.object(), false)?;
             traced.borrow_mut().finish_batch()
@@ -336,14 +342,15 @@ pub fn run(args: Args) -> Result<i32> {
     Ok(session.exit_code(stop))
 }
 
-/// At an exec, before the new program runs: the old program's allocations
-/// went with its address space; they are forgotten, and taken out of the
-/// totals by stack (else they would stay outstanding, on stacks of
-/// addresses no mapping holds any more).
-fn forget_old_image(skel: &MemleakSkel<'_>, tgid: u32) -> Result<()> {
+/// A traced process exec'd at `exec_ns` (bpf_ktime_get_ns's clock): its
+/// old program's allocations, made before, went with its address space;
+/// they are forgotten, and taken out of the totals by stack (else they
+/// would stay outstanding, on stacks of addresses no mapping holds any
+/// more).
+fn forget_before_exec(skel: &MemleakSkel<'_>, tgid: u32, exec_ns: u64) -> Result<()> {
     let allocs = &skel.maps.allocs;
     for (addr, alloc) in entries::<u64, bpf::types::memleak_alloc>(allocs)? {
-        if alloc.tgid != tgid {
+        if alloc.tgid != tgid || alloc.time_ns > exec_ns {
             continue;
         }
         let _ = allocs.delete(&addr.to_ne_bytes());
@@ -359,6 +366,24 @@ fn forget_old_image(skel: &MemleakSkel<'_>, tgid: u32) -> Result<()> {
             // SAFETY: a plain C struct of two u64s, no padding
             let bytes = unsafe { plain::as_bytes(&totals) };
             combined.update(&key, bytes, MapFlags::ANY)?;
+        }
+    }
+    Ok(())
+}
+
+/// The execs the BPF side saw since the last look: each process's old
+/// allocations forgotten. A `-- COMMAND` was stopped at its exec and its
+/// new program's allocators probed (follow_exec); a `-p` process is not
+/// followed so: said once.
+fn forget_execs(skel: &MemleakSkel<'_>, followed: bool, said: &mut bool) -> Result<()> {
+    for (tgid, exec_ns) in take_entries::<u32, u64>(&skel.maps.execs)? {
+        forget_before_exec(skel, tgid, exec_ns)?;
+        if !followed && !std::mem::replace(said, true) {
+            crate::say!(
+                "memleak: PID {tgid} exec'd another program: what it allocated before is \
+                 forgotten; allocators the new program maps are not probed with -p (run it \
+                 with -- COMMAND to follow its execs)"
+            );
         }
     }
     Ok(())
@@ -425,7 +450,10 @@ fn load<'obj>(
             let cfi = unwind == Unwind::Cfi;
             rodata.unwind_cfi = cfi;
             programs
-                .load_if(!kernel_mode, &["memleak_call", "exitmaps_send_mappings"])
+                .load_if(
+                    !kernel_mode,
+                    &["memleak_call", "memleak_exec", "exitmaps_send_mappings"],
+                )
                 .load_if(cfi, UNWIND_PROGRAMS)
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
                 .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);

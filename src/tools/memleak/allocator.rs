@@ -1,7 +1,8 @@
-//! memleak's user mode: which allocator functions to probe, in which file,
-//! and where in each function (past opening instructions the kernel would
-//! single-step: analysis/probe_site.rs); all attached as one multi-uprobe
-//! session link.
+//! memleak's user mode: which allocator functions to probe, in which of the
+//! target's objects, and where in each function (past opening instructions
+//! the kernel would single-step: analysis/probe_site.rs); one multi-uprobe
+//! session link per object. A command's execs and dlopens bring more
+//! (follow_exec, follow_load).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -131,9 +132,9 @@ pub struct Allocators {
 
 impl Allocators {
     /// The allocators among the target's mapped objects (its libc, a
-    /// jemalloc, tcmalloc or mimalloc linked or preloaded, libstdc++'s
-    /// operator new, the program itself if its allocator is linked in), or
-    /// -O's library alone. A command is looked at stopped after exec, once
+    /// jemalloc, tcmalloc or mimalloc linked or preloaded, with their
+    /// operator new and delete, the program itself if its allocator is
+    /// linked in), or -O's library alone. A command is looked at stopped after exec, once
     /// its loader has mapped libc (and with it the program's own and
     /// preloaded libraries), before any of their code runs, until the session
     /// starts. None: the command ended before (its loader failed).

@@ -45,10 +45,9 @@ pub const ENTRY: ProbeSite = ProbeSite {
     args: ABI_ARGS,
 };
 
-/// Bytes of a function read to place its probe: enough for the branches of
-/// an allocator's fast path; a longer function is looked at in this part
-/// only (its branches further on are checked against the run, too: see
-/// `branch_targets`).
+/// Bytes of a function read to place its probe, whose branches are checked
+/// against the skipped run (`branch_targets`): allocators' functions are a
+/// few hundred bytes; a longer one's branches past this are not seen.
 pub const FUNCTION_BYTES: usize = 64 * 1024;
 
 /// Longest run of instructions looked at before an emulated one.

@@ -85,13 +85,12 @@ fn older_hides_young_allocations_until_the_command_exits() {
         interim.iter().all(|r| !has_frame(r, "leak_with")),
         "{rows:#?}"
     );
-    let last: Vec<&Value> = rows.iter().filter(|r| r["final"] == true).collect();
-    let leaked: u64 = last
+    let last: Vec<Value> = rows
         .iter()
-        .filter(|r| has_frame(r, "leak_with"))
-        .map(|r| r["bytes"].as_u64().unwrap())
-        .sum();
-    assert_eq!(leaked, 30000, "{rows:#?}");
+        .filter(|r| r["final"] == true)
+        .cloned()
+        .collect();
+    assert_eq!(bytes_per_report(&last, "leak_with"), [30000], "{rows:#?}");
 }
 
 /// `memleak -- COMMAND` with default options (-o 500): a leak the command
@@ -121,14 +120,8 @@ fn json_reports_are_numbered_and_the_last_is_final() {
         assert_eq!(row["final"], number == last, "{row}");
     }
     // every report holds the whole leak: summing them would count it each time
-    for number in 1..=last {
-        let leaked: u64 = rows
-            .iter()
-            .filter(|r| r["report"] == number && has_frame(r, "leak_with"))
-            .map(|r| r["bytes"].as_u64().unwrap())
-            .sum();
-        assert_eq!(leaked, 30000, "report {number}: {rows:#?}");
-    }
+    let leaked = bytes_per_report(&rows, "leak_with");
+    assert_eq!(leaked, vec![30000; last as usize], "{rows:#?}");
 }
 
 #[test]

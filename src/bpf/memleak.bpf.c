@@ -177,34 +177,41 @@ static __always_inline bool heap_mapping(__u64 flags)
 	return (flags & MEMLEAK_MAP_ANONYMOUS) && (flags & MEMLEAK_MAP_TYPE) == MEMLEAK_MAP_PRIVATE;
 }
 
+/* The cookie's registers when every argument is where the ABI puts it:
+ * rdi, rsi, rdx, rcx (7, 6, 2, 1), 4 bits each from bit 8. */
+#define MEMLEAK_ABI_REGS 0x1267
+
 /*
- * Argument n (0-3) of the probed function. The probe may sit a few
+ * The first four arguments of the probed function. The probe may sit a few
  * instructions into it (user space places it on one the kernel emulates:
  * analysis/probe_site.rs), where an argument may have been moved to another
  * register: the cookie says which, 4 bits an argument from bit 8 (x86
- * numbering: 0 rax, 1 rcx, 2 rdx, 3 rbx, 6 rsi, 7 rdi, 8-15 r8-r15).
+ * numbering: 0 rax, 1 rcx, 2 rdx, 3 rbx, 6 rsi, 7 rdi, 8-15 r8-r15). Read
+ * once a call, on every malloc and free.
  */
-static __always_inline __u64 memleak_arg(struct pt_regs *ctx, __u64 cookie, int n)
+static __always_inline void memleak_args(struct pt_regs *ctx, __u64 cookie, __u64 args[4])
 {
 #if defined(__TARGET_ARCH_x86)
-	/* read into an array indexed by number: a switch of context reads is
-	 * compiled into one read at a computed offset, which the verifier refuses */
-	__u64 regs[16] = {
-		ctx->ax, ctx->cx, ctx->dx, ctx->bx, 0, 0, ctx->si, ctx->di,
-		ctx->r8, ctx->r9, ctx->r10, ctx->r11, ctx->r12, ctx->r13, ctx->r14, ctx->r15,
-	};
+	if (((cookie >> 8) & 0xffff) != MEMLEAK_ABI_REGS) {
+		/* read into an array indexed by number: a switch of context reads
+		 * is compiled into one read at a computed offset, which the
+		 * verifier refuses */
+		__u64 regs[16] = {
+			ctx->ax, ctx->cx, ctx->dx, ctx->bx, 0, 0, ctx->si, ctx->di,
+			ctx->r8, ctx->r9, ctx->r10, ctx->r11, ctx->r12, ctx->r13, ctx->r14, ctx->r15,
+		};
 
-	/* rsp and rbp (4, 5) are never chosen */
-	return regs[(cookie >> (8 + 4 * n)) & 0xf];
-#else
-	/* elsewhere the probe is at the entry: the ABI's registers */
-	switch (n) {
-	case 0: return PT_REGS_PARM1(ctx);
-	case 1: return PT_REGS_PARM2(ctx);
-	case 2: return PT_REGS_PARM3(ctx);
-	default: return PT_REGS_PARM4(ctx);
+		/* rsp and rbp (4, 5) are never chosen */
+		for (int n = 0; n < 4; n++)
+			args[n] = regs[(cookie >> (8 + 4 * n)) & 0xf];
+		return;
 	}
 #endif
+	/* at the entry, or past instructions that kept them: the ABI's registers */
+	args[0] = PT_REGS_PARM1(ctx);
+	args[1] = PT_REGS_PARM2(ctx);
+	args[2] = PT_REGS_PARM3(ctx);
+	args[3] = PT_REGS_PARM4(ctx);
 }
 
 /* realloc(p, 0) frees p */
@@ -219,9 +226,11 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	struct memleak_call call = { .func = cookie & 0xff };
+	__u64 arg[4];
 
 	if (!memtrace_wanted())
 		return 1;
+	memleak_args(ctx, cookie, arg);
 	switch (call.func) {
 	case MEMLEAK_LOADS:
 		/* the loader has mapped (or will unmap) objects: a dlopen's, before
@@ -232,50 +241,50 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 			bpf_send_signal_thread(MEMLEAK_SIGSTOP);
 		return 1;
 	case MEMLEAK_FREE:
-		forget(memleak_arg(ctx, cookie, 0));
+		forget(arg[0]);
 		return 1;
 	case MEMLEAK_MUNMAP:
 		/* munmap from inside the allocator (a large free) is free's business */
 		if (!bpf_map_lookup_elem(&calls, &id))
-			forget(memleak_arg(ctx, cookie, 0));
+			forget(arg[0]);
 		return 1;
 	case MEMLEAK_MALLOC:
 	case MEMLEAK_VALLOC:
 	case MEMLEAK_PVALLOC:
-		call.size = memleak_arg(ctx, cookie, 0);
+		call.size = arg[0];
 		break;
 	case MEMLEAK_CALLOC:
-		call.size = memleak_arg(ctx, cookie, 0) * memleak_arg(ctx, cookie, 1);
+		call.size = arg[0] * arg[1];
 		break;
 	case MEMLEAK_REALLOC:
-		call.old_addr = memleak_arg(ctx, cookie, 0);
-		call.size = memleak_arg(ctx, cookie, 1);
+		call.old_addr = arg[0];
+		call.size = arg[1];
 		break;
 	case MEMLEAK_REALLOCARRAY:
-		call.old_addr = memleak_arg(ctx, cookie, 0);
-		call.size = memleak_arg(ctx, cookie, 1) * memleak_arg(ctx, cookie, 2);
+		call.old_addr = arg[0];
+		call.size = arg[1] * arg[2];
 		break;
 	case MEMLEAK_POSIX_MEMALIGN:
-		call.memptr = memleak_arg(ctx, cookie, 0);
-		call.size = memleak_arg(ctx, cookie, 2);
+		call.memptr = arg[0];
+		call.size = arg[2];
 		break;
 	case MEMLEAK_MEMALIGN:
 	case MEMLEAK_ALIGNED_ALLOC:
-		call.size = memleak_arg(ctx, cookie, 1);
+		call.size = arg[1];
 		break;
 	case MEMLEAK_MMAP:
 		/* heap is anonymous private memory (an allocator's arenas and large
 		 * blocks); a mapped file (a locale, a cache) or shared memory is not */
-		if (!heap_mapping(memleak_arg(ctx, cookie, 3)))
+		if (!heap_mapping(arg[3]))
 			return 1;
-		call.size = memleak_arg(ctx, cookie, 1);
+		call.size = arg[1];
 		break;
 	case MEMLEAK_MREMAP:
-		call.old_addr = memleak_arg(ctx, cookie, 0);
+		call.old_addr = arg[0];
 		/* a mapping that was not counted (a file's) stays uncounted moved */
 		if (!bpf_map_lookup_elem(&allocs, &call.old_addr))
 			return 1;
-		call.size = memleak_arg(ctx, cookie, 2);
+		call.size = arg[2];
 		break;
 	default:
 		return 1;

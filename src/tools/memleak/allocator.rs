@@ -281,13 +281,7 @@ impl Allocators {
             return Ok(None);
         }
         self.loaders.push(loader.clone());
-        let inspector = Inspector::new();
-        let mut elf = Elf::new(&loader);
-        elf.debug_syms = false;
-        let found = inspector
-            .lookup(&Source::Elf(elf), &[LOADER_HOOK])
-            .with_context(|| format!("reading the symbols of {}", escape_path(&loader)))?;
-        let Some(offset) = found.iter().flatten().find_map(|s| s.file_offset) else {
+        let Some(Some((offset, _))) = defined_symbols(&loader, &[LOADER_HOOK])?.pop() else {
             return Ok(None);
         };
         let hook = ProbedObject {
@@ -481,30 +475,24 @@ fn resolve_functions(object: &Path, prefixes: &[&str]) -> Result<Vec<Probe>> {
         })
         .collect();
     let refs: Vec<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
-    let mut elf = Elf::new(object);
-    elf.debug_syms = false; // the ELF symbol tables (.dynsym is all Debian's libc has)
-    let inspector = Inspector::new();
-    let found = inspector
-        .lookup(&Source::Elf(elf), &refs)
-        .with_context(|| format!("reading the symbols of {}", escape_path(object)))?;
+    let found = defined_symbols(object, &refs)?;
     let mut file =
         File::open(object).with_context(|| format!("opening {}", escape_path(object)))?;
-    let defines_malloc = names.iter().zip(&found).any(|((name, func), syms)| {
-        *func == Func::MEMLEAK_MALLOC && !name.starts_with("_Z") && !syms.is_empty()
+    let defines_malloc = names.iter().zip(&found).any(|((name, func), sym)| {
+        *func == Func::MEMLEAK_MALLOC && !name.starts_with("_Z") && sym.is_some()
     });
     let mut probes: Vec<Probe> = Vec::new();
-    for ((name, func), syms) in names.into_iter().zip(found) {
-        let Some(sym) = syms.iter().find(|s| s.file_offset.is_some()) else {
+    for ((name, func), sym) in names.into_iter().zip(found) {
+        let Some((offset, size)) = sym else {
             continue;
         };
         if name.starts_with("_Z") && !defines_malloc {
             continue;
         }
-        let offset = sym.file_offset.unwrap_or_default();
         if probes.iter().any(|p| p.offset == offset) {
             continue;
         }
-        let size = sym.size.unwrap_or(probe_site::FUNCTION_BYTES);
+        let size = size.unwrap_or(probe_site::FUNCTION_BYTES);
         let site =
             cheap_probe_site(&mut file, offset, size, arguments_read(func)).with_context(|| {
                 format!(
@@ -523,6 +511,27 @@ fn resolve_functions(object: &Path, prefixes: &[&str]) -> Result<Vec<Probe>> {
     Ok(probes)
 }
 
+/// A defined symbol's file offset, and its size if known.
+type Defined = (u64, Option<usize>);
+
+/// Each of `names` that `object` defines (None: it doesn't), from its ELF
+/// symbol tables (.dynsym is all Debian's libc has).
+fn defined_symbols(object: &Path, names: &[&str]) -> Result<Vec<Option<Defined>>> {
+    let mut elf = Elf::new(object);
+    elf.debug_syms = false;
+    let inspector = Inspector::new();
+    let found = inspector
+        .lookup(&Source::Elf(elf), names)
+        .with_context(|| format!("reading the symbols of {}", escape_path(object)))?;
+    Ok(found
+        .iter()
+        .map(|syms| {
+            syms.iter()
+                .find_map(|sym| sym.file_offset.map(|offset| (offset, sym.size)))
+        })
+        .collect())
+}
+
 /// Where in the function of `size` bytes at `offset` its uprobe costs one
 /// trap instead of two (see probe_site).
 fn cheap_probe_site(
@@ -536,4 +545,24 @@ fn cheap_probe_site(
     file.seek(SeekFrom::Start(offset))?;
     file.take(size as u64).read_to_end(&mut code)?;
     Ok(probe_site::cheap_site(&code, args_read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Func, Probe};
+    use crate::analysis::probe_site::ENTRY;
+
+    /// memleak.bpf.c reads the arguments straight from the ABI's registers
+    /// when the cookie names those (MEMLEAK_ABI_REGS).
+    #[test]
+    fn an_entry_probes_cookie_names_the_abi_registers() {
+        let probe = Probe {
+            symbol: "malloc".into(),
+            func: Func::MEMLEAK_MALLOC,
+            offset: 0,
+            site: ENTRY,
+        };
+        assert_eq!(probe.cookie() >> 8, 0x1267);
+        assert_eq!(probe.cookie() & 0xff, u64::from(Func::MEMLEAK_MALLOC.0));
+    }
 }

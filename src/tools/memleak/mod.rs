@@ -25,7 +25,7 @@ use crate::engine::drops::{self, LossWatch};
 use crate::engine::loader::{self, MapInAdvance, Trace};
 use crate::engine::maps::{entries, take_entries};
 use crate::engine::records::{self, ready_symbolizer};
-use crate::engine::session::{monotonic_ns, Session, Stop};
+use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::{CommandStop, HeldCommand, Target};
 use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
@@ -295,9 +295,8 @@ pub fn run(args: Args) -> Result<i32> {
         let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(pid, maps);
         let prog = &skel.progs.memleak_call;
         match stop {
+            // (the old program's allocations: forget_execs, as for -p)
             CommandStop::Exec => {
-                // everything it allocated so far was the old program's
-                forget_before_exec(&skel, pid, monotonic_ns())?;
                 links.extend(allocators.follow_exec(&args, cmd, mapped, prog)?);
                 links.extend(allocators.watch_loads(cmd, prog)?);
             }
@@ -371,10 +370,10 @@ fn forget_before_exec(skel: &MemleakSkel<'_>, tgid: u32, exec_ns: u64) -> Result
     Ok(())
 }
 
-/// The execs the BPF side saw since the last look: each process's old
-/// allocations forgotten. A `-- COMMAND` was stopped at its exec and its
-/// new program's allocators probed (follow_exec); a `-p` process is not
-/// followed so: said once.
+/// The execs the BPF side saw since the last look (after each poll, before
+/// each report): each process's old allocations forgotten. A `-- COMMAND`
+/// was stopped at its exec and its new program's allocators probed
+/// (follow_exec); a `-p` process is not followed so: said once.
 fn forget_execs(skel: &MemleakSkel<'_>, followed: bool, said: &mut bool) -> Result<()> {
     for (tgid, exec_ns) in take_entries::<u32, u64>(&skel.maps.execs)? {
         forget_before_exec(skel, tgid, exec_ns)?;

@@ -5,8 +5,11 @@ Workload: tests/fixtures/leaker.c `storm N`, N malloc(64)+free pairs. Interleave
 runs, whole-process wall time (tracer start and exit included, as a user
 waits for them): untraced; a bpftrace script doing memleak's bookkeeping (uprobe
 malloc, uretprobe malloc, uprobe free, a map of live addresses); `memleak --`;
-`memleak -s 10 --`. Also `memleak -- true`: start, attach, detach, exit; and `memleak -p`
-on a leaker of 106,496 allocations over 8192 stacks: its attach and its final report.
+`memleak -s 10 --`. Also `memleak -- true`: start, attach, detach, exit; `memleak -p`
+on a leaker of 106,496 allocations over 8192 stacks: its attach and its final report;
+and a command's children: a shell running /bin/true 100 times (each child probed as it
+forks, its exec followed, its probes removed once it ends), and the storm run by a shell
+(`sh -c 'leaker storm N; true'`: two processes of the family live at once).
 Run as root. Prints medians and ratios.
 
 --baseline PATH adds another memtrace binary (a build from before a change),
@@ -93,6 +96,7 @@ END {{ clear(@size); clear(@live); }}
     for name, runs in true_runs.items():
         print(f"{name} -- true: median {statistics.median(runs) * 1000:.0f} ms, max {max(runs) * 1000:.0f} ms")
     attach_and_report(leaker, binaries, args.runs)
+    children(storm, binaries, args.runs)
     shutil.rmtree(tmp)
 
 
@@ -122,6 +126,29 @@ def attach_and_report(leaker, binaries, runs):
         print(f"{name} -p attached in {statistics.median(measured['attach']) * 1000:.0f} ms; "
               f"final report of 106,496 allocations on 8192 stacks "
               f"{statistics.median(measured['report']) * 1000:.0f} ms (medians)")
+
+
+def children(storm, binaries, runs):
+    """A command's children: 100 short ones in a row, and the storm in a shell's child."""
+    loop = ["sh", "-c", "for i in $(seq 100); do /bin/true; done"]
+    in_shell = ["sh", "-c", " ".join(storm) + "; true"]
+    configs = [("untraced 100 children", loop)]
+    for name, binary in binaries:
+        configs += [
+            (f"{name} 100 children", [binary, "memleak", "--"] + loop),
+            (f"{name} storm", [binary, "memleak", "--"] + storm),
+            (f"{name} storm in a shell's child", [binary, "memleak", "--"] + in_shell),
+        ]
+    times = {name: [] for name, _ in configs}
+    for _ in range(runs):
+        for name, cmd in configs:
+            times[name].append(quiet(cmd))
+    print()
+    base = statistics.median(times["untraced 100 children"])
+    for name, samples in times.items():
+        med = statistics.median(samples)
+        ratio = f"  {med / base:7.1f}x untraced" if "children" in name else ""
+        print(f"{name:40} {med:8.3f} s{ratio}")
 
 
 if __name__ == "__main__":

@@ -1111,6 +1111,117 @@ fn a_program_exec_by_a_wrapper_is_followed_to_its_allocator() {
     assert_nothing_of_an_old_program(&rows);
 }
 
+/// The pid of each row whose stack goes through `function`.
+fn pids_through(rows: &[Value], function: &str) -> Vec<u64> {
+    rows.iter()
+        .filter(|r| has_frame(r, function))
+        .map(|r| r["pid"].as_u64().unwrap())
+        .collect()
+}
+
+/// A command's forked child is traced from its first instruction, apart
+/// from its parent: it frees its copy of the parent's leaked block (at the
+/// same address as the parent's, which stays leaked) and leaks 20000 bytes
+/// of its own; each leak is reported exactly, under its own pid.
+#[test]
+fn a_forked_child_is_traced_apart_from_its_parent() {
+    require_root!();
+    let rows = report(&[], &["fork"]);
+    assert_eq!(
+        bytes_and_allocations(&rows, "leak_with"),
+        [(30000, 1)],
+        "{rows:?}"
+    );
+    assert_eq!(
+        bytes_and_allocations(&rows, "leak_in_child"),
+        [(20000, 1)],
+        "{rows:?}"
+    );
+    assert_eq!(bytes_and_allocations(&rows, "churn"), [], "{rows:?}");
+    let parent = pids_through(&rows, "leak_with");
+    let child = pids_through(&rows, "leak_in_child");
+    assert_ne!(parent, child, "{rows:?}");
+    // the text names whose stack each is, as the report holds two processes
+    let finished = run_on(&["memleak"], "leaker", &["fork"]);
+    finished.assert_success();
+    let mut whose: Vec<&str> = finished
+        .stdout
+        .lines()
+        .filter_map(|line| line.split_once(" allocations from stack of PID "))
+        .map(|(_, pid)| pid)
+        .collect();
+    whose.dedup();
+    assert_eq!(whose.len(), 2, "{}", finished.stdout);
+}
+
+/// Children made by posix_spawn (a vfork-like clone, running in its
+/// parent's address space until it execs) and by a shell's fork, each
+/// exec'ing the leaker: each is probed in its new program (jemalloc, which
+/// only the child maps, found there) and its leaks are its own, exactly.
+#[test]
+fn children_that_exec_are_followed_to_their_allocators() {
+    require_root!();
+    let leaker = fixture("leaker");
+    let spawner = fixture("spawner");
+    let pidfile = temp_path("memleak-spawned");
+    let finished = run(&[
+        "memleak",
+        "--json",
+        "--",
+        spawner.to_str().unwrap(),
+        "spawn",
+        "3",
+        "0",
+        pidfile.to_str().unwrap(),
+        leaker.to_str().unwrap(),
+        "many",
+    ]);
+    finished.assert_success();
+    let rows = finished.json();
+    let spawned: Vec<u64> = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .lines()
+        .map(|pid| pid.parse().unwrap())
+        .collect();
+    let _ = std::fs::remove_file(&pidfile);
+    assert_eq!(spawned.len(), 3);
+    let mut leakers = pids_through(&rows, "leak_with");
+    leakers.sort_unstable();
+    let mut expected = spawned.clone();
+    expected.sort_unstable();
+    assert_eq!(leakers, expected, "{rows:?}");
+    assert_eq!(
+        bytes_and_allocations(&rows, "leak_with"),
+        [(30000, 1); 3],
+        "{rows:?}"
+    );
+    assert_eq!(
+        bytes_and_allocations(&rows, "leak_small"),
+        [(1600, 100); 3],
+        "{rows:?}"
+    );
+    assert_eq!(bytes_and_allocations(&rows, "churn"), [], "{rows:?}");
+
+    // a shell that forks (its command is not its last) a child that
+    // execs the leaker with jemalloc preloaded
+    let jemalloc = debian_library("libjemalloc.so.2");
+    let script = format!("LD_PRELOAD={} \"$0\" many; exit $?", jemalloc.display());
+    let finished = run(&[
+        "memleak",
+        "--json",
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+        leaker.to_str().unwrap(),
+    ]);
+    finished.assert_success();
+    assert_probed_during_the_trace(&finished.stderr, &jemalloc);
+    let rows = finished.json();
+    assert_leaks_of_many(&rows, "sh's child");
+    assert_nothing_of_an_old_program(&rows);
+}
+
 /// A command memleak follows (under ptrace, for its execs) gets its
 /// signals as it would untraced: the shell's trap runs and sets its status.
 #[test]

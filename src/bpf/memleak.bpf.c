@@ -2,13 +2,15 @@
 /*
  * memleak, user mode: a session uprobe link (uprobe.multi with sessions) on
  * each allocator object's functions, each probe's function (and where its
- * arguments are) its BPF cookie; for a command, one on its loader's
+ * arguments are) its BPF cookie, one set per traced process (a command's
+ * children have theirs); for a command, one on its loader's
  * _dl_debug_state too (MEMLEAK_LOADS). The entry
  * half decides whether the return is wanted at all: free and munmap, calls
  * not sampled (-s), out of -z/-Z bounds or nested in another allocator call
  * return 1, and the kernel then sets no return probe, which saves a trap of
- * several microseconds. Allocations are kept by address with their size,
- * time and stack until freed; a running total by stack serves --combined-only.
+ * several microseconds. Allocations are kept by process and address with
+ * their size, time and stack until freed; a running total by process and
+ * stack serves --combined-only.
  */
 #include "exitmaps.bpf.h"
 #include "unwind.bpf.h"
@@ -51,14 +53,17 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1 << 20); /* user space may resize before load */
-	__type(key, __u64);           /* address */
+	__type(key, struct memleak_key);
 	__type(value, struct memleak_alloc);
 } allocs SEC(".maps");
 
+/* Not preallocated but in kernel mode (see the allocs map): user space
+ * sizes it from --stack-storage-size. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384); /* --stack-storage-size, and room for the errno keys */
-	__type(key, __s64); /* stack key */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, struct memleak_stack_key);
 	__type(value, struct memleak_combined);
 } combined SEC(".maps");
 
@@ -103,16 +108,17 @@ static __always_inline void trace_event(__u64 addr, __u64 size, __s64 stack, __u
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline void account(__s64 stack, __s64 bytes, __s64 count)
+static __always_inline void account(__u32 tgid, __s64 stack, __s64 bytes, __s64 count)
 {
-	struct memleak_combined *c = bpf_map_lookup_elem(&combined, &stack);
+	struct memleak_stack_key key = { .stack = stack, .tgid = tgid };
+	struct memleak_combined *c = bpf_map_lookup_elem(&combined, &key);
 	struct memleak_combined first = {};
 
 	if (!c) {
 		if (bytes < 0)
 			return;
-		bpf_map_update_elem(&combined, &stack, &first, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&combined, &stack);
+		bpf_map_update_elem(&combined, &key, &first, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&combined, &key);
 		if (!c) {
 			/* sized with the stack store (--stack-storage-size) */
 			memtrace_count_drop(MEMTRACE_DROP_STACKS);
@@ -123,38 +129,53 @@ static __always_inline void account(__s64 stack, __s64 bytes, __s64 count)
 	__sync_fetch_and_add(&c->allocs, count);
 }
 
-static __always_inline void forget(__u64 addr)
+/* The key of the current process's allocation at addr (user mode). */
+static __always_inline struct memleak_key user_key(__u64 addr)
 {
-	struct memleak_alloc *a = bpf_map_lookup_elem(&allocs, &addr);
+	struct memleak_key key = { .addr = addr, .tgid = bpf_get_current_pid_tgid() >> 32 };
+
+	return key;
+}
+
+static __always_inline void forget(struct memleak_key *key)
+{
+	struct memleak_alloc *a = bpf_map_lookup_elem(&allocs, key);
 
 	if (!a)
 		return;
-	account(a->stack, -(__s64)a->size, -1);
+	account(key->tgid, a->stack, -(__s64)a->size, -1);
 	if (trace_all)
-		trace_event(addr, a->size, a->stack, 1);
-	bpf_map_delete_elem(&allocs, &addr);
+		trace_event(key->addr, a->size, a->stack, 1);
+	bpf_map_delete_elem(&allocs, key);
+}
+
+static __always_inline void forget_user(__u64 addr)
+{
+	struct memleak_key key = user_key(addr);
+
+	forget(&key);
 }
 
 static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size)
 {
 	struct memleak_alloc a = { .size = size, .time_ns = bpf_ktime_get_ns() };
+	struct memleak_key key = user_key(addr);
 
-	a.tgid = bpf_get_current_pid_tgid() >> 32;
 	a.stack = memtrace_user_stack_of(ctx);
 	/* --wa-missing-free: the allocator handed out this address again, so its
 	 * earlier allocation was freed by a path we did not see */
 	if (wa_missing_free)
-		forget(addr);
+		forget(&key);
 	/* NOEXIST: an address already outstanding keeps its first allocation */
-	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_NOEXIST)) {
-		if (!bpf_map_lookup_elem(&allocs, &addr))
+	if (bpf_map_update_elem(&allocs, &key, &a, BPF_NOEXIST)) {
+		if (!bpf_map_lookup_elem(&allocs, &key))
 			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
 		return;
 	}
-	account(a.stack, size, 1);
+	account(key.tgid, a.stack, size, 1);
 	if (trace_all)
 		trace_event(addr, size, a.stack, 0);
-	exitmaps_note_owner(a.tgid);
+	exitmaps_note_owner(key.tgid);
 }
 
 extern bool bpf_session_is_return(void) __ksym __weak;
@@ -226,6 +247,7 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	struct memleak_call call = { .func = cookie & 0xff };
+	struct memleak_key old;
 	__u64 arg[4];
 
 	if (!memtrace_wanted())
@@ -236,17 +258,20 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 		/* the loader has mapped (or will unmap) objects: a dlopen's, before
 		 * their constructors run. The thread stops (memtrace, the command's
 		 * tracer, takes the SIGSTOP and does not deliver it) until user
-		 * space has probed the allocators and read the objects in. */
-		if (stop_at_loads)
+		 * space has probed the allocators and read the objects in. Only a
+		 * main thread: the others are not under ptrace, and their SIGSTOP
+		 * would stop the process until a SIGCONT no one sends (a dlopen
+		 * there is read in by the unwinder, its allocators not probed). */
+		if (stop_at_loads && (__u32)id == id >> 32)
 			bpf_send_signal_thread(MEMLEAK_SIGSTOP);
 		return 1;
 	case MEMLEAK_FREE:
-		forget(arg[0]);
+		forget_user(arg[0]);
 		return 1;
 	case MEMLEAK_MUNMAP:
 		/* munmap from inside the allocator (a large free) is free's business */
 		if (!bpf_map_lookup_elem(&calls, &id))
-			forget(arg[0]);
+			forget_user(arg[0]);
 		return 1;
 	case MEMLEAK_MALLOC:
 	case MEMLEAK_VALLOC:
@@ -282,7 +307,8 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 	case MEMLEAK_MREMAP:
 		call.old_addr = arg[0];
 		/* a mapping that was not counted (a file's) stays uncounted moved */
-		if (!bpf_map_lookup_elem(&allocs, &call.old_addr))
+		old = user_key(call.old_addr);
+		if (!bpf_map_lookup_elem(&allocs, &old))
 			return 1;
 		call.size = arg[2];
 		break;
@@ -322,10 +348,10 @@ static __always_inline int on_return(struct pt_regs *ctx)
 			addr = 0; /* MAP_FAILED */
 	}
 	if (frees_on_zero(func) && call->size == 0)
-		forget(call->old_addr); /* realloc(p, 0) frees p and may return NULL */
+		forget_user(call->old_addr); /* realloc(p, 0) frees p and may return NULL */
 	if (addr) {
 		if (call->old_addr)
-			forget(call->old_addr);
+			forget_user(call->old_addr);
 		if (call->size >= min_size && (!max_size || call->size <= max_size))
 			remember(ctx, addr, call->size);
 	}
@@ -339,7 +365,9 @@ int BPF_PROG(memleak_exec, struct task_struct *task)
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 	__u64 now;
 
-	if (!memtrace_wanted())
+	/* a process that allocated nothing (a child exec'ing at once) has
+	 * nothing to forget */
+	if (!memtrace_wanted() || !bpf_map_lookup_elem(&stack_owners, &tgid))
 		return 0;
 	now = bpf_ktime_get_ns();
 	bpf_map_update_elem(&execs, &tgid, &now, BPF_ANY);
@@ -359,8 +387,24 @@ int memleak_call(struct pt_regs *ctx)
  * tracepoints (no tracefs, no perf buffer). With -p or a command, only
  * allocations made while that process runs are kept.
  */
+/* Kernel mode's key: a kernel address, of no process. */
+static __always_inline struct memleak_key kernel_key(__u64 addr)
+{
+	struct memleak_key key = { .addr = addr };
+
+	return key;
+}
+
+static __always_inline void forget_kernel(__u64 addr)
+{
+	struct memleak_key key = kernel_key(addr);
+
+	forget(&key);
+}
+
 static __always_inline int kernel_alloc(void *ctx, __u64 addr, __u64 size)
 {
+	struct memleak_key key = kernel_key(addr);
 	struct memleak_alloc a = {};
 
 	if (!addr || !memtrace_wanted() || size < min_size || (max_size && size > max_size))
@@ -369,13 +413,12 @@ static __always_inline int kernel_alloc(void *ctx, __u64 addr, __u64 size)
 		return 0;
 	a.size = size;
 	a.time_ns = bpf_ktime_get_ns();
-	a.tgid = bpf_get_current_pid_tgid() >> 32;
 	a.stack = memtrace_stack(ctx, 0);
-	if (bpf_map_update_elem(&allocs, &addr, &a, BPF_ANY)) {
+	if (bpf_map_update_elem(&allocs, &key, &a, BPF_ANY)) {
 		memtrace_count_drop(MEMTRACE_DROP_COUNTS);
 		return 0;
 	}
-	account(a.stack, size, 1);
+	account(0, a.stack, size, 1);
 	if (trace_all)
 		trace_event(addr, size, a.stack, 0);
 	return 0;
@@ -412,27 +455,27 @@ int BPF_PROG(memleak_percpu_alloc, unsigned long call_site, bool reserved, bool 
 SEC("tp_btf/kfree")
 int BPF_PROG(memleak_kfree, unsigned long call_site, const void *ptr)
 {
-	forget((__u64)ptr);
+	forget_kernel((__u64)ptr);
 	return 0;
 }
 
 SEC("tp_btf/kmem_cache_free")
 int BPF_PROG(memleak_kmem_cache_free, unsigned long call_site, const void *ptr)
 {
-	forget((__u64)ptr);
+	forget_kernel((__u64)ptr);
 	return 0;
 }
 
 SEC("tp_btf/mm_page_free")
 int BPF_PROG(memleak_page_free, struct page *page, unsigned int order)
 {
-	forget((__u64)page);
+	forget_kernel((__u64)page);
 	return 0;
 }
 
 SEC("tp_btf/percpu_free_percpu")
 int BPF_PROG(memleak_percpu_free, void *base_addr, int off, void *ptr)
 {
-	forget((__u64)ptr);
+	forget_kernel((__u64)ptr);
 	return 0;
 }

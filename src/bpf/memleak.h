@@ -24,10 +24,24 @@ enum memleak_func {
 	MEMLEAK_NFUNCS = 14,
 };
 
-/* An outstanding allocation, by address. */
+/* An outstanding allocation's key: its process and address. A forked child
+ * has its parent's addresses, and allocates and frees at them on its own;
+ * kernel mode's addresses are the kernel's, of no process (tgid 0). */
+struct memleak_key {
+	__u64 addr;
+	__u32 tgid;
+	__u32 pad;
+};
+
+/* An outstanding allocation. */
 struct memleak_alloc {
 	__u64 size;
 	__u64 time_ns;
+	__s64 stack; /* key in stack_store, or -errno: no stack */
+};
+
+/* The key of a running total: a process's stack (tgid 0 in kernel mode). */
+struct memleak_stack_key {
 	__s64 stack; /* key in stack_store, or -errno: no stack */
 	__u32 tgid;
 	__u32 pad;
@@ -46,7 +60,7 @@ struct memleak_event {
 	char comm[MEMTRACE_COMM_LEN];
 };
 
-/* Outstanding bytes and allocations by stack (--combined-only). */
+/* Outstanding bytes and allocations by process and stack (--combined-only). */
 struct memleak_combined {
 	__u64 bytes;
 	__u64 allocs;

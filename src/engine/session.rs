@@ -3,15 +3,17 @@
 //! process, and call the tool back at each `-i` interval. A SIGTERM is passed
 //! on to `-- COMMAND` (Ctrl-C reaches it from the terminal already).
 
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libbpf_rs::RingBuffer;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::engine::loader::Trace;
 use crate::engine::signals;
 use crate::engine::syscalls::SyscallHooks;
-use crate::engine::target::{CommandStop, HeldCommand, Target};
+use crate::engine::target::{HeldCommand, Stopped, Target};
 
 /// Why a trace ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,15 +97,16 @@ impl Session {
         self.run_following(ring, after_batch, on_interval, |_, _| Ok(()))
     }
 
-    /// run, for a command that follows execs (HeldCommand::follow_execs):
-    /// `on_stop` is given the command stopped at each exec or load, and it
-    /// goes on (release) once that returns.
+    /// run, for a command that follows its family (HeldCommand::follow_family):
+    /// `on_stop` is given each stop of the command or a child (an exec, a
+    /// fork, a load, a child's end), and the process goes on (release) once
+    /// that returns.
     pub fn run_following(
         &mut self,
         ring: Option<&RingBuffer>,
         mut after_batch: impl FnMut() -> Result<()>,
         mut on_interval: impl FnMut() -> Result<()>,
-        mut on_stop: impl FnMut(&mut HeldCommand, CommandStop) -> Result<()>,
+        mut on_stop: impl FnMut(&mut HeldCommand, Stopped) -> Result<()>,
     ) -> Result<Stop> {
         let mut next_interval = self.interval.map(|i| Instant::now() + i);
         let mut reports = 0u64;
@@ -114,7 +117,7 @@ impl Session {
                 break stop;
             }
             if let Target::Command(cmd) = &mut self.target {
-                if let Some(stop) = cmd.stopped_at() {
+                if let Some(stop) = cmd.stopped() {
                     on_stop(cmd, stop)?;
                     cmd.release()?;
                     continue;
@@ -216,8 +219,8 @@ impl Session {
                     if let Some(code) = cmd.try_wait() {
                         return code;
                     }
-                    // the trace is over: a stop for the tool is let go
-                    if cmd.stopped_at().is_some() {
+                    // the trace is over: the stops for the tool are let go
+                    while cmd.stopped().is_some() {
                         let _ = cmd.release();
                     }
                     if Instant::now() >= deadline {
@@ -232,25 +235,28 @@ impl Session {
 }
 
 /// Waits up to `timeout` for records (handing them to the ring buffer's
-/// callbacks), or, without a ring buffer, sleeps; a signal cuts either short.
+/// callbacks) or a SIGCHLD (signals::child_wakeups); another signal cuts it
+/// short too.
 fn wait_for_events(ring: Option<&RingBuffer>, timeout: Duration) -> Result<()> {
-    match ring {
-        Some(ring) => {
-            let ret = ring.poll_raw(timeout);
-            // a callback ends the poll on a write error, or when a stop
-            // signal stopped the output (seen at the loop's top)
-            if ret < 0 && ret != -libc::EINTR && signals::stop_signal().is_none() {
-                return Err(std::io::Error::from_raw_os_error(-ret))
-                    .context("polling the ring buffer");
-            }
-        }
-        None => {
-            // poll() with no fds: a sleep that a signal cuts short
-            let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-            let _ = nix::poll::poll(
-                &mut [],
-                nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::NONE),
-            );
+    // SAFETY: the ring buffer's epoll fd lives as long as `ring`, which
+    // outlives this borrow.
+    let epoll = ring.map(|ring| unsafe { BorrowedFd::borrow_raw(ring.epoll_fd()) });
+    let mut fds: Vec<PollFd> = signals::child_wakeups()
+        .into_iter()
+        .chain(epoll)
+        .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::NONE);
+    // EINTR: a signal, which the loop looks at
+    let _ = nix::poll::poll(&mut fds, timeout);
+    signals::drain_child_wakeups();
+    if let Some(ring) = ring {
+        let ret = ring.consume_raw();
+        // a callback ends the consuming on a write error, or when a stop
+        // signal stopped the output (seen at the loop's top)
+        if ret < 0 && ret != -libc::EINTR && signals::stop_signal().is_none() {
+            return Err(std::io::Error::from_raw_os_error(-ret)).context("reading the ring buffer");
         }
     }
     Ok(())

@@ -3,9 +3,11 @@
 //! and held before exec until the probes are attached, so its first mmap is
 //! seen; or, for a tool that must see what the command maps (memleak's
 //! allocators), stopped under ptrace right after exec, while its dynamic
-//! loader maps its libraries, and kept under ptrace to be stopped at each
-//! later exec and where the tool's BPF program asks (a dlopen).
+//! loader maps its libraries, and kept under ptrace with the children it
+//! forks, each stopped at its forks, its later execs and where the tool's
+//! BPF program asks (a dlopen).
 
+use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -388,14 +390,27 @@ pub struct HeldCommand {
     /// Stopped under ptrace after exec (exec_until_mapped), until release.
     traced: bool,
     /// Kept under ptrace once released, to be stopped at each later exec
-    /// (follow_execs).
+    /// and fork (follow_family).
     following: bool,
-    /// Stopped where the tool looks at it (following), until release.
-    stopped_at: Option<CommandStop>,
+    /// The command's descendants under ptrace (follow_family): each fork of
+    /// a followed process's main thread, followed as the command is.
+    children: Vec<Pid>,
+    /// What followed processes stopped for (or, Exited, ended with),
+    /// oldest first: the first is the tool's to look at (stopped), and
+    /// each holds its process stopped until released.
+    stops: VecDeque<Stopped>,
     exit_code: Option<i32>,
 }
 
-/// Where a command kept under ptrace (follow_execs) is stopped for the tool.
+/// A process of a command kept under ptrace (follow_family), stopped for the tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// The command or one of its children.
+    pub pid: Pid,
+    pub stop: CommandStop,
+}
+
+/// Why a followed process is stopped for the tool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommandStop {
     /// At an exec, before the new program's loader runs.
@@ -404,6 +419,12 @@ pub enum CommandStop {
     /// probe on the loader's _dl_debug_state, which a dlopen calls once its
     /// objects are mapped, before their constructors run).
     Load,
+    /// It forked `child` (fork, vfork, posix_spawn), which is followed from
+    /// now on: both are stopped, the child before its first instruction.
+    Fork { child: Pid },
+    /// A child (not the command) ended: nothing is stopped, the tool may
+    /// let go of what it kept for it.
+    Exited,
 }
 
 /// si_code of a signal the kernel sent (bpf_send_signal's).
@@ -505,19 +526,20 @@ impl HeldCommand {
                 exec_error: Some(err_read),
                 traced: false,
                 following: false,
-                stopped_at: None,
+                children: Vec::new(),
+                stops: VecDeque::new(),
                 exit_code: None,
             }),
         }
     }
 
-    /// Lets the command run: exec, or, stopped after exec_until_mapped or at
-    /// a later exec, go on (untraced, unless it follows execs); fails if
-    /// exec failed (no such command, ...).
+    /// Lets the command run: exec, or, stopped after exec_until_mapped, go
+    /// on (untraced, unless it follows its family); or lets the process of
+    /// the first stop (stopped) go on. Fails if exec failed (no such
+    /// command, ...).
     pub fn release(&mut self) -> Result<()> {
-        if self.traced || self.stopped_at.is_some() {
+        if self.traced {
             self.traced = false;
-            self.stopped_at = None;
             let going = match self.following {
                 true => ptrace::cont(self.pid, None),
                 false => ptrace::detach(self.pid, None),
@@ -528,30 +550,53 @@ impl HeldCommand {
                 Err(err) => Err(err).with_context(|| format!("letting {} go on", self.name)),
             };
         }
+        if let Some(stopped) = self.stops.pop_front() {
+            // ESRCH: killed meanwhile, which try_wait will see
+            let go_on = |pid| match ptrace::cont(pid, None) {
+                Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                Err(err) => Err(err).with_context(|| format!("letting process {pid} go on")),
+            };
+            match stopped.stop {
+                CommandStop::Exited => {}
+                CommandStop::Fork { child } => {
+                    go_on(child)?;
+                    go_on(stopped.pid)?;
+                }
+                CommandStop::Exec | CommandStop::Load => go_on(stopped.pid)?,
+            }
+            return Ok(());
+        }
         self.go_on()
     }
 
     /// Stopped by exec_until_mapped: keeps the command under ptrace once
-    /// released, so that each later exec (a wrapper script exec'ing the real
-    /// program) stops it until the tool has looked at what the new program
-    /// maps (stopped_at, after_exec_until_mapped), as does a SIGSTOP sent by
-    /// the tool's BPF program (CommandStop::Load). Its signals pass through
-    /// memtrace (try_wait delivers them); a stop signal holds it stopped
-    /// until SIGCONT, as untraced (PTRACE_LISTEN). If memtrace dies, the
-    /// command goes on untraced.
-    pub fn follow_execs(&mut self) -> Result<()> {
+    /// released, and each process its main thread forks (fork, vfork,
+    /// posix_spawn; not those of its other threads, which are not traced),
+    /// and theirs in turn: each later exec (a wrapper script exec'ing the
+    /// real program, a shell running one) stops its process until the tool
+    /// has looked at what the new program maps (stopped,
+    /// after_exec_until_mapped), as does a fork (the child before it runs)
+    /// and a SIGSTOP sent by the tool's BPF program (CommandStop::Load).
+    /// Their signals pass through memtrace (try_wait delivers them); a stop
+    /// signal holds one stopped until SIGCONT, as untraced (PTRACE_LISTEN).
+    /// If memtrace dies, they go on untraced.
+    pub fn follow_family(&mut self) -> Result<()> {
         if !self.traced {
             return Ok(());
         }
-        let options = ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_TRACEEXEC;
+        let options = ptrace::Options::PTRACE_O_TRACESYSGOOD
+            | ptrace::Options::PTRACE_O_TRACEEXEC
+            | ptrace::Options::PTRACE_O_TRACEFORK
+            | ptrace::Options::PTRACE_O_TRACEVFORK;
         ptrace::setoptions(self.pid, options).context("ptrace(PTRACE_SETOPTIONS)")?;
         self.following = true;
         Ok(())
     }
 
-    /// Where the command is stopped for the tool, if it is (see follow_execs).
-    pub fn stopped_at(&self) -> Option<CommandStop> {
-        self.stopped_at
+    /// The first of the followed processes' stops for the tool, if any (see
+    /// follow_family): its process stays stopped until release().
+    pub fn stopped(&self) -> Option<Stopped> {
+        self.stops.front().copied()
     }
 
     /// Tells the child to exec and waits for the exec to succeed or fail.
@@ -622,31 +667,31 @@ impl HeldCommand {
         if !self.wait_stopped()? {
             return Ok(Mapped::Exited);
         }
-        self.until_mapped(wanted)
+        self.until_mapped(self.pid, wanted)
     }
 
-    /// exec_until_mapped for a later exec: the command, stopped there
-    /// (CommandStop::Exec), goes on system call by system call of its new
-    /// program's loader until `wanted` finds what it looks for; it stays
-    /// stopped until release().
+    /// exec_until_mapped for a later exec: the process `pid` (the command
+    /// or a child), stopped there (CommandStop::Exec), goes on system call
+    /// by system call of its new program's loader until `wanted` finds what
+    /// it looks for; it stays stopped until release().
     pub fn after_exec_until_mapped<T>(
         &mut self,
+        pid: Pid,
         wanted: impl FnMut(&[MapsEntry]) -> Option<T>,
     ) -> Result<Mapped<T>> {
-        self.stopped_at = None;
-        self.traced = true;
-        self.until_mapped(wanted)
+        self.until_mapped(pid, wanted)
     }
 
-    /// The command stopped after exec: on through its loader's system
+    /// The process stopped after exec: on through its loader's system
     /// calls (see exec_until_mapped).
     fn until_mapped<T>(
         &mut self,
+        pid: Pid,
         mut wanted: impl FnMut(&[MapsEntry]) -> Option<T>,
     ) -> Result<Mapped<T>> {
-        let loader = self.loader()?;
+        let loader = loader_of(pid)?;
         loop {
-            let maps = proc_maps::read_maps(self.pid.as_raw() as u32)?;
+            let maps = proc_maps::read_maps(pid.as_raw() as u32)?;
             if let Some(found) = wanted(&maps) {
                 return Ok(Mapped::Found(found));
             }
@@ -656,15 +701,15 @@ impl HeldCommand {
             // on to the end of the next system call the loader makes
             let mut signal = None;
             loop {
-                match ptrace::syscall(self.pid, signal.take()) {
+                match ptrace::syscall(pid, signal.take()) {
                     // killed meanwhile: waitpid says how it ended
                     Ok(()) | Err(Errno::ESRCH) => {}
                     Err(err) => return Err(err).context("ptrace(PTRACE_SYSCALL)"),
                 }
-                match waitpid(self.pid, None).context("waiting for the command")? {
+                match waitpid(pid, None).context("waiting for the command")? {
                     WaitStatus::PtraceSyscall(_) => {
-                        let info = ptrace::syscall_info(self.pid)
-                            .context("ptrace(PTRACE_GET_SYSCALL_INFO)")?;
+                        let info =
+                            ptrace::syscall_info(pid).context("ptrace(PTRACE_GET_SYSCALL_INFO)")?;
                         let ip = info.instruction_pointer;
                         match info.op {
                             libc::PTRACE_SYSCALL_INFO_ENTRY
@@ -681,11 +726,11 @@ impl HeldCommand {
                     // ends, or a BPF program's stop (its maps are read at each
                     // step here anyway)
                     WaitStatus::Stopped(_, sig) => {
-                        let deliver = ptrace::getsiginfo(self.pid).is_ok();
-                        signal = (deliver && !stopped_by_bpf(self.pid, sig)).then_some(sig)
+                        let deliver = ptrace::getsiginfo(pid).is_ok();
+                        signal = (deliver && !stopped_by_bpf(pid, sig)).then_some(sig)
                     }
                     status => {
-                        if self.ended(status) {
+                        if self.ended(pid, status) {
                             return Ok(Mapped::Exited);
                         }
                     }
@@ -707,46 +752,39 @@ impl HeldCommand {
                 WaitStatus::PtraceEvent(..) => {
                     let _ = ptrace::cont(self.pid, None);
                 }
-                status if self.ended(status) => return Ok(false),
+                status if self.ended(self.pid, status) => return Ok(false),
                 _ => {}
             }
         }
     }
 
-    /// Keeps the exit status, if `status` says the command ended.
-    fn ended(&mut self, status: WaitStatus) -> bool {
+    /// If `status` says process `pid` ended: the command's exit status is
+    /// kept, a child's end queued for the tool (CommandStop::Exited).
+    fn ended(&mut self, pid: Pid, status: WaitStatus) -> bool {
         let code = match status {
             WaitStatus::Exited(_, code) => code,
             WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
             _ => return false,
         };
-        self.exit_code = Some(code);
-        self.traced = false;
+        if pid == self.pid {
+            self.exit_code = Some(code);
+            self.traced = false;
+        } else {
+            self.children.retain(|&child| child != pid);
+            // its stops are moot (release would find it gone); a child it
+            // forked, held with it, goes on
+            for stopped in self.stops.iter().filter(|stopped| stopped.pid == pid) {
+                if let CommandStop::Fork { child } = stopped.stop {
+                    let _ = ptrace::cont(child, None);
+                }
+            }
+            self.stops.retain(|stopped| stopped.pid != pid);
+            self.stops.push_back(Stopped {
+                pid,
+                stop: CommandStop::Exited,
+            });
+        }
         true
-    }
-
-    /// The mappings of the command's dynamic loader (AT_BASE, where the
-    /// kernel loaded it, in the command's auxiliary vector): none for a
-    /// program run without one.
-    pub fn loader(&self) -> Result<Vec<MapsEntry>> {
-        let process = procfs::process::Process::new(self.pid.as_raw())
-            .with_context(|| format!("reading /proc/{}", self.pid))?;
-        let auxv = process
-            .auxv()
-            .with_context(|| format!("reading /proc/{}/auxv", self.pid))?;
-        let base = auxv.get(&libc::AT_BASE).copied().unwrap_or(0);
-        let maps = proc_maps::read_maps(self.pid.as_raw() as u32)?;
-        let Some(file) = maps
-            .iter()
-            .find(|m| base != 0 && m.inode != 0 && (m.start..m.end).contains(&base))
-            .map(|m| (m.device, m.inode))
-        else {
-            return Ok(Vec::new());
-        };
-        Ok(maps
-            .into_iter()
-            .filter(|m| (m.device, m.inode) == file)
-            .collect())
     }
 
     /// Passes SIGTERM on to the command (not to its process group, which
@@ -758,54 +796,145 @@ impl HeldCommand {
     }
 
     /// The command's exit code once it has ended (128+N for signal N). A
-    /// command that follows execs is seen stopping too: at an exec or a BPF
-    /// program's SIGSTOP it stays stopped (stopped_at) until release; a
-    /// signal for it is delivered as it goes on; a group stop is held until
-    /// SIGCONT (see follow_execs).
+    /// command that follows its family (follow_family) is seen stopping
+    /// too, and so are its children: at an exec, a fork or a BPF program's
+    /// SIGSTOP a process stays stopped (stopped) until release; a signal
+    /// for one is delivered as it goes on; a group stop is held until
+    /// SIGCONT.
     pub fn try_wait(&mut self) -> Option<i32> {
-        while self.exit_code.is_none() && self.stopped_at.is_none() {
-            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, code)) => self.exit_code = Some(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => self.exit_code = Some(128 + sig as i32),
-                Err(Errno::ECHILD) => self.exit_code = Some(127),
-                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_EXEC)) => {
-                    self.stopped_at = Some(CommandStop::Exec)
+        for child in self.children.clone() {
+            self.wait_for(child);
+        }
+        self.wait_for(self.pid);
+        self.exit_code
+    }
+
+    /// Whether a stop for the tool holds process `pid`.
+    fn holds(&self, pid: Pid) -> bool {
+        self.stops.iter().any(|stopped| match stopped.stop {
+            CommandStop::Exited => false,
+            CommandStop::Fork { child } => stopped.pid == pid || child == pid,
+            CommandStop::Exec | CommandStop::Load => stopped.pid == pid,
+        })
+    }
+
+    /// What followed process `pid` did since the last look, without
+    /// blocking: until it is held for the tool, ends, or runs on.
+    fn wait_for(&mut self, pid: Pid) {
+        let held = |stop| Stopped { pid, stop };
+        while self.exit_code.is_none() && !self.holds(pid) {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                    self.ended(pid, status);
+                    return;
                 }
-                Ok(WaitStatus::Stopped(_, sig)) if stopped_by_bpf(self.pid, sig) => {
-                    self.stopped_at = Some(CommandStop::Load)
+                Err(Errno::ECHILD) => {
+                    self.ended(pid, WaitStatus::Exited(pid, 127));
+                    return;
+                }
+                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_EXEC)) => {
+                    self.stops.push_back(held(CommandStop::Exec))
+                }
+                Ok(WaitStatus::PtraceEvent(
+                    _,
+                    _,
+                    libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK,
+                )) => match self.adopt(pid) {
+                    Some(child) => self.stops.push_back(held(CommandStop::Fork { child })),
+                    None => {
+                        let _ = ptrace::cont(pid, None);
+                    }
+                },
+                Ok(WaitStatus::Stopped(_, sig)) if stopped_by_bpf(pid, sig) => {
+                    self.stops.push_back(held(CommandStop::Load))
                 }
                 Ok(WaitStatus::Stopped(_, sig)) => {
-                    let _ = ptrace::cont(self.pid, sig);
+                    let _ = ptrace::cont(pid, sig);
                 }
                 // a group stop (kill -STOP, Ctrl-Z): held, the tracer told
                 // when SIGCONT ends it
                 Ok(WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP))
                     if is_stop_signal(sig) =>
                 {
-                    listen(self.pid)
+                    listen(pid)
                 }
                 Ok(WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_)) => {
-                    let _ = ptrace::cont(self.pid, None);
+                    let _ = ptrace::cont(pid, None);
                 }
                 _ => break,
             }
         }
-        self.exit_code
+    }
+
+    /// `parent`, stopped at a fork: the new child, followed from now on,
+    /// once it is stopped before its first instruction (the kernel attaches
+    /// it to memtrace and stops it); None if it ended first (killed).
+    fn adopt(&mut self, parent: Pid) -> Option<Pid> {
+        let child = Pid::from_raw(ptrace::getevent(parent).ok()? as i32);
+        loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP))
+                | Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) => break,
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => return None,
+                Ok(_) => {
+                    let _ = ptrace::cont(child, None);
+                }
+            }
+        }
+        self.children.push(child);
+        Some(child)
     }
 }
 
 impl Drop for HeldCommand {
     /// A command never released (tracing failed to start) is killed, not
-    /// left blocked or stopped.
+    /// left blocked or stopped; processes stopped for a tool that is done
+    /// go on, children untraced.
     fn drop(&mut self) {
         if self.go.is_some() || self.traced {
             let _ = signal::kill(self.pid, Signal::SIGKILL);
             let _ = waitpid(self.pid, None);
-        } else if self.stopped_at.is_some() {
-            // stopped for a tool that is done: on, without the stop's signal
-            let _ = ptrace::cont(self.pid, None);
+        }
+        for stopped in std::mem::take(&mut self.stops) {
+            let mut held = vec![stopped.pid];
+            match stopped.stop {
+                CommandStop::Exited => continue,
+                CommandStop::Fork { child } => held.push(child),
+                CommandStop::Exec | CommandStop::Load => {}
+            }
+            // without the stop's signal
+            for pid in held {
+                let _ = match pid == self.pid {
+                    true => ptrace::cont(pid, None),
+                    false => ptrace::detach(pid, None),
+                };
+            }
         }
     }
+}
+
+/// The mappings of process `pid`'s dynamic loader (AT_BASE, where the
+/// kernel loaded it, in its auxiliary vector): none for a program run
+/// without one.
+pub fn loader_of(pid: Pid) -> Result<Vec<MapsEntry>> {
+    let process = procfs::process::Process::new(pid.as_raw())
+        .with_context(|| format!("reading /proc/{pid}"))?;
+    let auxv = process
+        .auxv()
+        .with_context(|| format!("reading /proc/{pid}/auxv"))?;
+    let base = auxv.get(&libc::AT_BASE).copied().unwrap_or(0);
+    let maps = proc_maps::read_maps(pid.as_raw() as u32)?;
+    let Some(file) = maps
+        .iter()
+        .find(|m| base != 0 && m.inode != 0 && (m.start..m.end).contains(&base))
+        .map(|m| (m.device, m.inode))
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(maps
+        .into_iter()
+        .filter(|m| (m.device, m.inode) == file)
+        .collect())
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ mod allocator;
 mod report;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use libbpf_rs::skel::Skel;
 use libbpf_rs::{MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
+use nix::unistd::Pid;
 
 use crate::analysis::proc_maps::MapsEntry;
 use crate::analysis::symbolize::StackSymbolizer;
@@ -27,15 +28,15 @@ use crate::engine::maps::{entries, take_entries};
 use crate::engine::records::{self, ready_symbolizer};
 use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
-use crate::engine::target::{CommandStop, HeldCommand, Target};
+use crate::engine::target::{process_kind, CommandStop, HeldCommand, ProcessKind, Stopped, Target};
 use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
 use crate::present::output::Output;
 
 use allocator::Allocators;
 use report::{print_trace_event, Moment, Profiles, Reporter};
 
-crate::bpf_skeleton!("memleak", OpenMemleakSkel, records: [memleak_alloc, memleak_combined, memleak_event]);
-use bpf::types::memleak_event;
+crate::bpf_skeleton!("memleak", OpenMemleakSkel, records: [memleak_alloc, memleak_combined, memleak_event, memleak_key, memleak_stack_key]);
+use bpf::types::{memleak_event, memleak_key, memleak_stack_key};
 use bpf::{MemleakSkel, MemleakSkelBuilder};
 
 pub const ABOUT: &str =
@@ -124,9 +125,11 @@ pub struct Args {
     pub pprof: Option<PathBuf>,
 
     /// Distinct stacks the kernel can hold, and their running totals;
-    /// raise it if stacks are lost
-    #[arg(long, value_name = "N", default_value_t = 16384)]
-    pub stack_storage_size: u32,
+    /// raise it if stacks are lost (default: 65536 for a process and its
+    /// children, whose stacks are each their own; 16384 in kernel mode,
+    /// where they are made up front)
+    #[arg(long, value_name = "N")]
+    pub stack_storage_size: Option<u32>,
 
     /// Ring buffer for -t's events, in MiB (a power of two): raise it if
     /// events are lost
@@ -203,6 +206,15 @@ const MAX_ALLOCS_HINT: &str = "allocations not tracked: raise --max-allocs";
 /// Keys of the totals map that are not stacks: the errnos a stack's key may be.
 const ERRNO_KEYS: u32 = 16;
 
+/// --stack-storage-size's default for a process and its children: the same
+/// code in two programs, or in two runs of one, is at other addresses, so
+/// each child that execs brings stacks of its own (a pyenv shim's forty
+/// shell processes and its python saw ~39,000).
+const USER_STACKS: u32 = 1 << 16;
+
+/// And in kernel mode, where the store is made up front (~1 KiB a stack).
+const KERNEL_STACKS: u32 = 1 << 14;
+
 pub fn run(args: Args) -> Result<i32> {
     if let Some(conflict) = size_conflict(&args) {
         return Ok(usage_error(&conflict));
@@ -231,16 +243,13 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args, kernel_mode, unwind, allocs)?;
-    let mut links = match &mut allocators {
-        Some(allocators) => {
-            let mut links = allocators.attach(&skel.progs.memleak_call, pid)?;
-            if let Target::Command(cmd) = &trace.target {
-                links.extend(allocators.watch_loads(cmd, &skel.progs.memleak_call)?);
-            }
-            links
+    if let Some(allocators) = &mut allocators {
+        let prog = &skel.progs.memleak_call;
+        allocators.attach(prog, Pid::from_raw(pid))?;
+        if let Target::Command(cmd) = &trace.target {
+            allocators.watch_loads(cmd.pid, prog)?;
         }
-        None => Vec::new(),
-    };
+    }
     let user_stacks = UserStacks::start(skel.object(), &[pid as u32], unwind)?;
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
@@ -262,8 +271,6 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut session = Session::start(trace, Some(args.interval), what)?;
     session.max_reports = args.count;
-    // user mode symbolizes the target's stacks, kernel mode the kernel's
-    let target_pids = || (!kernel_mode).then_some(pid as u32);
     // allocations the full map could not hold are said as they start: the
     // reports under-count from then on (a perl's million outstanding)
     let watch = RefCell::new(LossWatch::new(
@@ -274,35 +281,49 @@ pub fn run(args: Args) -> Result<i32> {
     // a command's execs are followed (on_stop); a -p process's are said
     let followed = !args.common.command.is_empty();
     let said_exec = RefCell::new(false);
+    // the symbolizer told of the processes a report shows (those gone
+    // too), the deferred stacks unwound
+    let ready = |pids: &[u32]| {
+        ready_symbolizer(&symbolizer, &ring, pids.iter().copied());
+        catch_up();
+    };
     let mut report = |out: &mut Output, moment: Moment| {
         forget_execs(&skel, followed, &mut said_exec.borrow_mut())?;
         let mut watch = watch.borrow_mut();
         watch.check(skel.object(), true)?;
         watch.end_interval();
-        ready_symbolizer(&symbolizer, &ring, target_pids());
-        catch_up();
-        reporter.print(out, &mut symbolizer.borrow_mut(), moment)
+        reporter.print(out, &symbolizer, moment, ready)
     };
-    // A command that execs another program (a wrapper script's exec): its
-    // loader followed as at the start, the unwinder given each step's
-    // mappings, the new program's allocators probed. One that dlopens
-    // objects: stopped by the BPF side once they are mapped, the same.
-    let on_stop = |cmd: &mut HeldCommand, stop: CommandStop| -> Result<()> {
+    // A command, or a child of it, that execs another program (a wrapper
+    // script's exec, a shell running one): its loader followed as at the
+    // start, the unwinder given each step's mappings, the new program's
+    // allocators probed. One that dlopens objects: stopped by the BPF side
+    // once they are mapped, the same. A fork: the child probed as its
+    // parent is, before it runs; its probes go when it ends.
+    let on_stop = |cmd: &mut HeldCommand, stopped: Stopped| -> Result<()> {
         let Some(allocators) = allocators.as_mut() else {
             return Ok(());
         };
-        let pid = cmd.pid.as_raw() as u32;
-        let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(pid, maps);
+        let pid = stopped.pid;
+        let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(pid.as_raw() as u32, maps);
         let prog = &skel.progs.memleak_call;
-        match stop {
+        let looked = match stopped.stop {
             // (the old program's allocations: forget_execs, as for -p)
-            CommandStop::Exec => {
-                links.extend(allocators.follow_exec(&args, cmd, mapped, prog)?);
-                links.extend(allocators.watch_loads(cmd, prog)?);
+            CommandStop::Exec => allocators
+                .follow_exec(&args, cmd, pid, mapped, prog)
+                .and_then(|()| allocators.watch_loads(pid, prog)),
+            CommandStop::Load => allocators.follow_load(&args, pid, mapped, prog),
+            CommandStop::Fork { child } => allocators.follow_fork(pid, child, prog),
+            CommandStop::Exited => {
+                allocators.forget(pid);
+                Ok(())
             }
-            CommandStop::Load => links.extend(allocators.follow_load(&args, cmd, mapped, prog)?),
+        };
+        match looked {
+            // a child killed meanwhile: its end is on its way
+            Err(_) if pid != cmd.pid && !is_running(pid) => Ok(()),
+            other => other,
         }
-        Ok(())
     };
     let stop = session.run_following(
         Some(&ring),
@@ -319,21 +340,18 @@ pub fn run(args: Args) -> Result<i32> {
     // which a process of its own does after memtrace exits (engine::detach);
     // until then they see no traced process, and count nothing more: the
     // report sees the allocations as they stood at the end.
-    if !links.is_empty() {
+    if let Some(allocators) = allocators {
         for tgid in skel.maps.traced_tgids.keys() {
             let _ = skel.maps.traced_tgids.delete(&tgid);
         }
-        let copies = links
-            .iter()
-            .filter_map(|l| l.as_fd().try_clone_to_owned().ok());
-        detach::close_after_exit(copies.collect());
+        detach::close_after_exit(allocators.into_links());
     }
     match stop {
         Stop::Reports => {}
         Stop::CommandExited(_) | Stop::TargetsExited => report(&mut out, Moment::TargetGone)?,
         Stop::Signal(_) | Stop::Duration => report(&mut out, Moment::End)?,
     }
-    reporter.write_profiles(&mut symbolizer.borrow_mut())?;
+    reporter.write_profiles(&symbolizer, ready)?;
     drop(ring);
     reporter.warn_lost_stacks();
     user_stacks.say_lost(args.common.tool);
@@ -341,21 +359,32 @@ pub fn run(args: Args) -> Result<i32> {
     Ok(session.exit_code(stop))
 }
 
-/// A traced process exec'd at `exec_ns` (bpf_ktime_get_ns's clock): its
-/// old program's allocations, made before, went with its address space;
-/// they are forgotten, and taken out of the totals by stack (else they
-/// would stay outstanding, on stacks of addresses no mapping holds any
-/// more).
-fn forget_before_exec(skel: &MemleakSkel<'_>, tgid: u32, exec_ns: u64) -> Result<()> {
+/// Traced processes that exec'd, each at its time (bpf_ktime_get_ns's
+/// clock): their old programs' allocations, made before, went with their
+/// address spaces; they are forgotten, and taken out of the totals by stack
+/// (else they would stay outstanding, on stacks of addresses no mapping
+/// holds any more).
+fn forget_before_execs(skel: &MemleakSkel<'_>, execs: &HashMap<u32, u64>) -> Result<()> {
     let allocs = &skel.maps.allocs;
-    for (addr, alloc) in entries::<u64, bpf::types::memleak_alloc>(allocs)? {
-        if alloc.tgid != tgid || alloc.time_ns > exec_ns {
+    for (key, alloc) in entries::<memleak_key, bpf::types::memleak_alloc>(allocs)? {
+        let tgid = key.tgid;
+        if execs
+            .get(&tgid)
+            .is_none_or(|&exec_ns| alloc.time_ns > exec_ns)
+        {
             continue;
         }
-        let _ = allocs.delete(&addr.to_ne_bytes());
-        let key = alloc.stack.to_ne_bytes();
+        // SAFETY: plain C structs without padding (memleak.h)
+        let _ = allocs.delete(unsafe { plain::as_bytes(&key) });
+        let stack = memleak_stack_key {
+            stack: alloc.stack,
+            tgid,
+            ..Default::default()
+        };
+        // SAFETY: as above
+        let stack = unsafe { plain::as_bytes(&stack) };
         let combined = &skel.maps.combined;
-        let Some(raw) = combined.lookup(&key, MapFlags::ANY)? else {
+        let Some(raw) = combined.lookup(stack, MapFlags::ANY)? else {
             continue;
         };
         let mut totals = bpf::types::memleak_combined::default();
@@ -364,28 +393,39 @@ fn forget_before_exec(skel: &MemleakSkel<'_>, tgid: u32, exec_ns: u64) -> Result
             totals.allocs = totals.allocs.saturating_sub(1);
             // SAFETY: a plain C struct of two u64s, no padding
             let bytes = unsafe { plain::as_bytes(&totals) };
-            combined.update(&key, bytes, MapFlags::ANY)?;
+            combined.update(stack, bytes, MapFlags::ANY)?;
         }
     }
     Ok(())
 }
 
 /// The execs the BPF side saw since the last look (after each poll, before
-/// each report): each process's old allocations forgotten. A `-- COMMAND`
-/// was stopped at its exec and its new program's allocators probed
-/// (follow_exec); a `-p` process is not followed so: said once.
+/// each report): each process's old allocations forgotten, all in one pass
+/// over the map. A `-- COMMAND` (or its child) was stopped at its exec and
+/// its new program's allocators probed (follow_exec); a `-p` process is not
+/// followed so: said once.
 fn forget_execs(skel: &MemleakSkel<'_>, followed: bool, said: &mut bool) -> Result<()> {
-    for (tgid, exec_ns) in take_entries::<u32, u64>(&skel.maps.execs)? {
-        forget_before_exec(skel, tgid, exec_ns)?;
-        if !followed && !std::mem::replace(said, true) {
-            crate::say!(
-                "memleak: PID {tgid} exec'd another program: what it allocated before is \
-                 forgotten; allocators the new program maps are not probed with -p (run it \
-                 with -- COMMAND to follow its execs)"
-            );
-        }
+    let execs: HashMap<u32, u64> = take_entries::<u32, u64>(&skel.maps.execs)?
+        .into_iter()
+        .collect();
+    if execs.is_empty() {
+        return Ok(());
+    }
+    forget_before_execs(skel, &execs)?;
+    if let Some(tgid) = execs.keys().next().filter(|_| !followed && !*said) {
+        *said = true;
+        crate::say!(
+            "memleak: PID {tgid} exec'd another program: what it allocated before is \
+             forgotten; allocators the new program maps are not probed with -p (run it \
+             with -- COMMAND to follow its execs)"
+        );
     }
     Ok(())
+}
+
+/// Whether process `pid` is still there to trace (not gone, not a zombie).
+fn is_running(pid: Pid) -> bool {
+    matches!(process_kind(pid.as_raw() as u32), Ok(ProcessKind::User))
 }
 
 /// The map of outstanding allocations, made while the trace is prepared.
@@ -399,7 +439,10 @@ fn allocs_map(args: &Args, kernel_mode: bool) -> MapInAdvance {
     } else {
         libbpf_sys::BPF_F_NO_PREALLOC
     };
-    let sizes = (8, std::mem::size_of::<bpf::types::memleak_alloc>() as u32);
+    let sizes = (
+        std::mem::size_of::<memleak_key>() as u32,
+        std::mem::size_of::<bpf::types::memleak_alloc>() as u32,
+    );
     MapInAdvance::hash("allocs", sizes, args.max_allocs, flags)
 }
 
@@ -456,10 +499,17 @@ fn load<'obj>(
                 .load_if(cfi, UNWIND_PROGRAMS)
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
                 .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);
-            loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
-            // a total per stack kept, and per key that says why none was
-            // (-ENOSPC, -EFAULT)
-            let totals = args.stack_storage_size.saturating_add(ERRNO_KEYS);
+            let stacks = args.stack_storage_size.unwrap_or(match kernel_mode {
+                true => KERNEL_STACKS,
+                false => USER_STACKS,
+            });
+            loader::set_entries(&mut open.maps.stack_store, stacks)?;
+            // a total per process and stack kept, and per key that says why
+            // none was (-ENOSPC, -EFAULT); forked children share their
+            // parent's stacks, each with totals of its own, and a full map
+            // is said as the store's is. (Four times as many cost `-p` 11
+            // ms more to attach: the kernel makes a map's buckets up front.)
+            let totals = stacks.saturating_add(ERRNO_KEYS);
             loader::set_entries(&mut open.maps.combined, totals)?;
             let ring = if args.trace { args.buffer_size } else { 1 };
             loader::set_ring_buffer_size(&mut open.maps.trace_events, ring)?;
@@ -471,6 +521,7 @@ fn load<'obj>(
                 // the BPF allocator's refills of maps made as entries come are
                 // kmallocs, which kernel mode would trace (see memleak.bpf.c)
                 loader::preallocate(&mut open.maps.stack_store)?;
+                loader::preallocate(&mut open.maps.combined)?;
             }
             Ok(())
         },

@@ -1,15 +1,18 @@
 //! memleak's reports: the outstanding allocations read from the kernel (each
-//! one, or totals by stack with --combined-only), grouped by stack and
-//! printed largest first; at the end the flame graph and pprof profile; with
+//! one, or totals by stack with --combined-only), grouped by process and
+//! stack and printed largest first; at the end the flame graph and pprof profile; with
 //! -t, each allocation and free as it happens.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use anyhow::Result;
 use libbpf_rs::MapCore;
 use serde::Serialize;
 
-use super::bpf::types::{memleak_alloc, memleak_combined, memleak_event};
+use super::bpf::types::{
+    memleak_alloc, memleak_combined, memleak_event, memleak_key, memleak_stack_key,
+};
 use super::bpf::MemleakSkel;
 use super::{Args, SortBy};
 use crate::analysis::symbolize::StackSymbolizer;
@@ -21,6 +24,9 @@ use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
 use crate::present::profile::{write_pprof, FlameGraph, Sample};
 use crate::present::stack_report::{StackReport, StackRow};
+
+/// A process's stack: its tgid (0 in kernel mode) and stack key.
+type StackOf = (u32, i64);
 
 /// Outstanding bytes and allocations of one stack, and its allocations for -a.
 #[derive(Default)]
@@ -41,8 +47,9 @@ struct Row {
     /// The last report of the trace.
     #[serde(rename = "final")]
     last: bool,
-    /// null in kernel mode.
-    pid: Option<i32>,
+    /// The process that allocated (a command's child, say); null in kernel
+    /// mode without -p.
+    pid: Option<u32>,
     bytes: u64,
     allocations: u64,
     /// Leaf first.
@@ -50,6 +57,9 @@ struct Row {
     /// -a: each allocation's (address, size), in the text report.
     #[serde(skip)]
     addresses: Vec<(u64, u64)>,
+    /// The text says whose stack it is: the report holds several processes.
+    #[serde(skip)]
+    says_pid: bool,
 }
 
 impl StackRow for Row {
@@ -69,8 +79,12 @@ impl StackRow for Row {
         for (addr, size) in &self.addresses {
             out.line(&format!("\taddr = {addr:x} size = {size}"))?;
         }
+        let whose = match self.pid {
+            Some(pid) if self.says_pid => format!(" of PID {pid}"),
+            _ => String::new(),
+        };
         out.line(&format!(
-            "\t{} bytes in {} allocations from stack",
+            "\t{} bytes in {} allocations from stack{whose}",
             self.bytes, self.allocations
         ))?;
         for frame in &self.stack {
@@ -104,7 +118,8 @@ pub struct Reporter<'a> {
     combined: &'a dyn MapCore,
     stacks: &'a dyn MapCore,
     kernel: bool,
-    pid: i32,
+    /// -p's process in kernel mode, whose allocations the kernel's are.
+    kernel_pid: Option<u32>,
     report: StackReport,
     profiles: Profiles,
     /// Outstanding allocations whose stack could not be stored, at the last report.
@@ -142,7 +157,7 @@ impl<'a> Reporter<'a> {
             combined: &skel.maps.combined,
             stacks: &skel.maps.stack_store,
             kernel,
-            pid,
+            kernel_pid: (kernel && pid > 0).then_some(pid as u32),
             report: StackReport::new(args.folded, Some(args.top), None),
             profiles,
             lost_stacks: 0,
@@ -151,14 +166,14 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// What is outstanding now, by stack key: each allocation (older than
-    /// `older_ms`), or the kernel's totals by stack (--combined-only).
-    fn outstanding(&self, older_ms: u64) -> Result<HashMap<i64, Outstanding>> {
-        let mut by_stack: HashMap<i64, Outstanding> = HashMap::new();
+    /// What is outstanding now, by process and stack: each allocation
+    /// (older than `older_ms`), or the kernel's totals (--combined-only).
+    fn outstanding(&self, older_ms: u64) -> Result<HashMap<StackOf, Outstanding>> {
+        let mut by_stack: HashMap<StackOf, Outstanding> = HashMap::new();
         if self.args.combined_only {
-            for (stack, totals) in entries::<i64, memleak_combined>(self.combined)? {
+            for (key, totals) in entries::<memleak_stack_key, memleak_combined>(self.combined)? {
                 if totals.allocs > 0 {
-                    let row = by_stack.entry(stack).or_default();
+                    let row = by_stack.entry((key.tgid, key.stack)).or_default();
                     row.bytes = totals.bytes;
                     row.allocs = totals.allocs;
                 }
@@ -167,43 +182,47 @@ impl<'a> Reporter<'a> {
         }
         let now = monotonic_ns();
         let older_ns = older_ms * 1_000_000;
-        for (addr, alloc) in entries::<u64, memleak_alloc>(self.allocs)? {
+        for (key, alloc) in entries::<memleak_key, memleak_alloc>(self.allocs)? {
             if now.saturating_sub(alloc.time_ns) < older_ns {
                 continue;
             }
-            let row = by_stack.entry(alloc.stack).or_default();
+            let row = by_stack.entry((key.tgid, alloc.stack)).or_default();
             row.bytes += alloc.size;
             row.allocs += 1;
             if self.args.show_allocs {
-                row.addresses.push((addr, alloc.size));
+                row.addresses.push((key.addr, alloc.size));
             }
         }
         Ok(by_stack)
     }
 
     /// A stack's frames, leaf first.
-    fn frames(&self, symbolizer: &mut StackSymbolizer, key: i64) -> Vec<String> {
+    fn frames(&self, symbolizer: &mut StackSymbolizer, (tgid, key): StackOf) -> Vec<String> {
         // a negative key: -ENOSPC (the stack store was full) or -EFAULT (no stack)
         match stored_stack(self.stacks, key) {
             None => vec!["[stack lost]".into()],
             Some(ips) if self.kernel => symbolizer.kernel_frames(&ips),
-            Some(ips) => symbolizer.user_frames(self.pid as u32, &ips),
+            Some(ips) => symbolizer.user_frames(tgid, &ips),
         }
     }
 
     /// One report: the stacks with the most outstanding (by --sort), the top
-    /// first, symbolized with what `symbolizer` knows (see records::ready_symbolizer).
+    /// first, symbolized with what `symbolizer` knows once `ready` has been
+    /// given their processes (see records::ready_symbolizer).
     pub fn print(
         &mut self,
         out: &mut Output,
-        symbolizer: &mut StackSymbolizer,
+        symbolizer: &RefCell<StackSymbolizer>,
         moment: Moment,
+        ready: impl FnOnce(&[u32]),
     ) -> Result<()> {
         let older_ms = match moment {
             Moment::TargetGone => 0,
             Moment::Interval | Moment::End => self.args.older,
         };
         let outstanding = self.outstanding(older_ms)?;
+        ready(&self.processes(outstanding.keys()));
+        let symbolizer = &mut *symbolizer.borrow_mut();
         self.last_older_ms = older_ms;
         self.reports += 1;
         let report = self.reports;
@@ -211,10 +230,10 @@ impl<'a> Reporter<'a> {
         let last = moment != Moment::Interval || self.args.count == Some(report);
         self.lost_stacks = outstanding
             .iter()
-            .filter(|(key, _)| **key == -i64::from(libc::ENOSPC))
+            .filter(|((_, key), _)| *key == -i64::from(libc::ENOSPC))
             .map(|(_, row)| row.allocs)
             .sum();
-        let mut by_stack: Vec<(i64, Outstanding)> = outstanding.into_iter().collect();
+        let mut by_stack: Vec<(StackOf, Outstanding)> = outstanding.into_iter().collect();
         let sort = self.args.sort;
         by_stack.sort_by(|(ka, a), (kb, b)| {
             let key = |r: &Outstanding| match sort {
@@ -225,17 +244,24 @@ impl<'a> Reporter<'a> {
         });
         by_stack.truncate(self.args.top);
         let time_ns = monotonic_ns();
+        let says_pid = by_stack
+            .iter()
+            .any(|((tgid, _), _)| *tgid != by_stack[0].0 .0);
         let rows: Vec<Row> = by_stack
             .into_iter()
             .map(|(key, outstanding)| Row {
                 time_ns,
                 report,
                 last,
-                pid: (self.pid > 0).then_some(self.pid),
+                pid: match self.kernel {
+                    true => self.kernel_pid,
+                    false => Some(key.0),
+                },
                 bytes: outstanding.bytes,
                 allocations: outstanding.allocs,
                 stack: self.frames(symbolizer, key),
                 addresses: outstanding.addresses,
+                says_pid,
             })
             .collect();
         // the originals' title: the JSON rows say which report is the last
@@ -247,15 +273,33 @@ impl<'a> Reporter<'a> {
         })
     }
 
+    /// The processes of `stacks` whose user stacks are symbolized (none in
+    /// kernel mode), each once.
+    fn processes<'k>(&self, stacks: impl Iterator<Item = &'k StackOf>) -> Vec<u32> {
+        if self.kernel {
+            return Vec::new();
+        }
+        let mut tgids: Vec<u32> = stacks.map(|&(tgid, _)| tgid).collect();
+        tgids.sort_unstable();
+        tgids.dedup();
+        tgids
+    }
+
     /// --svg and --pprof: what is outstanding at the end, every stack, as
-    /// the last report saw it.
-    pub fn write_profiles(&mut self, symbolizer: &mut StackSymbolizer) -> Result<()> {
+    /// the last report saw it (`ready` as for print).
+    pub fn write_profiles(
+        &mut self,
+        symbolizer: &RefCell<StackSymbolizer>,
+        ready: impl FnOnce(&[u32]),
+    ) -> Result<()> {
         let Profiles { svg, pprof } = std::mem::take(&mut self.profiles);
         if svg.is_none() && pprof.is_none() {
             return Ok(());
         }
-        let samples: Vec<Sample> = self
-            .outstanding(self.last_older_ms)?
+        let outstanding = self.outstanding(self.last_older_ms)?;
+        ready(&self.processes(outstanding.keys()));
+        let symbolizer = &mut *symbolizer.borrow_mut();
+        let samples: Vec<Sample> = outstanding
             .into_iter()
             .map(|(key, row)| Sample {
                 frames: self.frames(symbolizer, key),

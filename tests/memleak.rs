@@ -1090,9 +1090,20 @@ fn redis_servers_jemalloc_is_found_and_its_values_counted() {
 #[test]
 fn a_program_exec_by_a_wrapper_is_followed_to_its_allocator() {
     require_root!();
+    assert_a_shells_leaker_with_jemalloc(
+        |jemalloc| format!("exec env LD_PRELOAD={jemalloc} \"$0\" many"),
+        "exec'd by sh and env",
+    );
+}
+
+/// `memleak --json -o 0 -- sh -c SCRIPT leaker`, where SCRIPT (made by
+/// `script` from jemalloc's path) runs `"$0" many` with jemalloc preloaded:
+/// jemalloc probed as found, the leaks of `leaker many` exact, nothing of a
+/// program exec'd away.
+fn assert_a_shells_leaker_with_jemalloc(script: impl Fn(&str) -> String, what: &str) {
     let leaker = fixture("leaker");
     let jemalloc = debian_library("libjemalloc.so.2");
-    let script = format!("exec env LD_PRELOAD={} \"$0\" many", jemalloc.display());
+    let script = script(jemalloc.to_str().unwrap());
     let finished = run(&[
         "memleak",
         "--json",
@@ -1107,7 +1118,7 @@ fn a_program_exec_by_a_wrapper_is_followed_to_its_allocator() {
     finished.assert_success();
     assert_probed_during_the_trace(&finished.stderr, &jemalloc);
     let rows = finished.json();
-    assert_leaks_of_many(&rows, "");
+    assert_leaks_of_many(&rows, what);
     assert_nothing_of_an_old_program(&rows);
 }
 
@@ -1204,22 +1215,10 @@ fn children_that_exec_are_followed_to_their_allocators() {
 
     // a shell that forks (its command is not its last) a child that
     // execs the leaker with jemalloc preloaded
-    let jemalloc = debian_library("libjemalloc.so.2");
-    let script = format!("LD_PRELOAD={} \"$0\" many; exit $?", jemalloc.display());
-    let finished = run(&[
-        "memleak",
-        "--json",
-        "--",
-        "/bin/sh",
-        "-c",
-        &script,
-        leaker.to_str().unwrap(),
-    ]);
-    finished.assert_success();
-    assert_probed_during_the_trace(&finished.stderr, &jemalloc);
-    let rows = finished.json();
-    assert_leaks_of_many(&rows, "sh's child");
-    assert_nothing_of_an_old_program(&rows);
+    assert_a_shells_leaker_with_jemalloc(
+        |jemalloc| format!("LD_PRELOAD={jemalloc} \"$0\" many; exit $?"),
+        "a child of sh",
+    );
 }
 
 /// A command memleak follows (under ptrace, for its execs) gets its

@@ -82,6 +82,15 @@ struct {
 	__type(value, __u64);
 } execs SEC(".maps");
 
+/* Traced processes whose loader mapped objects without stopping for user
+ * space (MEMLEAK_LOADS): their new allocators are probed when it looks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); /* tgid */
+	__type(value, __u8);
+} loads SEC(".maps");
+
 /* Puts struct memleak_event into the skeleton's generated types (ring buffers have no value type). */
 struct memleak_event memleak_event_layout = {};
 /* and enum memleak_func: user space gives each probe its function as the cookie */
@@ -256,14 +265,21 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 	switch (call.func) {
 	case MEMLEAK_LOADS:
 		/* the loader has mapped (or will unmap) objects: a dlopen's, before
-		 * their constructors run. The thread stops (memtrace, the command's
-		 * tracer, takes the SIGSTOP and does not deliver it) until user
-		 * space has probed the allocators and read the objects in. Only a
-		 * main thread: the others are not under ptrace, and their SIGSTOP
-		 * would stop the process until a SIGCONT no one sends (a dlopen
-		 * there is read in by the unwinder, its allocators not probed). */
-		if (stop_at_loads && (__u32)id == id >> 32)
+		 * their constructors run, or a new program's. A command's main
+		 * thread stops (memtrace, its tracer, takes the SIGSTOP and does
+		 * not deliver it) until user space has probed the allocators and
+		 * read the objects in. Other threads are not under ptrace (their
+		 * SIGSTOP would stop the process until a SIGCONT no one sends),
+		 * nor is a -p process: user space is told, and probes what was
+		 * mapped when it next looks, the process going on meanwhile. */
+		if (stop_at_loads && (__u32)id == id >> 32) {
 			bpf_send_signal_thread(MEMLEAK_SIGSTOP);
+		} else {
+			__u32 tgid = id >> 32;
+			__u8 yes = 1;
+
+			bpf_map_update_elem(&loads, &tgid, &yes, BPF_ANY);
+		}
 		return 1;
 	case MEMLEAK_FREE:
 		forget_user(arg[0]);

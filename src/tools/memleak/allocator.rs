@@ -143,6 +143,9 @@ pub struct Allocators {
     /// Each loader's _dl_debug_state (watch_loads), resolved once; no
     /// probes for a loader without it.
     loader_hooks: Vec<ProbedObject>,
+    /// The objects looked at and found to have no allocator functions (so
+    /// that each dlopen looks at the new objects only).
+    without_allocator: Vec<PathBuf>,
     processes: HashMap<Pid, ProcessProbes>,
     /// The links of children that ended, to be removed (forget).
     retired: Vec<OwnedFd>,
@@ -206,7 +209,7 @@ impl Allocators {
                 probes,
             });
         } else {
-            objects = allocators_in(&maps, &prefixes, &[]);
+            objects = allocators_in(&mapped_objects(&maps), &prefixes);
             if objects.is_empty() {
                 bail!(
                     "no allocator in the mappings of {whose}: none of its objects has malloc, \
@@ -220,6 +223,7 @@ impl Allocators {
         Ok(Some(Allocators {
             objects,
             loader_hooks: Vec::new(),
+            without_allocator: Vec::new(),
             processes: HashMap::new(),
             retired: Vec::new(),
         }))
@@ -325,13 +329,24 @@ impl Allocators {
         if args.object.is_some() {
             return Ok(());
         }
-        let known: Vec<&Path> = self.objects.iter().map(|o| o.path.as_path()).collect();
-        let found = allocators_in(maps, &prefixes(args), &known);
+        let mapped = mapped_objects(maps);
+        let new: Vec<PathBuf> = mapped
+            .iter()
+            .filter(|path| {
+                !self.objects.iter().any(|o| &o.path == *path)
+                    && !self.without_allocator.contains(path)
+            })
+            .cloned()
+            .collect();
+        let found = allocators_in(&new, &prefixes(args));
+        self.without_allocator.extend(
+            new.into_iter()
+                .filter(|path| !found.iter().any(|o| &o.path == path)),
+        );
         if !found.is_empty() {
             say_probed(&found, args.common.verbose);
             self.objects.extend(found);
         }
-        let mapped = mapped_objects(maps);
         let probed = self.processes.entry(pid).or_default();
         for object in &self.objects {
             if mapped.contains(&object.path) {
@@ -461,17 +476,16 @@ fn prefixes(args: &Args) -> Vec<&str> {
     }
 }
 
-/// The objects mapped in `maps` that define allocator functions, but for
-/// those `known` already.
-fn allocators_in(maps: &[MapsEntry], prefixes: &[&str], known: &[&Path]) -> Vec<ProbedObject> {
+/// The objects of `paths` that define allocator functions.
+fn allocators_in(paths: &[PathBuf], prefixes: &[&str]) -> Vec<ProbedObject> {
     let mut objects = Vec::new();
-    for path in mapped_objects(maps) {
-        if known.contains(&path.as_path()) {
-            continue;
-        }
-        match resolve_functions(&path, prefixes) {
+    for path in paths {
+        match resolve_functions(path, prefixes) {
             Ok(probes) if probes.is_empty() => {}
-            Ok(probes) => objects.push(ProbedObject { path, probes }),
+            Ok(probes) => objects.push(ProbedObject {
+                path: path.clone(),
+                probes,
+            }),
             // a file replaced or deleted since it was mapped
             Err(err) => crate::say!("memleak: not probed: {err:#}"),
         }

@@ -246,10 +246,12 @@ pub fn run(args: Args) -> Result<i32> {
     if let Some(allocators) = &mut allocators {
         let prog = &skel.progs.memleak_call;
         allocators.attach(prog, Pid::from_raw(pid))?;
-        if let Target::Command(cmd) = &trace.target {
-            allocators.watch_loads(cmd.pid, prog)?;
-        }
+        // a command's loader stops it at each dlopen (on_stop); a -p
+        // process's is noted, and what it mapped looked at after the next
+        // poll (follow_loads)
+        allocators.watch_loads(Pid::from_raw(pid), prog)?;
     }
+    let allocators = RefCell::new(allocators);
     let user_stacks = UserStacks::start(skel.object(), &[pid as u32], unwind)?;
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
@@ -301,6 +303,7 @@ pub fn run(args: Args) -> Result<i32> {
     // once they are mapped, the same. A fork: the child probed as its
     // parent is, before it runs; its probes go when it ends.
     let on_stop = |cmd: &mut HeldCommand, stopped: Stopped| -> Result<()> {
+        let mut allocators = allocators.borrow_mut();
         let Some(allocators) = allocators.as_mut() else {
             return Ok(());
         };
@@ -329,6 +332,7 @@ pub fn run(args: Args) -> Result<i32> {
         Some(&ring),
         || {
             forget_execs(&skel, followed, &mut said_exec.borrow_mut())?;
+            follow_loads(&skel, &args, allocators.borrow_mut().as_mut(), &user_stacks)?;
             catch_up();
             watch.borrow_mut().check(skel.object(), false)?;
             traced.borrow_mut().finish_batch()
@@ -340,7 +344,7 @@ pub fn run(args: Args) -> Result<i32> {
     // which a process of its own does after memtrace exits (engine::detach);
     // until then they see no traced process, and count nothing more: the
     // report sees the allocations as they stood at the end.
-    if let Some(allocators) = allocators {
+    if let Some(allocators) = allocators.into_inner() {
         for tgid in skel.maps.traced_tgids.keys() {
             let _ = skel.maps.traced_tgids.delete(&tgid);
         }
@@ -402,8 +406,8 @@ fn forget_before_execs(skel: &MemleakSkel<'_>, execs: &HashMap<u32, u64>) -> Res
 /// The execs the BPF side saw since the last look (after each poll, before
 /// each report): each process's old allocations forgotten, all in one pass
 /// over the map. A `-- COMMAND` (or its child) was stopped at its exec and
-/// its new program's allocators probed (follow_exec); a `-p` process is not
-/// followed so: said once.
+/// its new program's allocators probed (follow_exec); a `-p` process's are
+/// probed later (follow_loads): said once.
 fn forget_execs(skel: &MemleakSkel<'_>, followed: bool, said: &mut bool) -> Result<()> {
     let execs: HashMap<u32, u64> = take_entries::<u32, u64>(&skel.maps.execs)?
         .into_iter()
@@ -416,9 +420,35 @@ fn forget_execs(skel: &MemleakSkel<'_>, followed: bool, said: &mut bool) -> Resu
         *said = true;
         crate::say!(
             "memleak: PID {tgid} exec'd another program: what it allocated before is \
-             forgotten; allocators the new program maps are not probed with -p (run it \
-             with -- COMMAND to follow its execs)"
+             forgotten; the allocators its new program maps are probed once its loader has \
+             mapped them, and what it allocates before is not seen (-- COMMAND follows an \
+             exec from its start)"
         );
+    }
+    Ok(())
+}
+
+/// The processes whose loader mapped objects without stopping for memtrace
+/// (a -p process's dlopens, and the program it execs; a command's thread
+/// other than its first): the allocators among them probed now, the process
+/// having gone on meanwhile (what it allocated with them before is not seen).
+fn follow_loads(
+    skel: &MemleakSkel<'_>,
+    args: &Args,
+    allocators: Option<&mut Allocators>,
+    user_stacks: &UserStacks<'_>,
+) -> Result<()> {
+    let Some(allocators) = allocators else {
+        return Ok(());
+    };
+    for (tgid, _) in take_entries::<u32, u8>(&skel.maps.loads)? {
+        let pid = Pid::from_raw(tgid as i32);
+        let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(tgid, maps);
+        match allocators.follow_load(args, pid, mapped, &skel.progs.memleak_call) {
+            // gone meanwhile
+            Err(_) if !is_running(pid) => {}
+            other => other?,
+        }
     }
     Ok(())
 }

@@ -278,7 +278,9 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 			__u32 tgid = id >> 32;
 			__u8 yes = 1;
 
-			bpf_map_update_elem(&loads, &tgid, &yes, BPF_ANY);
+			/* full: more processes loading than user space takes in a poll */
+			if (bpf_map_update_elem(&loads, &tgid, &yes, BPF_ANY))
+				memtrace_count_drop(MEMTRACE_DROP_PENDING);
 		}
 		return 1;
 	case MEMLEAK_FREE:
@@ -386,7 +388,8 @@ int BPF_PROG(memleak_exec, struct task_struct *task)
 	if (!memtrace_wanted() || !bpf_map_lookup_elem(&stack_owners, &tgid))
 		return 0;
 	now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&execs, &tgid, &now, BPF_ANY);
+	if (bpf_map_update_elem(&execs, &tgid, &now, BPF_ANY))
+		memtrace_count_drop(MEMTRACE_DROP_PENDING);
 	return 0;
 }
 

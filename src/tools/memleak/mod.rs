@@ -191,6 +191,11 @@ const PERCPU_PROGRAMS: &[&str] = &["memleak_percpu_alloc", "memleak_percpu_free"
 const DROP_HINTS: &[(DropReason, &str)] = &[
     (DropReason::MEMTRACE_DROP_COUNTS, MAX_ALLOCS_HINT),
     (
+        DropReason::MEMTRACE_DROP_PENDING,
+        "allocator calls of more than 16384 threads at once, or execs and loads of more \
+         than 1024 processes between two looks",
+    ),
+    (
         DropReason::MEMTRACE_DROP_STACKS,
         "raise --stack-storage-size",
     ),

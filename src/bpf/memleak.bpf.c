@@ -265,14 +265,13 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 	switch (call.func) {
 	case MEMLEAK_LOADS:
 		/* the loader has mapped (or will unmap) objects: a dlopen's, before
-		 * their constructors run, or a new program's. A command's main
-		 * thread stops (memtrace, its tracer, takes the SIGSTOP and does
-		 * not deliver it) until user space has probed the allocators and
-		 * read the objects in. Other threads are not under ptrace (their
-		 * SIGSTOP would stop the process until a SIGCONT no one sends),
-		 * nor is a -p process: user space is told, and probes what was
-		 * mapped when it next looks, the process going on meanwhile. */
-		if (stop_at_loads && (__u32)id == id >> 32) {
+		 * their constructors run, or a new program's. A command's thread
+		 * stops (memtrace, its tracer, takes the SIGSTOP and does not
+		 * deliver it) until user space has probed the allocators and read
+		 * the objects in. A -p process is not under ptrace (a SIGSTOP would
+		 * stop it for its parent to see): user space is told, and probes
+		 * what was mapped when it next looks, the process going on. */
+		if (stop_at_loads) {
 			bpf_send_signal_thread(MEMLEAK_SIGSTOP);
 		} else {
 			__u32 tgid = id >> 32;

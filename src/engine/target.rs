@@ -393,8 +393,11 @@ pub struct HeldCommand {
     /// and fork (follow_family).
     following: bool,
     /// The command's descendants under ptrace (follow_family): each fork of
-    /// a followed process's main thread, followed as the command is.
+    /// a followed process, followed as the command is.
     children: Vec<Pid>,
+    /// The followed processes' threads but their first, under ptrace too
+    /// (each may fork or dlopen), with their process.
+    threads: Vec<(Pid, Pid)>,
     /// What followed processes stopped for (or, Exited, ended with),
     /// oldest first: the first is the tool's to look at (stopped), and
     /// each holds its process stopped until released.
@@ -405,8 +408,11 @@ pub struct HeldCommand {
 /// A process of a command kept under ptrace (follow_family), stopped for the tool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stopped {
-    /// The command or one of its children.
+    /// The process: the command or one of its children.
     pub pid: Pid,
+    /// Its thread that stopped (a dlopen or a fork of a thread other than
+    /// its first), which release lets go on.
+    pub thread: Pid,
     pub stop: CommandStop,
 }
 
@@ -527,6 +533,7 @@ impl HeldCommand {
                 traced: false,
                 following: false,
                 children: Vec::new(),
+                threads: Vec::new(),
                 stops: VecDeque::new(),
                 exit_code: None,
             }),
@@ -560,9 +567,9 @@ impl HeldCommand {
                 CommandStop::Exited => {}
                 CommandStop::Fork { child } => {
                     go_on(child)?;
-                    go_on(stopped.pid)?;
+                    go_on(stopped.thread)?;
                 }
-                CommandStop::Exec | CommandStop::Load => go_on(stopped.pid)?,
+                CommandStop::Exec | CommandStop::Load => go_on(stopped.thread)?,
             }
             return Ok(());
         }
@@ -570,9 +577,8 @@ impl HeldCommand {
     }
 
     /// Stopped by exec_until_mapped: keeps the command under ptrace once
-    /// released, and each process its main thread forks (fork, vfork,
-    /// posix_spawn; not those of its other threads, which are not traced),
-    /// and theirs in turn: each later exec (a wrapper script exec'ing the
+    /// released, with its threads, and each process it forks (fork, vfork,
+    /// posix_spawn, from any thread), and theirs in turn: each later exec (a wrapper script exec'ing the
     /// real program, a shell running one) stops its process until the tool
     /// has looked at what the new program maps (stopped,
     /// after_exec_until_mapped), as does a fork (the child before it runs)
@@ -587,7 +593,8 @@ impl HeldCommand {
         let options = ptrace::Options::PTRACE_O_TRACESYSGOOD
             | ptrace::Options::PTRACE_O_TRACEEXEC
             | ptrace::Options::PTRACE_O_TRACEFORK
-            | ptrace::Options::PTRACE_O_TRACEVFORK;
+            | ptrace::Options::PTRACE_O_TRACEVFORK
+            | ptrace::Options::PTRACE_O_TRACECLONE;
         ptrace::setoptions(self.pid, options).context("ptrace(PTRACE_SETOPTIONS)")?;
         self.following = true;
         Ok(())
@@ -766,25 +773,35 @@ impl HeldCommand {
             WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
             _ => return false,
         };
-        if pid == self.pid {
+        if let Some(at) = self.threads.iter().position(|&(thread, _)| thread == pid) {
+            // a thread but a process's first
+            self.threads.swap_remove(at);
+            self.drop_stops(|stopped| stopped.thread == pid);
+        } else if pid == self.pid {
             self.exit_code = Some(code);
             self.traced = false;
         } else {
             self.children.retain(|&child| child != pid);
-            // its stops are moot (release would find it gone); a child it
-            // forked, held with it, goes on
-            for stopped in self.stops.iter().filter(|stopped| stopped.pid == pid) {
-                if let CommandStop::Fork { child } = stopped.stop {
-                    let _ = ptrace::cont(child, None);
-                }
-            }
-            self.stops.retain(|stopped| stopped.pid != pid);
+            self.drop_stops(|stopped| stopped.pid == pid);
+            self.threads.retain(|&(_, process)| process != pid);
             self.stops.push_back(Stopped {
                 pid,
+                thread: pid,
                 stop: CommandStop::Exited,
             });
         }
         true
+    }
+
+    /// The stops of a thread or process that ended are moot (release would
+    /// find it gone); a child it forked, held with it, goes on.
+    fn drop_stops(&mut self, of: impl Fn(&Stopped) -> bool) {
+        for stopped in self.stops.iter().filter(|stopped| of(stopped)) {
+            if let CommandStop::Fork { child } = stopped.stop {
+                let _ = ptrace::cont(child, None);
+            }
+        }
+        self.stops.retain(|stopped| !of(stopped));
     }
 
     /// Passes SIGTERM on to the command (not to its process group, which
@@ -802,6 +819,9 @@ impl HeldCommand {
     /// for one is delivered as it goes on; a group stop is held until
     /// SIGCONT.
     pub fn try_wait(&mut self) -> Option<i32> {
+        for (thread, _) in self.threads.clone() {
+            self.wait_for(thread);
+        }
         for child in self.children.clone() {
             self.wait_for(child);
         }
@@ -809,27 +829,43 @@ impl HeldCommand {
         self.exit_code
     }
 
-    /// Whether a stop for the tool holds process `pid`.
-    fn holds(&self, pid: Pid) -> bool {
+    /// Whether a stop for the tool holds thread `tid` (a process's first
+    /// thread has its pid).
+    fn holds(&self, tid: Pid) -> bool {
         self.stops.iter().any(|stopped| match stopped.stop {
             CommandStop::Exited => false,
-            CommandStop::Fork { child } => stopped.pid == pid || child == pid,
-            CommandStop::Exec | CommandStop::Load => stopped.pid == pid,
+            CommandStop::Fork { child } => stopped.thread == tid || child == tid,
+            CommandStop::Exec | CommandStop::Load => stopped.thread == tid,
         })
     }
 
-    /// What followed process `pid` did since the last look, without
-    /// blocking: until it is held for the tool, ends, or runs on.
-    fn wait_for(&mut self, pid: Pid) {
-        let held = |stop| Stopped { pid, stop };
-        while self.exit_code.is_none() && !self.holds(pid) {
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+    /// The process of followed thread `tid` (itself for a process's first).
+    fn process_of(&self, tid: Pid) -> Pid {
+        self.threads
+            .iter()
+            .find(|&&(thread, _)| thread == tid)
+            .map_or(tid, |&(_, process)| process)
+    }
+
+    /// What followed thread `tid` (a process's first has its pid) did since
+    /// the last look, without blocking: until it is held for the tool,
+    /// ends, or runs on.
+    fn wait_for(&mut self, tid: Pid) {
+        let pid = self.process_of(tid);
+        let held = |stop| Stopped {
+            pid,
+            thread: tid,
+            stop,
+        };
+        while self.exit_code.is_none() && !self.holds(tid) {
+            match waitpid(tid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
                 Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
-                    self.ended(pid, status);
+                    self.ended(tid, status);
                     return;
                 }
+                // (a thread that exec'd took its process's pid)
                 Err(Errno::ECHILD) => {
-                    self.ended(pid, WaitStatus::Exited(pid, 127));
+                    self.ended(tid, WaitStatus::Exited(tid, 127));
                     return;
                 }
                 Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_EXEC)) => {
@@ -839,40 +875,60 @@ impl HeldCommand {
                     _,
                     _,
                     libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK,
-                )) => match self.adopt(pid) {
-                    Some(child) => self.stops.push_back(held(CommandStop::Fork { child })),
+                )) => match self.adopt(tid) {
+                    Some(child) => {
+                        self.children.push(child);
+                        self.stops.push_back(held(CommandStop::Fork { child }))
+                    }
                     None => {
-                        let _ = ptrace::cont(pid, None);
+                        let _ = ptrace::cont(tid, None);
                     }
                 },
-                Ok(WaitStatus::Stopped(_, sig)) if stopped_by_bpf(pid, sig) => {
+                // a thread, or a process made by clone() itself
+                Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_CLONE)) => {
+                    match self.adopt(tid) {
+                        Some(child) if process_of_thread(child) == Some(pid) => {
+                            self.threads.push((child, pid));
+                            let _ = ptrace::cont(child, None);
+                            let _ = ptrace::cont(tid, None);
+                        }
+                        Some(child) => {
+                            self.children.push(child);
+                            self.stops.push_back(held(CommandStop::Fork { child }))
+                        }
+                        None => {
+                            let _ = ptrace::cont(tid, None);
+                        }
+                    }
+                }
+                Ok(WaitStatus::Stopped(_, sig)) if stopped_by_bpf(tid, sig) => {
                     self.stops.push_back(held(CommandStop::Load))
                 }
                 Ok(WaitStatus::Stopped(_, sig)) => {
-                    let _ = ptrace::cont(pid, sig);
+                    let _ = ptrace::cont(tid, sig);
                 }
                 // a group stop (kill -STOP, Ctrl-Z): held, the tracer told
                 // when SIGCONT ends it
                 Ok(WaitStatus::PtraceEvent(_, sig, libc::PTRACE_EVENT_STOP))
                     if is_stop_signal(sig) =>
                 {
-                    listen(pid)
+                    listen(tid)
                 }
                 Ok(WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_)) => {
-                    let _ = ptrace::cont(pid, None);
+                    let _ = ptrace::cont(tid, None);
                 }
                 _ => break,
             }
         }
     }
 
-    /// `parent`, stopped at a fork: the new child, followed from now on,
-    /// once it is stopped before its first instruction (the kernel attaches
-    /// it to memtrace and stops it); None if it ended first (killed).
+    /// `parent`, stopped at a fork or clone: the new child (a process or a
+    /// thread), once it is stopped before its first instruction (the kernel
+    /// attaches it to memtrace and stops it); None if it ended first.
     fn adopt(&mut self, parent: Pid) -> Option<Pid> {
         let child = Pid::from_raw(ptrace::getevent(parent).ok()? as i32);
         loop {
-            match waitpid(child, None) {
+            match waitpid(child, Some(WaitPidFlag::__WALL)) {
                 Ok(WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_STOP))
                 | Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) => break,
                 Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => return None,
@@ -881,7 +937,6 @@ impl HeldCommand {
                 }
             }
         }
-        self.children.push(child);
         Some(child)
     }
 }
@@ -896,7 +951,7 @@ impl Drop for HeldCommand {
             let _ = waitpid(self.pid, None);
         }
         for stopped in std::mem::take(&mut self.stops) {
-            let mut held = vec![stopped.pid];
+            let mut held = vec![stopped.thread];
             match stopped.stop {
                 CommandStop::Exited => continue,
                 CommandStop::Fork { child } => held.push(child),
@@ -911,6 +966,15 @@ impl Drop for HeldCommand {
             }
         }
     }
+}
+
+/// The process thread `tid` belongs to (Tgid in /proc/TID/status).
+fn process_of_thread(tid: Pid) -> Option<Pid> {
+    let status = procfs::process::Process::new(tid.as_raw())
+        .ok()?
+        .status()
+        .ok()?;
+    Some(Pid::from_raw(status.tgid))
 }
 
 /// The mappings of process `pid`'s dynamic loader (AT_BASE, where the

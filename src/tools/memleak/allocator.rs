@@ -359,9 +359,9 @@ impl Allocators {
     /// A probe on process `pid`'s loader's _dl_debug_state, which the
     /// loader calls once a dlopen's objects are mapped, before their
     /// constructors run (the debuggers' r_brk), and once a new program's
-    /// are: the BPF side stops a command's main thread there (under ptrace:
-    /// HeldCommand::follow_family), and notes any other (a -p process's:
-    /// memleak's follow_loads). Nothing for a program without a loader
+    /// are: the BPF side stops a command's thread there (under ptrace:
+    /// HeldCommand::follow_family), and notes a -p process (memleak's
+    /// follow_loads). Nothing for a program without a loader
     /// (static) or a loader without it. The probe stays through execs of
     /// programs with the same loader.
     pub fn watch_loads(&mut self, pid: Pid, prog: &ProgramMut<'_>) -> Result<()> {

@@ -434,9 +434,9 @@ fn forget_execs(skel: &MemleakSkel<'_>, followed: bool, said: &mut bool) -> Resu
 }
 
 /// The processes whose loader mapped objects without stopping for memtrace
-/// (a -p process's dlopens, and the program it execs; a command's thread
-/// other than its first): the allocators among them probed now, the process
-/// having gone on meanwhile (what it allocated with them before is not seen).
+/// (a -p process's dlopens, and the program it execs): the allocators among
+/// them probed now, the process having gone on meanwhile (what it allocated
+/// with them before is not seen).
 fn follow_loads(
     skel: &MemleakSkel<'_>,
     args: &Args,

@@ -109,6 +109,10 @@ def attach_and_report(leaker, binaries, runs):
         for name, binary in binaries:
             target = subprocess.Popen([leaker, "wait", "tree", "13", "13", "600000"],
                                       stdin=subprocess.PIPE)
+            # a process at rest, as -p finds one: right after exec its loader
+            # may still be mapping, and attach times came out 10 ms apart
+            # from run to run
+            time.sleep(0.2)
             t0 = time.perf_counter()
             tracer = start_tracer([binary, "memleak", "--json", "-T", "1000000", "-o", "0",
                                    "-p", str(target.pid), "3600"])

@@ -431,6 +431,23 @@ int faultvma_fault(struct bpf_perf_event_data *ctx)
  * a process's own memory is not. Clones (device mapper, splits) carry the
  * same pages again: skipped. Swap-ins from zswap need no bio: not seen here.
  */
+/* Before Linux 6.17 a page's flags were an unsigned long (a
+ * memdesc_flags_t, one word, since). */
+struct page___pre617 {
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+
+static __always_inline unsigned long page_flags(struct page *page)
+{
+	unsigned long flags = 0;
+
+	if (bpf_core_type_exists(memdesc_flags_t))
+		bpf_core_read(&flags, sizeof(flags), &page->flags);
+	else
+		flags = BPF_CORE_READ((struct page___pre617 *)page, flags);
+	return flags;
+}
+
 SEC("tp_btf/block_bio_queue")
 int BPF_PROG(faultvma_swap_read, struct bio *bio)
 {
@@ -447,7 +464,7 @@ int BPF_PROG(faultvma_swap_read, struct bio *bio)
 	page = BPF_CORE_READ(bio, bi_io_vec, bv_page);
 	if (!page || BPF_CORE_READ(page, mapping))
 		return 0;
-	bpf_core_read(&flags, sizeof(flags), &page->flags); /* memdesc_flags_t since 6.17: one word */
+	flags = page_flags(page);
 	if (!(flags & (1UL << bpf_core_enum_value(enum pageflags, PG_swapbacked))))
 		return 0;
 	if (!(bio->bi_iter.bi_size >> page_shift))

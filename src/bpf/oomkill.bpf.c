@@ -29,6 +29,25 @@ static __always_inline struct kernfs_node *kernfs_parent(struct kernfs_node *kn)
 	return BPF_CORE_READ((struct kernfs_node___old *)kn, parent);
 }
 
+/* Before Linux 6.2 the RSS counters were atomics in a struct mm_rss_stat
+ * (per-CPU counters since). */
+struct mm_rss_stat___pre62 {
+	atomic_long_t count[4];
+} __attribute__((preserve_access_index));
+
+struct mm_struct___pre62 {
+	struct mm_rss_stat___pre62 rss_stat;
+} __attribute__((preserve_access_index));
+
+/* One of mm's RSS counters (MM_FILEPAGES, ...): its central value, as the
+ * tracepoint's own fields give it. */
+static __always_inline long mm_counter(struct mm_struct *mm, int member)
+{
+	if (bpf_core_type_exists(struct mm_rss_stat___pre62))
+		return BPF_CORE_READ((struct mm_struct___pre62 *)mm, rss_stat.count[member].counter);
+	return BPF_CORE_READ(mm, rss_stat[member].count);
+}
+
 /* Puts struct oomkill_event into the skeleton's generated types. */
 struct oomkill_event oomkill_event_layout = {};
 
@@ -55,10 +74,9 @@ int BPF_PROG(oomkill_mark_victim, struct task_struct *victim, uid_t uid)
 	e->oom_score_adj = BPF_CORE_READ(victim, signal, oom_score_adj);
 	mm = BPF_CORE_READ(victim, mm);
 	e->total_vm = BPF_CORE_READ(mm, total_vm);
-	/* the counters' central values, as the tracepoint's own fields */
-	e->file_rss = BPF_CORE_READ(mm, rss_stat[MM_FILEPAGES].count);
-	e->anon_rss = BPF_CORE_READ(mm, rss_stat[MM_ANONPAGES].count);
-	e->shmem_rss = BPF_CORE_READ(mm, rss_stat[MM_SHMEMPAGES].count);
+	e->file_rss = mm_counter(mm, MM_FILEPAGES);
+	e->anon_rss = mm_counter(mm, MM_ANONPAGES);
+	e->shmem_rss = mm_counter(mm, MM_SHMEMPAGES);
 	e->pgtables_bytes = BPF_CORE_READ(mm, pgtables_bytes.counter);
 	e->stack = memtrace_stack(ctx, 0);
 

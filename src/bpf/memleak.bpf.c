@@ -401,8 +401,11 @@ int memleak_call(struct pt_regs *ctx)
 }
 
 /*
- * Kernel mode: the kmem (and with --percpu, percpu) tracepoints, as BTF
- * tracepoints (no tracefs, no perf buffer). With -p or a command, only
+ * Kernel mode: the kmem (and with --percpu, percpu) tracepoints, as raw
+ * tracepoints (no tracefs, no perf buffer; as BTF tracepoints, Linux 6.1's
+ * verifier refused to read their `const void *ptr` arguments: "arg1 type
+ * UNKNOWN is not a struct"). Their arguments are read as the kernel passes
+ * them, structs through CO-RE reads. With -p or a command, only
  * allocations made while that process runs are kept.
  */
 /* Kernel mode's key: a kernel address, of no process. */
@@ -442,56 +445,56 @@ static __always_inline int kernel_alloc(void *ctx, __u64 addr, __u64 size)
 	return 0;
 }
 
-SEC("tp_btf/kmalloc")
+SEC("raw_tp/kmalloc")
 int BPF_PROG(memleak_kmalloc, unsigned long call_site, const void *ptr, size_t bytes_req,
 	     size_t bytes_alloc, gfp_t gfp_flags, int node)
 {
 	return kernel_alloc(ctx, (__u64)ptr, bytes_req);
 }
 
-SEC("tp_btf/kmem_cache_alloc")
+SEC("raw_tp/kmem_cache_alloc")
 int BPF_PROG(memleak_kmem_cache_alloc, unsigned long call_site, const void *ptr,
 	     struct kmem_cache *s, gfp_t gfp_flags, int node)
 {
 	return kernel_alloc(ctx, (__u64)ptr, BPF_CORE_READ(s, object_size));
 }
 
-SEC("tp_btf/mm_page_alloc")
+SEC("raw_tp/mm_page_alloc")
 int BPF_PROG(memleak_page_alloc, struct page *page, unsigned int order, gfp_t gfp_flags,
 	     int migratetype)
 {
 	return kernel_alloc(ctx, (__u64)page, (__u64)4096 << order);
 }
 
-SEC("tp_btf/percpu_alloc_percpu")
+SEC("raw_tp/percpu_alloc_percpu")
 int BPF_PROG(memleak_percpu_alloc, unsigned long call_site, bool reserved, bool is_atomic,
 	     size_t size, size_t align, void *base_addr, int off, void *ptr)
 {
 	return kernel_alloc(ctx, (__u64)ptr, size);
 }
 
-SEC("tp_btf/kfree")
+SEC("raw_tp/kfree")
 int BPF_PROG(memleak_kfree, unsigned long call_site, const void *ptr)
 {
 	forget_kernel((__u64)ptr);
 	return 0;
 }
 
-SEC("tp_btf/kmem_cache_free")
+SEC("raw_tp/kmem_cache_free")
 int BPF_PROG(memleak_kmem_cache_free, unsigned long call_site, const void *ptr)
 {
 	forget_kernel((__u64)ptr);
 	return 0;
 }
 
-SEC("tp_btf/mm_page_free")
+SEC("raw_tp/mm_page_free")
 int BPF_PROG(memleak_page_free, struct page *page, unsigned int order)
 {
 	forget_kernel((__u64)page);
 	return 0;
 }
 
-SEC("tp_btf/percpu_free_percpu")
+SEC("raw_tp/percpu_free_percpu")
 int BPF_PROG(memleak_percpu_free, void *base_addr, int off, void *ptr)
 {
 	forget_kernel((__u64)ptr);

@@ -123,6 +123,16 @@ pub fn tracepoint_of_section(section: &str) -> Option<(&str, &str)> {
     rest.split_once('/')
 }
 
+/// The tracepoint a BTF (`tp_btf/NAME`) or raw (`raw_tp/NAME`) tracepoint
+/// program attaches to: both exist where the kernel's BTF has
+/// btf_trace_NAME.
+fn raw_tracepoint_of_section(section: &str) -> Option<&str> {
+    section
+        .strip_prefix("tp_btf/")
+        .or_else(|| section.strip_prefix("raw_tp/"))
+        .or_else(|| section.strip_prefix("raw_tracepoint/"))
+}
+
 /// Checks that every tracepoint is present under a tracefs root; names the first missing one.
 fn check_tracepoints(root: &Path, tracepoints: &[(String, String)]) -> Result<()> {
     for (category, name) in tracepoints {
@@ -176,7 +186,7 @@ fn btf_tracepoint_exists(name: &str) -> Result<bool> {
 /// BTF tracepoint (`tp_btf/NAME`) in its BTF, a classic one (`tp/CAT/NAME`)
 /// under tracefs (mounted if need be). Other kinds are not probed yet: true.
 pub fn can_attach(section: &str) -> Result<bool> {
-    if let Some(name) = section.strip_prefix("tp_btf/") {
+    if let Some(name) = raw_tracepoint_of_section(section) {
         return btf_tracepoint_exists(name);
     }
     if let Some((category, name)) = tracepoint_of_section(section) {
@@ -212,7 +222,7 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
         .collect();
     let btf_tracepoints: Vec<&str> = sections
         .iter()
-        .filter_map(|s| s.strip_prefix("tp_btf/"))
+        .filter_map(|s| raw_tracepoint_of_section(s))
         .collect();
     if !btf_tracepoints.is_empty() {
         let missing = with_btf_tracepoints(|tracepoints| {

@@ -12,7 +12,7 @@ use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
 use crate::analysis::debug_symbols::DebugSymbols;
-use crate::analysis::proc_maps;
+use crate::analysis::proc_maps::{self, MapsEntry};
 use crate::present::escape::escape_bytes;
 use crate::present::stack_report::TRUNCATED_FRAME;
 
@@ -40,6 +40,10 @@ pub struct StackSymbolizer {
     exited: HashMap<u32, Vec<Mapping>>,
     /// Mappings of live processes, read at the last report.
     live: HashMap<u32, Vec<Mapping>>,
+    /// The last mappings read of each process (here, or by the unwinder:
+    /// note_mappings): a process gone without an exit record (kernels
+    /// before 6.7 send none: exitmaps.bpf.h) is symbolized with them.
+    known: HashMap<u32, Vec<Mapping>>,
     with_source: bool,
     /// Each mapped file's separate debug file, looked for once (names only).
     debug_files: HashMap<PathBuf, Option<DebugSymbols>>,
@@ -55,24 +59,27 @@ fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
     if maps.is_empty() {
         return None;
     }
-    Some(
-        maps.into_iter()
-            .filter(|m| m.executable())
-            .filter_map(|m| {
-                let path = match m.path() {
-                    Some(path) => path.to_path_buf(),
-                    None if m.name == VDSO.as_bytes() => PathBuf::from(VDSO),
-                    None => return None,
-                };
-                Some(Mapping {
-                    start: m.start,
-                    end: m.end,
-                    file_offset: m.offset,
-                    path,
-                })
+    Some(executable_mappings(&maps))
+}
+
+/// The executable file mappings (and the vDSO) among a process's.
+fn executable_mappings(maps: &[MapsEntry]) -> Vec<Mapping> {
+    maps.iter()
+        .filter(|m| m.executable())
+        .filter_map(|m| {
+            let path = match m.path() {
+                Some(path) => path.to_path_buf(),
+                None if m.name == VDSO.as_bytes() => PathBuf::from(VDSO),
+                None => return None,
+            };
+            Some(Mapping {
+                start: m.start,
+                end: m.end,
+                file_offset: m.offset,
+                path,
             })
-            .collect(),
-    )
+        })
+        .collect()
 }
 
 fn module_name(path: &Path) -> String {
@@ -90,6 +97,7 @@ impl StackSymbolizer {
             symbolizer: Symbolizer::builder().enable_code_info(with_source).build(),
             exited: HashMap::new(),
             live: HashMap::new(),
+            known: HashMap::new(),
             with_source,
             debug_files: HashMap::new(),
             frames_memo: HashMap::new(),
@@ -110,19 +118,34 @@ impl StackSymbolizer {
         self.live.clear();
     }
 
-    fn mappings(&mut self, pid: u32) -> Option<&Vec<Mapping>> {
-        if self.exited.contains_key(&pid) {
-            return self.exited.get(&pid);
-        }
-        if let std::collections::hash_map::Entry::Vacant(entry) = self.live.entry(pid) {
-            entry.insert(read_maps(pid)?);
-        }
-        self.live.get(&pid)
+    /// Records the mappings of a process as the unwinder read them (at its
+    /// start, a fork, an exec, a dlopen): the last known, if it is gone
+    /// before a report and no exit record comes.
+    pub fn note_mappings(&mut self, pid: u32, maps: &[MapsEntry]) {
+        self.known.insert(pid, executable_mappings(maps));
     }
 
-    /// Whether the process's mappings are known: it lives, or its exit was recorded.
+    /// A process's mappings: its exit record's, else its live ones, else
+    /// the last known.
+    fn mappings(&mut self, pid: u32) -> Option<&Vec<Mapping>> {
+        if !self.has_mappings(pid) {
+            return self.known.get(&pid);
+        }
+        self.exited.get(&pid).or_else(|| self.live.get(&pid))
+    }
+
+    /// Whether the process's mappings are known for sure: it lives, or its
+    /// exit was recorded.
     pub fn has_mappings(&mut self, pid: u32) -> bool {
-        self.mappings(pid).is_some()
+        if self.exited.contains_key(&pid) || self.live.contains_key(&pid) {
+            return true;
+        }
+        let Some(maps) = read_maps(pid) else {
+            return false;
+        };
+        self.known.insert(pid, maps.clone());
+        self.live.insert(pid, maps);
+        true
     }
 
     /// The file mapped at a user address of a process, and the address's offset in it.
@@ -335,5 +358,26 @@ mod tests {
             "{frames:?}"
         );
         assert_eq!(frames[1], "0x8 [unknown]");
+    }
+
+    #[test]
+    fn a_process_gone_without_an_exit_record_has_its_last_known_mappings() {
+        let ip = own_binary_is_symbolized_by_file_offset as *const () as u64;
+        // pid_max itself is never a process's pid
+        let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap();
+        let gone: u32 = pid_max.trim().parse().unwrap();
+        let mut symbolizer = StackSymbolizer::new(false);
+        assert!(!symbolizer.has_mappings(gone));
+        assert_eq!(symbolizer.user_frames(gone, &[ip])[0], format!("{ip:#x} [unknown]"));
+        // as the unwinder read them before it went
+        let maps = proc_maps::read_maps(std::process::id()).unwrap();
+        symbolizer.note_mappings(gone, &maps);
+        // not known for sure: an exit record, if one comes, is still wanted
+        assert!(!symbolizer.has_mappings(gone));
+        let frames = symbolizer.user_frames(gone, &[ip]);
+        assert!(
+            frames[0].contains("own_binary_is_symbolized_by_file_offset"),
+            "{frames:?}"
+        );
     }
 }

@@ -86,6 +86,10 @@ int BPF_PROG(exitmaps_send_mappings, struct task_struct *exiting)
 	__u32 tgid = BPF_CORE_READ(task, tgid), zero = 0;
 	__u64 vdso;
 
+	/* the task_vma iterator came in Linux 6.7: before, no records, and
+	 * user space symbolizes with the mappings it last read */
+	if (!bpf_ksym_exists(bpf_iter_task_vma_new))
+		return 0;
 	if (!memtrace_process_ends(task) ||
 	    !bpf_map_lookup_elem(&stack_owners, &tgid))
 		return 0;

@@ -288,7 +288,13 @@ impl<'obj> UserStacks<'obj> {
         if let Some(tables) = &self.tables {
             let mut tables = tables.borrow_mut();
             tables.refresh();
-            tables.resolve(&self.deferred, stack_store, &mut symbolizer.borrow_mut());
+            let mut symbolizer = symbolizer.borrow_mut();
+            // the last mappings known of each process, for one gone before
+            // a report without an exit record (before Linux 6.7)
+            for (pid, maps) in tables.noted.drain(..) {
+                symbolizer.note_mappings(pid, &maps);
+            }
+            tables.resolve(&self.deferred, stack_store, &mut symbolizer);
         }
     }
 
@@ -315,6 +321,9 @@ struct UnwindTables<'obj> {
     rows_lost: usize,
     /// Unwinds deferred stacks.
     unwinder: Unwinder,
+    /// The mappings read in since catch_up last handed them to the
+    /// symbolizer (StackSymbolizer::note_mappings).
+    noted: Vec<(u32, Vec<MapsEntry>)>,
 }
 
 impl<'obj> UnwindTables<'obj> {
@@ -339,6 +348,7 @@ impl<'obj> UnwindTables<'obj> {
             next_object: FRAME_POINTERS + 1,
             rows_lost: 0,
             unwinder: Unwinder::default(),
+            noted: Vec::new(),
         })
     }
 
@@ -354,6 +364,7 @@ impl<'obj> UnwindTables<'obj> {
     /// Mappings past UNWIND_MAX_MAPPINGS are left out: stacks through them
     /// end truncated.
     fn set_mappings(&mut self, pid: u32, maps: &[MapsEntry]) {
+        self.noted.push((pid, maps.to_vec()));
         let mut process = UnwindProcess::default();
         let executable = maps.iter().filter(|m| m.executable());
         for (slot, entry) in process.maps.iter_mut().zip(executable) {

@@ -368,7 +368,10 @@ mod tests {
         let gone: u32 = pid_max.trim().parse().unwrap();
         let mut symbolizer = StackSymbolizer::new(false);
         assert!(!symbolizer.has_mappings(gone));
-        assert_eq!(symbolizer.user_frames(gone, &[ip])[0], format!("{ip:#x} [unknown]"));
+        assert_eq!(
+            symbolizer.user_frames(gone, &[ip])[0],
+            format!("{ip:#x} [unknown]")
+        );
         // as the unwinder read them before it went
         let maps = proc_maps::read_maps(std::process::id()).unwrap();
         symbolizer.note_mappings(gone, &maps);

@@ -248,11 +248,18 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
     check_tracepoints(&root, &tracepoints)
 }
 
-/// Whether the running kernel's release is `major.minor` or later (from
-/// /proc/sys/kernel/osrelease; an unreadable one counts as older).
-pub fn release_at_least(major: u32, minor: u32) -> bool {
+/// The running kernel's release (`6.1.0-56-amd64`), from
+/// /proc/sys/kernel/osrelease.
+pub fn release() -> Option<String> {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .ok()
+        .map(|release| release.trim().to_string())
+}
+
+/// Whether the running kernel's release is `major.minor` or later (an
+/// unreadable one counts as older).
+pub fn release_at_least(major: u32, minor: u32) -> bool {
+    release()
         .and_then(|release| parse_release(&release))
         .is_some_and(|running| running >= (major, minor))
 }

@@ -23,6 +23,7 @@ use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_ring_mib, parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
 use crate::engine::drops::{self, LossWatch};
+use crate::engine::kernel;
 use crate::engine::loader::{self, MapInAdvance, Trace};
 use crate::engine::maps::{entries, take_entries};
 use crate::engine::records::{self, ready_symbolizer};
@@ -225,6 +226,15 @@ pub fn run(args: Args) -> Result<i32> {
         return Ok(usage_error(&conflict));
     }
     let kernel_mode = kernel_mode(&args)?;
+    // user mode's probes are session uprobes (uprobe_multi links came in
+    // 6.6, their sessions in 6.12); classic uprobes are not used yet
+    if !kernel_mode && !kernel::release_at_least(6, 12) {
+        bail!(
+            "user mode (-p, -- COMMAND) needs Linux 6.12 or later (session uprobes); \
+             this kernel is {}: --kernel, the kernel's allocations, works on it",
+            kernel::release().unwrap_or_else(|| "unknown".into())
+        );
+    }
     let allocs = allocs_map(&args, kernel_mode);
     // reserved first: a path that can't be written fails before the trace
     let profiles = Profiles::reserve(&args)?;

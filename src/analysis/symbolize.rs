@@ -4,7 +4,7 @@
 //! file offset in the ELF file, so a process that exited before the report
 //! is still symbolized.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
@@ -34,6 +34,9 @@ pub struct Mapping {
     pub path: PathBuf,
 }
 
+/// Processes whose last known mappings are kept (StackSymbolizer::known).
+const KNOWN_PROCESSES: usize = 8192;
+
 pub struct StackSymbolizer {
     symbolizer: Symbolizer,
     /// Mappings of processes that exited, as the BPF side sent them.
@@ -42,8 +45,10 @@ pub struct StackSymbolizer {
     live: HashMap<u32, Vec<Mapping>>,
     /// The last mappings read of each process (here, or by the unwinder:
     /// note_mappings): a process gone without an exit record (kernels
-    /// before 6.7 send none: exitmaps.bpf.h) is symbolized with them.
+    /// before 6.7 send none: exitmaps.bpf.h) is symbolized with them. At
+    /// most KNOWN_PROCESSES, the oldest noted going first (`known_order`).
     known: HashMap<u32, Vec<Mapping>>,
+    known_order: VecDeque<u32>,
     with_source: bool,
     /// Each mapped file's separate debug file, looked for once (names only).
     debug_files: HashMap<PathBuf, Option<DebugSymbols>>,
@@ -98,6 +103,7 @@ impl StackSymbolizer {
             exited: HashMap::new(),
             live: HashMap::new(),
             known: HashMap::new(),
+            known_order: VecDeque::new(),
             with_source,
             debug_files: HashMap::new(),
             frames_memo: HashMap::new(),
@@ -107,6 +113,8 @@ impl StackSymbolizer {
     /// Records a mapping of an exiting process (engine::records::exit_mapping
     /// decodes them); None ends its list, or says it had none.
     pub fn add_exited_mapping(&mut self, pid: u32, mapping: Option<Mapping>) {
+        // the exit record supersedes what was read before
+        self.known.remove(&pid);
         let maps = self.exited.entry(pid).or_default();
         if let Some(mapping) = mapping {
             maps.push(mapping);
@@ -122,7 +130,20 @@ impl StackSymbolizer {
     /// start, a fork, an exec, a dlopen): the last known, if it is gone
     /// before a report and no exit record comes.
     pub fn note_mappings(&mut self, pid: u32, maps: &[MapsEntry]) {
-        self.known.insert(pid, executable_mappings(maps));
+        self.know(pid, executable_mappings(maps));
+    }
+
+    /// Keeps `maps` as the last known of `pid` (see `known`): a long
+    /// system-wide trace sees processes without end.
+    fn know(&mut self, pid: u32, maps: Vec<Mapping>) {
+        if self.known.insert(pid, maps).is_none() {
+            self.known_order.push_back(pid);
+        }
+        while self.known_order.len() > KNOWN_PROCESSES {
+            if let Some(oldest) = self.known_order.pop_front() {
+                self.known.remove(&oldest);
+            }
+        }
     }
 
     /// A process's mappings: its exit record's, else its live ones, else
@@ -143,7 +164,7 @@ impl StackSymbolizer {
         let Some(maps) = read_maps(pid) else {
             return false;
         };
-        self.known.insert(pid, maps.clone());
+        self.know(pid, maps.clone());
         self.live.insert(pid, maps);
         true
     }
@@ -358,6 +379,20 @@ mod tests {
             "{frames:?}"
         );
         assert_eq!(frames[1], "0x8 [unknown]");
+    }
+
+    #[test]
+    fn the_oldest_known_mappings_go_first() {
+        let mut symbolizer = StackSymbolizer::new(false);
+        for pid in 0..=KNOWN_PROCESSES as u32 {
+            symbolizer.note_mappings(pid, &[]);
+        }
+        assert_eq!(symbolizer.known.len(), KNOWN_PROCESSES);
+        assert!(!symbolizer.known.contains_key(&0));
+        assert!(symbolizer.known.contains_key(&(KNOWN_PROCESSES as u32)));
+        // an exit record supersedes them
+        symbolizer.add_exited_mapping(1, None);
+        assert!(!symbolizer.known.contains_key(&1));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod analysis;
 mod cli;
+mod doctor;
 mod engine;
 mod present;
 mod tools;
@@ -47,7 +48,11 @@ fn dispatch(args: Vec<OsString>) -> i32 {
     }
     // memtrace TOOL ...: an unknown tool name gets the list, not clap's guess.
     if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
-        if !first.starts_with('-') && tools::find(first).is_none() && first != "help" {
+        if !first.starts_with('-')
+            && tools::find(first).is_none()
+            && first != "help"
+            && first != doctor::NAME
+        {
             crate::say!(
                 "memtrace: unknown tool '{}'\n\n{}",
                 present::escape::escape_bytes(first.as_bytes()),
@@ -74,6 +79,14 @@ fn dispatch(args: Vec<OsString>) -> i32 {
         return print_list();
     }
     match matches.subcommand() {
+        Some((doctor::NAME, sub)) => match doctor::run(sub) {
+            Ok(code) => code,
+            Err(err) if present::output::is_output_closed(&err) => 0,
+            Err(err) => {
+                crate::say!("memtrace doctor: {err:#}");
+                1
+            }
+        },
         Some((name, sub)) => match tools::find(name) {
             Some(tool) => finish(tool, (tool.run)(sub, command)),
             None => 2,
@@ -99,7 +112,7 @@ fn top_command() -> Command {
     for tool in TOOLS {
         command = command.subcommand((tool.command)());
     }
-    command
+    command.subcommand(doctor::command())
 }
 
 fn tool_list() -> String {

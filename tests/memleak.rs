@@ -21,7 +21,14 @@ fn report(extra: &[&str], leaker_args: &[&str]) -> Vec<Value> {
 
 /// The leak is reported whole, once, from leak_with(); nothing else is outstanding.
 fn assert_leaks_30000(allocator: &str) {
-    let rows = report(&["-o", "0"], &[allocator]);
+    assert_leaks_30000_with(&[], allocator);
+}
+
+/// The same, with `extra` options for memleak.
+fn assert_leaks_30000_with(extra: &[&str], allocator: &str) {
+    let mut args = vec!["-o", "0"];
+    args.extend_from_slice(extra);
+    let rows = report(&args, &[allocator]);
     // symbolized although the leaker had exited before the report
     assert_the_leak_from_main(&rows, "leaker", allocator);
     let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
@@ -65,6 +72,51 @@ leak_tests! {
     leak_through_memalign: "memalign",
     leak_through_pvalloc: "pvalloc",
 }
+
+/// The mechanisms older kernels get (multi-uprobe links without sessions
+/// before 6.13, classic uprobes before 6.6), forced on this kernel: every
+/// allocator function, C++'s operators through each allocator (operator
+/// new's inner malloc returns on a deeper stack than the call followed), a
+/// forked child, each exact.
+macro_rules! mechanism_tests {
+    ($($name:ident: $mechanism:literal,)*) => {$(
+        #[test]
+        fn $name() {
+            require_root!();
+            require_feature!(feature_for_uprobes($mechanism));
+            let extra = ["--uprobes", $mechanism];
+            for allocator in ALLOCATORS {
+                assert_leaks_30000_with(&extra, allocator);
+            }
+            assert_cxx_variants_balance(&extra);
+            // the final report's (classic links of runs before may still
+            // be going, slowing this one past an interval)
+            let rows = report(&extra, &["fork"]);
+            let last: Vec<Value> = rows.into_iter().filter(|r| r["final"] == true).collect();
+            assert_parent_and_child_leaks(&last);
+            let finished = run_on(&["memleak", "-v", "--uprobes", $mechanism], "leaker", &["none"]);
+            finished.assert_success();
+            assert!(finished.stderr.contains(" attached in "), "{}", finished.stderr);
+        }
+    )*};
+}
+
+mechanism_tests! {
+    multi_uprobe_links_count_exactly: "multi",
+    classic_uprobes_count_exactly: "classic",
+}
+
+/// Each leaker ALLOCATOR.
+const ALLOCATORS: &[&str] = &[
+    "malloc",
+    "calloc",
+    "realloc",
+    "posix_memalign",
+    "aligned_alloc",
+    "valloc",
+    "memalign",
+    "pvalloc",
+];
 
 #[test]
 fn freeing_everything_leaves_nothing_outstanding() {
@@ -896,9 +948,21 @@ const PRELOADED: &[&str] = &[
 
 /// `memleak --json -o 0 -- fixture ARGS` with `library` preloaded: its stderr and rows.
 fn preloaded_report(library: &Path, fixture: &Path, args: &[&str]) -> (String, Vec<Value>) {
+    preloaded_report_with(&[], library, fixture, args)
+}
+
+/// The same, with `extra` options for memleak.
+fn preloaded_report_with(
+    extra: &[&str],
+    library: &Path,
+    fixture: &Path,
+    args: &[&str],
+) -> (String, Vec<Value>) {
     let mut memleak = memtrace();
     memleak
-        .args(["memleak", "--json", "-o", "0", "--"])
+        .args(["memleak", "--json", "-o", "0"])
+        .args(extra)
+        .arg("--")
         .arg(fixture)
         .args(args)
         .env("LD_PRELOAD", library);
@@ -933,21 +997,21 @@ fn preloaded_allocators_are_found_without_o() {
 #[test]
 fn cxx_new_and_delete_variants_balance() {
     require_root!();
+    assert_cxx_variants_balance(&[]);
+}
+
+/// cxx_new_and_delete_variants_balance's test, with `extra` options for memleak.
+fn assert_cxx_variants_balance(extra: &[&str]) {
     let cxxleak = cxx_fixture_with("cxxleak", "cxxleak", &[]);
     let libraries = std::iter::once(None).chain(PRELOADED.iter().map(|f| Some(debian_library(f))));
     for library in libraries {
         let (_, rows) = match &library {
-            Some(library) => preloaded_report(library, &cxxleak, &["variants"]),
+            Some(library) => preloaded_report_with(extra, library, &cxxleak, &["variants"]),
             None => {
-                let finished = run(&[
-                    "memleak",
-                    "--json",
-                    "-o",
-                    "0",
-                    "--",
-                    cxxleak.to_str().unwrap(),
-                    "variants",
-                ]);
+                let mut args = vec!["memleak", "--json", "-o", "0"];
+                args.extend_from_slice(extra);
+                args.extend_from_slice(&["--", cxxleak.to_str().unwrap(), "variants"]);
+                let finished = run(&args);
                 finished.assert_success();
                 (String::new(), finished.json())
             }

@@ -1,16 +1,21 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * memleak, user mode: a session uprobe link (uprobe.multi with sessions) on
- * each allocator object's functions, each probe's function (and where its
- * arguments are) its BPF cookie, one set per traced process (a command's
- * children have theirs); for a command, one on its loader's
- * _dl_debug_state too (MEMLEAK_LOADS). The entry
- * half decides whether the return is wanted at all: free and munmap, calls
- * not sampled (-s), out of -z/-Z bounds or nested in another allocator call
- * return 1, and the kernel then sets no return probe, which saves a trap of
- * several microseconds. Allocations are kept by process and address with
- * their size, time and stack until freed; a running total by process and
- * stack serves --combined-only.
+ * memleak, user mode: uprobes on each allocator object's functions, each
+ * probe's function (and where its arguments are) its BPF cookie, one set
+ * per traced process (a command's children have theirs); for a command, one
+ * on its loader's _dl_debug_state too (MEMLEAK_LOADS). The kernel's best
+ * mechanism is used (user space chooses, tools/memleak/allocator.rs):
+ * - session uprobes (uprobe.multi sessions, 6.13): the entry half decides
+ *   whether the return is wanted at all: free and munmap, calls not sampled
+ *   (-s), out of -z/-Z bounds or nested in another allocator call return 1,
+ *   and the kernel then sets no return probe, which saves a trap of several
+ *   microseconds;
+ * - before that, an entry and a return program, as multi-uprobe links
+ *   (6.6) or classic uprobes (cookies: 5.15): every allocating call's return
+ *   traps, and the return half matches it to its entry.
+ * Allocations are kept by process and address with their size, time and
+ * stack until freed; a running total by process and stack serves
+ * --combined-only.
  */
 #include "exitmaps.bpf.h"
 #include "unwind.bpf.h"
@@ -33,6 +38,7 @@ struct memleak_call {
 	__u64 size;
 	__u64 old_addr; /* realloc, mremap: freed once the call succeeds */
 	__u64 memptr;   /* posix_memalign: where the result is written */
+	__u64 sp; /* at entry: a return probe's hit is this call's own return */
 	__u32 func;
 	__u32 pad;
 };
@@ -250,6 +256,14 @@ static __always_inline bool frees_on_zero(__u32 func)
 	return func == MEMLEAK_REALLOC || func == MEMLEAK_REALLOCARRAY;
 }
 
+/* The stack pointer at a function's return against its value at entry:
+ * x86's ret pops the return address; arm64's leaves it. */
+#if defined(__TARGET_ARCH_x86)
+#define MEMLEAK_RET_SP_DELTA 8
+#else
+#define MEMLEAK_RET_SP_DELTA 0
+#endif
+
 /* Returns 0 when the return half is wanted, 1 when not. */
 static __always_inline int on_entry(struct pt_regs *ctx)
 {
@@ -338,6 +352,7 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 	/* realloc(p, 0) frees p: its return is needed whatever the size */
 	if (!size_wanted(call.size) && !(frees_on_zero(call.func) && call.old_addr))
 		return 1;
+	call.sp = PT_REGS_SP(ctx);
 	if (bpf_map_update_elem(&calls, &id, &call, BPF_ANY)) {
 		memtrace_count_drop(MEMTRACE_DROP_PENDING);
 		return 1;
@@ -355,6 +370,11 @@ static __always_inline int on_return(struct pt_regs *ctx)
 	call = bpf_map_lookup_elem(&calls, &id);
 	if (!call || call->func != func)
 		return 0; /* not a call we followed, or an inner one */
+	/* without sessions every call's return traps: an inner call of the same
+	 * function (operator new's malloc) returns on a deeper stack than the
+	 * followed one (the probe site keeps the entry's stack pointer) */
+	if (PT_REGS_SP(ctx) != call->sp + MEMLEAK_RET_SP_DELTA)
+		return 0;
 	if (func == MEMLEAK_POSIX_MEMALIGN) {
 		addr = 0;
 		if (PT_REGS_RC(ctx) == 0)
@@ -392,12 +412,42 @@ int BPF_PROG(memleak_exec, struct task_struct *task)
 	return 0;
 }
 
+/* Session uprobes (6.13): one program for both halves. */
 SEC("uprobe.session")
 int memleak_call(struct pt_regs *ctx)
 {
 	if (bpf_session_is_return())
 		return on_return(ctx);
 	return on_entry(ctx);
+}
+
+/* Multi-uprobe links without sessions (6.6-6.12): the return probe is set
+ * on every allocating function, the entry's answer unheard. */
+SEC("uprobe.multi")
+int memleak_multi_entry(struct pt_regs *ctx)
+{
+	on_entry(ctx);
+	return 0;
+}
+
+SEC("uretprobe.multi")
+int memleak_multi_return(struct pt_regs *ctx)
+{
+	return on_return(ctx);
+}
+
+/* Classic uprobes, one link per function and half (cookies: 5.15). */
+SEC("uprobe")
+int memleak_entry(struct pt_regs *ctx)
+{
+	on_entry(ctx);
+	return 0;
+}
+
+SEC("uretprobe")
+int memleak_return(struct pt_regs *ctx)
+{
+	return on_return(ctx);
 }
 
 /*

@@ -2,7 +2,6 @@
 //! before any BPF is loaded so that each failure is one clear line:
 //! privileges, BTF, tracefs, the tracepoints programs attach to.
 
-use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -10,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::btf::{types, Btf};
 use libbpf_rs::OpenObject;
 
-use crate::engine::btf_tracepoints;
+use crate::engine::kernel_btf::{self, KernelBtf};
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -147,39 +146,58 @@ fn check_tracepoints(root: &Path, tracepoints: &[(String, String)]) -> Result<()
 }
 
 thread_local! {
-    /// The kernel's BTF tracepoints, read once however many checks a tool makes.
-    static BTF_TRACEPOINTS: std::cell::OnceCell<HashSet<String>> = const { std::cell::OnceCell::new() };
+    /// What the kernel's BTF holds, read once however many checks a tool makes.
+    static KERNEL_BTF: std::cell::OnceCell<KernelBtf> = const { std::cell::OnceCell::new() };
 }
 
-/// The kernel's BTF tracepoints: read from its raw BTF (btf_tracepoints.rs),
-/// or where that can't be done, from the BTF parsed whole.
-fn with_btf_tracepoints<T>(f: impl FnOnce(&HashSet<String>) -> T) -> Result<T> {
-    BTF_TRACEPOINTS.with(|cell| {
-        if let Some(tracepoints) = cell.get() {
-            return Ok(f(tracepoints));
+/// What the kernel's BTF holds (tracepoints, BPF names): read from its raw
+/// BTF (kernel_btf.rs), or where that can't be done, from the BTF parsed
+/// whole.
+pub fn with_kernel_btf<T>(f: impl FnOnce(&KernelBtf) -> T) -> Result<T> {
+    KERNEL_BTF.with(|cell| {
+        if let Some(found) = cell.get() {
+            return Ok(f(found));
         }
-        let tracepoints = match btf_tracepoints::of_running_kernel() {
-            Some(tracepoints) => tracepoints,
-            None => tracepoints_of_btf(&Btf::from_vmlinux().context("reading the kernel's BTF")?),
+        let found = match kernel_btf::of_running_kernel() {
+            Some(found) => found,
+            None => of_parsed_btf(&Btf::from_vmlinux().context("reading the kernel's BTF")?),
         };
-        Ok(f(cell.get_or_init(|| tracepoints)))
+        Ok(f(cell.get_or_init(|| found)))
     })
 }
 
-/// The names of the `btf_trace_NAME` typedefs of parsed BTF, without the prefix.
-fn tracepoints_of_btf(btf: &Btf) -> HashSet<String> {
-    btf.type_by_kind::<types::Typedef>()
+/// kernel_btf's findings, from parsed BTF.
+fn of_parsed_btf(btf: &Btf) -> KernelBtf {
+    let tracepoints = btf
+        .type_by_kind::<types::Typedef>()
         .filter_map(|typedef| {
             let name = typedef.name()?.to_str()?;
             Some(name.strip_prefix("btf_trace_")?.to_string())
         })
-        .collect()
+        .collect();
+    let funcs = btf
+        .type_by_kind::<types::Func>()
+        .filter_map(|func| func.name()?.to_str().map(str::to_string))
+        .filter(|name| name.starts_with("bpf_"));
+    let members: Vec<String> = btf
+        .type_by_kind::<types::Enum>()
+        .flat_map(|e| {
+            e.iter()
+                .filter_map(|m| m.name?.to_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .filter(|name| name.starts_with("BPF_"))
+        .collect();
+    KernelBtf {
+        tracepoints,
+        names: funcs.chain(members).collect(),
+    }
 }
 
 /// Whether the kernel has the BTF tracepoint `name` (a `tp_btf/` target):
 /// the kernel's BTF then has the typedef btf_trace_NAME.
 fn btf_tracepoint_exists(name: &str) -> Result<bool> {
-    with_btf_tracepoints(|tracepoints| tracepoints.contains(name))
+    with_kernel_btf(|btf| btf.tracepoints.contains(name))
 }
 
 /// Whether the kernel has what a program with this section attaches to: a
@@ -225,10 +243,10 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
         .filter_map(|s| raw_tracepoint_of_section(s))
         .collect();
     if !btf_tracepoints.is_empty() {
-        let missing = with_btf_tracepoints(|tracepoints| {
+        let missing = with_kernel_btf(|btf| {
             btf_tracepoints
                 .iter()
-                .find(|name| !tracepoints.contains(**name))
+                .find(|name| !btf.tracepoints.contains(**name))
                 .copied()
         })?;
         if let Some(missing) = missing {

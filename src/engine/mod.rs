@@ -5,11 +5,12 @@
 //! and the fault -> VMA engine four tools share. It may use analysis and
 //! present, never tools.
 
-pub mod btf_tracepoints;
 pub mod detach;
 pub mod drops;
 pub mod faultvma;
+pub mod features;
 pub mod kernel;
+pub mod kernel_btf;
 pub mod loader;
 pub mod maps;
 pub mod perf;

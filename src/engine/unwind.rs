@@ -112,7 +112,7 @@ impl UnwindArgs {
 }
 
 /// What the running kernel lacks for unwind.bpf.h's walk; None if nothing.
-fn cfi_missing(walker: Walker) -> Option<&'static str> {
+pub fn cfi_missing(walker: Walker) -> Option<&'static str> {
     // bpf_find_vma is the newest helper the walk calls (bpf_loop is 5.17
     // too, bpf_task_pt_regs 5.15)
     let prog_type = match walker {

@@ -44,6 +44,56 @@ macro_rules! require_root {
     };
 }
 
+/// `memtrace doctor --json`: the kernel's features and each tool's verdict.
+pub fn doctor() -> Value {
+    let out = memtrace()
+        .args(["doctor", "--json"])
+        .output()
+        .expect("running memtrace doctor");
+    assert!(out.status.success(), "memtrace doctor: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("doctor's JSON")
+}
+
+/// Why this kernel can't run a test that needs the feature doctor names
+/// `feature` (`session uprobes`); None if it has it.
+pub fn kernel_lacks(feature: &str) -> Option<String> {
+    let report = doctor();
+    let features = report["features"].as_array().expect("doctor's features");
+    let found = features
+        .iter()
+        .find(|f| f["name"] == feature)
+        .unwrap_or_else(|| panic!("doctor knows no feature {feature:?}: {report}"));
+    match found["present"].as_bool() {
+        Some(true) => None,
+        _ => Some(format!(
+            "this kernel ({}) lacks {feature} (Linux {}), as `memtrace doctor` says",
+            report["kernel"], found["since"]
+        )),
+    }
+}
+
+/// Returns from a test that needs a kernel feature this kernel lacks (by
+/// doctor's name for it), saying so: a test that cannot apply here.
+#[macro_export]
+macro_rules! require_feature {
+    ($feature:expr) => {
+        if let Some(reason) = $crate::common::kernel_lacks($feature) {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+/// The feature (doctor's name) memleak's `--uprobes MECHANISM` needs.
+pub fn feature_for_uprobes(mechanism: &str) -> &'static str {
+    match mechanism {
+        "session" => "session uprobes",
+        "multi" => "multi-uprobe links",
+        "classic" => "BPF cookies",
+        other => panic!("no uprobe mechanism {other:?}"),
+    }
+}
+
 pub fn memtrace_bin() -> &'static str {
     env!("CARGO_BIN_EXE_memtrace")
 }

@@ -1,8 +1,9 @@
 //! memleak's user mode: which allocator functions to probe, in which of the
 //! target's objects, and where in each function (past opening instructions
-//! the kernel would single-step: analysis/probe_site.rs); one multi-uprobe
-//! session link per object and traced process. A command's execs, dlopens
-//! and forks bring more (follow_exec, follow_load, follow_fork).
+//! the kernel would single-step: analysis/probe_site.rs), with the best
+//! uprobes the kernel has (Mechanism): one multi-uprobe session link per
+//! object and traced process where it can. A command's execs, dlopens and
+//! forks bring more (follow_exec, follow_load, follow_fork).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,13 +14,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use blazesym::inspect::source::{Elf, Source};
 use blazesym::inspect::Inspector;
-use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts};
+use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts, UprobeOpts};
 use nix::unistd::Pid;
 
 use super::bpf::types::memleak_func as Func;
 use super::Args;
 use crate::analysis::probe_site::{self, ProbeSite};
 use crate::analysis::proc_maps::{self, MapsEntry};
+use crate::engine::features::Feature;
 use crate::engine::target::{loader_of, process_kind, HeldCommand, Mapped, ProcessKind, Target};
 use crate::present::escape::{escape_bytes, escape_path};
 
@@ -74,6 +76,87 @@ const FUNCTIONS: &[(&str, Func)] = &[
     ("_ZdaPvSt11align_val_tRKSt9nothrow_t", Func::MEMLEAK_FREE),
 ];
 
+/// How allocator calls are probed, the cheapest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mechanism {
+    /// Session uprobes: one multi link per object; the entry half says
+    /// whether the return is probed (frees, unsampled calls: not).
+    Session,
+    /// Multi-uprobe links, entry and return: two links per object; every
+    /// allocating call's return traps.
+    Multi,
+    /// Classic uprobes and uretprobes: a link per function and half, each
+    /// ~0.1 s for the kernel to remove.
+    Classic,
+}
+
+impl Mechanism {
+    /// The kernel features it needs.
+    pub fn needs(self) -> &'static [Feature] {
+        match self {
+            Mechanism::Session => &[Feature::UprobeSession],
+            Mechanism::Multi => &[Feature::UprobeMulti],
+            Mechanism::Classic => &[Feature::AttachCookie],
+        }
+    }
+
+    /// The first feature it needs that the kernel lacks.
+    pub fn missing(self) -> Option<Feature> {
+        self.needs().iter().copied().find(|f| !f.present())
+    }
+
+    /// Its --uprobes value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Session => "session",
+            Mechanism::Multi => "multi",
+            Mechanism::Classic => "classic",
+        }
+    }
+
+    /// `session uprobes`, for messages.
+    pub fn described(self) -> &'static str {
+        match self {
+            Mechanism::Session => "session uprobes",
+            Mechanism::Multi => "multi-uprobe links (entry and return)",
+            Mechanism::Classic => "classic uprobes and uretprobes",
+        }
+    }
+
+    /// The one to use: `forced` if the kernel has it, else the cheapest
+    /// it has; an error says what is missing.
+    pub fn choose(forced: Option<Mechanism>) -> Result<Mechanism> {
+        if let Some(forced) = forced {
+            return match forced.missing() {
+                None => Ok(forced),
+                Some(feature) => bail!(
+                    "--uprobes {}: this kernel lacks {}",
+                    forced.name(),
+                    feature.described()
+                ),
+            };
+        }
+        let all = [Mechanism::Session, Mechanism::Multi, Mechanism::Classic];
+        match all.into_iter().find(|m| m.missing().is_none()) {
+            Some(chosen) => Ok(chosen),
+            None => bail!(
+                "user mode (-p, -- COMMAND) needs uprobes with {}: this kernel ({}) lacks them; \
+                 --kernel, the kernel's allocations, works on it",
+                Feature::AttachCookie.described(),
+                crate::engine::kernel::release().unwrap_or_else(|| "unknown".into())
+            ),
+        }
+    }
+}
+
+/// The programs a mechanism attaches: the session program alone, or an
+/// entry and a return program.
+pub struct CallPrograms<'a, 'obj> {
+    pub mechanism: Mechanism,
+    pub entry: &'a ProgramMut<'obj>,
+    pub ret: &'a ProgramMut<'obj>,
+}
+
 /// The dynamic loader's function called around each change of the loaded
 /// objects (glibc's ld.so exports it for debuggers).
 const LOADER_HOOK: &str = "_dl_debug_state";
@@ -106,6 +189,19 @@ struct Probe {
 }
 
 impl Probe {
+    /// Whether its function's return is probed: it returns memory.
+    fn returns_memory(&self) -> bool {
+        !matches!(
+            self.func,
+            Func::MEMLEAK_FREE | Func::MEMLEAK_MUNMAP | Func::MEMLEAK_LOADS
+        )
+    }
+
+    /// The file offset its probes go at.
+    fn site_offset(&self) -> usize {
+        (self.offset + self.site.offset) as usize
+    }
+
     /// The probe's BPF cookie: the function, and from bit 8 the register of
     /// each of its first four arguments at the site, 4 bits each
     /// (memleak.bpf.c memleak_arg).
@@ -234,14 +330,14 @@ impl Allocators {
     /// through the new program's loader until libc's code is mapped, as at
     /// the start (`mapped` sees the mappings at each step: the unwinder's),
     /// then the allocators it maps that are not probed in it yet (none new
-    /// with -O) are, on `prog`. The process stays stopped.
+    /// with -O) are, by `progs`. The process stays stopped.
     pub fn follow_exec(
         &mut self,
         args: &Args,
         cmd: &mut HeldCommand,
         pid: Pid,
         mut mapped: impl FnMut(&[MapsEntry]),
-        prog: &ProgramMut<'_>,
+        progs: &CallPrograms,
     ) -> Result<()> {
         let step = cmd.after_exec_until_mapped(pid, |maps| {
             mapped(maps);
@@ -251,27 +347,27 @@ impl Allocators {
             return Ok(());
         };
         mapped(&maps);
-        self.probe_new(args, &maps, pid, prog)
+        self.probe_new(args, &maps, pid, progs)
     }
 
     /// A dlopen of process `pid` stopped at the loader's _dl_debug_state
     /// (see watch_loads): the allocators it mapped that are not probed in it
-    /// yet are, on `prog`; `mapped` is given its mappings (the unwinder's).
+    /// yet are, by `progs`; `mapped` is given its mappings (the unwinder's).
     pub fn follow_load(
         &mut self,
         args: &Args,
         pid: Pid,
         mut mapped: impl FnMut(&[MapsEntry]),
-        prog: &ProgramMut<'_>,
+        progs: &CallPrograms,
     ) -> Result<()> {
         let maps = read_maps_of(pid.as_raw() as u32)?;
         mapped(&maps);
-        self.probe_new(args, &maps, pid, prog)
+        self.probe_new(args, &maps, pid, progs)
     }
 
     /// `parent` forked `child` (both stopped): the child, a copy of its
     /// parent, is probed where its parent is.
-    pub fn follow_fork(&mut self, parent: Pid, child: Pid, prog: &ProgramMut<'_>) -> Result<()> {
+    pub fn follow_fork(&mut self, parent: Pid, child: Pid, progs: &CallPrograms) -> Result<()> {
         let paths = match self.processes.get(&parent) {
             Some(probed) => probed.paths.clone(),
             None => return Ok(()),
@@ -279,7 +375,7 @@ impl Allocators {
         let probed = self.processes.entry(child).or_default();
         for object in self.objects.iter().chain(&self.loader_hooks) {
             if paths.contains(&object.path) {
-                probed.attach(object, child, prog)?;
+                probed.attach(object, child, progs)?;
             }
         }
         Ok(())
@@ -324,7 +420,7 @@ impl Allocators {
         args: &Args,
         maps: &[MapsEntry],
         pid: Pid,
-        prog: &ProgramMut<'_>,
+        progs: &CallPrograms,
     ) -> Result<()> {
         if args.object.is_some() {
             return Ok(());
@@ -350,7 +446,7 @@ impl Allocators {
         let probed = self.processes.entry(pid).or_default();
         for object in &self.objects {
             if mapped.contains(&object.path) {
-                probed.attach(object, pid, prog)?;
+                probed.attach(object, pid, progs)?;
             }
         }
         Ok(())
@@ -364,7 +460,7 @@ impl Allocators {
     /// follow_loads). Nothing for a program without a loader
     /// (static) or a loader without it. The probe stays through execs of
     /// programs with the same loader.
-    pub fn watch_loads(&mut self, pid: Pid, prog: &ProgramMut<'_>) -> Result<()> {
+    pub fn watch_loads(&mut self, pid: Pid, progs: &CallPrograms) -> Result<()> {
         let Some(loader) = loader_of(pid)?
             .iter()
             .find_map(|m| m.path().map(Path::to_path_buf))
@@ -393,16 +489,17 @@ impl Allocators {
         self.processes
             .entry(pid)
             .or_default()
-            .attach(&self.loader_hooks[hook], pid, prog)
+            .attach(&self.loader_hooks[hook], pid, progs)
     }
 
-    /// Every allocator found, probed in process `pid`. One session link per
-    /// object, for all its functions: each single uprobe link takes ~0.1 s
-    /// to remove, a multi link ~20-35 ms.
-    pub fn attach(&mut self, prog: &ProgramMut<'_>, pid: Pid) -> Result<()> {
+    /// Every allocator found, probed in process `pid`. Where the kernel
+    /// has multi links, one (or two) per object, for all its functions:
+    /// each single uprobe link takes ~0.1 s to remove, a multi link ~20-35
+    /// ms.
+    pub fn attach(&mut self, progs: &CallPrograms, pid: Pid) -> Result<()> {
         let probed = self.processes.entry(pid).or_default();
         for object in &self.objects {
-            probed.attach(object, pid, prog)?;
+            probed.attach(object, pid, progs)?;
         }
         Ok(())
     }
@@ -411,31 +508,66 @@ impl Allocators {
 impl ProcessProbes {
     /// `object` probed in process `pid`, unless it is already (or has
     /// nothing to probe).
-    fn attach(&mut self, object: &ProbedObject, pid: Pid, prog: &ProgramMut<'_>) -> Result<()> {
+    fn attach(&mut self, object: &ProbedObject, pid: Pid, progs: &CallPrograms) -> Result<()> {
         if object.probes.is_empty() || self.paths.contains(&object.path) {
             return Ok(());
         }
-        self.links.push(object.attach(prog, pid.as_raw())?);
+        self.links.extend(
+            object
+                .attach(progs, pid.as_raw())
+                .with_context(|| format!("attaching uprobes to {}", escape_path(&object.path)))?,
+        );
         self.paths.push(object.path.clone());
         Ok(())
     }
 }
 
 impl ProbedObject {
-    /// One session multi-uprobe link for all the object's functions.
-    fn attach(&self, prog: &ProgramMut<'_>, pid: i32) -> Result<Link> {
-        let opts = UprobeMultiOpts {
-            offsets: self
-                .probes
-                .iter()
-                .map(|p| (p.offset + p.site.offset) as usize)
-                .collect(),
-            cookies: self.probes.iter().map(Probe::cookie).collect(),
-            session: true,
-            ..Default::default()
+    /// The object's functions probed in process `pid` by the mechanism's
+    /// links: one session link, two multi links (entries; returns of the
+    /// functions that return memory), or a classic link per function and
+    /// half.
+    fn attach(&self, progs: &CallPrograms, pid: i32) -> Result<Vec<Link>> {
+        let multi = |prog: &ProgramMut, probes: Vec<&Probe>, session, retprobe| {
+            let opts = UprobeMultiOpts {
+                offsets: probes.iter().map(|p| p.site_offset()).collect(),
+                cookies: probes.iter().map(|p| p.cookie()).collect(),
+                session,
+                retprobe,
+                ..Default::default()
+            };
+            prog.attach_uprobe_multi_with_opts(pid, &self.path, "", opts)
         };
-        prog.attach_uprobe_multi_with_opts(pid, &self.path, "", opts)
-            .with_context(|| format!("attaching uprobes to {}", escape_path(&self.path)))
+        let all: Vec<&Probe> = self.probes.iter().collect();
+        let returning: Vec<&Probe> = all.iter().copied().filter(|p| p.returns_memory()).collect();
+        Ok(match progs.mechanism {
+            Mechanism::Session => vec![multi(progs.entry, all, true, false)?],
+            Mechanism::Multi => {
+                let mut links = vec![multi(progs.entry, all, false, false)?];
+                if !returning.is_empty() {
+                    links.push(multi(progs.ret, returning, false, true)?);
+                }
+                links
+            }
+            Mechanism::Classic => {
+                let single = |prog: &ProgramMut, probe: &Probe, retprobe| {
+                    let opts = UprobeOpts {
+                        cookie: probe.cookie(),
+                        retprobe,
+                        ..Default::default()
+                    };
+                    prog.attach_uprobe_with_opts(pid, &self.path, probe.site_offset(), opts)
+                };
+                let mut links = Vec::new();
+                for probe in &all {
+                    links.push(single(progs.entry, probe, false)?);
+                }
+                for probe in returning {
+                    links.push(single(progs.ret, probe, true)?);
+                }
+                links
+            }
+        })
     }
 }
 

@@ -3,14 +3,14 @@
 //! session link. Kernel mode (no process given, or --kernel): the kmem
 //! tracepoints. Reports, folded stacks and profiles: report.rs.
 
-mod allocator;
+pub mod allocator;
 mod report;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
@@ -23,7 +23,6 @@ use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_ring_mib, parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
 use crate::engine::drops::{self, LossWatch};
-use crate::engine::kernel;
 use crate::engine::loader::{self, MapInAdvance, Trace};
 use crate::engine::maps::{entries, take_entries};
 use crate::engine::records::{self, ready_symbolizer};
@@ -33,7 +32,7 @@ use crate::engine::target::{process_kind, CommandStop, HeldCommand, ProcessKind,
 use crate::engine::unwind::{Unwind, UnwindArgs, UserStacks, Walker, UNWIND_PROGRAMS};
 use crate::present::output::Output;
 
-use allocator::Allocators;
+use allocator::{Allocators, CallPrograms, Mechanism};
 use report::{print_trace_event, Moment, Profiles, Reporter};
 
 crate::bpf_skeleton!("memleak", OpenMemleakSkel, records: [memleak_alloc, memleak_combined, memleak_event, memleak_key, memleak_stack_key]);
@@ -168,6 +167,12 @@ pub struct Args {
     /// jemalloc built with it)
     #[arg(long, value_name = "PREFIX", default_value = "")]
     pub symbols_prefix: String,
+
+    /// How allocator calls are probed (default: the cheapest this kernel
+    /// has: session uprobes on 6.13+, multi-uprobe links on 6.6+, classic
+    /// uprobes on 5.15+; `memtrace doctor` says which)
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub uprobes: Option<Mechanism>,
 }
 
 /// The `-T` of BCC's memleak is --top here: the shared -T/--timestamp keeps its long form only.
@@ -226,15 +231,11 @@ pub fn run(args: Args) -> Result<i32> {
         return Ok(usage_error(&conflict));
     }
     let kernel_mode = kernel_mode(&args)?;
-    // user mode's probes are session uprobes (uprobe_multi links came in
-    // 6.6, their sessions in 6.12); classic uprobes are not used yet
-    if !kernel_mode && !kernel::release_at_least(6, 12) {
-        bail!(
-            "user mode (-p, -- COMMAND) needs Linux 6.12 or later (session uprobes); \
-             this kernel is {}: --kernel, the kernel's allocations, works on it",
-            kernel::release().unwrap_or_else(|| "unknown".into())
-        );
-    }
+    // user mode: the cheapest uprobes this kernel has
+    let mechanism = match kernel_mode {
+        true => None,
+        false => Some(Mechanism::choose(args.uprobes)?),
+    };
     let allocs = allocs_map(&args, kernel_mode);
     // reserved first: a path that can't be written fails before the trace
     let profiles = Profiles::reserve(&args)?;
@@ -257,14 +258,22 @@ pub fn run(args: Args) -> Result<i32> {
         Target::All => -1,
     };
     let mut storage = MaybeUninit::uninit();
-    let skel = load(&mut storage, &mut trace, &args, kernel_mode, unwind, allocs)?;
-    if let Some(allocators) = &mut allocators {
-        let prog = &skel.progs.memleak_call;
-        allocators.attach(prog, Pid::from_raw(pid))?;
+    let skel = load(&mut storage, &mut trace, &args, mechanism, unwind, allocs)?;
+    let progs = mechanism.map(|mechanism| call_programs(&skel, mechanism));
+    if let (Some(allocators), Some(progs)) = (&mut allocators, &progs) {
+        let started = Instant::now();
+        allocators.attach(progs, Pid::from_raw(pid))?;
         // a command's loader stops it at each dlopen (on_stop); a -p
         // process's is noted, and what it mapped looked at after the next
         // poll (follow_loads)
-        allocators.watch_loads(Pid::from_raw(pid), prog)?;
+        allocators.watch_loads(Pid::from_raw(pid), progs)?;
+        if args.common.verbose {
+            crate::say!(
+                "memleak: {} attached in {:.0} ms",
+                progs.mechanism.described(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
     let allocators = RefCell::new(allocators);
     let user_stacks = UserStacks::start(skel.object(), &[pid as u32], unwind)?;
@@ -324,14 +333,16 @@ pub fn run(args: Args) -> Result<i32> {
         };
         let pid = stopped.pid;
         let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(pid.as_raw() as u32, maps);
-        let prog = &skel.progs.memleak_call;
+        let Some(progs) = &progs else {
+            return Ok(());
+        };
         let looked = match stopped.stop {
             // (the old program's allocations: forget_execs, as for -p)
             CommandStop::Exec => allocators
-                .follow_exec(&args, cmd, pid, mapped, prog)
-                .and_then(|()| allocators.watch_loads(pid, prog)),
-            CommandStop::Load => allocators.follow_load(&args, pid, mapped, prog),
-            CommandStop::Fork { child } => allocators.follow_fork(pid, child, prog),
+                .follow_exec(&args, cmd, pid, mapped, progs)
+                .and_then(|()| allocators.watch_loads(pid, progs)),
+            CommandStop::Load => allocators.follow_load(&args, pid, mapped, progs),
+            CommandStop::Fork { child } => allocators.follow_fork(pid, child, progs),
             CommandStop::Exited => {
                 allocators.forget(pid);
                 Ok(())
@@ -347,7 +358,15 @@ pub fn run(args: Args) -> Result<i32> {
         Some(&ring),
         || {
             forget_execs(&skel, followed, &mut said_exec.borrow_mut())?;
-            follow_loads(&skel, &args, allocators.borrow_mut().as_mut(), &user_stacks)?;
+            if let Some(progs) = &progs {
+                follow_loads(
+                    &skel,
+                    &args,
+                    allocators.borrow_mut().as_mut(),
+                    progs,
+                    &user_stacks,
+                )?;
+            }
             catch_up();
             watch.borrow_mut().check(skel.object(), false)?;
             traced.borrow_mut().finish_batch()
@@ -451,6 +470,7 @@ fn follow_loads(
     skel: &MemleakSkel<'_>,
     args: &Args,
     allocators: Option<&mut Allocators>,
+    progs: &CallPrograms,
     user_stacks: &UserStacks<'_>,
 ) -> Result<()> {
     let Some(allocators) = allocators else {
@@ -459,7 +479,7 @@ fn follow_loads(
     for (tgid, _) in take_entries::<u32, u8>(&skel.maps.loads)? {
         let pid = Pid::from_raw(tgid as i32);
         let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(tgid, maps);
-        match allocators.follow_load(args, pid, mapped, &skel.progs.memleak_call) {
+        match allocators.follow_load(args, pid, mapped, progs) {
             // gone meanwhile
             Err(_) if !is_running(pid) => {}
             other => other?,
@@ -516,10 +536,11 @@ fn load<'obj>(
     storage: &'obj mut MaybeUninit<OpenObject>,
     trace: &mut Trace,
     args: &Args,
-    kernel_mode: bool,
+    mechanism: Option<Mechanism>,
     unwind: Unwind,
     allocs: MapInAdvance,
 ) -> Result<MemleakSkel<'obj>> {
+    let kernel_mode = mechanism.is_none();
     loader::load(
         MemleakSkelBuilder::default(),
         storage,
@@ -537,9 +558,15 @@ fn load<'obj>(
             let cfi = unwind == Unwind::Cfi;
             rodata.unwind_cfi = cfi;
             programs
+                .load_if(!kernel_mode, &["memleak_exec", "exitmaps_send_mappings"])
+                .load_if(mechanism == Some(Mechanism::Session), &["memleak_call"])
                 .load_if(
-                    !kernel_mode,
-                    &["memleak_call", "memleak_exec", "exitmaps_send_mappings"],
+                    mechanism == Some(Mechanism::Multi),
+                    &["memleak_multi_entry", "memleak_multi_return"],
+                )
+                .load_if(
+                    mechanism == Some(Mechanism::Classic),
+                    &["memleak_entry", "memleak_return"],
                 )
                 .load_if(cfi, UNWIND_PROGRAMS)
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
@@ -571,6 +598,24 @@ fn load<'obj>(
             Ok(())
         },
     )
+}
+
+/// The programs `mechanism` attaches (loaded by `load`).
+fn call_programs<'a, 'obj>(
+    skel: &'a MemleakSkel<'obj>,
+    mechanism: Mechanism,
+) -> CallPrograms<'a, 'obj> {
+    let progs = &skel.progs;
+    let (entry, ret) = match mechanism {
+        Mechanism::Session => (&progs.memleak_call, &progs.memleak_call),
+        Mechanism::Multi => (&progs.memleak_multi_entry, &progs.memleak_multi_return),
+        Mechanism::Classic => (&progs.memleak_entry, &progs.memleak_return),
+    };
+    CallPrograms {
+        mechanism,
+        entry,
+        ret,
+    }
 }
 
 /// The exiting processes' mappings (for the symbolizer) and, with -t, each

@@ -1,0 +1,282 @@
+//! What the running kernel's BTF says it has, read by walking the raw BTF
+//! of /sys/kernel/btf/vmlinux: its BTF tracepoints (`tp_btf/NAME` targets:
+//! the typedefs `btf_trace_NAME`), and the names that tell its BPF features
+//! (engine::features): the kfuncs (functions named `bpf_*`: the task_vma
+//! iterator's) and the members of its enums named `BPF_*` (the helpers of
+//! enum bpf_func_id, the attach types of enum bpf_attach_type). Measured on
+//! the development VM: ~1 ms, where parsing it whole (libbpf's btf__parse,
+//! behind libbpf-rs's `Btf::from_vmlinux`) took ~3.5 ms of every tool's
+//! start, and libbpf parses it once more as it loads. The file is mapped,
+//! not read: sysfs hands it out a page per read(2). A kind of type this walk
+//! doesn't know (a newer kernel's) makes it give up, and the caller parses
+//! the BTF whole.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const PREFIX: &[u8] = b"btf_trace_";
+/// Kfuncs, and the enum members that name BPF helpers and attach types.
+const FUNC_PREFIX: &[u8] = b"bpf_";
+const ENUM_MEMBER_PREFIX: &[u8] = b"BPF_";
+/// The size of `struct btf_type`: name_off, info, size/type.
+const TYPE_SIZE: usize = 12;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
+const KIND_ENUM64: u32 = 19;
+
+/// What the kernel's BTF holds, of what memtrace asks about.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KernelBtf {
+    /// The BTF tracepoints, without the `btf_trace_` prefix.
+    pub tracepoints: HashSet<String>,
+    /// Functions named `bpf_*` and enum members named `BPF_*`.
+    pub names: HashSet<String>,
+}
+
+/// What the running kernel's BTF holds; None if it can't be read this way
+/// (see the module).
+pub fn of_running_kernel() -> Option<KernelBtf> {
+    let file = File::open("/sys/kernel/btf/vmlinux").ok()?;
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: a private read-only mapping of a file that stays open until the
+    // mapping is gone; its result is checked before use.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: the mapping is `len` readable bytes, alive until the munmap
+    // below, and nothing writes to it (private and read-only).
+    let raw = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
+    let found = scan(raw);
+    // SAFETY: unmaps exactly the mapping made above; `raw` is not used after.
+    unsafe { libc::munmap(ptr, len) };
+    found
+}
+
+fn u16_at(raw: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(raw.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(raw: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(raw.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The bytes after a type's `struct btf_type` for its kind and vlen; None for
+/// a kind this walk doesn't know.
+fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+        // INT, VAR, DECL_TAG: one u32
+        1 | 14 | 17 => 4,
+        // ARRAY: struct btf_array
+        3 => 12,
+        // STRUCT, UNION: btf_member; DATASEC: btf_var_secinfo; ENUM64: btf_enum64
+        4 | 5 | 15 | 19 => vlen * 12,
+        // ENUM: btf_enum; FUNC_PROTO: btf_param
+        6 | 13 => vlen * 8,
+        _ => return None,
+    })
+}
+
+/// The NUL-terminated string at `off` of a BTF string section.
+fn string_at(strings: &[u8], off: usize) -> Option<&[u8]> {
+    let rest = strings.get(off..)?;
+    Some(&rest[..rest.iter().position(|&b| b == 0)?])
+}
+
+/// The tracepoints and BPF names of raw BTF.
+fn scan(raw: &[u8]) -> Option<KernelBtf> {
+    // struct btf_header: magic, version, flags, hdr_len, type_off, type_len, str_off, str_len
+    if u16_at(raw, 0)? != BTF_MAGIC {
+        return None;
+    }
+    let hdr_len = u32_at(raw, 4)? as usize;
+    let field = |at| u32_at(raw, at).map(|v| v as usize);
+    let (type_off, type_len) = (field(8)?, field(12)?);
+    let (str_off, str_len) = (field(16)?, field(20)?);
+    let types = raw.get(hdr_len + type_off..hdr_len + type_off + type_len)?;
+    let strings = raw.get(hdr_len + str_off..hdr_len + str_off + str_len)?;
+    let mut names = HashSet::new();
+    let mut note = |name: &[u8], prefix: &[u8]| {
+        if name.starts_with(prefix) {
+            names.insert(String::from_utf8_lossy(name).into_owned());
+        }
+    };
+    let mut tracepoints = HashSet::new();
+    let mut at = 0;
+    while at < types.len() {
+        let name_off = u32_at(types, at)? as usize;
+        let info = u32_at(types, at + 4)?;
+        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        match kind {
+            KIND_TYPEDEF => {
+                if let Some(tracepoint) = string_at(strings, name_off)?.strip_prefix(PREFIX) {
+                    tracepoints.insert(String::from_utf8_lossy(tracepoint).into_owned());
+                }
+            }
+            KIND_FUNC => note(string_at(strings, name_off)?, FUNC_PREFIX),
+            KIND_ENUM | KIND_ENUM64 => {
+                // btf_enum (name_off, val) or btf_enum64 (name_off, lo32, hi32)
+                let member_size = if kind == KIND_ENUM { 8 } else { 12 };
+                for n in 0..vlen {
+                    let member_name = u32_at(types, at + TYPE_SIZE + n * member_size)?;
+                    note(
+                        string_at(strings, member_name as usize)?,
+                        ENUM_MEMBER_PREFIX,
+                    );
+                }
+            }
+            _ => {}
+        }
+        at += TYPE_SIZE + extra_bytes(kind, vlen)?;
+    }
+    Some(KernelBtf { tracepoints, names })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Raw BTF of the given (name_off, info, extra bytes) types over `strings`.
+    fn btf(types: &[(u32, u32, usize)], strings: &[u8]) -> Vec<u8> {
+        let types: Vec<(u32, u32, Vec<u8>)> = types
+            .iter()
+            .map(|&(name_off, info, extra)| (name_off, info, vec![0u8; extra]))
+            .collect();
+        btf_with(&types, strings)
+    }
+
+    /// Raw BTF of the given (name_off, info, bytes after the type) types.
+    fn btf_with(types: &[(u32, u32, Vec<u8>)], strings: &[u8]) -> Vec<u8> {
+        let mut type_bytes = Vec::new();
+        for (name_off, info, extra) in types {
+            type_bytes.extend_from_slice(&name_off.to_ne_bytes());
+            type_bytes.extend_from_slice(&info.to_ne_bytes());
+            type_bytes.extend_from_slice(&0u32.to_ne_bytes());
+            type_bytes.extend_from_slice(extra);
+        }
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&BTF_MAGIC.to_ne_bytes());
+        raw.extend_from_slice(&[1, 0]); // version, flags
+        for value in [24, 0, type_bytes.len(), type_bytes.len(), strings.len()] {
+            raw.extend_from_slice(&(value as u32).to_ne_bytes());
+        }
+        raw.extend_from_slice(&type_bytes);
+        raw.extend_from_slice(strings);
+        raw
+    }
+
+    const STRINGS: &[u8] = b"\0btf_trace_mark_victim\0task_struct\0btf_trace_exit_mmap\0";
+
+    #[test]
+    fn typedefs_named_btf_trace_are_tracepoints() {
+        let raw = btf(
+            &[
+                (23, 4 << 24 | 2, 24), // STRUCT task_struct, two members
+                (1, 8 << 24, 0),       // TYPEDEF btf_trace_mark_victim
+                (0, 13 << 24 | 3, 24), // FUNC_PROTO, three params
+                (35, 2 << 24, 0),      // PTR named btf_trace_exit_mmap: not a typedef
+            ],
+            STRINGS,
+        );
+        let found = scan(&raw).unwrap();
+        assert_eq!(
+            found.tracepoints,
+            HashSet::from(["mark_victim".to_string()])
+        );
+    }
+
+    #[test]
+    fn kfuncs_and_bpf_enum_members_are_names() {
+        const NAMES: &[u8] = b"\0bpf_iter_task_vma_new\0vfs_read\0BPF_FUNC_loop\0OTHER\0\
+BPF_TRACE_UPROBE_SESSION\0";
+        let at = |name: &str| {
+            let needle = [b"\0", name.as_bytes(), b"\0"].concat();
+            let found = NAMES
+                .windows(needle.len())
+                .position(|w| w == needle.as_slice());
+            found.unwrap() as u32 + 1
+        };
+        // a btf_enum (8 bytes) or btf_enum64 (12) named `name`
+        let member = |name: &str, size: usize| {
+            let mut bytes = at(name).to_ne_bytes().to_vec();
+            bytes.resize(size, 0);
+            bytes
+        };
+        let raw = btf_with(
+            &[
+                (at("bpf_iter_task_vma_new"), 12 << 24, Vec::new()), // FUNC
+                (at("vfs_read"), 12 << 24, Vec::new()),              // FUNC, not bpf_
+                (
+                    0,
+                    6 << 24 | 2,
+                    [member("BPF_FUNC_loop", 8), member("OTHER", 8)].concat(),
+                ),
+                (0, 19 << 24 | 1, member("BPF_TRACE_UPROBE_SESSION", 12)),
+            ],
+            NAMES,
+        );
+        let found = scan(&raw).unwrap();
+        let expected = [
+            "bpf_iter_task_vma_new",
+            "BPF_FUNC_loop",
+            "BPF_TRACE_UPROBE_SESSION",
+        ];
+        assert_eq!(
+            found.names,
+            expected.iter().map(|s| s.to_string()).collect()
+        );
+    }
+
+    #[test]
+    fn what_it_cannot_read_it_gives_up() {
+        // a kind from a newer kernel: sizes after it are unknown
+        let raw = btf(&[(1, 8 << 24, 0), (0, 31 << 24, 0)], STRINGS);
+        assert_eq!(scan(&raw), None);
+        // another magic (the other byte order), or truncated
+        let mut swapped = btf(&[(1, 8 << 24, 0)], STRINGS);
+        swapped.swap(0, 1);
+        assert_eq!(scan(&swapped), None);
+        let whole = btf(&[(1, 8 << 24, 0)], STRINGS);
+        assert_eq!(scan(&whole[..whole.len() - 10]), None);
+    }
+
+    #[test]
+    fn the_running_kernels_agree_with_libbpf() {
+        let Some(KernelBtf {
+            tracepoints: found,
+            names,
+        }) = of_running_kernel()
+        else {
+            return; // no kernel BTF here
+        };
+        // every kernel with BTF has these (4.18, 5.5)
+        assert!(names.contains("BPF_FUNC_map_lookup_elem"));
+        assert!(names.contains("BPF_TRACE_FENTRY"));
+        let btf = libbpf_rs::btf::Btf::from_vmlinux().unwrap();
+        for name in ["sched_process_exit", "sys_enter", "mark_victim"] {
+            let typedef = format!("btf_trace_{name}");
+            let in_libbpf = btf
+                .type_by_name::<libbpf_rs::btf::types::Typedef>(&typedef)
+                .is_some();
+            assert_eq!(found.contains(name), in_libbpf, "{name}");
+        }
+        assert!(!found.contains("no_such_tracepoint"));
+    }
+}

@@ -97,10 +97,16 @@ fn root_private_file(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap()
 }
 
-fn assert_flame_graph_of_toucher(svg: &[u8]) {
+/// A whole SVG document.
+fn assert_svg(svg: &[u8]) {
     let text = String::from_utf8_lossy(svg);
     assert!(text.starts_with("<?xml"), "not an SVG: {text:.200}");
     assert!(text.trim_end().ends_with("</svg>"), "not a whole SVG");
+}
+
+fn assert_flame_graph_of_toucher(svg: &[u8]) {
+    assert_svg(svg);
+    let text = String::from_utf8_lossy(svg);
     assert!(
         text.contains("touch_pages"),
         "no touch_pages in the flame graph"
@@ -255,7 +261,16 @@ fn a_failed_or_interrupted_trace_leaves_no_temporary_file() {
         .unwrap();
     assert!(status.success());
     tracer.stop().assert_success();
-    assert_flame_graph_of_toucher(&root_private_file(&svg));
+    let graph = root_private_file(&svg);
+    // the toucher is gone before the report: its stack is named from its
+    // mappings at exit, where the kernel can give them
+    match kernel_lacks("the task_vma iterator") {
+        None => assert_flame_graph_of_toucher(&graph),
+        Some(reason) => {
+            eprintln!("touch_pages not looked for: {reason}");
+            assert_svg(&graph);
+        }
+    }
     assert_eq!(dir.names(), ["o.svg"]);
 }
 

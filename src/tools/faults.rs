@@ -151,9 +151,11 @@ fn load<'obj>(
             let maps = &mut open.maps;
             args.stacks
                 .size_maps(unwind, &mut maps.unwind_rows, &mut maps.unwind_pages)?;
-            if !kernel::release_at_least(6, 1) {
+            if !kernel::release_at_least(6, 12) {
                 // a perf_event program may use a hash map made as entries come
-                // only since 6.1 (the BPF memory allocator)
+                // only since 6.1 (the BPF memory allocator), and on 6.1 a burst
+                // of new stacks found its caches empty: 1 of 1024 lost to
+                // ENOMEM under TCG
                 loader::preallocate(&mut open.maps.stack_store)?;
             }
             loader::set_entries(&mut open.maps.counts, args.max_entries)

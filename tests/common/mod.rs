@@ -319,6 +319,18 @@ pub struct Tracer {
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A limit on waiting, stretched by MEMTRACE_TEST_TIME_SCALE (a whole
+/// number; the kernel matrix sets it for its emulated guests, where
+/// workloads run several times slower).
+pub fn scaled(limit: Duration) -> Duration {
+    let scale = std::env::var("MEMTRACE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    limit * scale
+}
+
 impl Tracer {
     /// Starts memtrace and returns once it says its probes are attached.
     pub fn start(args: &[&str]) -> Tracer {
@@ -356,7 +368,7 @@ impl Tracer {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + scaled(READY_TIMEOUT);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr_lines.recv_timeout(left) {
@@ -419,14 +431,15 @@ impl Tracer {
 
     /// Waits for it to end by itself.
     pub fn wait(mut self) -> Finished {
-        let deadline = Instant::now() + RUN_TIMEOUT;
+        let limit = scaled(RUN_TIMEOUT);
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("memtrace did not end within {RUN_TIMEOUT:?}");
+                panic!("memtrace did not end within {limit:?}");
             }
             std::thread::sleep(Duration::from_millis(10));
         };

@@ -18,7 +18,7 @@ use libbpf_rs::skel::Skel;
 use libbpf_rs::{MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
 use nix::unistd::Pid;
 
-use crate::analysis::proc_maps::MapsEntry;
+use crate::analysis::proc_maps::{self, MapsEntry};
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_ring_mib, parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
@@ -332,7 +332,7 @@ pub fn run(args: Args) -> Result<i32> {
             return Ok(());
         };
         let pid = stopped.pid;
-        let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(pid.as_raw() as u32, maps);
+        let mapped = |maps: &[MapsEntry]| note_mappings(&user_stacks, &symbolizer, pid, maps);
         let Some(progs) = &progs else {
             return Ok(());
         };
@@ -342,7 +342,17 @@ pub fn run(args: Args) -> Result<i32> {
                 .follow_exec(&args, cmd, pid, mapped, progs)
                 .and_then(|()| allocators.watch_loads(pid, progs)),
             CommandStop::Load => allocators.follow_load(&args, pid, mapped, progs),
-            CommandStop::Fork { child } => allocators.follow_fork(pid, child, progs),
+            CommandStop::Fork { child } => {
+                // the child is a copy of its parent until it execs: its
+                // mappings, read while it is stopped, name its stacks if it
+                // ends before a report without an exit record
+                if let Ok(maps) = proc_maps::read_maps(child.as_raw() as u32) {
+                    symbolizer
+                        .borrow_mut()
+                        .note_mappings(child.as_raw() as u32, &maps);
+                }
+                allocators.follow_fork(pid, child, progs)
+            }
             CommandStop::Exited => {
                 allocators.forget(pid);
                 Ok(())
@@ -365,6 +375,7 @@ pub fn run(args: Args) -> Result<i32> {
                     allocators.borrow_mut().as_mut(),
                     progs,
                     &user_stacks,
+                    &symbolizer,
                 )?;
             }
             catch_up();
@@ -472,13 +483,14 @@ fn follow_loads(
     allocators: Option<&mut Allocators>,
     progs: &CallPrograms,
     user_stacks: &UserStacks<'_>,
+    symbolizer: &RefCell<StackSymbolizer>,
 ) -> Result<()> {
     let Some(allocators) = allocators else {
         return Ok(());
     };
     for (tgid, _) in take_entries::<u32, u8>(&skel.maps.loads)? {
         let pid = Pid::from_raw(tgid as i32);
-        let mapped = |maps: &[MapsEntry]| user_stacks.set_mappings(tgid, maps);
+        let mapped = |maps: &[MapsEntry]| note_mappings(user_stacks, symbolizer, pid, maps);
         match allocators.follow_load(args, pid, mapped, progs) {
             // gone meanwhile
             Err(_) if !is_running(pid) => {}
@@ -486,6 +498,20 @@ fn follow_loads(
         }
     }
     Ok(())
+}
+
+/// Process `pid`'s mappings, read as its loader went (an exec, a dlopen):
+/// for the unwinder's tables, and as the last known for the symbolizer, for
+/// a process gone before a report without an exit record (before 6.7).
+fn note_mappings(
+    user_stacks: &UserStacks<'_>,
+    symbolizer: &RefCell<StackSymbolizer>,
+    pid: Pid,
+    maps: &[MapsEntry],
+) {
+    let pid = pid.as_raw() as u32;
+    user_stacks.set_mappings(pid, maps);
+    symbolizer.borrow_mut().note_mappings(pid, maps);
 }
 
 /// Whether process `pid` is still there to trace (not gone, not a zombie).

@@ -11,6 +11,7 @@ use anyhow::Result;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use serde::Serialize;
 
+use crate::engine::faultvma::VmaSource;
 use crate::engine::features::Feature;
 use crate::engine::kernel;
 use crate::engine::syscalls;
@@ -190,14 +191,16 @@ fn fault_vmas(found: &mut Findings) {
             format!("needs {}", Feature::FindVma.described())
         })
         .attaches(&["tp_btf/exit_mmap", "tp_btf/sched_process_free"]);
-    match Feature::MmLockSeq.present() {
-        true => found.uses("VMA cache"),
-        false => found.uses("a VMA lookup per fault").limit(format!(
+    let source = VmaSource::choose();
+    found.uses(source.described());
+    if source == VmaSource::Lookup {
+        found.limit(format!(
             "each fault looks its VMA up (several times the cost of a cached one): the cache \
-             needs {}",
-            Feature::MmLockSeq.described()
-        )),
-    };
+             needs {}, or {} the VMA from handle_mm_fault",
+            Feature::MmLockSeq.described(),
+            Feature::Fentry.described()
+        ));
+    }
 }
 
 /// memleak: user mode on the best uprobes there are, kernel mode on the kmem
@@ -243,6 +246,12 @@ fn verdict_of(tool: &'static str) -> Verdict {
     if tool != "pmap" {
         found.needs(kernel::check_btf().is_ok(), || {
             "no kernel BTF (/sys/kernel/btf/vmlinux): CONFIG_DEBUG_INFO_BTF".into()
+        });
+    }
+    // their programs walk paths, stacks or mappings with bpf_loop
+    if !matches!(tool, "pmap" | "drsnoop" | "vmscan") {
+        found.needs(Feature::Loop.present(), || {
+            format!("needs {}", Feature::Loop.described())
         });
     }
     match tool {

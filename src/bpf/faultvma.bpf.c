@@ -16,6 +16,12 @@
  * i.e. around every munmap, mremap, mprotect, brk, MAP_FIXED mmap and exec, so
  * a cached VMA can't outlive a change to the address space. An odd sequence
  * (a writer in the middle of a change) is never cached.
+ *
+ * Before mm_lock_seq (6.4) nothing tells a cached VMA is still right, and a
+ * lookup per fault is the price, unless the kernel has BPF trampolines
+ * (distribution kernels do): then an fentry program on handle_mm_fault,
+ * which is given the VMA, describes it for the perf event that
+ * mm_account_fault() raises at the end of the same call (vma_from_fentry).
  */
 #include "common.bpf.h"
 #include "faultvma.h"
@@ -33,6 +39,7 @@ const volatile bool only_hugetlb = false; /* hfaults: VM_HUGETLB VMAs */
 const volatile bool only_swap = false;    /* swapin: major faults on anonymous or shmem memory */
 const volatile __u32 max_slots = 10240;   /* entries of the slot maps below */
 const volatile __u32 page_shift = 12;     /* swapin: bytes read from swap to pages */
+const volatile bool vma_from_fentry = false; /* faultvma_handle_fault describes each fault's VMA */
 
 struct faultvma_region_key {
 	__u64 mm;
@@ -208,6 +215,65 @@ static long faultvma_describe(struct task_struct *task, struct vm_area_struct *v
 	return 0;
 }
 
+/* The VMA handle_mm_fault was given, for the perf event of the same fault:
+ * whose (pid_tgid) and which address, checked by the perf event (a fault
+ * that sleeps may move to another CPU meanwhile: it is looked up then). */
+struct faultvma_stash {
+	__u64 pid_tgid;
+	__u64 addr;
+	struct faultvma_cached vma;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct faultvma_stash);
+} fault_stash SEC(".maps");
+
+SEC("fentry/handle_mm_fault")
+int BPF_PROG(faultvma_handle_fault, struct vm_area_struct *vma, unsigned long address)
+{
+	struct faultvma_stash *stash;
+	__u32 zero = 0;
+
+	if (!memtrace_wanted())
+		return 0;
+	stash = bpf_map_lookup_elem(&fault_stash, &zero);
+	if (!stash)
+		return 0;
+	stash->pid_tgid = bpf_get_current_pid_tgid();
+	stash->addr = address;
+	stash->vma.mm = (__u64)BPF_CORE_READ(vma, vm_mm);
+	stash->vma.seq = 0;
+	/* not valid for the cache below: nothing tells when it goes stale */
+	stash->vma.valid = 0;
+	stash->vma.tgid = 0;
+	stash->vma.slot[0] = stash->vma.slot[1] = 0;
+	faultvma_describe(NULL, vma, &stash->vma);
+	return 0;
+}
+
+/* The VMA faultvma_handle_fault described for this fault, in `last` (its
+ * count slots kept if it is the VMA `last` held); false if none. */
+static __always_inline bool faultvma_from_stash(struct faultvma_cached *last, __u64 addr)
+{
+	struct faultvma_stash *stash;
+	__u32 zero = 0;
+
+	stash = bpf_map_lookup_elem(&fault_stash, &zero);
+	if (!stash || stash->pid_tgid != bpf_get_current_pid_tgid() || stash->addr != addr)
+		return false;
+	stash->pid_tgid = 0; /* once */
+	if (last->mm == stash->vma.mm && last->start == stash->vma.start &&
+	    last->end == stash->vma.end && last->file.ino == stash->vma.file.ino &&
+	    last->file.dev == stash->vma.file.dev && last->file.label == stash->vma.file.label &&
+	    last->file.flags == stash->vma.file.flags)
+		return true;
+	*last = stash->vma;
+	return true;
+}
+
 /* Linux 6.4-6.12 kept the sequence as a plain int (bumped at mmap write unlock). */
 struct mm_struct___int_seq {
 	int mm_lock_seq;
@@ -248,6 +314,8 @@ static __always_inline struct faultvma_cached *faultvma_of(__u64 addr)
 	last = bpf_map_lookup_elem(&last_vma, &zero);
 	if (!last)
 		return NULL;
+	if (vma_from_fentry && faultvma_from_stash(last, addr))
+		return last;
 	cacheable = faultvma_mm_seq(mm, &seq);
 
 	/* the hot path: the same VMA as this CPU's last fault (hits are not counted, to stay cheap) */

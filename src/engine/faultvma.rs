@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use libbpf_rs::skel::Skel;
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, RingBuffer, RingBufferBuilder};
 
+use crate::engine::features::Feature;
 use crate::engine::kernel::page_size;
 use crate::engine::loader::{self, Choice, Trace, Without};
 use crate::engine::maps::{map_named, percpu_sums, MappedArray};
@@ -56,6 +57,39 @@ pub enum Only {
     Swap,
 }
 
+/// How the BPF side learns which VMA a fault hit (faultvma.bpf.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmaSource {
+    /// bpf_find_vma() answers cached, checked by mm_lock_seq (6.4).
+    Cache,
+    /// An fentry program on handle_mm_fault, given the VMA: no lookup.
+    Fentry,
+    /// bpf_find_vma() on every fault, ~6x a fault storm's time.
+    Lookup,
+}
+
+impl VmaSource {
+    /// The cheapest the kernel has: the cache's hit (a per-CPU compare) is
+    /// cheaper than a trampoline and a description per fault.
+    pub fn choose() -> VmaSource {
+        if Feature::MmLockSeq.present() {
+            VmaSource::Cache
+        } else if Feature::Fentry.present() {
+            VmaSource::Fentry
+        } else {
+            VmaSource::Lookup
+        }
+    }
+
+    pub fn described(self) -> &'static str {
+        match self {
+            VmaSource::Cache => "VMA cache",
+            VmaSource::Fentry => "fentry handle_mm_fault's VMA",
+            VmaSource::Lookup => "a VMA lookup per fault",
+        }
+    }
+}
+
 /// Faults counted since the last reading for one process image, kind and target.
 #[derive(Debug, Clone)]
 pub struct FaultCount {
@@ -86,6 +120,7 @@ impl<'obj> FaultEngine<'obj> {
         max_slots: u32,
     ) -> Result<FaultEngine<'obj>> {
         let slots = max_slots.max(1);
+        let from_fentry = VmaSource::choose() == VmaSource::Fentry;
         let skel = loader::load(
             FaultvmaSkelBuilder::default(),
             storage,
@@ -97,7 +132,9 @@ impl<'obj> FaultEngine<'obj> {
                 rodata.only_swap = only == Only::Swap;
                 rodata.max_slots = slots;
                 rodata.page_shift = page_size().trailing_zeros();
+                rodata.vma_from_fentry = from_fentry;
                 programs.load_if(only == Only::Swap, &["faultvma_swap_read"]);
+                programs.load_if(from_fentry, &["faultvma_handle_fault"]);
                 programs.choose(Choice {
                     job: "address spaces gone (their count slots freed at once)",
                     programs: &["faultvma_exit_mmap"],

@@ -4,8 +4,7 @@
 //! with a release may be configured out. The tools and `memtrace doctor`
 //! ask the same questions here, so they never disagree.
 
-use libbpf_rs::btf::types::{self, Composite};
-use libbpf_rs::btf::Btf;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::engine::kernel;
 
@@ -28,11 +27,15 @@ pub enum Feature {
     /// mm_struct's mm_lock_seq: a count of changes to a process's
     /// mappings, which validates cached VMAs (6.4).
     MmLockSeq,
+    /// BPF trampolines: fentry programs on kernel functions (5.5, where the
+    /// kernel is built with them; this project's VMs are not).
+    Fentry,
 }
 
 impl Feature {
     /// Every feature, in the order of their releases.
-    pub const ALL: [Feature; 7] = [
+    pub const ALL: [Feature; 8] = [
+        Feature::Fentry,
         Feature::AttachCookie,
         Feature::Loop,
         Feature::FindVma,
@@ -52,6 +55,7 @@ impl Feature {
             Feature::UprobeSession => "session uprobes",
             Feature::TaskVmaIterator => "the task_vma iterator",
             Feature::MmLockSeq => "mm_lock_seq",
+            Feature::Fentry => "fentry",
         }
     }
 
@@ -64,6 +68,7 @@ impl Feature {
             Feature::UprobeSession => "6.13",
             Feature::TaskVmaIterator => "6.7",
             Feature::MmLockSeq => "6.4",
+            Feature::Fentry => "5.5",
         }
     }
 
@@ -82,37 +87,81 @@ impl Feature {
             Feature::UprobeMulti => "BPF_TRACE_UPROBE_MULTI",
             Feature::UprobeSession => "BPF_TRACE_UPROBE_SESSION",
             Feature::TaskVmaIterator => "bpf_iter_task_vma_new",
-            // (a struct member: see present)
-            Feature::MmLockSeq => "",
+            Feature::MmLockSeq => "mm_struct.mm_lock_seq",
+            // (a configuration, not a name: see present)
+            Feature::Fentry => "BPF_TRACE_FENTRY",
         }
     }
 
     /// Whether the running kernel has it (a kernel whose BTF can't be read
     /// has none: the tools then fail at their BTF check).
     pub fn present(self) -> bool {
-        if self == Feature::MmLockSeq {
-            // read as faultvma.bpf.c's CO-RE does, which decides at load
-            return Btf::from_vmlinux()
-                .ok()
-                .and_then(|btf| {
-                    let mm = btf.type_by_name::<types::Struct>("mm_struct")?;
-                    Some(has_member(&btf, &Composite::from(mm), "mm_lock_seq"))
-                })
-                .unwrap_or(false);
+        if self == Feature::Fentry {
+            return fentry_attaches(FENTRY_PROBE_TARGET);
         }
         kernel::with_kernel_btf(|btf| btf.names.contains(self.btf_name())).unwrap_or(false)
     }
 }
 
-/// Whether a struct or union has a member `name`, in it or in its anonymous
-/// members (mm_struct keeps its fields in one, for layout randomization).
-fn has_member(btf: &Btf, composite: &Composite, name: &str) -> bool {
-    composite.iter().any(|member| match member.name {
-        Some(member_name) => member_name == name,
-        None => btf
-            .type_by_id::<Composite>(member.ty)
-            .is_some_and(|inner| has_member(btf, &inner, name)),
-    })
+/// The function the fentry probe attaches to: the fault engine's.
+const FENTRY_PROBE_TARGET: &str = "handle_mm_fault";
+
+/// Whether an fentry program on kernel function `function` loads and
+/// attaches: a kernel may have the attach type in its BTF and still refuse
+/// (built without trampolines, or a hypervisor's restrictions: EPERM). The
+/// program (r0 = 0; exit) is attached for a moment. ~1 ms, and a parse of
+/// the kernel's BTF: only asked where a tool would use it.
+fn fentry_attaches(function: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(function) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated name; libbpf reads the kernel's BTF.
+    let btf_id = unsafe {
+        libbpf_sys::libbpf_find_vmlinux_btf_id(name.as_ptr(), libbpf_sys::BPF_TRACE_FENTRY)
+    };
+    if btf_id <= 0 {
+        return false;
+    }
+    // BPF_MOV64_IMM(r0, 0) and BPF_EXIT_INSN, each 8 bytes: opcode first
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let mut opts = libbpf_sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_load_opts>() as _,
+        expected_attach_type: libbpf_sys::BPF_TRACE_FENTRY,
+        attach_btf_id: btf_id as u32,
+        ..Default::default()
+    };
+    // SAFETY: two valid instructions (struct bpf_insn is 8 bytes), a
+    // NUL-terminated license, options sized as libbpf expects.
+    let prog = unsafe {
+        libbpf_sys::bpf_prog_load(
+            libbpf_sys::BPF_PROG_TYPE_TRACING,
+            std::ptr::null(),
+            c"GPL".as_ptr(),
+            insns.as_ptr().cast(),
+            insns.len() as _,
+            &mut opts,
+        )
+    };
+    if prog < 0 {
+        return false;
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let prog = unsafe { OwnedFd::from_raw_fd(prog) };
+    // SAFETY: the program's descriptor is open; no target fd, no options.
+    let link = unsafe {
+        libbpf_sys::bpf_link_create(
+            prog.as_raw_fd(),
+            0,
+            libbpf_sys::BPF_TRACE_FENTRY,
+            std::ptr::null(),
+        )
+    };
+    if link < 0 {
+        return false;
+    }
+    // SAFETY: as above; dropped at once, which detaches it.
+    drop(unsafe { OwnedFd::from_raw_fd(link) });
+    true
 }
 
 #[cfg(test)]
@@ -125,7 +174,8 @@ mod tests {
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return;
         }
-        let order = Feature::ALL;
+        // (fentry is a configuration, not a release's)
+        let order = &Feature::ALL[1..];
         let present: Vec<bool> = order.iter().map(|f| f.present()).collect();
         let first_missing = present.iter().position(|p| !p).unwrap_or(order.len());
         assert!(

@@ -167,7 +167,7 @@ pub fn with_kernel_btf<T>(f: impl FnOnce(&KernelBtf) -> T) -> Result<T> {
 }
 
 /// kernel_btf's findings, from parsed BTF.
-fn of_parsed_btf(btf: &Btf) -> KernelBtf {
+pub fn of_parsed_btf(btf: &Btf) -> KernelBtf {
     let tracepoints = btf
         .type_by_kind::<types::Typedef>()
         .filter_map(|typedef| {
@@ -188,10 +188,26 @@ fn of_parsed_btf(btf: &Btf) -> KernelBtf {
         })
         .filter(|name| name.starts_with("BPF_"))
         .collect();
+    // kernel_btf's STRUCT_MEMBERS
+    let mm_lock_seq = btf
+        .type_by_name::<types::Struct>("mm_struct")
+        .filter(|mm| has_member(btf, &types::Composite::from(*mm), "mm_lock_seq"))
+        .map(|_| "mm_struct.mm_lock_seq".to_string());
     KernelBtf {
         tracepoints,
-        names: funcs.chain(members).collect(),
+        names: funcs.chain(members).chain(mm_lock_seq).collect(),
     }
+}
+
+/// Whether a struct or union has a member `name`, in it or in its anonymous
+/// members.
+fn has_member(btf: &Btf, composite: &types::Composite, name: &str) -> bool {
+    composite.iter().any(|member| match member.name {
+        Some(member_name) => member_name == name,
+        None => btf
+            .type_by_id::<types::Composite>(member.ty)
+            .is_some_and(|inner| has_member(btf, &inner, name)),
+    })
 }
 
 /// Whether the kernel has the BTF tracepoint `name` (a `tp_btf/` target):

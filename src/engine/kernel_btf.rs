@@ -20,8 +20,14 @@ const PREFIX: &[u8] = b"btf_trace_";
 /// Kfuncs, and the enum members that name BPF helpers and attach types.
 const FUNC_PREFIX: &[u8] = b"bpf_";
 const ENUM_MEMBER_PREFIX: &[u8] = b"BPF_";
+/// Struct members asked about, noted as `STRUCT.MEMBER` when the struct has
+/// them, directly or in an anonymous member (mm_struct keeps its fields in
+/// one): mm_lock_seq (6.4), which the fault-VMA cache checks entries by.
+const STRUCT_MEMBERS: &[(&[u8], &[u8])] = &[(b"mm_struct", b"mm_lock_seq")];
 /// The size of `struct btf_type`: name_off, info, size/type.
 const TYPE_SIZE: usize = 12;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_FUNC: u32 = 12;
@@ -32,7 +38,8 @@ const KIND_ENUM64: u32 = 19;
 pub struct KernelBtf {
     /// The BTF tracepoints, without the `btf_trace_` prefix.
     pub tracepoints: HashSet<String>,
-    /// Functions named `bpf_*` and enum members named `BPF_*`.
+    /// Functions named `bpf_*`, enum members named `BPF_*` and the
+    /// STRUCT_MEMBERS found (`mm_struct.mm_lock_seq`).
     pub names: HashSet<String>,
 }
 
@@ -119,8 +126,13 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
         }
     };
     let mut tracepoints = HashSet::new();
+    // where each type starts (type ids count from 1), for STRUCT_MEMBERS'
+    // anonymous members; and the structs asked about
+    let mut starts = Vec::new();
+    let mut asked = Vec::new();
     let mut at = 0;
     while at < types.len() {
+        starts.push(at);
         let name_off = u32_at(types, at)? as usize;
         let info = u32_at(types, at + 4)?;
         let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
@@ -131,6 +143,14 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
                 }
             }
             KIND_FUNC => note(string_at(strings, name_off)?, FUNC_PREFIX),
+            KIND_STRUCT => {
+                let name = string_at(strings, name_off)?;
+                for &(wanted, member) in STRUCT_MEMBERS {
+                    if name == wanted {
+                        asked.push((at, wanted, member));
+                    }
+                }
+            }
             KIND_ENUM | KIND_ENUM64 => {
                 // btf_enum (name_off, val) or btf_enum64 (name_off, lo32, hi32)
                 let member_size = if kind == KIND_ENUM { 8 } else { 12 };
@@ -146,7 +166,49 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
         }
         at += TYPE_SIZE + extra_bytes(kind, vlen)?;
     }
+    for (at, wanted, member) in asked {
+        if has_member(types, strings, &starts, at, member, 0)? {
+            note(&[wanted, b".", member].concat(), b"");
+        }
+    }
     Some(KernelBtf { tracepoints, names })
+}
+
+/// Whether the struct or union at `at` has a member `name`, in it or in its
+/// anonymous struct and union members (`depth` of them deep, at most 4).
+fn has_member(
+    types: &[u8],
+    strings: &[u8],
+    starts: &[usize],
+    at: usize,
+    name: &[u8],
+    depth: u32,
+) -> Option<bool> {
+    let info = u32_at(types, at + 4)?;
+    let vlen = (info & 0xffff) as usize;
+    for n in 0..vlen {
+        // btf_member: name_off, type, offset
+        let member = at + TYPE_SIZE + n * 12;
+        let member_name = u32_at(types, member)? as usize;
+        if member_name != 0 {
+            if string_at(strings, member_name)? == name {
+                return Some(true);
+            }
+            continue;
+        }
+        let type_id = u32_at(types, member + 4)? as usize;
+        let Some(&inner) = type_id.checked_sub(1).and_then(|i| starts.get(i)) else {
+            continue;
+        };
+        let kind = (u32_at(types, inner + 4)? >> 24) & 0x1f;
+        if (kind == KIND_STRUCT || kind == KIND_UNION)
+            && depth < 4
+            && has_member(types, strings, starts, inner, name, depth + 1)?
+        {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 #[cfg(test)]
@@ -245,6 +307,30 @@ BPF_TRACE_UPROBE_SESSION\0";
     }
 
     #[test]
+    fn struct_members_asked_about_are_found_in_anonymous_members() {
+        const NAMES: &[u8] = b"\0mm_struct\0mm_lock_seq\0task_struct\0";
+        let member = |name_off: u32, type_id: u32| {
+            [name_off.to_ne_bytes(), type_id.to_ne_bytes(), [0; 4]].concat()
+        };
+        let with = |outer_name: u32| {
+            btf_with(
+                &[
+                    // 1: struct NAME { struct { ... }; } (an anonymous member of type 2)
+                    (outer_name, 4 << 24 | 1, member(0, 2)),
+                    // 2: the anonymous struct { mm_lock_seq; }
+                    (0, 4 << 24 | 1, member(11, 0)),
+                ],
+                NAMES,
+            )
+        };
+        let found = scan(&with(1)).unwrap();
+        assert!(found.names.contains("mm_struct.mm_lock_seq"), "{found:?}");
+        // the member in another struct: not noted
+        let found = scan(&with(23)).unwrap();
+        assert!(found.names.is_empty(), "{found:?}");
+    }
+
+    #[test]
     fn what_it_cannot_read_it_gives_up() {
         // a kind from a newer kernel: sizes after it are unknown
         let raw = btf(&[(1, 8 << 24, 0), (0, 31 << 24, 0)], STRINGS);
@@ -269,7 +355,14 @@ BPF_TRACE_UPROBE_SESSION\0";
         // every kernel with BTF has these (4.18, 5.5)
         assert!(names.contains("BPF_FUNC_map_lookup_elem"));
         assert!(names.contains("BPF_TRACE_FENTRY"));
+
         let btf = libbpf_rs::btf::Btf::from_vmlinux().unwrap();
+        // mm_lock_seq as libbpf's parse finds it
+        let parsed = crate::engine::kernel::of_parsed_btf(&btf);
+        assert_eq!(
+            names.contains("mm_struct.mm_lock_seq"),
+            parsed.names.contains("mm_struct.mm_lock_seq")
+        );
         for name in ["sched_process_exit", "sys_enter", "mark_victim"] {
             let typedef = format!("btf_trace_{name}");
             let in_libbpf = btf

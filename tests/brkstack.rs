@@ -6,7 +6,7 @@ use common::*;
 
 #[test]
 fn sbrk_calls_and_bytes_by_stack() {
-    require_root!();
+    require_tool!("brkstack");
     let finished = run_on(&["brkstack", "--json"], "grower", &["sbrk", "16", "65536"]);
     finished.assert_success();
     let rows = finished.json();
@@ -32,7 +32,7 @@ fn sbrk_calls_and_bytes_by_stack() {
 
 #[test]
 fn malloc_growth_is_attributed_to_its_caller() {
-    require_root!();
+    require_tool!("brkstack");
     // 64 blocks of 100000 bytes, under glibc's mmap threshold: from the heap
     let finished = run_on(
         &["brkstack", "--json"],
@@ -62,7 +62,7 @@ fn malloc_growth_is_attributed_to_its_caller() {
 
 #[test]
 fn folded_by_bytes_and_svg() {
-    require_root!();
+    require_tool!("brkstack");
     let svg = temp_path("brkstack.svg");
     let finished = run_on(
         &[
@@ -93,7 +93,7 @@ fn folded_by_bytes_and_svg() {
 /// trace's first second: engine/syscalls.rs) are each counted once.
 #[test]
 fn calls_across_the_move_to_per_call_tracepoints_are_each_counted_once() {
-    require_root!();
+    require_tool!("brkstack");
     // 150 sbrk(4096) calls 10 ms apart: over a second and a half
     let finished = run_on(
         &["brkstack", "--json", "-v"],

@@ -9,7 +9,7 @@ use common::*;
 
 #[test]
 fn drsnoop_sees_memcg_reclaim() {
-    require_root!();
+    require_tool!("drsnoop");
     let _lock = lock_system_state();
     let (pid, finished) = memcg_stream_256_mib(|pid| {
         let tid = pid.to_string();
@@ -41,7 +41,7 @@ fn drsnoop_sees_memcg_reclaim() {
 
 #[test]
 fn drsnoop_prints_nothing_when_idle() {
-    require_root!();
+    require_tool!("drsnoop");
     let _lock = lock_system_state();
     // this test process reclaims nothing while it waits
     let me = std::process::id().to_string();

@@ -34,7 +34,7 @@ fn faults_on(rows: &[Value], pid: &Value, file: &str) -> u64 {
 
 #[test]
 fn anonymous_64_mib_touch_is_16384_anon_faults() {
-    require_root!();
+    require_tool!("ffaults");
     let (pid, rows) = count_faults("ffaults", &[], &["anon", "64"]);
     let anon = faults_on(&rows, &pid, "[anon]");
     // 16384 touched pages; the loader and libc fault a few more anonymous pages (.bss, TLS)
@@ -56,7 +56,7 @@ fn anonymous_64_mib_touch_is_16384_anon_faults() {
 
 #[test]
 fn shared_file_writes_are_1024_faults_on_the_file() {
-    require_root!();
+    require_tool!("ffaults");
     for tool in ["ffaults", "fmapfault"] {
         let file = temp_path("faulted-4m.dat");
         let name = file.file_name().unwrap().to_str().unwrap().to_string();
@@ -83,7 +83,7 @@ fn shared_file_writes_are_1024_faults_on_the_file() {
 
 #[test]
 fn a_new_file_mapped_at_the_same_address_gets_its_own_faults() {
-    require_root!();
+    require_tool!("ffaults");
     let first = temp_path("remap-first.dat");
     let second = temp_path("remap-second.dat");
     let (pid, rows) = count_faults(
@@ -98,7 +98,7 @@ fn a_new_file_mapped_at_the_same_address_gets_its_own_faults() {
 
 #[test]
 fn by_file_and_by_process_group_the_counts() {
-    require_root!();
+    require_tool!("ffaults");
     let toucher = fixture("toucher");
     let finished = run(&[
         "ffaults",
@@ -146,7 +146,7 @@ fn by_file_and_by_process_group_the_counts() {
 
 #[test]
 fn interval_reports_add_up_to_the_total() {
-    require_root!();
+    require_tool!("ffaults");
     let toucher = fixture("toucher");
     let mut held = Held::start(&toucher, &["anon", "32"]);
     let pid = held.pid().to_string();
@@ -175,7 +175,7 @@ fn stack_rows(extra: &[&str]) -> Vec<Value> {
 
 #[test]
 fn faults_names_the_touching_function_after_the_process_exited() {
-    require_root!();
+    require_tool!("faults");
     // the report comes after the command exited: symbolized from the mappings
     // the BPF side sent at its exit
     let rows = stack_rows(&[]);
@@ -196,7 +196,7 @@ fn faults_names_the_touching_function_after_the_process_exited() {
 
 #[test]
 fn faults_folded_and_flame_graph() {
-    require_root!();
+    require_tool!("faults");
     let toucher = fixture("toucher");
     let svg = temp_path("faults.svg");
     let finished = run(&[
@@ -253,7 +253,7 @@ fn faults_folded_and_flame_graph() {
 
 #[test]
 fn faults_kernel_stacks_are_optional() {
-    require_root!();
+    require_tool!("faults");
     let rows = stack_rows(&[]);
     assert!(rows.iter().all(|r| r["kernel_stack"] == Value::Null));
     let rows = stack_rows(&["-K"]);
@@ -297,7 +297,7 @@ fn faults_kernel_stacks_are_optional() {
 
 #[test]
 fn a_full_stack_store_is_said_once() {
-    require_root!();
+    require_tool!("faults");
     // one stack fits: the toucher's other stacks (the loader's) are lost
     let finished = run_on(
         &["faults", "--json", "--stack-storage-size", "1"],
@@ -361,7 +361,7 @@ fn spawn_touchers(
 
 #[test]
 fn count_slots_of_exited_processes_are_reused() {
-    require_root!();
+    require_tool!("ffaults");
     // 150 short processes one after the other, 5 ms apart, each faulting
     // 256 anonymous pages and taking about 10 count slots: five times the
     // 300 there are. Started with fork and exec, and with posix_spawn, whose
@@ -401,10 +401,10 @@ fn count_slots_of_exited_processes_are_reused() {
 
 #[test]
 fn faults_deletes_the_counts_it_reported() {
-    require_root!();
+    require_tool!("faults");
     // the children are gone before the report: their stacks are named
     // from their mappings at exit
-    require_feature!("the task_vma iterator");
+    require_no_limit!("faults", "gone before the report");
     // 30 processes, one every 200 ms, each with about 55 (stack, kind)
     // counts: three times the 600 the map holds. Each report reads and
     // deletes its counts, so those of exited processes don't fill it.
@@ -429,7 +429,7 @@ fn faults_deletes_the_counts_it_reported() {
 
 #[test]
 fn losses_are_told_when_they_start() {
-    require_root!();
+    require_tool!("ffaults");
     // 4 counts can't hold a process's (its files, [anon], [stack]; its
     // stacks): counts are lost from the start, by a process every 25 ms
     // for over a second, so in every interval

@@ -8,7 +8,7 @@ use common::*;
 
 #[test]
 fn hfaults_counts_two_huge_page_faults() {
-    require_root!();
+    require_tool!("hfaults");
     let _lock = lock_system_state();
     let pages = HugePages::reserve(2);
     let toucher = fixture("toucher");

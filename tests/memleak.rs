@@ -56,7 +56,7 @@ macro_rules! leak_tests {
     ($($name:ident: $allocator:literal,)*) => {$(
         #[test]
         fn $name() {
-            require_root!();
+            require_tool!("memleak");
             assert_leaks_30000($allocator);
         }
     )*};
@@ -82,7 +82,7 @@ macro_rules! mechanism_tests {
     ($($name:ident: $mechanism:literal,)*) => {$(
         #[test]
         fn $name() {
-            require_root!();
+            require_tool!("memleak");
             require_feature!(feature_for_uprobes($mechanism));
             let extra = ["--uprobes", $mechanism];
             for allocator in ALLOCATORS {
@@ -120,7 +120,7 @@ const ALLOCATORS: &[&str] = &[
 
 #[test]
 fn freeing_everything_leaves_nothing_outstanding() {
-    require_root!();
+    require_tool!("memleak");
     let rows = report(&["-o", "0"], &["none"]);
     assert!(rows.is_empty(), "{rows:?}");
 }
@@ -129,7 +129,7 @@ fn freeing_everything_leaves_nothing_outstanding() {
 /// command runs; the one after it exited shows all it still held.
 #[test]
 fn older_hides_young_allocations_until_the_command_exits() {
-    require_root!();
+    require_tool!("memleak");
     // reports every 0.3 s while the leak, younger than 5 s, is held 1.5 s
     let rows = report(&["-o", "5000", "0.3"], &["malloc", "1500"]);
     let interim: Vec<&Value> = rows.iter().filter(|r| r["final"] == false).collect();
@@ -149,7 +149,7 @@ fn older_hides_young_allocations_until_the_command_exits() {
 /// made just before it exited is in the report after it.
 #[test]
 fn default_options_report_a_short_commands_leak() {
-    require_root!();
+    require_tool!("memleak");
     let rows = report(&[], &["malloc"]);
     let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
     assert_eq!(total, 30000, "{rows:#?}");
@@ -160,7 +160,7 @@ fn default_options_report_a_short_commands_leak() {
 /// carry the report's number, and the last report's rows `"final": true`.
 #[test]
 fn json_reports_are_numbered_and_the_last_is_final() {
-    require_root!();
+    require_tool!("memleak");
     // held 1.3 s, reports every 0.4 s: three or so, then the final one
     let rows = report(&["-o", "0", "0.4"], &["malloc", "1300"]);
     let numbers: Vec<u64> = rows.iter().map(|r| r["report"].as_u64().unwrap()).collect();
@@ -178,7 +178,7 @@ fn json_reports_are_numbered_and_the_last_is_final() {
 
 #[test]
 fn text_report_as_the_originals() {
-    require_root!();
+    require_tool!("memleak");
     let leaker = fixture("leaker");
     let finished = run(&[
         "memleak",
@@ -232,7 +232,7 @@ fn kernel_reports(extra: &[&str], holder_args: &[&str]) -> Vec<Value> {
 
 #[test]
 fn kernel_mode_sees_pipe_buffers_held_and_released() {
-    require_root!();
+    require_tool!("memleak");
     // 64 pipes holding a byte each: a pipe buffer page apiece, held 1.2 s, then closed
     let rows = kernel_reports(&[], &["pipes", "64", "1200"]);
     // the pipe's write is pipe_write on Linux 6.1, anon_pipe_write on newer
@@ -276,7 +276,7 @@ fn text_bytes_per_report(stdout: &str, function: &str) -> Vec<u64> {
 
 #[test]
 fn kernel_mode_percpu_sees_per_cpu_allocations() {
-    require_root!();
+    require_tool!("memleak");
     // a BPF per-CPU array of 50 values of 1000 bytes: 50 per-CPU allocations of
     // 1000 bytes, made under bpf(BPF_MAP_CREATE), held 2 s, then the map is closed
     // (and freed after an RCU grace period, in a kworker)
@@ -363,7 +363,7 @@ fn packed(data: &[u8]) -> Vec<u64> {
 
 #[test]
 fn pprof_folded_and_svg_outputs() {
-    require_root!();
+    require_tool!("memleak");
     let profile = temp_path("memleak.pb.gz");
     let svg = temp_path("memleak.svg");
     let finished = run_on(
@@ -490,7 +490,7 @@ fn pprof_folded_and_svg_outputs() {
 
 #[test]
 fn trace_shows_each_allocation_and_free() {
-    require_root!();
+    require_tool!("memleak");
     let finished = run_on(
         &["memleak", "-t", "--json", "-o", "0"],
         "leaker",
@@ -513,7 +513,7 @@ fn trace_shows_each_allocation_and_free() {
 
 #[test]
 fn size_bounds_combined_totals_and_show_allocs() {
-    require_root!();
+    require_tool!("memleak");
     let total = |rows: &[Value]| {
         rows.iter()
             .map(|r| r["bytes"].as_u64().unwrap())
@@ -544,7 +544,7 @@ fn size_bounds_combined_totals_and_show_allocs() {
 
 #[test]
 fn sort_by_size_or_by_count() {
-    require_root!();
+    require_tool!("memleak");
     // leak_with(): 30000 bytes in 1 allocation; leak_small(): 1600 bytes in 100
     let first_frame = |sort: &str| {
         let rows = report(&["-o", "0", "--sort", sort], &["many"]);
@@ -563,7 +563,7 @@ fn sort_by_size_or_by_count() {
 
 #[test]
 fn count_ends_after_that_many_reports() {
-    require_root!();
+    require_tool!("memleak");
     // the leaker holds its leak for 3 s: without COUNT there would be ~10 reports
     let finished = run_on(
         &["memleak", "-o", "0", "0.3", "2"],
@@ -581,7 +581,7 @@ fn count_ends_after_that_many_reports() {
 
 #[test]
 fn the_last_report_comes_quickly_while_the_kernel_allocates_and_frees() {
-    require_root!();
+    require_tool!("memleak");
     // system-wide, beside two processes opening and closing pipes as fast as they can
     let mut churn = std::process::Command::new(fixture("holder"))
         .args(["churn", "2", "20000"])
@@ -613,7 +613,7 @@ fn the_last_report_comes_quickly_while_the_kernel_allocates_and_frees() {
 /// the leak is exactly its 30000 bytes.
 #[test]
 fn mapped_files_and_shared_memory_are_not_heap() {
-    require_root!();
+    require_tool!("memleak");
     let dir = temp_path("memleak-maps");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("mapped.dat");
@@ -630,7 +630,7 @@ fn mapped_files_and_shared_memory_are_not_heap() {
 /// was blamed on --max-allocs.)
 #[test]
 fn totals_by_stack_grow_with_the_stack_store() {
-    require_root!();
+    require_tool!("memleak");
     let finished = run_on(
         &[
             "memleak",
@@ -662,7 +662,7 @@ fn totals_by_stack_grow_with_the_stack_store() {
 /// and totalled at the end.
 #[test]
 fn a_full_allocation_map_is_said_as_it_starts() {
-    require_root!();
+    require_tool!("memleak");
     // 101 allocations held 1.5 s, reports every 0.3 s, room for 10
     let finished = run_on(
         &["memleak", "--json", "-o", "0", "--max-allocs", "10", "0.3"],
@@ -711,7 +711,7 @@ fn assert_symbolized_leaks(rows: &[Value], reports: usize) {
 
 #[test]
 fn a_mapped_file_named_in_bytes_hides_no_process_from_p() {
-    require_root!();
+    require_tool!("memleak");
     let (dir, file) = hostile_name();
     // the file is mapped before memleak reads the leaker's maps; the leak comes
     // at the go, and is held 3 s: reports every 0.3 s while it lives
@@ -749,7 +749,7 @@ fn a_mapped_file_named_in_bytes_hides_no_process_from_p() {
 
 #[test]
 fn a_mapped_file_named_in_bytes_hides_no_command() {
-    require_root!();
+    require_tool!("memleak");
     let (dir, file) = hostile_name();
     let mut memleak = memtrace();
     memleak
@@ -783,7 +783,7 @@ fn state_and_flags(pid: &str) -> Option<(String, u32)> {
 
 #[test]
 fn a_zombie_is_said_to_be_one() {
-    require_root!();
+    require_tool!("memleak");
     let mut child = Command::new("true").spawn().unwrap();
     let pid = child.id().to_string();
     // exited, and not waited for until the end of the test
@@ -800,7 +800,7 @@ fn a_zombie_is_said_to_be_one() {
 
 #[test]
 fn a_kernel_thread_is_said_to_be_one() {
-    require_root!();
+    require_tool!("memleak");
     const PF_KTHREAD: u32 = 0x0020_0000;
     let kthread = std::fs::read_dir("/proc")
         .unwrap()
@@ -820,7 +820,7 @@ fn a_kernel_thread_is_said_to_be_one() {
 
 #[test]
 fn a_missing_pid_is_said_as_every_tool_says_it() {
-    require_root!();
+    require_tool!("memleak");
     // pids run below pid_max: this one can't exist
     let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap();
     let pid = pid_max.trim();
@@ -838,7 +838,7 @@ fn running(program: &std::path::Path) -> bool {
 
 #[test]
 fn a_static_programs_own_allocator_is_found() {
-    require_root!();
+    require_tool!("memleak");
     // the leaker linked with the static libc: its malloc is in the program
     let leaker = fixture_with("leaker", "leaker-static", &["-static"]);
     let program = leaker.to_str().unwrap();
@@ -856,7 +856,7 @@ fn a_static_programs_own_allocator_is_found() {
 
 #[test]
 fn a_program_without_an_allocator_is_said_to_have_none() {
-    require_root!();
+    require_tool!("memleak");
     // a static program with no allocator at all: nothing to probe
     let bare = fixture_with("bare", "bare", &["-static", "-nostdlib"]);
     let program = bare.to_str().unwrap();
@@ -973,7 +973,7 @@ fn preloaded_report_with(
 
 #[test]
 fn preloaded_allocators_are_found_without_o() {
-    require_root!();
+    require_tool!("memleak");
     let leaker = fixture("leaker");
     for file in PRELOADED {
         let library = debian_library(file);
@@ -996,7 +996,7 @@ fn preloaded_allocators_are_found_without_o() {
 /// the leak exactly, the churn balanced.
 #[test]
 fn cxx_new_and_delete_variants_balance() {
-    require_root!();
+    require_tool!("memleak");
     assert_cxx_variants_balance(&[]);
 }
 
@@ -1035,7 +1035,7 @@ fn assert_cxx_variants_balance(extra: &[&str]) {
 
 #[test]
 fn a_commands_own_libc_is_probed_from_its_first_allocation() {
-    require_root!();
+    require_tool!("memleak");
     // the leaker with a copy of the libc this test runs with, found by its
     // RUNPATH: not the libc memtrace maps
     let own = temp_path("own-libc");
@@ -1122,7 +1122,7 @@ impl Drop for Redis {
 /// string: a 5-byte header, the bytes and a NUL), allocated in sdsnewlen.
 #[test]
 fn redis_servers_jemalloc_is_found_and_its_values_counted() {
-    require_root!();
+    require_tool!("memleak");
     let redis = Redis::start();
     let pid = redis.server.id().to_string();
     let tracer = Tracer::start(&["memleak", "--json", "-o", "0", "-p", &pid, "3600"]);
@@ -1158,7 +1158,7 @@ fn redis_servers_jemalloc_is_found_and_its_values_counted() {
 /// their address spaces.
 #[test]
 fn a_program_exec_by_a_wrapper_is_followed_to_its_allocator() {
-    require_root!();
+    require_tool!("memleak");
     assert_a_shells_leaker_with_jemalloc(
         |jemalloc| format!("exec env LD_PRELOAD={jemalloc} \"$0\" many"),
         "exec'd by sh and env",
@@ -1205,7 +1205,7 @@ fn pids_through(rows: &[Value], function: &str) -> Vec<u64> {
 /// of its own; each leak is reported exactly, under its own pid.
 #[test]
 fn a_forked_child_is_traced_apart_from_its_parent() {
-    require_root!();
+    require_tool!("memleak");
     assert_parent_and_child_leaks(&report(&[], &["fork"]));
     // the text names whose stack each is, as the report holds two processes
     let finished = run_on(&["memleak"], "leaker", &["fork"]);
@@ -1245,7 +1245,7 @@ fn assert_parent_and_child_leaks(rows: &[Value]) {
 /// child probed before it runs.
 #[test]
 fn a_child_forked_by_a_thread_is_traced() {
-    require_root!();
+    require_tool!("memleak");
     assert_parent_and_child_leaks(&report(&[], &["thread-fork"]));
 }
 
@@ -1255,7 +1255,7 @@ fn a_child_forked_by_a_thread_is_traced() {
 /// only the child maps, found there) and its leaks are its own, exactly.
 #[test]
 fn children_that_exec_are_followed_to_their_allocators() {
-    require_root!();
+    require_tool!("memleak");
     let leaker = fixture("leaker");
     let spawner = fixture("spawner");
     let pidfile = temp_path("memleak-spawned");
@@ -1314,7 +1314,7 @@ fn children_that_exec_are_followed_to_their_allocators() {
 /// signals as it would untraced: the shell's trap runs and sets its status.
 #[test]
 fn a_followed_command_gets_its_signals() {
-    require_root!();
+    require_tool!("memleak");
     // a signal lost: the shell sleeps and exits 0; one never delivered: it
     // stays stopped, and memleak never ends
     let finished = run(&[
@@ -1333,7 +1333,7 @@ fn a_followed_command_gets_its_signals() {
 /// before its code runs, and its functions are probed: the leak is exact.
 #[test]
 fn an_allocator_dlopened_later_is_probed() {
-    require_root!();
+    require_tool!("memleak");
     let dlleaker = fixture("dlleaker");
     let tcmalloc = debian_library("libtcmalloc_minimal.so.4");
     let finished = run(&[
@@ -1378,7 +1378,7 @@ fn leaked_from_loaded(rows: &[Value]) -> Vec<(u64, u64)> {
 /// a second before it allocates): what it allocates then is exact.
 #[test]
 fn a_p_processs_dlopened_allocator_is_probed() {
-    require_root!();
+    require_tool!("memleak");
     let dlleaker = fixture("dlleaker");
     let tcmalloc = debian_library("libtcmalloc_minimal.so.4");
     let args = ["--malloc", tcmalloc.to_str().unwrap(), "0", "30", "1000"];
@@ -1402,7 +1402,7 @@ fn process_state(pid: u32) -> Option<char> {
 /// would untraced, until SIGCONT; then it goes on to its end.
 #[test]
 fn a_followed_command_stays_stopped_until_sigcont() {
-    require_root!();
+    require_tool!("memleak");
     let tracer = Tracer::start(&[
         "memleak",
         "--json",
@@ -1446,7 +1446,7 @@ fn a_followed_command_stays_stopped_until_sigcont() {
 /// says the exec is not followed as a command's would be.
 #[test]
 fn a_p_process_that_execs_forgets_its_old_programs_leaks() {
-    require_root!();
+    require_tool!("memleak");
     let leaker = fixture("leaker");
     let leaker_path = leaker.to_str().unwrap();
     // the new program stays a second: memtrace reads it in while it lives

@@ -6,7 +6,7 @@ use common::*;
 
 #[test]
 fn counts_a_files_mappings_exactly() {
-    require_root!();
+    require_tool!("mmapfiles");
     let file = temp_path("counted.dat");
     let finished = run_on(
         &["mmapfiles", "--json"],
@@ -40,7 +40,7 @@ fn counts_a_files_mappings_exactly() {
 
 #[test]
 fn table_top_and_sigterm_summary() {
-    require_root!();
+    require_tool!("mmapfiles");
     let mapper = fixture("mapper");
     let file = temp_path("top.dat");
     let mut held = Held::start(&mapper, &["repeat", file.to_str().unwrap(), "500"]);
@@ -68,7 +68,7 @@ fn table_top_and_sigterm_summary() {
 
 #[test]
 fn interval_reports_reset_the_counts() {
-    require_root!();
+    require_tool!("mmapfiles");
     let mapper = fixture("mapper");
     let file = temp_path("interval.dat");
     let mut held = Held::start(&mapper, &["repeat", file.to_str().unwrap(), "25"]);
@@ -93,7 +93,7 @@ fn interval_reports_reset_the_counts() {
 /// trace's first second: engine/syscalls.rs) are each counted once.
 #[test]
 fn mappings_across_the_move_to_per_call_tracepoints_are_each_counted_once() {
-    require_root!();
+    require_tool!("mmapfiles");
     let file = temp_path("paced.dat");
     // 150 mappings 10 ms apart: over a second and a half
     let finished = run_on(

@@ -40,7 +40,7 @@ fn trace_mapper(extra: &[&str], mapper_args: &[&str]) -> (u64, Vec<Value>, Finis
 
 #[test]
 fn anonymous_64_mib_mapping_is_shown_whole() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let (pid, events, _) = trace_mapper(&[], &["anon64"]);
     let e = only(&events, pid, "len", 67108864u64);
     assert_eq!(e["call"], "mmap");
@@ -54,7 +54,7 @@ fn anonymous_64_mib_mapping_is_shown_whole() {
 
 #[test]
 fn twelve_byte_mapping_prints_12_not_0() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let mapper = fixture("mapper");
     let finished = run(&["mmapsnoop", "--", mapper.to_str().unwrap(), "anon64"]);
     finished.assert_success();
@@ -76,7 +76,7 @@ fn twelve_byte_mapping_prints_12_not_0() {
 
 #[test]
 fn shared_file_mapping_has_file_name_and_flags() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let file = temp_path("shared.dat");
     let (pid, events, _) = trace_mapper(&[], &["shared", file.to_str().unwrap()]);
     let e = only(&events, pid, "file", file_name(&file));
@@ -90,7 +90,7 @@ fn shared_file_mapping_has_file_name_and_flags() {
 
 #[test]
 fn writable_shared_map_of_read_only_fd_is_eacces() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let file = temp_path("readonly.dat");
     let (pid, events, _) = trace_mapper(&[], &["eacces", file.to_str().unwrap()]);
     let e = only(&events, pid, "file", file_name(&file));
@@ -102,7 +102,7 @@ fn writable_shared_map_of_read_only_fd_is_eacces() {
 
 #[test]
 fn private_file_mapping_is_copy_on_write() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let file = temp_path("private.dat");
     let (pid, events, _) = trace_mapper(&[], &["private", file.to_str().unwrap()]);
     let e = only(&events, pid, "file", file_name(&file));
@@ -115,7 +115,7 @@ fn private_file_mapping_is_copy_on_write() {
 
 #[test]
 fn posix_shm_and_memfd_are_named() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let shm_name = format!("memtrace-test-shm-{}", std::process::id());
     let (pid, events, _) = trace_mapper(&[], &["shm", &format!("/{shm_name}")]);
     let e = only(&events, pid, "file", shm_name.as_str());
@@ -131,7 +131,7 @@ fn posix_shm_and_memfd_are_named() {
 
 #[test]
 fn device_mapping_is_named() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let (pid, events, _) = trace_mapper(&[], &["device", "/dev/zero"]);
     let e = only(&events, pid, "len", 1024);
     assert_eq!(e["file"], "zero");
@@ -140,7 +140,7 @@ fn device_mapping_is_named() {
 
 #[test]
 fn command_is_traced_from_its_first_mmap_and_its_status_returned() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let finished = run_on(&["mmapsnoop", "--json"], "mapper", &["anon64", "7"]);
     assert_eq!(
         finished.status.code(),
@@ -169,7 +169,7 @@ fn command_is_traced_from_its_first_mmap_and_its_status_returned() {
 
 #[test]
 fn missing_command_is_a_clear_error() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let out = memtrace()
         .args(["mmapsnoop", "--", "/nonexistent/memtrace-no-such-command"])
         .output()
@@ -185,7 +185,7 @@ fn missing_command_is_a_clear_error() {
 
 #[test]
 fn a_hostile_command_name_is_escaped_on_stderr() {
-    require_root!();
+    require_tool!("mmapsnoop");
     use std::os::unix::ffi::OsStrExt;
     let dir = temp_path("hostile-command");
     std::fs::create_dir_all(&dir).unwrap();
@@ -218,7 +218,7 @@ fn a_hostile_command_name_is_escaped_on_stderr() {
 
 #[test]
 fn a_full_stderr_is_not_a_panic() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let full = std::fs::File::create("/dev/full").unwrap();
     let out = memtrace()
         .args(["mmapsnoop", "-d", "0.2"])
@@ -231,7 +231,7 @@ fn a_full_stderr_is_not_a_panic() {
 
 #[test]
 fn pid_filter_excludes_other_processes_and_ends_with_the_target() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let mapper = fixture("mapper");
     let mut traced = Held::start(&mapper, &["size", "3149824"]);
     let mut other = Held::start(&mapper, &["size", "3153920"]);
@@ -254,7 +254,7 @@ fn pid_filter_excludes_other_processes_and_ends_with_the_target() {
 
 #[test]
 fn nonexistent_pid_is_a_clear_error() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let out = memtrace()
         .args(["mmapsnoop", "-p", "999999999"])
         .output()
@@ -266,7 +266,7 @@ fn nonexistent_pid_is_a_clear_error() {
 
 #[test]
 fn name_filter_keeps_only_that_comm() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let mapper = fixture("mapper");
     let renamed = temp_path("mt-named");
     std::fs::copy(&mapper, &renamed).unwrap();
@@ -302,7 +302,7 @@ fn name_filter_keeps_only_that_comm() {
 
 #[test]
 fn hostile_process_name_is_escaped() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let mapper = fixture("mapper");
     let hostile = "\x1b[2J\x1b[31mevil\x07";
     let finished = run(&[
@@ -350,7 +350,7 @@ fn hostile_process_name_is_escaped() {
 
 #[test]
 fn munmap_and_mremap_are_shown_with_the_option() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let (pid, events, _) = trace_mapper(&["--munmap"], &["anon64"]);
     let mine = of_pid(&events, pid);
     let big_map = mine
@@ -394,7 +394,7 @@ fn munmap_and_mremap_are_shown_with_the_option() {
 
 #[test]
 fn closed_stdout_ends_quietly_with_status_0() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let mapper = fixture("mapper");
     let mut child = memtrace()
         .args(["mmapsnoop", "--", mapper.to_str().unwrap(), "loop", "20"])
@@ -431,7 +431,7 @@ fn closed_stdout_ends_quietly_with_status_0() {
 
 #[test]
 fn lost_events_are_counted_and_reported() {
-    require_root!();
+    require_tool!("mmapsnoop");
     // a 1 MiB ring buffer and a reader that does not read while the storm runs
     const PAIRS: usize = 100_000;
     let mapper = fixture("mapper");
@@ -477,7 +477,7 @@ fn lost_events_are_counted_and_reported() {
 
 #[test]
 fn duration_and_timestamps() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let started = std::time::Instant::now();
     let finished = run(&["mmapsnoop", "-T", "-d", "1"]);
     finished.assert_success();
@@ -491,7 +491,7 @@ fn duration_and_timestamps() {
 
 #[test]
 fn non_root_user_gets_a_clear_error() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let out = memtrace_as_nobody(&["mmapsnoop"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -502,7 +502,7 @@ fn non_root_user_gets_a_clear_error() {
 
 #[test]
 fn hugetlb_mappings_are_named_and_decoded() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let _lock = lock_system_state();
     let pages = HugePages::reserve(2);
     let mapper = fixture("mapper");
@@ -553,7 +553,7 @@ fn hugetlb_mappings_are_named_and_decoded() {
 
 #[test]
 fn privileges_are_checked_where_they_count() {
-    require_root!();
+    require_tool!("mmapsnoop");
     // root of a user namespace has every capability there, none for BPF
     let out = std::process::Command::new("unshare")
         .args(["-Ur", memtrace_bin(), "mmapsnoop", "-d", "0.1"])
@@ -581,7 +581,7 @@ impl Drop for TracefsMode {
 
 #[test]
 fn a_closed_tracefs_is_not_called_unmounted() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let _lock = common::system::lock_system_state();
     // as root: mounts tracefs if it isn't
     run(&["mmapsnoop", "-d", "0.1"]).assert_success();
@@ -625,7 +625,7 @@ fn a_closed_tracefs_is_not_called_unmounted() {
 /// reported once, before, during and after the move.
 #[test]
 fn calls_across_the_move_to_per_call_tracepoints_are_each_reported_once() {
-    require_root!();
+    require_tool!("mmapsnoop");
     // 300 mmap/munmap pairs 5 ms apart: over a second and a half
     let (pid, events, finished) = trace_mapper(&["--munmap", "-v"], &["paced", "300", "5000"]);
     finished.assert_moved_to_per_call_tracepoints();

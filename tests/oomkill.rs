@@ -9,7 +9,7 @@ use common::*;
 
 #[test]
 fn oomkill_reports_a_memcg_kill() {
-    require_root!();
+    require_tool!("oomkill");
     let _lock = lock_system_state();
     let cgroup = MemoryCgroup::create(64 << 20);
     let toucher = fixture("toucher");
@@ -52,7 +52,7 @@ fn oomkill_reports_a_memcg_kill() {
 
 #[test]
 fn oomkill_prints_nothing_when_nothing_happens() {
-    require_root!();
+    require_tool!("oomkill");
     let _lock = lock_system_state();
     let finished = run(&["oomkill", "-d", "0.5"]);
     finished.assert_success();

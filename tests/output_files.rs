@@ -125,7 +125,7 @@ fn faults_svg(svg: &Path) {
 
 #[test]
 fn svg_replaces_a_planted_symlink_not_its_target() {
-    require_root!();
+    require_tool!("faults");
     // /tmp-like, and a directory of nobody's own
     for dir in [Dir::sticky(), Dir::new("nobodys", 0o755, NOBODY)] {
         let victim = Victim::new();
@@ -140,7 +140,7 @@ fn svg_replaces_a_planted_symlink_not_its_target() {
 
 #[test]
 fn svg_replaces_another_users_file() {
-    require_root!();
+    require_tool!("faults");
     let dir = Dir::sticky();
     let svg = dir.join("o.svg");
     fs::write(&svg, "nobody's").unwrap();
@@ -197,7 +197,7 @@ fn assert_fails_at_once(output: &Output, start: &str) {
 
 #[test]
 fn an_unwritable_or_missing_directory_fails_before_the_trace() {
-    require_root!();
+    require_tool!("faults");
     let parent = Dir::new("parent", 0o755, 0);
 
     let missing = parent.join("missing").join("o.svg");
@@ -240,7 +240,7 @@ fn an_unwritable_or_missing_directory_fails_before_the_trace() {
 
 #[test]
 fn a_failed_or_interrupted_trace_leaves_no_temporary_file() {
-    require_root!();
+    require_tool!("faults");
     let dir = Dir::sticky();
     let svg = dir.join("o.svg");
 
@@ -264,7 +264,7 @@ fn a_failed_or_interrupted_trace_leaves_no_temporary_file() {
     let graph = root_private_file(&svg);
     // the toucher is gone before the report: its stack is named from its
     // mappings at exit, where the kernel can give them
-    match kernel_lacks("the task_vma iterator") {
+    match tool_limited("faults", "gone before the report") {
         None => assert_flame_graph_of_toucher(&graph),
         Some(reason) => {
             eprintln!("touch_pages not looked for: {reason}");
@@ -276,7 +276,7 @@ fn a_failed_or_interrupted_trace_leaves_no_temporary_file() {
 
 #[test]
 fn memleak_pprof_replaces_a_planted_symlink() {
-    require_root!();
+    require_tool!("memleak");
     let dir = Dir::sticky();
     let victim = Victim::new();
     let profile = dir.join("leak.pb.gz");

@@ -312,7 +312,7 @@ fn usage_errors() {
 
 #[test]
 fn another_users_process_is_permission_denied() {
-    require_root!();
+    require_tool!("pmap");
     let fixture = Pmapped::start(&[], &[]);
     let out = memtrace_as_nobody(&["pmap", "-p", &fixture.pid()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -323,7 +323,7 @@ fn another_users_process_is_permission_denied() {
 
 #[test]
 fn pmap_shows_hugetlb_pages_apart() {
-    require_root!();
+    require_tool!("pmap");
     let _lock = lock_system_state();
     let _pages = HugePages::reserve(2);
     let fixture = Pmapped::start(&["--huge", "2"], &[]);

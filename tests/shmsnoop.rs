@@ -21,7 +21,7 @@ fn missing_key() -> String {
 
 #[test]
 fn shm_cycle_shows_each_call_with_its_arguments_and_result() {
-    require_root!();
+    require_tool!("shmsnoop");
     let key = missing_key();
     let finished = run_on(&["shmsnoop", "--json"], "shmer", &["cycle", &key]);
     finished.assert_success();
@@ -87,7 +87,7 @@ fn shm_cycle_shows_each_call_with_its_arguments_and_result() {
 
 #[test]
 fn table_has_bcc_columns_and_errno_names() {
-    require_root!();
+    require_tool!("shmsnoop");
     let key = missing_key();
     let finished = run_on(&["shmsnoop", "-T"], "shmer", &["cycle", &key]);
     finished.assert_success();
@@ -136,7 +136,7 @@ fn table_has_bcc_columns_and_errno_names() {
 
 #[test]
 fn tid_filter_keeps_one_thread() {
-    require_root!();
+    require_tool!("shmsnoop");
     let key = missing_key();
     let mut held = Held::start(&fixture("shmer"), &["thread", &key]);
     let tid = held.pid().to_string();
@@ -157,7 +157,7 @@ fn tid_filter_keeps_one_thread() {
 /// trace's first second: engine/syscalls.rs) are each reported once.
 #[test]
 fn calls_across_the_move_to_per_call_tracepoints_are_each_reported_once() {
-    require_root!();
+    require_tool!("shmsnoop");
     let key = missing_key();
     // 150 calls 10 ms apart: over a second and a half
     let finished = run_on(

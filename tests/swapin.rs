@@ -11,7 +11,7 @@ use common::*;
 
 #[test]
 fn swapin_counts_reads_from_swap() {
-    require_root!();
+    require_tool!("swapin");
     let _lock = lock_system_state();
     let _swap = SwapFile::on(256 << 20);
     let cgroup = MemoryCgroup::create(64 << 20);
@@ -89,7 +89,7 @@ fn swap_in_128_mib(cgroup: &MemoryCgroup, mode: &str, page_cluster: &str) -> (u6
 
 #[test]
 fn swapin_counts_nothing_when_idle() {
-    require_root!();
+    require_tool!("swapin");
     let _lock = lock_system_state();
     // this test process swaps nothing while it waits
     let me = std::process::id().to_string();

@@ -103,7 +103,7 @@ fn wait_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitS
 
 #[test]
 fn user_runs_the_command_as_that_user() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let finished = run_on(
         &["mmapsnoop", "--json", "--user", "nobody"],
         "runner",
@@ -145,7 +145,7 @@ fn user_runs_the_command_as_that_user() {
 
 #[test]
 fn an_unknown_user_is_one_line_and_nothing_runs() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let witness = temp_path("unknown-user");
     for user in ["memtrace-no-such-user", "4000000123"] {
         let out = memtrace()
@@ -167,7 +167,7 @@ fn an_unknown_user_is_one_line_and_nothing_runs() {
 
 #[test]
 fn a_thread_id_is_refused_with_its_process() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let mut runner = Command::new(fixture("runner"))
         .arg("thread")
         .stdin(Stdio::piped())
@@ -199,7 +199,7 @@ fn a_thread_id_is_refused_with_its_process() {
 
 #[test]
 fn a_traced_process_that_exits_ends_the_trace_at_once() {
-    require_root!();
+    require_tool!("mmapsnoop");
     // runner thread runs until its stdin ends
     let mut runner = Command::new(fixture("runner"))
         .arg("thread")
@@ -304,7 +304,7 @@ fn blocked_on_a_full_pipe() -> (
 
 #[test]
 fn a_signal_ends_a_trace_blocked_on_a_full_pipe() {
-    require_root!();
+    require_tool!("mmapsnoop");
     for (signal, status) in [(libc::SIGINT, 0), (libc::SIGTERM, 128 + libc::SIGTERM)] {
         let (mut child, unread, mapper, stderr) = blocked_on_a_full_pipe();
         let sent = Instant::now();
@@ -342,7 +342,7 @@ fn a_signal_ends_a_trace_blocked_on_a_full_pipe() {
 
 #[test]
 fn sigterm_ends_the_command_too() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let runner = fixture("runner");
     // killed by the SIGTERM passed on: 128+15; exiting on it with 7: 7
     for (args, status) in [(&["sleep", "30"][..], 143), (&["sleep", "30", "7"][..], 7)] {

@@ -18,7 +18,7 @@ use common::*;
 
 #[test]
 fn tracefs_is_mounted_when_missing() {
-    require_root!();
+    require_tool!("mmapsnoop");
     let _lock = lock_system_state();
     assert!(
         !Path::new("/sys/kernel/debug/tracing/events").exists(),

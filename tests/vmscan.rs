@@ -9,7 +9,7 @@ use common::*;
 
 #[test]
 fn vmscan_sees_memcg_reclaim() {
-    require_root!();
+    require_tool!("drsnoop");
     let _lock = lock_system_state();
     // drsnoop on the same run is the reference: the stream's own stalls
     let (pid, finished) = memcg_stream_256_mib(|_| {
@@ -47,7 +47,7 @@ fn vmscan_sees_memcg_reclaim() {
 
 #[test]
 fn vmscan_prints_a_zero_interval_when_idle() {
-    require_root!();
+    require_tool!("vmscan");
     let _lock = lock_system_state();
     // this test process reclaims nothing while it waits
     let me = std::process::id().to_string();

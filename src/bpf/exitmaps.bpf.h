@@ -3,9 +3,9 @@
  * For tools that count user stacks: when a process whose stacks were counted
  * exits, its executable file mappings go to user space, so its stacks are
  * symbolized after /proc/PID/maps has gone. Needs the task's mm still
- * attached at sched_process_exit (a kernel that runs exit_mm() first sends
- * no mappings, and an exited process's stacks show addresses). A tool calls exitmaps_note_owner() when it counts
- * a new stack.
+ * attached at sched_process_exit: a kernel that runs exit_mm() first sends
+ * nothing, and user space falls back on the mappings it last read. A tool
+ * calls exitmaps_note_owner() when it counts a new stack.
  */
 #ifndef EXITMAPS_BPF_H
 #define EXITMAPS_BPF_H
@@ -94,6 +94,11 @@ int BPF_PROG(exitmaps_send_mappings, struct task_struct *exiting)
 	    !bpf_map_lookup_elem(&stack_owners, &tgid))
 		return 0;
 	bpf_map_delete_elem(&stack_owners, &tgid);
+	/* a kernel that ran exit_mm() before this tracepoint (Debian 13's
+	 * 6.12 does; 6.18 does not) has no mappings to send: no record, and
+	 * user space symbolizes with those it last read */
+	if (!BPF_CORE_READ(task, mm))
+		return 0;
 	m = bpf_map_lookup_elem(&mapping_scratch, &zero);
 	if (!m)
 		return 0;

@@ -44,14 +44,53 @@ macro_rules! require_root {
     };
 }
 
-/// `memtrace doctor --json`: the kernel's features and each tool's verdict.
+/// `memtrace doctor --json`: the kernel's features and each tool's verdict
+/// (asked once per test binary).
 pub fn doctor() -> Value {
-    let out = memtrace()
-        .args(["doctor", "--json"])
-        .output()
-        .expect("running memtrace doctor");
-    assert!(out.status.success(), "memtrace doctor: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("doctor's JSON")
+    static REPORT: OnceLock<Value> = OnceLock::new();
+    REPORT
+        .get_or_init(|| {
+            let out = memtrace()
+                .args(["doctor", "--json"])
+                .output()
+                .expect("running memtrace doctor");
+            assert!(out.status.success(), "memtrace doctor: {out:?}");
+            serde_json::from_slice(&out.stdout).expect("doctor's JSON")
+        })
+        .clone()
+}
+
+/// Why `tool` cannot run on this kernel, as doctor says; None if it can.
+pub fn tool_cannot_run(tool: &str) -> Option<String> {
+    let report = doctor();
+    let verdict = report["tools"]
+        .as_array()
+        .expect("doctor's tools")
+        .iter()
+        .find(|v| v["tool"] == tool)
+        .unwrap_or_else(|| panic!("doctor knows no tool {tool}: {report}"))
+        .clone();
+    (verdict["state"] == "cannot_run").then(|| {
+        format!(
+            "{tool} cannot run on this kernel ({}): {}, as `memtrace doctor` says",
+            report["kernel"], verdict["reason"]
+        )
+    })
+}
+
+/// The gate of a test of `tool`: root (see require_root), and a kernel
+/// the tool runs on; where doctor says it cannot, the test returns saying
+/// why (a test that cannot apply there; tests/doctor.rs checks the tool
+/// does fail).
+#[macro_export]
+macro_rules! require_tool {
+    ($tool:expr) => {
+        $crate::require_root!();
+        if let Some(reason) = $crate::common::tool_cannot_run($tool) {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
 }
 
 /// Why this kernel can't run a test that needs the feature doctor names
@@ -70,6 +109,41 @@ pub fn kernel_lacks(feature: &str) -> Option<String> {
             report["kernel"], found["since"]
         )),
     }
+}
+
+/// The limitation of `tool` on this kernel that doctor names with words
+/// `about` (`gone before the report`), with the kernel's release; None if none.
+pub fn tool_limited(tool: &str, about: &str) -> Option<String> {
+    let report = doctor();
+    let verdict = report["tools"]
+        .as_array()
+        .expect("doctor's tools")
+        .iter()
+        .find(|v| v["tool"] == tool)
+        .unwrap_or_else(|| panic!("doctor knows no tool {tool}: {report}"));
+    let limits = verdict["limits"].as_array().expect("doctor's limits");
+    limits
+        .iter()
+        .filter_map(|l| l.as_str())
+        .find(|l| l.contains(about))
+        .map(|l| {
+            format!(
+                "{tool} on this kernel ({}): {l}, as `memtrace doctor` says",
+                report["kernel"]
+            )
+        })
+}
+
+/// Returns from a test of what `tool` can't do on this kernel (doctor's
+/// limitation with words `about`), saying so.
+#[macro_export]
+macro_rules! require_no_limit {
+    ($tool:expr, $about:expr) => {
+        if let Some(reason) = $crate::common::tool_limited($tool, $about) {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
 }
 
 /// Returns from a test that needs a kernel feature this kernel lacks (by

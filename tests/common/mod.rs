@@ -141,34 +141,70 @@ pub fn library_fixture_with(source: &str, name: &str, flags: &[&str]) -> PathBuf
 
 /// tests/fixtures/FILE compiled by `compiler` with the fixtures' flags and
 /// `flags` (later ones win: `-O2` over `-O1`) into the fixtures dir as NAME,
-/// once per test binary.
+/// once per test binary. A build of an earlier run is reused when its NAME.cmd
+/// stamp holds the same command line and it is newer than its source and
+/// fixture.h: compiling is slow in an emulated VM (scripts/test-kernel), which
+/// reuses what `make test` built.
 fn build_fixture(compiler: &str, file: &str, name: &str, flags: &[&str]) -> PathBuf {
+    const BASE_FLAGS: [&str; 5] = ["-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-Werror"];
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
     if let Some(path) = built.get(name) {
         return path.clone();
     }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{file}"));
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let source = fixtures.join(file);
     let dir = scratch_dir().join("fixtures");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(name);
-    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
-    let status = Command::new(compiler)
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-Werror"])
-        .args(flags)
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&source)
-        .status()
-        .unwrap_or_else(|err| panic!("running {compiler} to build a test fixture: {err}"));
-    assert!(
-        status.success(),
-        "compiling {} with {compiler} {flags:?}",
+    let stamp = dir.join(format!("{name}.cmd"));
+    let command_line = format!(
+        "{compiler} {} {} -o OUT {}\n",
+        BASE_FLAGS.join(" "),
+        flags.join(" "),
         source.display()
     );
-    std::fs::rename(&tmp, &out).unwrap();
+    if !up_to_date(
+        &out,
+        &stamp,
+        &command_line,
+        &[&source, &fixtures.join("fixture.h")],
+    ) {
+        let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+        let status = Command::new(compiler)
+            .args(BASE_FLAGS)
+            .args(flags)
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&source)
+            .status()
+            .unwrap_or_else(|err| panic!("running {compiler} to build a test fixture: {err}"));
+        assert!(
+            status.success(),
+            "compiling {} with {compiler} {flags:?}",
+            source.display()
+        );
+        std::fs::rename(&tmp, &out).unwrap();
+        let tmp_stamp = dir.join(format!("{name}.cmd.{}.tmp", std::process::id()));
+        std::fs::write(&tmp_stamp, &command_line).unwrap();
+        std::fs::rename(&tmp_stamp, &stamp).unwrap();
+    }
     built.insert(name.to_string(), out.clone());
     out
+}
+
+/// Whether `out` was built by `command_line` (its stamp says so) after each
+/// of `inputs` last changed.
+fn up_to_date(out: &Path, stamp: &Path, command_line: &str, inputs: &[&Path]) -> bool {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(out) else {
+        return false;
+    };
+    std::fs::read_to_string(stamp).is_ok_and(|s| s == command_line)
+        && modified(stamp).is_some_and(|t| t >= built)
+        && inputs
+            .iter()
+            .all(|input| modified(input).is_some_and(|t| t < built))
 }
 
 /// What a finished memtrace run left.

@@ -202,8 +202,13 @@ pub struct SwapFile {
 }
 
 impl SwapFile {
+    /// In MEMTRACE_TEST_SWAP_DIR when set (the kernel-matrix VMs' ext4 scratch
+    /// disk: their target/tmp is 9p, which swapon refuses), else in target/tmp.
     pub fn on(bytes: u64) -> SwapFile {
-        let path = temp_path("swapfile");
+        let mut path = temp_path("swapfile");
+        if let Some(dir) = std::env::var_os("MEMTRACE_TEST_SWAP_DIR") {
+            path = PathBuf::from(dir).join(path.file_name().unwrap());
+        }
         let guard = SwapFile { path };
         let p = guard.path.display();
         // a file of real blocks (swapon refuses holes), private to root

@@ -7,7 +7,7 @@ CARGO ?= cargo
 ARCH := $(shell uname -m)
 BIN := target/release/memtrace
 
-.PHONY: all deps build run test lint install uninstall vmlinux bench clean
+.PHONY: all deps build run test test-kernel test-kernels lint install uninstall vmlinux bench clean
 
 all: build
 
@@ -27,6 +27,17 @@ lint:
 
 test: build lint
 	$(CARGO) test --release --locked
+
+# The integration tests on Debian's kernels, each booted in a VM (root; see
+# scripts/test-kernel): make test-kernel KERNEL=6.1, or all of KERNELS.
+KERNELS ?= 5.10 6.1 6.12
+
+test-kernel: deps
+	@test -n "$(KERNEL)" || { echo "make test-kernel: name the kernel, e.g. make test-kernel KERNEL=6.1 (the matrix: $(KERNELS))" >&2; exit 2; }
+	CARGO=$(CARGO) scripts/test-kernel $(KERNEL)
+
+test-kernels: deps
+	CARGO=$(CARGO) scripts/test-kernel $(KERNELS)
 
 # Tools that get no link: it would shadow a standard command (procps's pmap).
 NO_LINK := pmap

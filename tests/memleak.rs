@@ -19,6 +19,12 @@ fn report(extra: &[&str], leaker_args: &[&str]) -> Vec<Value> {
     finished.json()
 }
 
+/// The rows of the final report: a slow machine (an emulated guest) has
+/// interval reports before it.
+fn final_rows(rows: Vec<Value>) -> Vec<Value> {
+    rows.into_iter().filter(|r| r["final"] == true).collect()
+}
+
 /// The leak is reported whole, once, from leak_with(); nothing else is outstanding.
 fn assert_leaks_30000(allocator: &str) {
     assert_leaks_30000_with(&[], allocator);
@@ -91,9 +97,7 @@ macro_rules! mechanism_tests {
             assert_cxx_variants_balance(&extra);
             // the final report's (classic links of runs before may still
             // be going, slowing this one past an interval)
-            let rows = report(&extra, &["fork"]);
-            let last: Vec<Value> = rows.into_iter().filter(|r| r["final"] == true).collect();
-            assert_parent_and_child_leaks(&last);
+            assert_parent_and_child_leaks(&final_rows(report(&extra, &["fork"])));
             let finished = run_on(&["memleak", "-v", "--uprobes", $mechanism], "leaker", &["none"]);
             finished.assert_success();
             assert!(finished.stderr.contains(" attached in "), "{}", finished.stderr);
@@ -1186,7 +1190,7 @@ fn assert_a_shells_leaker_with_jemalloc(script: impl Fn(&str) -> String, what: &
     ]);
     finished.assert_success();
     assert_probed_during_the_trace(&finished.stderr, &jemalloc);
-    let rows = finished.json();
+    let rows = final_rows(finished.json());
     assert_leaks_of_many(&rows, what);
     assert_nothing_of_an_old_program(&rows);
 }
@@ -1273,11 +1277,7 @@ fn children_that_exec_are_followed_to_their_allocators() {
     ]);
     finished.assert_success();
     // the final report's (a slow machine has interval reports before)
-    let rows: Vec<Value> = finished
-        .json()
-        .into_iter()
-        .filter(|r| r["final"] == true)
-        .collect();
+    let rows = final_rows(finished.json());
     let spawned: Vec<u64> = std::fs::read_to_string(&pidfile)
         .unwrap()
         .lines()

@@ -264,6 +264,20 @@ static __always_inline bool frees_on_zero(__u32 func)
 #define MEMLEAK_RET_SP_DELTA 0
 #endif
 
+/*
+ * Whether the thread is inside a followed allocator call: one in flight
+ * higher up its stack (the probe sees a lower stack pointer). A call in
+ * flight that is not above this one never returned through its probe (a
+ * longjmp, or a return probe attached after its entry fired): it is taken
+ * as gone, and replaced, or it would hide each later call of the thread.
+ */
+static __always_inline bool inside_allocator(struct pt_regs *ctx, __u64 id)
+{
+	struct memleak_call *outer = bpf_map_lookup_elem(&calls, &id);
+
+	return outer && PT_REGS_SP(ctx) < outer->sp;
+}
+
 /* Returns 0 when the return half is wanted, 1 when not. */
 static __always_inline int on_entry(struct pt_regs *ctx)
 {
@@ -301,7 +315,7 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 		return 1;
 	case MEMLEAK_MUNMAP:
 		/* munmap from inside the allocator (a large free) is free's business */
-		if (!bpf_map_lookup_elem(&calls, &id))
+		if (!inside_allocator(ctx, id))
 			forget_user(arg[0]);
 		return 1;
 	case MEMLEAK_MALLOC:
@@ -347,7 +361,7 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 		return 1;
 	}
 	/* the allocator's own inner calls (malloc inside realloc, mmap inside malloc) are not counted twice */
-	if (bpf_map_lookup_elem(&calls, &id))
+	if (inside_allocator(ctx, id))
 		return 1;
 	/* realloc(p, 0) frees p: its return is needed whatever the size */
 	if (!size_wanted(call.size) && !(frees_on_zero(call.func) && call.old_addr))

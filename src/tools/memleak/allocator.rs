@@ -542,11 +542,14 @@ impl ProbedObject {
         let returning: Vec<&Probe> = all.iter().copied().filter(|p| p.returns_memory()).collect();
         Ok(match progs.mechanism {
             Mechanism::Session => vec![multi(progs.entry, all, true, false)?],
+            // returns first: an entry seen before its return probe is in
+            // place would be a call in flight that never returns
             Mechanism::Multi => {
-                let mut links = vec![multi(progs.entry, all, false, false)?];
+                let mut links = Vec::new();
                 if !returning.is_empty() {
                     links.push(multi(progs.ret, returning, false, true)?);
                 }
+                links.push(multi(progs.entry, all, false, false)?);
                 links
             }
             Mechanism::Classic => {
@@ -559,11 +562,11 @@ impl ProbedObject {
                     prog.attach_uprobe_with_opts(pid, &self.path, probe.site_offset(), opts)
                 };
                 let mut links = Vec::new();
-                for probe in &all {
-                    links.push(single(progs.entry, probe, false)?);
-                }
                 for probe in returning {
                     links.push(single(progs.ret, probe, true)?);
+                }
+                for probe in &all {
+                    links.push(single(progs.entry, probe, false)?);
                 }
                 links
             }

@@ -226,7 +226,8 @@ fn memleak(found: &mut Findings) {
             }
             if mechanism == Mechanism::Classic {
                 found.limit(format!(
-                    "a uprobe link per function, ~0.1 s each to remove at the end ({})",
+                    "a uprobe link per function and half, tens of ms each to remove after \
+                     the end (one link per object: {})",
                     Feature::UprobeMulti.described()
                 ));
             }

@@ -60,16 +60,20 @@ pub fn doctor() -> Value {
         .clone()
 }
 
-/// Why `tool` cannot run on this kernel, as doctor says; None if it can.
-pub fn tool_cannot_run(tool: &str) -> Option<String> {
-    let report = doctor();
-    let verdict = report["tools"]
+/// Doctor's verdict on `tool` in its report.
+fn verdict_of<'a>(report: &'a Value, tool: &str) -> &'a Value {
+    report["tools"]
         .as_array()
         .expect("doctor's tools")
         .iter()
         .find(|v| v["tool"] == tool)
         .unwrap_or_else(|| panic!("doctor knows no tool {tool}: {report}"))
-        .clone();
+}
+
+/// Why `tool` cannot run on this kernel, as doctor says; None if it can.
+pub fn tool_cannot_run(tool: &str) -> Option<String> {
+    let report = doctor();
+    let verdict = verdict_of(&report, tool);
     (verdict["state"] == "cannot_run").then(|| {
         format!(
             "{tool} cannot run on this kernel ({}): {}, as `memtrace doctor` says",
@@ -115,12 +119,7 @@ pub fn kernel_lacks(feature: &str) -> Option<String> {
 /// `about` (`gone before the report`), with the kernel's release; None if none.
 pub fn tool_limited(tool: &str, about: &str) -> Option<String> {
     let report = doctor();
-    let verdict = report["tools"]
-        .as_array()
-        .expect("doctor's tools")
-        .iter()
-        .find(|v| v["tool"] == tool)
-        .unwrap_or_else(|| panic!("doctor knows no tool {tool}: {report}"));
+    let verdict = verdict_of(&report, tool);
     let limits = verdict["limits"].as_array().expect("doctor's limits");
     limits
         .iter()

@@ -551,6 +551,9 @@ fn size_conflict(args: &Args) -> Option<String> {
 fn kernel_mode(args: &Args) -> Result<bool> {
     let kernel_mode =
         args.kernel || (args.common.pids.is_empty() && args.common.command.is_empty());
+    if kernel_mode && args.uprobes.is_some() {
+        bail!("--uprobes is for user mode (-p PID or -- COMMAND): kernel mode uses no uprobes");
+    }
     if !kernel_mode && args.common.pids.len() > 1 {
         bail!("memleak traces one process in user mode: give -p once");
     }

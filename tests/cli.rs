@@ -143,3 +143,20 @@ fn user_without_a_command_is_a_usage_error() {
         assert!(stderr.contains("Usage:"), "{stderr}");
     }
 }
+
+/// memleak's --uprobes chooses how user mode probes: with --kernel it would
+/// mean nothing, and is refused in one line before anything loads (any user).
+#[test]
+fn uprobes_in_kernel_mode_is_refused() {
+    let out = memtrace()
+        .args(["memleak", "--kernel", "--uprobes", "classic", "-d", "0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("memleak: --uprobes is for user mode"),
+        "{stderr}"
+    );
+}

@@ -60,6 +60,13 @@ pub fn doctor() -> Value {
         .clone()
 }
 
+/// A JSON string's text (unquoted), else the value as JSON.
+fn text(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_string)
+}
+
 /// Doctor's verdict on `tool` in its report.
 fn verdict_of<'a>(report: &'a Value, tool: &str) -> &'a Value {
     report["tools"]
@@ -77,7 +84,8 @@ pub fn tool_cannot_run(tool: &str) -> Option<String> {
     (verdict["state"] == "cannot_run").then(|| {
         format!(
             "{tool} cannot run on this kernel ({}): {}, as `memtrace doctor` says",
-            report["kernel"], verdict["reason"]
+            text(&report["kernel"]),
+            text(&verdict["reason"])
         )
     })
 }
@@ -110,7 +118,8 @@ pub fn kernel_lacks(feature: &str) -> Option<String> {
         Some(true) => None,
         _ => Some(format!(
             "this kernel ({}) lacks {feature} (Linux {}), as `memtrace doctor` says",
-            report["kernel"], found["since"]
+            text(&report["kernel"]),
+            text(&found["since"])
         )),
     }
 }
@@ -128,7 +137,7 @@ pub fn tool_limited(tool: &str, about: &str) -> Option<String> {
         .map(|l| {
             format!(
                 "{tool} on this kernel ({}): {l}, as `memtrace doctor` says",
-                report["kernel"]
+                text(&report["kernel"])
             )
         })
 }

@@ -215,8 +215,10 @@ fn memleak(found: &mut Findings) {
     let kernel_mode = ["raw_tp/kmalloc", "raw_tp/kfree", "raw_tp/kmem_cache_alloc"]
         .iter()
         .all(|s| kernel::can_attach(s).unwrap_or(false));
-    match Mechanism::choose(None) {
+    let user_mode = Mechanism::choose(None);
+    match &user_mode {
         Ok(mechanism) => {
+            let mechanism = *mechanism;
             found.uses(format!("user: {}", mechanism.described()));
             if mechanism != Mechanism::Session {
                 found.limit(format!(
@@ -242,8 +244,7 @@ fn memleak(found: &mut Findings) {
         true => found.uses("kernel: kmem raw tracepoints"),
         false => found.limit("--kernel: no kmem tracepoints on this kernel"),
     };
-    let user_mode = Mechanism::choose(None).is_ok();
-    found.needs(user_mode || kernel_mode, || {
+    found.needs(user_mode.is_ok() || kernel_mode, || {
         "neither uprobes with BPF cookies nor kmem tracepoints".into()
     });
 }

@@ -5,6 +5,7 @@
 //! ask the same questions here, so they never disagree.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
 
 use crate::engine::kernel;
 
@@ -97,7 +98,9 @@ impl Feature {
     /// has none: the tools then fail at their BTF check).
     pub fn present(self) -> bool {
         if self == Feature::Fentry {
-            return fentry_attaches(FENTRY_PROBE_TARGET);
+            // probed once: each probe attaches a trampoline for a moment
+            static ATTACHES: OnceLock<bool> = OnceLock::new();
+            return *ATTACHES.get_or_init(|| fentry_attaches(FENTRY_PROBE_TARGET));
         }
         kernel::with_kernel_btf(|btf| btf.names.contains(self.btf_name())).unwrap_or(false)
     }

@@ -453,7 +453,7 @@ fn losses_are_told_when_they_start() {
             "anon",
             "1",
         ]);
-        let first = tracer.stderr_line(|l| l.contains("lost"), Duration::from_secs(60));
+        let first = tracer.stderr_line(|l| l.contains("lost"), scaled(Duration::from_secs(60)));
         let told_while_tracing = tracer.running();
         let finished = tracer.wait();
         finished.assert_success();

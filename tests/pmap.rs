@@ -406,7 +406,7 @@ fn killed_during_the_read(reap_at_once: bool) {
             text
         });
         let smaps = PathBuf::from(format!("/proc/{pid}/smaps"));
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + scaled(Duration::from_secs(30));
         while !has_open(pmap.id(), &smaps) && pmap.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "pmap never opened {smaps:?}");
         }

@@ -82,7 +82,10 @@ fn wait_for_handler(pid: u32, signal: i32) {
         if caught & (1 << (signal - 1)) != 0 {
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "{status}");
+        assert!(
+            started.elapsed() < scaled(Duration::from_secs(30)),
+            "{status}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -224,7 +227,7 @@ fn a_traced_process_that_exits_ends_the_trace_at_once() {
     };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
     let exited = Instant::now();
-    let status = wait_within(&mut tracer.child, Duration::from_secs(1));
+    let status = wait_within(&mut tracer.child, scaled(Duration::from_secs(1)));
     let ended_in = exited.elapsed();
     runner.wait().unwrap();
     let Some(status) = status else {
@@ -243,7 +246,7 @@ fn a_traced_process_that_exits_ends_the_trace_at_once() {
         "{}",
         finished.stderr
     );
-    assert!(ended_in < Duration::from_secs(1), "{ended_in:?}");
+    assert!(ended_in < scaled(Duration::from_secs(1)), "{ended_in:?}");
 }
 
 /// `memtrace mmapsnoop --json -- mapper loop 30` writing into a pipe that the
@@ -284,7 +287,7 @@ fn blocked_on_a_full_pipe() -> (
         if syscall.split_whitespace().next() == Some(&libc::SYS_write.to_string()) {
             break;
         }
-        if started.elapsed() > Duration::from_secs(30) {
+        if started.elapsed() > scaled(Duration::from_secs(30)) {
             let _ = child.kill();
             panic!("memtrace never blocked writing to the full pipe: {syscall}");
         }
@@ -310,7 +313,8 @@ fn a_signal_ends_a_trace_blocked_on_a_full_pipe() {
         let sent = Instant::now();
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
-        let ended = wait_within(&mut child, Duration::from_secs(2));
+        let limit = scaled(Duration::from_secs(2));
+        let ended = wait_within(&mut child, limit);
         let took = sent.elapsed();
         if ended.is_none() {
             let _ = child.kill();
@@ -319,11 +323,11 @@ fn a_signal_ends_a_trace_blocked_on_a_full_pipe() {
         let mapper_was_running = !mapper.exited();
         mapper.kill();
         drop(unread);
-        let ended =
-            ended.unwrap_or_else(|| panic!("signal {signal}: memtrace still running 2 s later"));
+        let ended = ended
+            .unwrap_or_else(|| panic!("signal {signal}: memtrace still running {limit:?} later"));
         let lines: Vec<String> = stderr.try_iter().collect();
         assert_eq!(ended.code(), Some(status), "signal {signal}: {lines:?}");
-        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(took < limit, "{took:?}");
         assert!(
             !lines
                 .iter()
@@ -360,7 +364,7 @@ fn sigterm_ends_the_command_too() {
         tracer.signal(libc::SIGTERM);
         let finished = tracer.wait();
         assert!(
-            sent.elapsed() < Duration::from_secs(2),
+            sent.elapsed() < scaled(Duration::from_secs(2)),
             "{:?}",
             sent.elapsed()
         );

@@ -12,11 +12,12 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use serde::Serialize;
 
 use crate::engine::faultvma::VmaSource;
-use crate::engine::features::Feature;
+use crate::engine::features::{self, Feature};
 use crate::engine::kernel;
 use crate::engine::syscalls;
 use crate::engine::unwind::{self, Walker};
 use crate::tools::memleak::allocator::Mechanism;
+use crate::tools::oomkill;
 use crate::tools::TOOLS;
 
 pub const NAME: &str = "doctor";
@@ -256,10 +257,9 @@ fn verdict_of(tool: &'static str) -> Verdict {
             "no kernel BTF (/sys/kernel/btf/vmlinux): CONFIG_DEBUG_INFO_BTF".into()
         });
     }
-    // their programs walk paths, stacks or mappings with bpf_loop
-    if !matches!(tool, "pmap" | "drsnoop" | "vmscan") {
-        found.needs(Feature::Loop.present(), || {
-            format!("needs {}", Feature::Loop.described())
+    for &feature in features::required_by(tool) {
+        found.needs(feature.present(), || {
+            format!("needs {}", feature.described())
         });
     }
     match tool {
@@ -282,11 +282,14 @@ fn verdict_of(tool: &'static str) -> Verdict {
             exit_mappings(&mut found);
         }
         "memleak" => memleak(&mut found),
-        "oomkill" => {
-            found
-                .uses("BTF tracepoint mark_victim")
-                .attaches(&["tp_btf/mark_victim"]);
-        }
+        "oomkill" => match oomkill::Mechanism::choose() {
+            Some(mechanism) => {
+                found.uses(mechanism.described());
+            }
+            None => {
+                found.needs(false, || oomkill::Mechanism::NONE.into());
+            }
+        },
         "drsnoop" | "vmscan" => {
             found.uses("BTF vmscan tracepoints").attaches(&[
                 "tp_btf/mm_vmscan_direct_reclaim_begin",

@@ -276,7 +276,7 @@ fn a_failed_or_interrupted_trace_leaves_no_temporary_file() {
 
 #[test]
 fn memleak_pprof_replaces_a_planted_symlink() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     let dir = Dir::sticky();
     let victim = Victim::new();
     let profile = dir.join("leak.pb.gz");

@@ -197,7 +197,7 @@ fn assert_deep_leak(kind: &str, bytes_each: u64, allocator: &[Expected]) {
 /// middle_strdup <- main, 10 x 100 bytes.
 #[test]
 fn memleak_unwinds_strdup_through_libc_and_code_without_frame_pointers() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     assert_deep_leak("strdup", 100, &[library(&["strdup"], "libc.so.6")]);
 }
 
@@ -207,7 +207,7 @@ fn memleak_unwinds_strdup_through_libc_and_code_without_frame_pointers() {
 /// middle_strdup (none either) to main.
 #[test]
 fn memleak_unwind_fp_stops_in_code_without_frame_pointers() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     let deepleak = fixture_with("deepleak", "deepleak", NO_FRAME_POINTERS);
     let rows = memleak_rows_with(&["--unwind", "fp"], &deepleak, &["strdup", "10"]);
     let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
@@ -248,7 +248,7 @@ fn deepleak_line(name: &str) -> usize {
 /// separate debug file (libc6-dbg, under /usr/lib/debug/.build-id).
 #[test]
 fn memleak_source_shows_lines_and_inlined_frames() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     let debug_flags = [NO_FRAME_POINTERS, &["-g"]].concat();
     let deepleak = fixture_with("deepleak", "deepleak-g", &debug_flags);
     let finished = run(&[
@@ -300,7 +300,7 @@ fn memleak_source_shows_lines_and_inlined_frames() {
 /// pointers: leaf_calloc <- middle_calloc <- main, 10 x 300 bytes.
 #[test]
 fn memleak_unwinds_calloc_callers_without_frame_pointers() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     assert_deep_leak("calloc", 300, &[]);
 }
 
@@ -309,7 +309,7 @@ fn memleak_unwinds_calloc_callers_without_frame_pointers() {
 /// 16 bytes malloc'ed first are freed by realloc).
 #[test]
 fn memleak_unwinds_realloc_callers_without_frame_pointers() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     assert_deep_leak("realloc", 500, &[]);
 }
 
@@ -319,7 +319,7 @@ fn memleak_unwinds_realloc_callers_without_frame_pointers() {
 /// with its address space.
 #[test]
 fn memleak_unwinds_a_program_exec_by_a_wrapper() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     let deepleak = fixture_with("deepleak", "deepleak", NO_FRAME_POINTERS);
     let sh = Path::new("/bin/sh");
     let rows = memleak_rows(
@@ -343,7 +343,7 @@ const OPERATOR_NEW: &[&str] = &["operator new", "_Znwm"];
 /// through libstdc++ and a C++ fixture, neither with frame pointers.
 #[test]
 fn memleak_unwinds_operator_new_through_libstdcxx() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     let cxxleak = cxx_fixture_with("cxxleak", "cxxleak", NO_FRAME_POINTERS);
     let rows = memleak_rows(&cxxleak, &["new", "7"]);
     let row = the_row_through(&rows, &ours("leak_new", "cxxleak"));
@@ -368,7 +368,7 @@ fn memleak_unwinds_operator_new_through_libstdcxx() {
 /// the fixture) <- grow_vector <- main.
 #[test]
 fn memleak_unwinds_vector_growth_through_libstdcxx() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     let cxxleak = cxx_fixture_with("cxxleak", "cxxleak", NO_FRAME_POINTERS);
     let rows = memleak_rows(&cxxleak, &["vector"]);
     let row = the_row_through(&rows, &ours("grow_vector", "cxxleak"));
@@ -476,7 +476,7 @@ fn faults_unwinds_memset_through_libc() {
 /// tables are found although it was mapped after the trace started.
 #[test]
 fn memleak_unwinds_a_library_loaded_during_the_trace() {
-    require_tool!("memleak");
+    require_memleak_user_mode!();
     let library_path = library_fixture_with("dlleaklib", "libdlleak.so", NO_FRAME_POINTERS);
     let dlleaker = fixture_with("dlleaker", "dlleaker", NO_FRAME_POINTERS);
     let rows = memleak_rows(&dlleaker, &[library_path.to_str().unwrap(), "300", "5"]);

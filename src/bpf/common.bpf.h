@@ -55,6 +55,18 @@ static __always_inline void memtrace_count_drop(__u32 reason)
 	memtrace_percpu_inc(&drop_counts, reason);
 }
 
+/*
+ * The current task, for reads through BPF_CORE_READ: typed where the kernel
+ * has bpf_get_current_task_btf (5.11), else its address. The test is a CO-RE
+ * constant: the verifier drops the branch not taken, helper call and all.
+ */
+static __always_inline struct task_struct *memtrace_current_task(void)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+		return bpf_get_current_task_btf();
+	return (struct task_struct *)bpf_get_current_task();
+}
+
 /* Should the current task be traced? The cheap tests come first. */
 static __always_inline bool memtrace_wanted(void)
 {

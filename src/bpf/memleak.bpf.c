@@ -537,6 +537,14 @@ int BPF_PROG(memleak_percpu_alloc, unsigned long call_site, bool reserved, bool 
 	return kernel_alloc(ctx, (__u64)ptr, size);
 }
 
+/* The same where the tracepoint doesn't pass its call_site (5.10's). */
+SEC("raw_tp/percpu_alloc_percpu")
+int BPF_PROG(memleak_percpu_alloc_without_caller, bool reserved, bool is_atomic, size_t size,
+	     size_t align, void *base_addr, int off, void *ptr)
+{
+	return kernel_alloc(ctx, (__u64)ptr, size);
+}
+
 SEC("raw_tp/kfree")
 int BPF_PROG(memleak_kfree, unsigned long call_site, const void *ptr)
 {

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * oomkill: each OOM kill at oom:mark_victim (a BTF tracepoint; the book's
- * kprobe on oom_kill_process needs CONFIG_KPROBES). The running task is the
+ * kprobe on oom_kill_process needs CONFIG_KPROBES), or by fentry on
+ * oom_kill_process where the tracepoint doesn't pass the victim. The running task is the
  * one whose allocation invoked the OOM killer; the victim's memory cgroup path
  * is walked from its kernfs node, and the killer's kernel stack tells a
  * memory cgroup limit from a global OOM.
@@ -51,8 +52,9 @@ static __always_inline long mm_counter(struct mm_struct *mm, int member)
 /* Puts struct oomkill_event into the skeleton's generated types. */
 struct oomkill_event oomkill_event_layout = {};
 
-SEC("tp_btf/mark_victim")
-int BPF_PROG(oomkill_mark_victim, struct task_struct *victim, uid_t uid)
+/* Reports a kill of victim, whose user is uid; ctx: the program's, for the
+ * killer's kernel stack. */
+static __always_inline int report_kill(void *ctx, struct task_struct *victim, uid_t uid)
 {
 	struct oomkill_event *e;
 	struct mm_struct *mm;
@@ -100,4 +102,23 @@ int BPF_PROG(oomkill_mark_victim, struct task_struct *victim, uid_t uid)
 	e->cgroup_len = off;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
+}
+
+SEC("tp_btf/mark_victim")
+int BPF_PROG(oomkill_mark_victim, struct task_struct *victim, uid_t uid)
+{
+	return report_kill(ctx, victim, uid);
+}
+
+/*
+ * Where mark_victim doesn't pass the victim and its uid (5.10's passes the
+ * pid alone): the function that kills the victim chosen, as BCC's kprobe,
+ * through a trampoline. Called once per kill.
+ */
+SEC("fentry/oom_kill_process")
+int BPF_PROG(oomkill_oom_kill_process, struct oom_control *oc, const char *message)
+{
+	struct task_struct *victim = BPF_CORE_READ(oc, chosen);
+
+	return report_kill(ctx, victim, BPF_CORE_READ(victim, cred, uid.val));
 }

@@ -40,7 +40,7 @@ static __always_inline bool memtrace_syscall_is(long nr, long wanted)
 /* Whether the current system call is a native one, as the classic tracepoints see them. */
 static __always_inline bool memtrace_native_syscall(void)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = memtrace_current_task();
 
 	return !(BPF_CORE_READ(task, thread_info.status) & MEMTRACE_TS_COMPAT);
 }

@@ -31,12 +31,15 @@ pub enum Feature {
     /// BPF trampolines: fentry programs on kernel functions (5.5, where the
     /// kernel is built with them; this project's VMs are not).
     Fentry,
+    /// Hash map keys over 512 bytes (5.11): mmapfiles' key is three names.
+    LargeHashKeys,
 }
 
 impl Feature {
     /// Every feature, in the order of their releases.
-    pub const ALL: [Feature; 8] = [
+    pub const ALL: [Feature; 9] = [
         Feature::Fentry,
+        Feature::LargeHashKeys,
         Feature::AttachCookie,
         Feature::Loop,
         Feature::FindVma,
@@ -57,6 +60,7 @@ impl Feature {
             Feature::TaskVmaIterator => "the task_vma iterator",
             Feature::MmLockSeq => "mm_lock_seq",
             Feature::Fentry => "fentry",
+            Feature::LargeHashKeys => "hash keys over 512 bytes",
         }
     }
 
@@ -70,6 +74,7 @@ impl Feature {
             Feature::TaskVmaIterator => "6.7",
             Feature::MmLockSeq => "6.4",
             Feature::Fentry => "5.5",
+            Feature::LargeHashKeys => "5.11",
         }
     }
 
@@ -91,6 +96,8 @@ impl Feature {
             Feature::MmLockSeq => "mm_struct.mm_lock_seq",
             // (a configuration, not a name: see present)
             Feature::Fentry => "BPF_TRACE_FENTRY",
+            // (a limit, not a name: see present)
+            Feature::LargeHashKeys => "",
         }
     }
 
@@ -102,8 +109,57 @@ impl Feature {
             static ATTACHES: OnceLock<bool> = OnceLock::new();
             return *ATTACHES.get_or_init(|| fentry_attaches(FENTRY_PROBE_TARGET));
         }
+        if self == Feature::LargeHashKeys {
+            static CREATES: OnceLock<bool> = OnceLock::new();
+            return *CREATES.get_or_init(large_hash_keys);
+        }
         kernel::with_kernel_btf(|btf| btf.names.contains(self.btf_name())).unwrap_or(false)
     }
+}
+
+/// Whether the kernel makes a hash map with 768-byte keys (mmapfiles'):
+/// before 5.11 a key had to fit the BPF stack (E2BIG).
+fn large_hash_keys() -> bool {
+    // SAFETY: a plain call; a null name and options are allowed.
+    let fd = unsafe {
+        libbpf_sys::bpf_map_create(
+            libbpf_sys::BPF_MAP_TYPE_HASH,
+            std::ptr::null(),
+            768,
+            8,
+            1,
+            std::ptr::null(),
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a descriptor just made and owned by nothing else.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    true
+}
+
+/// The features a tool's programs cannot load without, whatever its
+/// options: mmapsnoop's path walk, the user stack walk over .eh_frame and
+/// the exit-time mappings loop with bpf_loop; mmapfiles counts by three names; the fault engine looks VMAs up with bpf_find_vma and
+/// tells a major fault from a minor one by its event's cookie. (memleak's
+/// user mode: Mechanism::needs.)
+pub fn required_by(tool: &str) -> &'static [Feature] {
+    match tool {
+        // mmapsnoop walks paths with bpf_loop: a bounded loop loaded on 5.10,
+        // but its 48 levels took ~11 ms more of each start
+        "mmapsnoop" | "faults" | "brkstack" => &[Feature::Loop],
+        "mmapfiles" => &[Feature::LargeHashKeys],
+        "ffaults" | "fmapfault" | "hfaults" | "swapin" => {
+            &[Feature::FindVma, Feature::AttachCookie]
+        }
+        _ => &[],
+    }
+}
+
+/// The first feature `tool` needs that the running kernel lacks.
+pub fn missing_for(tool: &str) -> Option<Feature> {
+    required_by(tool).iter().copied().find(|f| !f.present())
 }
 
 /// The function the fentry probe attaches to: the fault engine's.
@@ -114,7 +170,7 @@ const FENTRY_PROBE_TARGET: &str = "handle_mm_fault";
 /// (built without trampolines, or a hypervisor's restrictions: EPERM). The
 /// program (r0 = 0; exit) is attached for a moment. ~1 ms, and a parse of
 /// the kernel's BTF: only asked where a tool would use it.
-fn fentry_attaches(function: &str) -> bool {
+pub fn fentry_attaches(function: &str) -> bool {
     let Ok(name) = std::ffi::CString::new(function) else {
         return false;
     };
@@ -177,8 +233,9 @@ mod tests {
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return;
         }
-        // (fentry is a configuration, not a release's)
-        let order = &Feature::ALL[1..];
+        // (fentry is a configuration, not a release's; large keys are older
+        // than the rest)
+        let order = &Feature::ALL[2..];
         let present: Vec<bool> = order.iter().map(|f| f.present()).collect();
         let first_missing = present.iter().position(|p| !p).unwrap_or(order.len());
         assert!(

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::btf::{types, Btf};
+use libbpf_rs::btf::{types, Btf, BtfType, ReferencesType};
 use libbpf_rs::OpenObject;
 
 use crate::engine::kernel_btf::{self, KernelBtf};
@@ -172,7 +172,16 @@ pub fn of_parsed_btf(btf: &Btf) -> KernelBtf {
         .type_by_kind::<types::Typedef>()
         .filter_map(|typedef| {
             let name = typedef.name()?.to_str()?;
-            Some(name.strip_prefix("btf_trace_")?.to_string())
+            let name = name.strip_prefix("btf_trace_")?.to_string();
+            // kernel_btf::tracepoint_args: a pointer to a prototype whose
+            // first parameter is the tracepoint's own
+            let referenced = |id| btf.type_by_id::<BtfType>(id);
+            let args = referenced(typedef.referenced_type_id())
+                .and_then(|t| types::Ptr::try_from(t).ok())
+                .and_then(|ptr| referenced(ptr.referenced_type_id()))
+                .and_then(|t| types::FuncProto::try_from(t).ok())
+                .map(|proto| proto.len().saturating_sub(1));
+            Some((name, args))
         })
         .collect();
     let funcs = btf
@@ -213,7 +222,15 @@ fn has_member(btf: &Btf, composite: &types::Composite, name: &str) -> bool {
 /// Whether the kernel has the BTF tracepoint `name` (a `tp_btf/` target):
 /// the kernel's BTF then has the typedef btf_trace_NAME.
 fn btf_tracepoint_exists(name: &str) -> Result<bool> {
-    with_kernel_btf(|btf| btf.tracepoints.contains(name))
+    with_kernel_btf(|btf| btf.tracepoints.contains_key(name))
+}
+
+/// The number of arguments the kernel's BTF tracepoint `name` passes; None
+/// if it has no such tracepoint (or its BTF can't be read).
+pub fn btf_tracepoint_args(name: &str) -> Option<usize> {
+    with_kernel_btf(|btf| btf.tracepoints.get(name).copied().flatten())
+        .ok()
+        .flatten()
 }
 
 /// Whether the kernel has what a program with this section attaches to: a
@@ -262,7 +279,7 @@ pub fn check_attach_points(object: &OpenObject) -> Result<()> {
         let missing = with_kernel_btf(|btf| {
             btf_tracepoints
                 .iter()
-                .find(|name| !btf.tracepoints.contains(**name))
+                .find(|name| !btf.tracepoints.contains_key(**name))
                 .copied()
         })?;
         if let Some(missing) = missing {

@@ -11,7 +11,7 @@
 //! doesn't know (a newer kernel's) makes it give up, and the caller parses
 //! the BTF whole.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
@@ -26,18 +26,23 @@ const ENUM_MEMBER_PREFIX: &[u8] = b"BPF_";
 const STRUCT_MEMBERS: &[(&[u8], &[u8])] = &[(b"mm_struct", b"mm_lock_seq")];
 /// The size of `struct btf_type`: name_off, info, size/type.
 const TYPE_SIZE: usize = 12;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
 const KIND_ENUM64: u32 = 19;
 
 /// What the kernel's BTF holds, of what memtrace asks about.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct KernelBtf {
-    /// The BTF tracepoints, without the `btf_trace_` prefix.
-    pub tracepoints: HashSet<String>,
+    /// The BTF tracepoints, without the `btf_trace_` prefix, each with the
+    /// number of its arguments (TP_PROTO's; None where the typedef is not
+    /// the pointer to a function prototype it should be). A tracepoint's
+    /// arguments change between releases (mark_victim's).
+    pub tracepoints: HashMap<String, Option<usize>>,
     /// Functions named `bpf_*`, enum members named `BPF_*` and the
     /// STRUCT_MEMBERS found (`mm_struct.mm_lock_seq`).
     pub names: HashSet<String>,
@@ -125,7 +130,8 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
             names.insert(String::from_utf8_lossy(name).into_owned());
         }
     };
-    let mut tracepoints = HashSet::new();
+    // each tracepoint's typedef's type, resolved once all types are known
+    let mut tracepoint_types = Vec::new();
     // where each type starts (type ids count from 1), for STRUCT_MEMBERS'
     // anonymous members; and the structs asked about
     let mut starts = Vec::new();
@@ -139,7 +145,8 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
         match kind {
             KIND_TYPEDEF => {
                 if let Some(tracepoint) = string_at(strings, name_off)?.strip_prefix(PREFIX) {
-                    tracepoints.insert(String::from_utf8_lossy(tracepoint).into_owned());
+                    let name = String::from_utf8_lossy(tracepoint).into_owned();
+                    tracepoint_types.push((name, u32_at(types, at + 8)?));
                 }
             }
             KIND_FUNC => note(string_at(strings, name_off)?, FUNC_PREFIX),
@@ -171,7 +178,32 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
             note(&[wanted, b".", member].concat(), b"");
         }
     }
+    let tracepoints = tracepoint_types
+        .into_iter()
+        .map(|(name, type_id)| (name, tracepoint_args(types, &starts, type_id)))
+        .collect();
     Some(KernelBtf { tracepoints, names })
+}
+
+/// The arguments of a tracepoint whose btf_trace_ typedef names type
+/// `type_id`: a pointer to a function prototype whose first parameter is
+/// the tracepoint's `void *__data`, not one of its arguments.
+fn tracepoint_args(types: &[u8], starts: &[usize], type_id: u32) -> Option<usize> {
+    let kind_and_next = |id: u32| -> Option<(u32, usize, u32)> {
+        let at = *starts.get((id as usize).checked_sub(1)?)?;
+        let info = u32_at(types, at + 4)?;
+        Some((
+            (info >> 24) & 0x1f,
+            (info & 0xffff) as usize,
+            u32_at(types, at + 8)?,
+        ))
+    };
+    let (kind, _, pointee) = kind_and_next(type_id)?;
+    if kind != KIND_PTR {
+        return None;
+    }
+    let (kind, params, _) = kind_and_next(pointee)?;
+    (kind == KIND_FUNC_PROTO).then(|| params.saturating_sub(1))
 }
 
 /// Whether the struct or union at `at` has a member `name`, in it or in its
@@ -226,11 +258,21 @@ mod tests {
 
     /// Raw BTF of the given (name_off, info, bytes after the type) types.
     fn btf_with(types: &[(u32, u32, Vec<u8>)], strings: &[u8]) -> Vec<u8> {
+        let types: Vec<(u32, u32, u32, Vec<u8>)> = types
+            .iter()
+            .map(|(name_off, info, extra)| (*name_off, *info, 0, extra.clone()))
+            .collect();
+        btf_typed(&types, strings)
+    }
+
+    /// Raw BTF of the given (name_off, info, size or type, bytes after the
+    /// type) types.
+    fn btf_typed(types: &[(u32, u32, u32, Vec<u8>)], strings: &[u8]) -> Vec<u8> {
         let mut type_bytes = Vec::new();
-        for (name_off, info, extra) in types {
+        for (name_off, info, size_or_type, extra) in types {
             type_bytes.extend_from_slice(&name_off.to_ne_bytes());
             type_bytes.extend_from_slice(&info.to_ne_bytes());
-            type_bytes.extend_from_slice(&0u32.to_ne_bytes());
+            type_bytes.extend_from_slice(&size_or_type.to_ne_bytes());
             type_bytes.extend_from_slice(extra);
         }
         let mut raw = Vec::new();
@@ -258,10 +300,27 @@ mod tests {
             STRINGS,
         );
         let found = scan(&raw).unwrap();
+        // the typedef's type (0 here) is no pointer: its arguments are unknown
         assert_eq!(
             found.tracepoints,
-            HashSet::from(["mark_victim".to_string()])
+            HashMap::from([("mark_victim".to_string(), None)])
         );
+    }
+
+    #[test]
+    fn a_tracepoints_arguments_are_its_prototypes_but_the_first() {
+        let raw = btf_typed(
+            &[
+                (1, 8 << 24, 2, vec![]), // 1: TYPEDEF btf_trace_mark_victim -> 2
+                (0, 2 << 24, 3, vec![]), // 2: PTR -> 3
+                (0, 13 << 24 | 3, 0, vec![0u8; 3 * 8]), // 3: FUNC_PROTO, three params
+                (35, 8 << 24, 3, vec![]), // 4: TYPEDEF btf_trace_exit_mmap -> 3: no pointer
+            ],
+            STRINGS,
+        );
+        let found = scan(&raw).unwrap();
+        assert_eq!(found.tracepoints["mark_victim"], Some(2));
+        assert_eq!(found.tracepoints["exit_mmap"], None);
     }
 
     #[test]
@@ -368,8 +427,10 @@ BPF_TRACE_UPROBE_SESSION\0";
             let in_libbpf = btf
                 .type_by_name::<libbpf_rs::btf::types::Typedef>(&typedef)
                 .is_some();
-            assert_eq!(found.contains(name), in_libbpf, "{name}");
+            assert_eq!(found.contains_key(name), in_libbpf, "{name}");
         }
-        assert!(!found.contains("no_such_tracepoint"));
+        assert!(!found.contains_key("no_such_tracepoint"));
+        // the arguments as libbpf's parse finds them
+        assert_eq!(found, parsed.tracepoints);
     }
 }

@@ -14,12 +14,12 @@
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, Object, OpenMapMut, OpenObject, OpenProgramMut, PrintLevel};
 
 use crate::cli::CommonArgs;
-use crate::engine::features::Feature;
+use crate::engine::features;
 use crate::engine::kernel;
 use crate::engine::maps::map_named;
 use crate::engine::skeleton::{Filter, OpenSkeleton};
@@ -219,20 +219,20 @@ where
     programs
         .load_if(trace.filter.follow_forks, &["memtrace_follow_fork"])
         .load_if(trace.filter.by_tgid, &["memtrace_forget_exit"]);
+    if let Some(feature) = features::missing_for(trace.tool) {
+        bail!(
+            "this kernel ({}) lacks {}, which {}'s programs use (`memtrace doctor` says which \
+             tools run here)",
+            kernel::release().unwrap_or_else(|| "unknown".into()),
+            feature.described(),
+            trace.tool
+        );
+    }
     configure(&mut open, &mut programs)?;
     programs.apply(trace, open.open_object_mut())?;
     kernel::check_attach_points(open.open_object())?;
     let mut skel = match open.load() {
         Ok(skel) => skel,
-        // the likeliest cause on an old kernel, said in place of errno's
-        Err(err) if !Feature::Loop.present() => {
-            return Err(err).context(format!(
-                "loading the BPF programs failed: this kernel ({}) lacks {}, which this \
-                 tool's programs use (`memtrace doctor` says which tools run here)",
-                kernel::release().unwrap_or_else(|| "unknown".into()),
-                Feature::Loop.described()
-            ))
-        }
         Err(err) => return Err(err).context(LOAD_FAILED),
     };
     fill_traced_tgids(skel.object(), &trace.target)?;

@@ -61,9 +61,11 @@ struct Classic {
 }
 
 /// A classic program attached: its BPF link and the perf event under it.
-/// Dropped in that order: the perf event's close is the slow one.
+/// Dropped in that order: the perf event's close is the slow one. No link
+/// where the program was set on the perf event itself (before 5.15's perf
+/// links): closing the event detaches it.
 struct ClassicLink {
-    link: OwnedFd,
+    link: Option<OwnedFd>,
     perf: OwnedFd,
 }
 
@@ -193,7 +195,7 @@ impl SyscallHooks {
         drop(std::mem::take(&mut self.raw));
         let classic = std::mem::take(&mut self.attached)
             .into_iter()
-            .flat_map(|link| [link.link, link.perf]);
+            .flat_map(|link| link.link.into_iter().chain([link.perf]));
         detach::close_after_exit(classic.collect());
     }
 }
@@ -248,11 +250,19 @@ fn attach_tracepoint(classic: &Classic) -> Result<ClassicLink> {
             std::ptr::null(),
         )
     };
-    if fd < 0 {
-        return Err(std::io::Error::from_raw_os_error(-fd))
+    if fd >= 0 {
+        // SAFETY: a new descriptor that nothing else owns.
+        let link = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        return Ok(ClassicLink { link, perf });
+    }
+    let link_error = std::io::Error::from_raw_os_error(-fd);
+    // before perf links (5.15): the program set on the event, as libbpf does
+    let set_bpf = nix::request_code_write!(b'$', 8, std::mem::size_of::<u32>());
+    // SAFETY: PERF_EVENT_IOC_SET_BPF takes the program's descriptor by value.
+    let rc = unsafe { libc::ioctl(perf.as_raw_fd(), set_bpf as _, classic.prog.as_raw_fd()) };
+    if rc < 0 {
+        return Err(link_error)
             .with_context(|| format!("attaching to tracepoint {}", classic.tracepoint));
     }
-    // SAFETY: a new descriptor that nothing else owns.
-    let link = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(ClassicLink { link, perf })
+    Ok(ClassicLink { link: None, perf })
 }

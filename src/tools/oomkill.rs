@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Parser;
 use libbpf_rs::skel::Skel;
 use libbpf_rs::MapCore;
@@ -13,6 +13,8 @@ use serde::Serialize;
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::CommonArgs;
 use crate::engine::drops;
+use crate::engine::features;
+use crate::engine::kernel;
 use crate::engine::kernel::page_size;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::stored_stack;
@@ -41,14 +43,68 @@ pub struct Args {
     pub common: CommonArgs,
 }
 
+/// Where oomkill sees each kill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    /// The BTF tracepoint mark_victim, where it passes the victim and its
+    /// uid.
+    MarkVictim,
+    /// fentry on oom_kill_process, where mark_victim passes the victim's pid
+    /// alone (5.10) and the kernel has BPF trampolines.
+    OomKillProcess,
+}
+
+impl Mechanism {
+    /// Why oomkill cannot run where choose finds nothing.
+    pub const NONE: &'static str = "this kernel's mark_victim tracepoint doesn't pass the victim, \
+         and fentry can't attach to oom_kill_process";
+
+    /// The first this kernel has, or None.
+    pub fn choose() -> Option<Mechanism> {
+        if kernel::btf_tracepoint_args("mark_victim") == Some(2) {
+            Some(Mechanism::MarkVictim)
+        } else if features::fentry_attaches("oom_kill_process") {
+            Some(Mechanism::OomKillProcess)
+        } else {
+            None
+        }
+    }
+
+    /// What `memtrace doctor` says it uses.
+    pub fn described(self) -> &'static str {
+        match self {
+            Mechanism::MarkVictim => "BTF tracepoint mark_victim",
+            Mechanism::OomKillProcess => "fentry oom_kill_process",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Mechanism::MarkVictim => "oomkill_mark_victim",
+            Mechanism::OomKillProcess => "oomkill_oom_kill_process",
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<i32> {
     let mut trace = Trace::prepare(&args.common)?;
+    let Some(mechanism) = Mechanism::choose() else {
+        bail!("{}", Mechanism::NONE);
+    };
     let mut storage = MaybeUninit::uninit();
     let skel = loader::load(
         OomkillSkelBuilder::default(),
         &mut storage,
         &mut trace,
-        |_, _| Ok(()),
+        |_, programs| {
+            for other in [Mechanism::MarkVictim, Mechanism::OomKillProcess] {
+                programs.load_if(other == mechanism, &[other.program()]);
+            }
+            if args.common.verbose {
+                crate::say!("oomkill: {}", mechanism.described());
+            }
+            Ok(())
+        },
     )?;
     let printer = KillPrinter {
         symbolizer: StackSymbolizer::new(false),

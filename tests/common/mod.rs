@@ -154,6 +154,17 @@ macro_rules! require_no_limit {
     };
 }
 
+/// The gate of a test of memleak's user mode (-p, -- COMMAND): memleak runs
+/// here and doctor names no limit on its user mode (which needs BPF cookies
+/// and bpf_loop; --kernel runs without).
+#[macro_export]
+macro_rules! require_memleak_user_mode {
+    () => {
+        $crate::require_tool!("memleak");
+        $crate::require_no_limit!("memleak", "user mode");
+    };
+}
+
 /// Returns from a test that needs a kernel feature this kernel lacks (by
 /// doctor's name for it), saying so: a test that cannot apply here.
 #[macro_export]

@@ -96,7 +96,9 @@ impl Mechanism {
         match self {
             Mechanism::Session => &[Feature::UprobeSession],
             Mechanism::Multi => &[Feature::UprobeMulti],
-            Mechanism::Classic => &[Feature::AttachCookie],
+            // every mechanism that has the others has bpf_loop, which the
+            // user stack walk needs
+            Mechanism::Classic => &[Feature::AttachCookie, Feature::Loop],
         }
     }
 
@@ -140,9 +142,10 @@ impl Mechanism {
         match all.into_iter().find(|m| m.missing().is_none()) {
             Some(chosen) => Ok(chosen),
             None => bail!(
-                "user mode (-p, -- COMMAND) needs uprobes with {}: this kernel ({}) lacks them; \
-                 --kernel, the kernel's allocations, works on it",
+                "user mode (-p, -- COMMAND) needs uprobes with {} and {}: this kernel ({}) \
+                 lacks them; --kernel, the kernel's allocations, works on it",
                 Feature::AttachCookie.described(),
+                Feature::Loop.described(),
                 crate::engine::kernel::release().unwrap_or_else(|| "unknown".into())
             ),
         }

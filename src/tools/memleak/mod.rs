@@ -23,6 +23,7 @@ use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{parse_ring_mib, parse_seconds, usage_error, CommonArgs};
 use crate::engine::detach;
 use crate::engine::drops::{self, LossWatch};
+use crate::engine::kernel;
 use crate::engine::loader::{self, MapInAdvance, Trace};
 use crate::engine::maps::{entries, take_entries};
 use crate::engine::records::{self, ready_symbolizer};
@@ -190,8 +191,14 @@ const KERNEL_PROGRAMS: &[&str] = &[
     "memleak_kmem_cache_free",
     "memleak_page_free",
 ];
-/// And with --percpu.
-const PERCPU_PROGRAMS: &[&str] = &["memleak_percpu_alloc", "memleak_percpu_free"];
+/// And with --percpu: the free, and the allocation's program for the
+/// tracepoint's arguments (PERCPU_ALLOC_ARGS, or those before call_site).
+const PERCPU_FREE: &str = "memleak_percpu_free";
+const PERCPU_ALLOC: &str = "memleak_percpu_alloc";
+const PERCPU_ALLOC_WITHOUT_CALLER: &str = "memleak_percpu_alloc_without_caller";
+/// percpu_alloc_percpu's arguments since it passes its call_site (5.10's
+/// has 7, without it).
+const PERCPU_ALLOC_ARGS: usize = 8;
 
 /// What was lost, and what to do about it.
 const DROP_HINTS: &[(DropReason, &str)] = &[
@@ -599,7 +606,15 @@ fn load<'obj>(
                 )
                 .load_if(cfi, UNWIND_PROGRAMS)
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
-                .load_if(kernel_mode && args.percpu, PERCPU_PROGRAMS);
+                .load_if(kernel_mode && args.percpu, &[PERCPU_FREE]);
+            let with_caller = kernel::btf_tracepoint_args("percpu_alloc_percpu")
+                .is_none_or(|n| n >= PERCPU_ALLOC_ARGS);
+            programs
+                .load_if(kernel_mode && args.percpu && with_caller, &[PERCPU_ALLOC])
+                .load_if(
+                    kernel_mode && args.percpu && !with_caller,
+                    &[PERCPU_ALLOC_WITHOUT_CALLER],
+                );
             let stacks = args.stack_storage_size.unwrap_or(match kernel_mode {
                 true => KERNEL_STACKS,
                 false => USER_STACKS,

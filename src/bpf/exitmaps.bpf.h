@@ -10,7 +10,7 @@
 #ifndef EXITMAPS_BPF_H
 #define EXITMAPS_BPF_H
 
-#include "common.bpf.h"
+#include "paths.bpf.h"
 #include "exitmaps.h"
 
 #define VM_EXEC 0x00000004

@@ -6,6 +6,7 @@
  * which not every kernel has (CONFIG_KPROBES). Both kinds of syscall
  * tracepoint, classic and raw, have programs here (syscalls.bpf.h).
  */
+#include "paths.bpf.h"
 #include "syscalls.bpf.h"
 #include "mmapsnoop.h"
 

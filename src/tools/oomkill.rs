@@ -61,7 +61,7 @@ impl Mechanism {
 
     /// The first this kernel has, or None.
     pub fn choose() -> Option<Mechanism> {
-        if kernel::btf_tracepoint_args("mark_victim") == Some(2) {
+        if kernel::btf_tracepoint_args("mark_victim").is_some_and(|n| n >= 2) {
             Some(Mechanism::MarkVictim)
         } else if features::fentry_attaches("oom_kill_process") {
             Some(Mechanism::OomKillProcess)

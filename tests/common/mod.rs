@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Mutex, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -393,18 +392,22 @@ impl Finished {
     }
 }
 
-fn collect<R: Read + Send + 'static>(stream: R) -> JoinHandle<String> {
+/// The whole of `stream`, sent once it ends (a channel, not a join: a
+/// process that outlives memtrace and holds the stream would block a join).
+fn collect<R: Read + Send + 'static>(stream: R) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut text = String::new();
         let _ = BufReader::new(stream).read_to_string(&mut text);
-        text
-    })
+        let _ = tx.send(text);
+    });
+    rx
 }
 
 /// A memtrace process running in the background.
 pub struct Tracer {
     pub child: Child,
-    stdout: Option<JoinHandle<String>>,
+    stdout: Option<Receiver<String>>,
     stderr_lines: Receiver<String>,
     stderr_seen: Vec<String>,
 }
@@ -536,7 +539,20 @@ impl Tracer {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let stdout = self.stdout.take().unwrap().join().unwrap();
+        // a process memtrace traced that outlived it (left stopped?) would
+        // hold its stdout open: said, not waited for
+        let stdout = self
+            .stdout
+            .take()
+            .unwrap()
+            .recv_timeout(scaled(Duration::from_secs(10)))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "memtrace ended ({status}), but its stdout stayed open: a process it \
+                     traced outlived it; stderr:\n{}",
+                    self.stderr_seen.join("\n")
+                )
+            });
         let mut stderr = std::mem::take(&mut self.stderr_seen);
         while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
             stderr.push(line);

@@ -69,6 +69,24 @@ where
     K: plain::Plain + Default,
     V: plain::Plain + Default,
 {
+    read_batches(map, Batch::Look)
+}
+
+/// What read_batches does with the entries it reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    Look,
+    Take,
+}
+
+/// The entries of a hash map, read in batches, and deleted as they are
+/// read with Batch::Take (BPF_MAP_LOOKUP_AND_DELETE_BATCH: the kernel
+/// deletes each entry it returns under its bucket's lock).
+fn read_batches<K, V>(map: &dyn MapCore, what: Batch) -> Result<Vec<(K, V)>>
+where
+    K: plain::Plain + Default,
+    V: plain::Plain + Default,
+{
     let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
     let mut batch = 4096usize;
     let mut keys = vec![0u8; key_size * batch];
@@ -95,7 +113,11 @@ where
         // as bpf_map_lookup_batch requires; the fd is the map's, open for
         // the call (borrowed from `map`).
         let ret = unsafe {
-            libbpf_sys::bpf_map_lookup_batch(
+            let batch_op = match what {
+                Batch::Look => libbpf_sys::bpf_map_lookup_batch,
+                Batch::Take => libbpf_sys::bpf_map_lookup_and_delete_batch,
+            };
+            batch_op(
                 map.as_fd().as_raw_fd(),
                 in_batch,
                 next.as_mut_ptr().cast(),
@@ -135,24 +157,16 @@ where
     }
 }
 
-/// Reads and clears a map (each entry atomically: what is added during the
-/// read lands in the next report), decoding keys with `K` and values with `V`.
+/// Reads and clears a hash map (each entry atomically: what is added during
+/// the read lands in the next report), decoding keys with `K` and values
+/// with `V`. In batches (5.6), not key by key: deleting one key of a hash
+/// map as it is read needs 5.14.
 pub fn take_entries<K, V>(map: &dyn MapCore) -> Result<Vec<(K, V)>>
 where
     K: plain::Plain + Default,
     V: plain::Plain + Default,
 {
-    let keys: Vec<Vec<u8>> = map.keys().collect();
-    let mut entries = Vec::with_capacity(keys.len());
-    for raw_key in keys {
-        let raw_value = map
-            .lookup_and_delete(&raw_key)
-            .context("reading the counts")?;
-        if let Some(entry) = raw_value.and_then(|raw_value| decode_entry(&raw_key, &raw_value)) {
-            entries.push(entry);
-        }
-    }
-    Ok(entries)
+    read_batches(map, Batch::Take)
 }
 
 /// take_entries() for maps of u64 counts.

@@ -2,10 +2,10 @@
 /*
  * oomkill: each OOM kill at oom:mark_victim (a BTF tracepoint; the book's
  * kprobe on oom_kill_process needs CONFIG_KPROBES), or by fentry on
- * oom_kill_process where the tracepoint doesn't pass the victim. The running task is the
- * one whose allocation invoked the OOM killer; the victim's memory cgroup path
- * is walked from its kernfs node, and the killer's kernel stack tells a
- * memory cgroup limit from a global OOM.
+ * oom_kill_process where the tracepoint doesn't pass the victim. The running
+ * task is the one whose allocation invoked the OOM killer; the victim's memory
+ * cgroup path is walked from its kernfs node, and the killer's kernel stack
+ * tells a memory cgroup limit from a global OOM.
  */
 #include "common.bpf.h"
 #include "stacks.bpf.h"

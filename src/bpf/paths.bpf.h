@@ -85,9 +85,7 @@ static __always_inline void memtrace_file_path(struct file *file, char *buf, str
 		return;
 	memtrace_walk_start(&walk->w, file);
 	leaf = walk->w.dentry;
-	walk->out.len = 0;
-	walk->out.depth = 0;
-	walk->out.flags = 0;
+	walk->out = (struct memtrace_path){};
 	if (!BPF_CORE_READ(leaf, d_hash.pprev) && BPF_CORE_READ(leaf, d_parent) != leaf)
 		walk->out.flags |= MEMTRACE_PATH_DELETED;
 	if (memtrace_walk_cross_mounts(&walk->w)) /* the file is itself a mount point */

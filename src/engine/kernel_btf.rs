@@ -106,6 +106,11 @@ fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
     })
 }
 
+/// A type's kind and vlen, from its `info` word.
+fn kind_and_vlen(info: u32) -> (u32, usize) {
+    ((info >> 24) & 0x1f, (info & 0xffff) as usize)
+}
+
 /// The NUL-terminated string at `off` of a BTF string section.
 fn string_at(strings: &[u8], off: usize) -> Option<&[u8]> {
     let rest = strings.get(off..)?;
@@ -141,7 +146,7 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
         starts.push(at);
         let name_off = u32_at(types, at)? as usize;
         let info = u32_at(types, at + 4)?;
-        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        let (kind, vlen) = kind_and_vlen(info);
         match kind {
             KIND_TYPEDEF => {
                 if let Some(tracepoint) = string_at(strings, name_off)?.strip_prefix(PREFIX) {
@@ -191,12 +196,8 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
 fn tracepoint_args(types: &[u8], starts: &[usize], type_id: u32) -> Option<usize> {
     let kind_and_next = |id: u32| -> Option<(u32, usize, u32)> {
         let at = *starts.get((id as usize).checked_sub(1)?)?;
-        let info = u32_at(types, at + 4)?;
-        Some((
-            (info >> 24) & 0x1f,
-            (info & 0xffff) as usize,
-            u32_at(types, at + 8)?,
-        ))
+        let (kind, vlen) = kind_and_vlen(u32_at(types, at + 4)?);
+        Some((kind, vlen, u32_at(types, at + 8)?))
     };
     let (kind, _, pointee) = kind_and_next(type_id)?;
     if kind != KIND_PTR {
@@ -217,7 +218,7 @@ fn has_member(
     depth: u32,
 ) -> Option<bool> {
     let info = u32_at(types, at + 4)?;
-    let vlen = (info & 0xffff) as usize;
+    let (_, vlen) = kind_and_vlen(info);
     for n in 0..vlen {
         // btf_member: name_off, type, offset
         let member = at + TYPE_SIZE + n * 12;
@@ -232,7 +233,7 @@ fn has_member(
         let Some(&inner) = type_id.checked_sub(1).and_then(|i| starts.get(i)) else {
             continue;
         };
-        let kind = (u32_at(types, inner + 4)? >> 24) & 0x1f;
+        let (kind, _) = kind_and_vlen(u32_at(types, inner + 4)?);
         if (kind == KIND_STRUCT || kind == KIND_UNION)
             && depth < 4
             && has_member(types, strings, starts, inner, name, depth + 1)?

@@ -593,6 +593,9 @@ fn load<'obj>(
             rodata.stop_at_loads = !kernel_mode && !args.common.command.is_empty();
             let cfi = unwind == Unwind::Cfi;
             rodata.unwind_cfi = cfi;
+            let percpu = kernel_mode && args.percpu;
+            let with_caller = kernel::btf_tracepoint_args("percpu_alloc_percpu")
+                .is_none_or(|n| n >= PERCPU_ALLOC_ARGS);
             programs
                 .load_if(!kernel_mode, &["memleak_exec", "exitmaps_send_mappings"])
                 .load_if(mechanism == Some(Mechanism::Session), &["memleak_call"])
@@ -606,15 +609,9 @@ fn load<'obj>(
                 )
                 .load_if(cfi, UNWIND_PROGRAMS)
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
-                .load_if(kernel_mode && args.percpu, &[PERCPU_FREE]);
-            let with_caller = kernel::btf_tracepoint_args("percpu_alloc_percpu")
-                .is_none_or(|n| n >= PERCPU_ALLOC_ARGS);
-            programs
-                .load_if(kernel_mode && args.percpu && with_caller, &[PERCPU_ALLOC])
-                .load_if(
-                    kernel_mode && args.percpu && !with_caller,
-                    &[PERCPU_ALLOC_WITHOUT_CALLER],
-                );
+                .load_if(percpu, &[PERCPU_FREE])
+                .load_if(percpu && with_caller, &[PERCPU_ALLOC])
+                .load_if(percpu && !with_caller, &[PERCPU_ALLOC_WITHOUT_CALLER]);
             let stacks = args.stack_storage_size.unwrap_or(match kernel_mode {
                 true => KERNEL_STACKS,
                 false => USER_STACKS,

@@ -41,7 +41,7 @@ struct {
 /* The heap's end as the call starts, kept until it returns. */
 static __always_inline int enter_brk(void)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = memtrace_current_task();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u64 old_brk;
 
@@ -68,7 +68,10 @@ static __always_inline void add_call(struct brkstack_value *value, __u64 grown, 
 		__sync_fetch_and_add(&value->shrunk, shrunk);
 }
 
-static __always_inline int exit_brk(void *ctx, long ret)
+/* frame_pointers: a constant in each program; the ones that pass true carry
+ * no call to the .eh_frame walk (bpf_loop, bpf_find_vma: 5.17), which the
+ * verifier would check even where --unwind fp leaves it unused. */
+static __always_inline int exit_brk(void *ctx, long ret, bool frame_pointers)
 {
 	__u64 id = bpf_get_current_pid_tgid(), *old_brk, grown = 0, shrunk = 0;
 	struct brkstack_key key = { .tgid = id >> 32 };
@@ -83,7 +86,8 @@ static __always_inline int exit_brk(void *ctx, long ret)
 	else
 		shrunk = *old_brk - ret;
 	bpf_map_delete_elem(&old_brks, &tid);
-	key.user_stack = memtrace_user_stack_of(ctx);
+	key.user_stack = frame_pointers ? memtrace_stack(ctx, BPF_F_USER_STACK) :
+					  memtrace_user_stack_of(ctx);
 
 	value = bpf_map_lookup_elem(&counts, &key);
 	if (value) { /* the hot path: a stack seen before */
@@ -114,7 +118,13 @@ static __always_inline int exit_brk(void *ctx, long ret)
 SEC("tp/syscalls/sys_exit_brk")
 int brkstack_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_brk(ctx, ctx->ret);
+	return exit_brk(ctx, ctx->ret, false);
+}
+
+SEC("tp/syscalls/sys_exit_brk")
+int brkstack_exit_fp(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_brk(ctx, ctx->ret, true);
 }
 
 /* The raw tracepoints (syscalls.bpf.h), for brk alone. */
@@ -132,5 +142,14 @@ int BPF_PROG(brkstack_sys_exit, struct pt_regs *regs, long ret)
 	if (!memtrace_syscall_is(memtrace_exit_syscall_nr(regs), nr_brk) ||
 	    !memtrace_native_syscall())
 		return 0;
-	return exit_brk(ctx, ret);
+	return exit_brk(ctx, ret, false);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(brkstack_sys_exit_fp, struct pt_regs *regs, long ret)
+{
+	if (!memtrace_syscall_is(memtrace_exit_syscall_nr(regs), nr_brk) ||
+	    !memtrace_native_syscall())
+		return 0;
+	return exit_brk(ctx, ret, true);
 }

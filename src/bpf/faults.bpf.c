@@ -22,7 +22,10 @@ struct {
 	__type(value, struct faults_value);
 } counts SEC(".maps");
 
-static __always_inline int count_fault(struct bpf_perf_event_data *ctx, __u32 kind)
+/* frame_pointers: a constant in each program; the ones that pass true carry
+ * no call to the .eh_frame walk (bpf_loop, bpf_find_vma: 5.17). */
+static __always_inline int count_fault(struct bpf_perf_event_data *ctx, __u32 kind,
+				       bool frame_pointers)
 {
 	struct faults_key key = { .kind = kind, .kernel_stack = FAULTS_NO_STACK };
 	struct faults_value first = { .count = 1 }, *value;
@@ -30,7 +33,8 @@ static __always_inline int count_fault(struct bpf_perf_event_data *ctx, __u32 ki
 	if (!memtrace_wanted())
 		return 0;
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
-	key.user_stack = memtrace_user_stack_of(ctx);
+	key.user_stack = frame_pointers ? memtrace_stack(ctx, BPF_F_USER_STACK) :
+					  memtrace_user_stack_of(ctx);
 	if (kernel_stacks)
 		key.kernel_stack = memtrace_stack(ctx, 0);
 
@@ -58,5 +62,19 @@ SEC("perf_event")
 int faults_fault(struct bpf_perf_event_data *ctx)
 {
 	return count_fault(ctx, bpf_get_attach_cookie(ctx) == MEMTRACE_FAULT_MAJOR ?
-					MEMTRACE_FAULT_MAJOR : MEMTRACE_FAULT_MINOR);
+					MEMTRACE_FAULT_MAJOR : MEMTRACE_FAULT_MINOR, false);
+}
+
+/* Without BPF cookies (5.15) or bpf_loop (5.17): a program per kind, and
+ * user stacks by their frame pointers. */
+SEC("perf_event")
+int faults_minor_fp(struct bpf_perf_event_data *ctx)
+{
+	return count_fault(ctx, MEMTRACE_FAULT_MINOR, true);
+}
+
+SEC("perf_event")
+int faults_major_fp(struct bpf_perf_event_data *ctx)
+{
+	return count_fault(ctx, MEMTRACE_FAULT_MAJOR, true);
 }

@@ -140,13 +140,11 @@ fn large_hash_keys() -> bool {
 }
 
 /// The features a tool's programs cannot load without, whatever its
-/// options: the user stack walk over .eh_frame and the exit-time mappings
-/// loop with bpf_loop; mmapfiles counts by three names; the fault engine
-/// looks VMAs up with bpf_find_vma and tells a major fault from a minor one
-/// by its event's cookie. (memleak's user mode: Mechanism::needs.)
+/// options: mmapfiles counts by three names; the fault engine looks VMAs up
+/// with bpf_find_vma and tells a major fault from a minor one by its
+/// event's cookie. (memleak's user mode: Mechanism::needs.)
 pub fn required_by(tool: &str) -> &'static [Feature] {
     match tool {
-        "faults" | "brkstack" => &[Feature::Loop],
         "mmapfiles" => &[Feature::LargeHashKeys],
         "ffaults" | "fmapfault" | "hfaults" | "swapin" => {
             &[Feature::FindVma, Feature::AttachCookie]

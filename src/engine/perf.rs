@@ -109,6 +109,26 @@ pub fn attach_fault_program(prog: &ProgramMut<'_>, minor: bool) -> Result<Vec<Li
     Ok(links)
 }
 
+/// Attaches a program to the major-fault events and another to the
+/// minor-fault ones (if any), on every online CPU: where programs can't tell
+/// them apart by cookie (before 5.15).
+pub fn attach_fault_programs(
+    major: &ProgramMut<'_>,
+    minor: Option<&ProgramMut<'_>>,
+) -> Result<Vec<Link>> {
+    let mut links = Vec::new();
+    if let Some(minor) = minor {
+        links = attach_software_event(minor, PAGE_FAULTS_MIN, 0, "page-faults-min")?;
+    }
+    links.extend(attach_software_event(
+        major,
+        PAGE_FAULTS_MAJ,
+        0,
+        "page-faults-maj",
+    )?);
+    Ok(links)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

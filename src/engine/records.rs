@@ -12,6 +12,7 @@ use anyhow::Result;
 use libbpf_rs::{MapCore, RingBuffer, RingBufferBuilder};
 
 use crate::analysis::symbolize::{Mapping, StackSymbolizer, VDSO};
+use crate::engine::features::Feature;
 use crate::engine::skeleton::{ExitMappingKind, ExitMappingRecord, PathFlag};
 
 /// A record of type `T` from a ring buffer. Records may carry only the used
@@ -73,6 +74,16 @@ fn strip_deleted(mut path: Vec<u8>) -> Vec<u8> {
         path.truncate(path.len() - b" (deleted)".len());
     }
     path
+}
+
+/// exitmaps.bpf.h's program, which sends an exiting process's mappings.
+pub const EXIT_MAPPINGS_PROGRAMS: &[&str] = &["exitmaps_send_mappings"];
+
+/// Whether EXIT_MAPPINGS_PROGRAMS are loaded: only where the kernel has the
+/// task_vma iterator (6.7), without which they send nothing (and 5.10
+/// can't load their global function).
+pub fn exit_mappings_sent() -> bool {
+    Feature::TaskVmaIterator.present()
 }
 
 /// Adds a skeleton's `mappings` ring buffer (exitmaps.bpf.h) to `builder`:

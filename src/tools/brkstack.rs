@@ -19,6 +19,7 @@ use crate::cli::{CommonArgs, ReportArgs};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{percpu_sums, take_entries};
+use crate::engine::records::{self, EXIT_MAPPINGS_PROGRAMS};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::syscalls::SyscallPrograms;
@@ -105,11 +106,22 @@ pub fn run(args: Args) -> Result<i32> {
             let rodata = open.rodata()?;
             rodata.nr_brk = libc::SYS_brk;
             rodata.unwind_cfi = unwind == Unwind::Cfi;
-            programs.syscalls(SyscallPrograms {
-                raw: ["brkstack_sys_enter", "brkstack_sys_exit"],
-                classic: vec!["brkstack_enter", "brkstack_exit"],
-            });
-            programs.load_if(unwind == Unwind::Cfi, UNWIND_PROGRAMS);
+            // the exits that walk by frame pointers carry no .eh_frame walk
+            let fp = unwind == Unwind::Fp;
+            let (exit, sys_exit) = match fp {
+                true => ("brkstack_exit_fp", "brkstack_sys_exit_fp"),
+                false => ("brkstack_exit", "brkstack_sys_exit"),
+            };
+            programs
+                .load_if(false, &["brkstack_exit", "brkstack_sys_exit"])
+                .load_if(false, &["brkstack_exit_fp", "brkstack_sys_exit_fp"])
+                .syscalls(SyscallPrograms {
+                    raw: ["brkstack_sys_enter", sys_exit],
+                    classic: vec!["brkstack_enter", exit],
+                });
+            programs
+                .load_if(unwind == Unwind::Cfi, UNWIND_PROGRAMS)
+                .load_if(records::exit_mappings_sent(), EXIT_MAPPINGS_PROGRAMS);
             let maps = &mut open.maps;
             loader::set_entries(&mut maps.stack_store, args.stack_storage_size)?;
             args.stacks

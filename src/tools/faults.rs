@@ -15,10 +15,12 @@ use serde::Serialize;
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::{CommonArgs, ReportArgs};
 use crate::engine::drops;
+use crate::engine::features::Feature;
 use crate::engine::kernel;
 use crate::engine::loader::{self, Trace};
 use crate::engine::maps::{stored_stack, take_entries};
 use crate::engine::perf;
+use crate::engine::records::{self, EXIT_MAPPINGS_PROGRAMS};
 use crate::engine::session::{monotonic_ns, Session};
 use crate::engine::skeleton::{DropReason, FaultKind, OpenSkeleton};
 use crate::engine::unwind::{Unwind, UnwindArgs, Walker, UNWIND_PROGRAMS};
@@ -86,7 +88,13 @@ pub fn run(args: Args) -> Result<i32> {
     let unwind = args.stacks.resolve(args.common.tool, Walker::PerfEvent)?;
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, &args, unwind)?;
-    let _links = perf::attach_fault_program(&skel.progs.faults_fault, true)?;
+    let _links = match per_kind_programs() {
+        false => perf::attach_fault_program(&skel.progs.faults_fault, true)?,
+        true => perf::attach_fault_programs(
+            &skel.progs.faults_major_fp,
+            Some(&skel.progs.faults_minor_fp),
+        )?,
+    };
     let counting = StackCounting::start(
         args.common.tool,
         skel.object(),
@@ -147,6 +155,11 @@ fn load<'obj>(
             rodata.kernel_stacks = args.kernel_stack;
             rodata.unwind_cfi = unwind == Unwind::Cfi;
             programs.load_if(unwind == Unwind::Cfi, UNWIND_PROGRAMS);
+            let per_kind = per_kind_programs();
+            programs
+                .load_if(!per_kind, &["faults_fault"])
+                .load_if(per_kind, &["faults_minor_fp", "faults_major_fp"])
+                .load_if(records::exit_mappings_sent(), EXIT_MAPPINGS_PROGRAMS);
             loader::set_entries(&mut open.maps.stack_store, args.stack_storage_size)?;
             let maps = &mut open.maps;
             args.stacks
@@ -161,6 +174,13 @@ fn load<'obj>(
             loader::set_entries(&mut open.maps.counts, args.max_entries)
         },
     )
+}
+
+/// Whether the faults are counted by a program per kind with frame-pointer
+/// stacks: where faults_fault, which tells the kinds apart by cookie and
+/// can walk .eh_frame, can't load (cookies: 5.15; bpf_loop: 5.17).
+fn per_kind_programs() -> bool {
+    !Feature::AttachCookie.present() || !Feature::Loop.present()
 }
 
 /// One report row: a process, its stacks (leaf first) and counts by kind.

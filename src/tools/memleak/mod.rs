@@ -26,7 +26,7 @@ use crate::engine::drops::{self, LossWatch};
 use crate::engine::kernel;
 use crate::engine::loader::{self, MapInAdvance, Trace};
 use crate::engine::maps::{entries, take_entries};
-use crate::engine::records::{self, ready_symbolizer};
+use crate::engine::records::{self, ready_symbolizer, EXIT_MAPPINGS_PROGRAMS};
 use crate::engine::session::{Session, Stop};
 use crate::engine::skeleton::{DropReason, OpenSkeleton};
 use crate::engine::target::{process_kind, CommandStop, HeldCommand, ProcessKind, Stopped, Target};
@@ -597,7 +597,11 @@ fn load<'obj>(
             let with_caller = kernel::btf_tracepoint_args("percpu_alloc_percpu")
                 .is_none_or(|n| n >= PERCPU_ALLOC_ARGS);
             programs
-                .load_if(!kernel_mode, &["memleak_exec", "exitmaps_send_mappings"])
+                .load_if(!kernel_mode, &["memleak_exec"])
+                .load_if(
+                    !kernel_mode && records::exit_mappings_sent(),
+                    EXIT_MAPPINGS_PROGRAMS,
+                )
                 .load_if(mechanism == Some(Mechanism::Session), &["memleak_call"])
                 .load_if(
                     mechanism == Some(Mechanism::Multi),

@@ -94,36 +94,34 @@ fn attach_software_event(
 /// ones if `minor`, on every online CPU; its attach cookie is the event's
 /// enum memtrace_fault_kind.
 pub fn attach_fault_program(prog: &ProgramMut<'_>, minor: bool) -> Result<Vec<Link>> {
-    let mut links = Vec::new();
-    if minor {
-        let kind = u64::from(FaultKind::MEMTRACE_FAULT_MINOR.0);
-        links = attach_software_event(prog, PAGE_FAULTS_MIN, kind, "page-faults-min")?;
-    }
-    let kind = u64::from(FaultKind::MEMTRACE_FAULT_MAJOR.0);
-    links.extend(attach_software_event(
-        prog,
-        PAGE_FAULTS_MAJ,
-        kind,
-        "page-faults-maj",
-    )?);
-    Ok(links)
+    let kind = |kind: FaultKind| u64::from(kind.0);
+    attach_fault_events(
+        (prog, kind(FaultKind::MEMTRACE_FAULT_MAJOR)),
+        minor.then_some((prog, kind(FaultKind::MEMTRACE_FAULT_MINOR))),
+    )
 }
 
 /// Attaches a program to the major-fault events and another to the
-/// minor-fault ones (if any), on every online CPU: where programs can't tell
-/// them apart by cookie (before 5.15).
-pub fn attach_fault_programs(
-    major: &ProgramMut<'_>,
-    minor: Option<&ProgramMut<'_>>,
+/// minor-fault ones, on every online CPU: where programs can't tell them
+/// apart by cookie (before 5.15).
+pub fn attach_fault_programs(major: &ProgramMut<'_>, minor: &ProgramMut<'_>) -> Result<Vec<Link>> {
+    attach_fault_events((major, 0), Some((minor, 0)))
+}
+
+/// The minor-fault events' program and cookie (if any), then the major ones'.
+fn attach_fault_events(
+    major: (&ProgramMut<'_>, u64),
+    minor: Option<(&ProgramMut<'_>, u64)>,
 ) -> Result<Vec<Link>> {
     let mut links = Vec::new();
-    if let Some(minor) = minor {
-        links = attach_software_event(minor, PAGE_FAULTS_MIN, 0, "page-faults-min")?;
+    if let Some((prog, cookie)) = minor {
+        links = attach_software_event(prog, PAGE_FAULTS_MIN, cookie, "page-faults-min")?;
     }
+    let (prog, cookie) = major;
     links.extend(attach_software_event(
-        major,
+        prog,
         PAGE_FAULTS_MAJ,
-        0,
+        cookie,
         "page-faults-maj",
     )?);
     Ok(links)

@@ -412,6 +412,7 @@ fn memleak_unwinds_vector_growth_through_libstdcxx() {
 #[test]
 fn faults_unwinds_memset_through_libc() {
     require_tool!("faults");
+    require_no_limit!("faults", "without frame pointers are short");
     let memsetter = fixture_with("memsetter", "memsetter", NO_FRAME_POINTERS);
     let finished = run(&[
         "faults",
@@ -555,6 +556,7 @@ fn write_noise(path: &Path) {
 #[test]
 fn faults_unwinds_xz_whole() {
     require_tool!("faults");
+    require_no_limit!("faults", "without frame pointers are short");
     let xz = installed("xz", "xz-utils");
     let input = temp_path("noise-30m.dat");
     write_noise(&input);

@@ -247,15 +247,26 @@ impl<'obj> UserStacks<'obj> {
     /// stopped under ptrace at each system call of its loader, so that each
     /// library's table is in before its code runs (what it does meanwhile is
     /// traced: the programs are attached). It stays stopped until the
-    /// session starts.
-    pub fn follow_loader(&self, target: &mut Target) -> Result<()> {
-        if let (Target::Command(cmd), true) = (target, self.is_on()) {
-            let pid = cmd.pid.as_raw() as u32;
-            cmd.exec_until_mapped(|maps| {
-                self.set_mappings(pid, maps);
-                None::<()>
-            })?;
+    /// session starts. With the walk off, the same where no exit record will
+    /// bring a gone command's mappings (records::exit_mappings_sent): the
+    /// symbolizer keeps them as the last known.
+    pub fn follow_loader(
+        &self,
+        target: &mut Target,
+        symbolizer: &RefCell<StackSymbolizer>,
+    ) -> Result<()> {
+        let Target::Command(cmd) = target else {
+            return Ok(());
+        };
+        if !self.is_on() && records::exit_mappings_sent() {
+            return Ok(());
         }
+        let pid = cmd.pid.as_raw() as u32;
+        cmd.exec_until_mapped(|maps| {
+            self.set_mappings(pid, maps);
+            symbolizer.borrow_mut().note_mappings(pid, maps);
+            None::<()>
+        })?;
         Ok(())
     }
 

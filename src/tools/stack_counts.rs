@@ -48,13 +48,14 @@ impl<'obj> StackCounting<'obj> {
         hint: &'static str,
     ) -> Result<StackCounting<'obj>> {
         let user_stacks = UserStacks::start(object, &target.live_pids(), unwind)?;
-        user_stacks.follow_loader(target)?;
+        let symbolizer = RefCell::new(StackSymbolizer::new(with_source));
+        user_stacks.follow_loader(target, &symbolizer)?;
         Ok(StackCounting {
             tool,
             object,
             maps,
             user_stacks,
-            symbolizer: RefCell::new(StackSymbolizer::new(with_source)),
+            symbolizer,
             watch: RefCell::new(LossWatch::new(tool, DropReason::MEMTRACE_DROP_COUNTS, hint)),
         })
     }

@@ -32,6 +32,31 @@ fn sbrk_calls_and_bytes_by_stack() {
     assert!(all_calls > 16, "{rows:?}");
 }
 
+/// On every kernel, .eh_frame or not (5.10's brkstack follows frame pointers
+/// alone): brk calls from code with frame pointers down to the system call.
+#[test]
+fn raw_brk_calls_by_a_frame_pointer_stack() {
+    require_tool!("brkstack");
+    let finished = run_on(&["brkstack", "--json"], "grower", &["raw", "12", "8192"]);
+    finished.assert_success();
+    let rows = finished.json();
+    let grown = rows_through(&rows, "grower", "grow_heap_raw");
+    assert_eq!(grown.len(), 1, "{rows:?}");
+    assert_eq!(
+        (&grown[0]["calls"], &grown[0]["bytes_grown"]),
+        (&12.into(), &(12 * 8192).into()),
+        "{rows:?}"
+    );
+    let stack = stack_frames(grown[0]);
+    assert!(
+        stack.len() >= 2
+            && stack[0].starts_with("grow_heap_raw+")
+            && stack[1].starts_with("main+")
+            && stack[..2].iter().all(|f| f.ends_with("[grower]")),
+        "{stack:?}"
+    );
+}
+
 #[test]
 fn malloc_growth_is_attributed_to_its_caller() {
     require_tool!("brkstack");

@@ -56,6 +56,24 @@ static __always_inline void memtrace_count_drop(__u32 reason)
 }
 
 /*
+ * A number no other call returns, from `counters` (a one-entry per-CPU array
+ * of u64): this CPU's count of them and the CPU, never 0; 0 if the map can't
+ * be read. For kernels without atomic fetch-and-add (5.12). Programs on one
+ * CPU don't interleave between the read and the write: they run with
+ * preemption off, and none of the callers in a hard interrupt.
+ */
+static __always_inline __u64 memtrace_unique_number(void *counters)
+{
+	__u32 zero = 0;
+	__u64 *count = bpf_map_lookup_elem(counters, &zero);
+
+	if (!count)
+		return 0;
+	*count += 1;
+	return (*count << 16) | bpf_get_smp_processor_id();
+}
+
+/*
  * The current task, for reads through BPF_CORE_READ: typed where the kernel
  * has bpf_get_current_task_btf (5.11), else its address. The test is a CO-RE
  * constant: the verifier drops the branch not taken, helper call and all.

@@ -22,6 +22,12 @@
  * (distribution kernels do): then an fentry program on handle_mm_fault,
  * which is given the VMA, describes it for the perf event that
  * mm_account_fault() raises at the end of the same call (vma_from_fentry).
+ *
+ * Before 5.17 there is no bpf_find_vma, and often no BPF cookies (5.15) or
+ * atomic fetch-and-add (5.12): the programs named *_pre517 do without all
+ * three (each function below takes `pre517`, a constant, to say which it is).
+ * The fentry program is then the only VMA source; it keeps its description
+ * per thread, as a fault that sleeps may end on another CPU.
  */
 #include "common.bpf.h"
 #include "faultvma.h"
@@ -138,6 +144,14 @@ struct {
 
 __u64 faultvma_last_image = 0;
 
+/* pre517: image numbers from memtrace_unique_number (no fetch-and-add before 5.12) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} images_numbered SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 512 * 1024); /* 13,000 records: user space reads them every 200 ms */
@@ -231,17 +245,18 @@ struct {
 	__type(value, struct faultvma_stash);
 } fault_stash SEC(".maps");
 
-SEC("fentry/handle_mm_fault")
-int BPF_PROG(faultvma_handle_fault, struct vm_area_struct *vma, unsigned long address)
-{
-	struct faultvma_stash *stash;
-	__u32 zero = 0;
+/* pre517: the stash of each thread in a fault (whose perf event finds it by thread) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* the thread's id */
+	__type(value, struct faultvma_stash);
+} thread_stash SEC(".maps");
 
-	if (!memtrace_wanted())
-		return 0;
-	stash = bpf_map_lookup_elem(&fault_stash, &zero);
-	if (!stash)
-		return 0;
+/* Describes the VMA handle_mm_fault was given into `stash`. */
+static __always_inline void faultvma_stash_vma(struct faultvma_stash *stash,
+					       struct vm_area_struct *vma, unsigned long address)
+{
 	stash->pid_tgid = bpf_get_current_pid_tgid();
 	stash->addr = address;
 	stash->vma.mm = (__u64)BPF_CORE_READ(vma, vm_mm);
@@ -251,17 +266,51 @@ int BPF_PROG(faultvma_handle_fault, struct vm_area_struct *vma, unsigned long ad
 	stash->vma.tgid = 0;
 	stash->vma.slot[0] = stash->vma.slot[1] = 0;
 	faultvma_describe(NULL, vma, &stash->vma);
+}
+
+SEC("fentry/handle_mm_fault")
+int BPF_PROG(faultvma_handle_fault, struct vm_area_struct *vma, unsigned long address)
+{
+	struct faultvma_stash *stash;
+	__u32 zero = 0;
+
+	if (!memtrace_wanted())
+		return 0;
+	stash = bpf_map_lookup_elem(&fault_stash, &zero);
+	if (stash)
+		faultvma_stash_vma(stash, vma, address);
+	return 0;
+}
+
+SEC("fentry/handle_mm_fault")
+int BPF_PROG(faultvma_handle_fault_pre517, struct vm_area_struct *vma, unsigned long address)
+{
+	struct faultvma_stash *stash, fresh = {};
+	__u32 tid = bpf_get_current_pid_tgid();
+
+	if (!memtrace_wanted())
+		return 0;
+	/* written in place: an update per fault would cost an LRU insertion */
+	stash = bpf_map_lookup_elem(&thread_stash, &tid);
+	if (stash) {
+		faultvma_stash_vma(stash, vma, address);
+		return 0;
+	}
+	faultvma_stash_vma(&fresh, vma, address);
+	bpf_map_update_elem(&thread_stash, &tid, &fresh, BPF_ANY);
 	return 0;
 }
 
 /* The VMA faultvma_handle_fault described for this fault, in `last` (its
  * count slots kept if it is the VMA `last` held); false if none. */
-static __always_inline bool faultvma_from_stash(struct faultvma_cached *last, __u64 addr)
+static __always_inline bool faultvma_from_stash(struct faultvma_cached *last, __u64 addr,
+						bool pre517)
 {
 	struct faultvma_stash *stash;
-	__u32 zero = 0;
+	__u32 zero = 0, tid = bpf_get_current_pid_tgid();
 
-	stash = bpf_map_lookup_elem(&fault_stash, &zero);
+	stash = pre517 ? bpf_map_lookup_elem(&thread_stash, &tid) :
+			 bpf_map_lookup_elem(&fault_stash, &zero);
 	if (!stash || stash->pid_tgid != bpf_get_current_pid_tgid() || stash->addr != addr)
 		return false;
 	stash->pid_tgid = 0; /* once */
@@ -293,29 +342,55 @@ static __always_inline bool faultvma_mm_seq(struct mm_struct *mm, __u32 *seq)
 	return false;
 }
 
+/* The address space of the current task (NULL: a kernel thread). */
+static __always_inline struct mm_struct *faultvma_current_mm(bool pre517)
+{
+	/* before 5.11 the task is an address to read through */
+	if (pre517)
+		return BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), mm);
+	/* a plain load through the trusted task pointer: no helper call on the hot path */
+	return ((struct task_struct *)bpf_get_current_task_btf())->mm;
+}
+
+/* Describes an address whose VMA is not known. */
+static __always_inline void faultvma_unknown(struct faultvma_cached *c)
+{
+	c->file.label = FAULTVMA_UNKNOWN;
+	c->file.flags = 0;
+	c->file.ino = 0;
+	c->file.dev = 0;
+	c->start = c->end = 0;
+}
+
 /*
  * The VMA (this CPU's cache entry) that addr belongs to in the current task's
  * address space, or NULL for a kernel thread. Never fails otherwise: what
  * can't be looked up is labelled FAULTVMA_UNKNOWN.
  */
-static __always_inline struct faultvma_cached *faultvma_of(__u64 addr)
+static __always_inline struct faultvma_cached *faultvma_of(__u64 addr, bool pre517)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 	struct faultvma_region_key key;
 	struct faultvma_cached *last, *cached;
 	struct mm_struct *mm;
 	__u32 zero = 0, seq = 0;
 	bool cacheable;
 
-	/* plain loads through the trusted task pointer: no helper calls on the hot path */
-	mm = task->mm;
+	mm = faultvma_current_mm(pre517);
 	if (!mm)
 		return NULL;
 	last = bpf_map_lookup_elem(&last_vma, &zero);
 	if (!last)
 		return NULL;
-	if (vma_from_fentry && faultvma_from_stash(last, addr))
+	if ((vma_from_fentry || pre517) && faultvma_from_stash(last, addr, pre517))
 		return last;
+	if (pre517) {
+		/* no lookup: a fault the fentry program did not see (none should be) */
+		last->mm = (__u64)mm;
+		last->valid = 0;
+		last->tgid = 0;
+		faultvma_unknown(last);
+		return last;
+	}
 	cacheable = faultvma_mm_seq(mm, &seq);
 
 	/* the hot path: the same VMA as this CPU's last fault (hits are not counted, to stay cheap) */
@@ -337,12 +412,8 @@ static __always_inline struct faultvma_cached *faultvma_of(__u64 addr)
 	struct faultvma_cached found = { .mm = (__u64)mm, .seq = seq };
 
 
-	if (bpf_find_vma(task, addr, faultvma_describe, &found, 0) != 0) {
-		found.file.label = FAULTVMA_UNKNOWN;
-		found.file.flags = 0;
-		found.file.ino = 0;
-		found.file.dev = 0;
-		found.start = found.end = 0;
+	if (bpf_find_vma(bpf_get_current_task_btf(), addr, faultvma_describe, &found, 0) != 0) {
+		faultvma_unknown(&found);
 	} else if (cacheable && !(seq & 1)) {
 		/* not cached if a writer was mid-change (odd), or the kernel has no sequence */
 		found.valid = 1;
@@ -352,8 +423,19 @@ static __always_inline struct faultvma_cached *faultvma_of(__u64 addr)
 	return last;
 }
 
+/* A number for a new image (never 0); false if none can be given. */
+static __always_inline bool faultvma_new_image(__u64 *image, bool pre517)
+{
+	if (!pre517) {
+		*image = __sync_fetch_and_add(&faultvma_last_image, 1) + 1;
+		return true;
+	}
+	*image = memtrace_unique_number(&images_numbered);
+	return *image != 0;
+}
+
 /* The number of an address space (0 for none: kernel threads); false if none can be given. */
-static __always_inline bool faultvma_image(__u64 mm, __u64 *image)
+static __always_inline bool faultvma_image(__u64 mm, __u64 *image, bool pre517)
 {
 	__u64 *found;
 
@@ -365,7 +447,8 @@ static __always_inline bool faultvma_image(__u64 mm, __u64 *image)
 		*image = *found;
 		return true;
 	}
-	*image = __sync_fetch_and_add(&faultvma_last_image, 1) + 1;
+	if (!faultvma_new_image(image, pre517))
+		return false;
 	if (!bpf_map_update_elem(&faultvma_images, &mm, image, BPF_NOEXIST))
 		return true;
 	found = bpf_map_lookup_elem(&faultvma_images, &mm); /* another thread numbered it first */
@@ -375,12 +458,23 @@ static __always_inline bool faultvma_image(__u64 mm, __u64 *image)
 	return true;
 }
 
-/* A slot no key has: one never used, else one user space freed. */
-static __always_inline bool faultvma_take_slot(__u32 *slot)
+/*
+ * A slot no key has: one never used, else one user space freed. Before 5.12
+ * (no fetch-and-add) user space queues every slot at the start, in order, and
+ * slots_used counts those taken: the first max_slots taken are the never-used.
+ */
+static __always_inline bool faultvma_take_slot(__u32 *slot, bool pre517)
 {
 	__u32 zero = 0, *used;
 
 	used = bpf_map_lookup_elem(&slots_used, &zero);
+	if (pre517) {
+		if (bpf_map_pop_elem(&free_slots, slot))
+			return false;
+		if (used && *used < max_slots)
+			__sync_fetch_and_add(used, 1); /* its value unused: an atomic add, no fetch */
+		return true;
+	}
 	if (used && *used < max_slots) {
 		*slot = __sync_fetch_and_add(used, 1);
 		if (*slot < max_slots)
@@ -390,7 +484,8 @@ static __always_inline bool faultvma_take_slot(__u32 *slot)
 }
 
 /* The count slot of this fault, found once per CPU, VMA, process and kind. */
-static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 kind, __u32 tgid)
+static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 kind, __u32 tgid,
+						bool pre517)
 {
 	struct faultvma_count_key key = {};
 	struct faultvma_slot_info *info;
@@ -409,9 +504,14 @@ static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 
 
 	key.tgid = tgid;
 	key.kind = kind;
-	key.start = ((struct task_struct *)bpf_get_current_task_btf())->group_leader->start_time;
+	if (pre517)
+		key.start = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), group_leader,
+					  start_time);
+	else
+		key.start =
+			((struct task_struct *)bpf_get_current_task_btf())->group_leader->start_time;
 	key.file = c->file;
-	if (!faultvma_image(c->mm, &key.image)) {
+	if (!faultvma_image(c->mm, &key.image, pre517)) {
 		memtrace_count_drop(MEMTRACE_DROP_COUNTS);
 		return NULL;
 	}
@@ -419,7 +519,7 @@ static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 
 	if (found) {
 		slot = *found;
 	} else {
-		if (!faultvma_take_slot(&slot)) {
+		if (!faultvma_take_slot(&slot, pre517)) {
 			memtrace_count_drop(MEMTRACE_DROP_COUNTS);
 			return NULL;
 		}
@@ -450,14 +550,14 @@ static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 
 }
 
 /* Counts one fault of the given kind at addr, if the tool's options want it. */
-static __always_inline int faultvma_count_fault(__u64 addr, __u32 kind)
+static __always_inline int faultvma_count_fault(__u64 addr, __u32 kind, bool pre517)
 {
 	struct faultvma_cached *c;
 	__u64 *count;
 
 	if (!memtrace_wanted())
 		return 0;
-	c = faultvma_of(addr);
+	c = faultvma_of(addr, pre517);
 	if (!c)
 		return 0;
 	if (only_files && c->file.label != FAULTVMA_FILE)
@@ -469,7 +569,7 @@ static __always_inline int faultvma_count_fault(__u64 addr, __u32 kind)
 			  (c->file.flags & FAULTVMA_HUGETLB) ||
 			  (c->file.label == FAULTVMA_FILE && !(c->file.flags & FAULTVMA_SHMEM))))
 		return 0;
-	count = faultvma_counter(c, kind, bpf_get_current_pid_tgid() >> 32);
+	count = faultvma_counter(c, kind, bpf_get_current_pid_tgid() >> 32, pre517);
 	if (count)
 		__sync_fetch_and_add(count, 1);
 	return 0;
@@ -484,7 +584,20 @@ static __always_inline int faultvma_count_fault(__u64 addr, __u32 kind)
 SEC("perf_event")
 int faultvma_fault(struct bpf_perf_event_data *ctx)
 {
-	return faultvma_count_fault(ctx->addr, bpf_get_attach_cookie(ctx));
+	return faultvma_count_fault(ctx->addr, bpf_get_attach_cookie(ctx), false);
+}
+
+/* Before 5.17: a program per kind, each attached to its own events. */
+SEC("perf_event")
+int faultvma_fault_minor_pre517(struct bpf_perf_event_data *ctx)
+{
+	return faultvma_count_fault(ctx->addr, MEMTRACE_FAULT_MINOR, true);
+}
+
+SEC("perf_event")
+int faultvma_fault_major_pre517(struct bpf_perf_event_data *ctx)
+{
+	return faultvma_count_fault(ctx->addr, MEMTRACE_FAULT_MAJOR, true);
 }
 
 #define REQ_OP_MASK 0xff /* the low bits of bi_opf: REQ_OP_BITS is 8 */
@@ -516,10 +629,8 @@ static __always_inline unsigned long page_flags(struct page *page)
 	return flags;
 }
 
-SEC("tp_btf/block_bio_queue")
-int BPF_PROG(faultvma_swap_read, struct bio *bio)
+static __always_inline int faultvma_count_swap_read(struct bio *bio, bool pre517)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 	struct faultvma_cached c = {};
 	unsigned long flags = 0;
 	struct page *page;
@@ -537,12 +648,31 @@ int BPF_PROG(faultvma_swap_read, struct bio *bio)
 		return 0;
 	if (!(bio->bi_iter.bi_size >> page_shift))
 		return 0; /* a slot is taken only to be counted in */
-	c.mm = (__u64)task->mm;
+	c.mm = (__u64)faultvma_current_mm(pre517);
 	c.file.label = FAULTVMA_SWAP_READ;
-	count = faultvma_counter(&c, MEMTRACE_FAULT_MINOR, bpf_get_current_pid_tgid() >> 32);
+	count = faultvma_counter(&c, MEMTRACE_FAULT_MINOR, bpf_get_current_pid_tgid() >> 32, pre517);
 	if (count)
 		__sync_fetch_and_add(count, bio->bi_iter.bi_size >> page_shift);
 	return 0;
+}
+
+SEC("tp_btf/block_bio_queue")
+int BPF_PROG(faultvma_swap_read, struct bio *bio)
+{
+	return faultvma_count_swap_read(bio, false);
+}
+
+SEC("tp_btf/block_bio_queue")
+int BPF_PROG(faultvma_swap_read_pre517, struct bio *bio)
+{
+	return faultvma_count_swap_read(bio, true);
+}
+
+/* Before 5.11 the tracepoint passed the bio's queue first. */
+SEC("tp_btf/block_bio_queue")
+int BPF_PROG(faultvma_swap_read_queue_bio, struct request_queue *q, struct bio *bio)
+{
+	return faultvma_count_swap_read(bio, true);
 }
 
 /* Tells user space what is gone; a full ring buffer is counted as a drop. */

@@ -19,7 +19,7 @@ use libbpf_rs::skel::Skel;
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, RingBuffer, RingBufferBuilder};
 
 use crate::engine::features::Feature;
-use crate::engine::kernel::page_size;
+use crate::engine::kernel::{self, page_size};
 use crate::engine::loader::{self, Choice, Trace, Without};
 use crate::engine::maps::{map_named, percpu_sums, MappedArray};
 use crate::engine::perf;
@@ -90,6 +90,37 @@ impl VmaSource {
     }
 }
 
+/// Whether the kernel lacks bpf_find_vma (5.17): the *_pre517 programs then
+/// do without it, BPF cookies (5.15) and fetch-and-add (5.12), taking each
+/// fault's VMA from fentry on handle_mm_fault (features::required_by).
+fn before_find_vma() -> bool {
+    !Feature::FindVma.present()
+}
+
+/// swapin's programs: pages read from swap (one is loaded).
+const SWAP_READ_PROGRAMS: [&str; 3] = [
+    "faultvma_swap_read",
+    "faultvma_swap_read_pre517",
+    "faultvma_swap_read_queue_bio",
+];
+
+/// swapin's program before 5.17, for the block_bio_queue tracepoint the
+/// kernel has: (bio) since 5.11, (queue, bio) before.
+fn swap_read_pre517() -> &'static str {
+    match kernel::btf_tracepoint_args("block_bio_queue") {
+        Some(2) => "faultvma_swap_read_queue_bio",
+        _ => "faultvma_swap_read_pre517",
+    }
+}
+
+/// What the engine does without the exit_mmap tracepoint.
+pub const WITHOUT_EXIT_MMAP: &str = "the count slots of exited processes are freed only once \
+     they are reaped (at their exit: the exit_mmap tracepoint, Linux 6.1)";
+
+/// The page-fault programs of kernels before 5.17, one per kind.
+const PRE517_FAULT_PROGRAMS: [&str; 2] =
+    ["faultvma_fault_minor_pre517", "faultvma_fault_major_pre517"];
+
 /// Faults counted since the last reading for one process image, kind and target.
 #[derive(Debug, Clone)]
 pub struct FaultCount {
@@ -121,6 +152,7 @@ impl<'obj> FaultEngine<'obj> {
     ) -> Result<FaultEngine<'obj>> {
         let slots = max_slots.max(1);
         let from_fentry = VmaSource::choose() == VmaSource::Fentry;
+        let pre517 = before_find_vma();
         let skel = loader::load(
             FaultvmaSkelBuilder::default(),
             storage,
@@ -133,14 +165,22 @@ impl<'obj> FaultEngine<'obj> {
                 rodata.max_slots = slots;
                 rodata.page_shift = page_size().trailing_zeros();
                 rodata.vma_from_fentry = from_fentry;
-                programs.load_if(only == Only::Swap, &["faultvma_swap_read"]);
-                programs.load_if(from_fentry, &["faultvma_handle_fault"]);
+                programs
+                    .load_if(!pre517, &["faultvma_fault"])
+                    .load_if(pre517, &PRE517_FAULT_PROGRAMS)
+                    .load_if(from_fentry && !pre517, &["faultvma_handle_fault"])
+                    .load_if(pre517, &["faultvma_handle_fault_pre517"]);
+                let swap_read = (only == Only::Swap).then(|| match pre517 {
+                    false => "faultvma_swap_read",
+                    true => swap_read_pre517(),
+                });
+                for program in SWAP_READ_PROGRAMS {
+                    programs.load_if(swap_read == Some(program), &[program]);
+                }
                 programs.choose(Choice {
                     job: "address spaces gone (their count slots freed at once)",
                     programs: &["faultvma_exit_mmap"],
-                    without: Without::Lose(
-                        "the count slots of exited processes are freed only once they are reaped",
-                    ),
+                    without: Without::Lose(WITHOUT_EXIT_MMAP),
                 });
                 for map in [
                     &mut open.maps.slot_of,
@@ -154,9 +194,19 @@ impl<'obj> FaultEngine<'obj> {
                 Ok(())
             },
         )?;
-        // swap-ins are major faults: minor ones are not even looked at
-        let links = perf::attach_fault_program(&skel.progs.faultvma_fault, only != Only::Swap)?;
         let slots = Slots::new(skel.object())?;
+        if pre517 {
+            slots.queue_all(skel.object())?;
+        }
+        // swap-ins are major faults: minor ones are not even looked at
+        let minor = only != Only::Swap;
+        let links = match pre517 {
+            false => perf::attach_fault_program(&skel.progs.faultvma_fault, minor)?,
+            true => perf::attach_fault_programs(
+                &skel.progs.faultvma_fault_major_pre517,
+                minor.then_some(&skel.progs.faultvma_fault_minor_pre517),
+            )?,
+        };
         Ok(FaultEngine {
             skel,
             _links: links,
@@ -256,7 +306,20 @@ impl Slots {
         })
     }
 
-    /// Slots handed out so far: the never-used ones come first.
+    /// Queues every slot, in order, for the BPF side to take: before 5.12 it
+    /// can't count off never-used slots itself (faultvma_take_slot). One
+    /// system call a slot (queues have no batch operations), before attaching.
+    fn queue_all(&self, object: &Object) -> Result<()> {
+        let free_slots = map_named(object, "free_slots")?;
+        for slot in 0..self.counts.len() as u32 {
+            free_slots
+                .update(&[], &slot.to_ne_bytes(), MapFlags::ANY)
+                .context("queueing the count slots")?;
+        }
+        Ok(())
+    }
+
+    /// Slots handed out so far (at most): the never-used ones come first.
     fn used(&self, object: &Object) -> Result<usize> {
         let used = map_named(object, "slots_used")?
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)?

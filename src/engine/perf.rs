@@ -101,11 +101,14 @@ pub fn attach_fault_program(prog: &ProgramMut<'_>, minor: bool) -> Result<Vec<Li
     )
 }
 
-/// Attaches a program to the major-fault events and another to the
+/// Attaches a program to the major-fault events and another (if any) to the
 /// minor-fault ones, on every online CPU: where programs can't tell them
 /// apart by cookie (before 5.15).
-pub fn attach_fault_programs(major: &ProgramMut<'_>, minor: &ProgramMut<'_>) -> Result<Vec<Link>> {
-    attach_fault_events((major, 0), Some((minor, 0)))
+pub fn attach_fault_programs(
+    major: &ProgramMut<'_>,
+    minor: Option<&ProgramMut<'_>>,
+) -> Result<Vec<Link>> {
+    attach_fault_events((major, 0), minor.map(|prog| (prog, 0)))
 }
 
 /// The minor-fault events' program and cookie (if any), then the major ones'.

@@ -90,9 +90,10 @@ pub fn run(args: Args) -> Result<i32> {
     let skel = load(&mut storage, &mut trace, &args, unwind)?;
     let _links = match per_kind_programs() {
         false => perf::attach_fault_program(&skel.progs.faults_fault, true)?,
-        true => {
-            perf::attach_fault_programs(&skel.progs.faults_major_fp, &skel.progs.faults_minor_fp)?
-        }
+        true => perf::attach_fault_programs(
+            &skel.progs.faults_major_fp,
+            Some(&skel.progs.faults_minor_fp),
+        )?,
     };
     let counting = StackCounting::start(
         args.common.tool,

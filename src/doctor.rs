@@ -11,14 +11,14 @@ use anyhow::Result;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use serde::Serialize;
 
-use crate::engine::faultvma::VmaSource;
+use crate::engine::faultvma::{self, VmaSource};
 use crate::engine::features::{self, Feature};
 use crate::engine::kernel;
 use crate::engine::syscalls;
 use crate::engine::unwind::{self, Walker};
 use crate::tools::memleak::allocator::Mechanism;
-use crate::tools::oomkill;
 use crate::tools::TOOLS;
+use crate::tools::{mmapfiles, oomkill};
 
 pub const NAME: &str = "doctor";
 
@@ -194,10 +194,10 @@ fn exit_mappings(found: &mut Findings) {
 fn fault_vmas(found: &mut Findings) {
     found
         .uses("page-fault perf events")
-        .needs(Feature::FindVma.present(), || {
-            format!("needs {}", Feature::FindVma.described())
-        })
-        .attaches(&["tp_btf/exit_mmap", "tp_btf/sched_process_free"]);
+        .attaches(&["tp_btf/sched_process_free"]);
+    if !kernel::can_attach("tp_btf/exit_mmap").unwrap_or(false) {
+        found.limit(faultvma::WITHOUT_EXIT_MMAP);
+    }
     let source = VmaSource::choose();
     found.uses(source.described());
     if source == VmaSource::Lookup {
@@ -264,7 +264,12 @@ fn verdict_of(tool: &'static str) -> Verdict {
     }
     match tool {
         "mmapsnoop" => syscalls(&mut found, &["mmap", "munmap", "mremap"]),
-        "mmapfiles" => syscalls(&mut found, &["mmap"]),
+        "mmapfiles" => {
+            syscalls(&mut found, &["mmap"]);
+            if mmapfiles::names_numbered() {
+                found.limit(mmapfiles::NUMBERED_LIMIT);
+            }
+        }
         "shmsnoop" => syscalls(&mut found, &["shmget", "shmat", "shmdt", "shmctl"]),
         "brkstack" => {
             syscalls(&mut found, &["brk"]);

@@ -14,6 +14,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* This architecture's number of mmap (syscalls.bpf.h). */
 const volatile long nr_mmap = -1;
+/* Count by the names' numbers (counts_by_number), not the names: before 5.11. */
+const volatile bool names_numbered = false;
 
 struct mmapfiles_call_args {
 	__s32 fd;
@@ -40,6 +42,75 @@ struct {
 	__type(key, struct mmapfiles_key);
 	__type(value, __u64);
 } counts SEC(".maps");
+
+/* names_numbered: a name's number, and the name of a number for user space */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 20480);
+	__type(key, struct mmapfiles_name);
+	__type(value, __u64);
+} name_numbers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 20480);
+	__type(key, __u64);
+	__type(value, struct mmapfiles_name);
+} numbered_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} names_counted SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, struct mmapfiles_numbered_key);
+	__type(value, __u64);
+} counts_by_number SEC(".maps");
+
+/* The number of a name (a map value: names are too big for the stack); false if the maps are full. */
+static __always_inline bool number_name(char *name, __u64 *number)
+{
+	__u64 *found;
+
+	*number = 0;
+	if (!name[0])
+		return true;
+	found = bpf_map_lookup_elem(&name_numbers, name);
+	if (found) {
+		*number = *found;
+		return true;
+	}
+	*number = memtrace_unique_number(&names_counted);
+	/* the name first: a number a count can have always has a name */
+	if (!*number || bpf_map_update_elem(&numbered_names, number, name, BPF_NOEXIST))
+		return false;
+	if (!bpf_map_update_elem(&name_numbers, name, number, BPF_NOEXIST))
+		return true;
+	/* another CPU numbered it first (or the map is full) */
+	bpf_map_delete_elem(&numbered_names, number);
+	found = bpf_map_lookup_elem(&name_numbers, name);
+	if (!found)
+		return false;
+	*number = *found;
+	return true;
+}
+
+static __always_inline void count_by_numbers(struct mmapfiles_key *key)
+{
+	struct mmapfiles_numbered_key numbered;
+
+	if (!number_name(key->grandparent, &numbered.grandparent) ||
+	    !number_name(key->parent, &numbered.parent) || !number_name(key->file, &numbered.file)) {
+		memtrace_count_drop(MEMTRACE_DROP_COUNTS);
+		return;
+	}
+	memtrace_count(&counts_by_number, &numbered, 1);
+}
 
 static __always_inline int enter_mmap(const struct memtrace_syscall_args *a)
 {
@@ -102,7 +173,10 @@ static __always_inline int exit_mmap(long ret)
 			memtrace_dentry_name(w.dentry, key->grandparent);
 	}
 
-	memtrace_count(&counts, key, 1);
+	if (names_numbered)
+		count_by_numbers(key);
+	else
+		memtrace_count(&counts, key, 1);
 out:
 	bpf_map_delete_elem(&calls_in_flight, &id);
 	return 0;

@@ -13,4 +13,18 @@ struct mmapfiles_key {
 	char file[MMAPFILES_NAME_MAX];
 };
 
+/*
+ * Before 5.11 a hash key is at most 512 bytes: names_numbered counts by the
+ * numbers of the three names (0: none), each name numbered once a run.
+ */
+struct mmapfiles_numbered_key {
+	__u64 grandparent;
+	__u64 parent;
+	__u64 file;
+};
+
+struct mmapfiles_name {
+	char name[MMAPFILES_NAME_MAX];
+};
+
 #endif

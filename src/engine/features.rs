@@ -31,7 +31,8 @@ pub enum Feature {
     /// BPF trampolines: fentry programs on kernel functions (5.5, where the
     /// kernel is built with them; this project's VMs are not).
     Fentry,
-    /// Hash map keys over 512 bytes (5.11): mmapfiles' key is three names.
+    /// Hash map keys over 512 bytes (5.11): mmapfiles' key of three names
+    /// (before, it counts by their numbers).
     LargeHashKeys,
 }
 
@@ -140,14 +141,13 @@ fn large_hash_keys() -> bool {
 }
 
 /// The features a tool's programs cannot load without, whatever its
-/// options: mmapfiles counts by three names; the fault engine looks VMAs up
-/// with bpf_find_vma and tells a major fault from a minor one by its
-/// event's cookie. (memleak's user mode: Mechanism::needs.)
+/// options: the fault engine, on a kernel without bpf_find_vma (5.17),
+/// takes each fault's VMA from fentry on handle_mm_fault. (memleak's user
+/// mode: Mechanism::needs.)
 pub fn required_by(tool: &str) -> &'static [Feature] {
     match tool {
-        "mmapfiles" => &[Feature::LargeHashKeys],
-        "ffaults" | "fmapfault" | "hfaults" | "swapin" => {
-            &[Feature::FindVma, Feature::AttachCookie]
+        "ffaults" | "fmapfault" | "hfaults" | "swapin" if !Feature::FindVma.present() => {
+            &[Feature::Fentry]
         }
         _ => &[],
     }

@@ -16,7 +16,7 @@ use crate::engine::features::{self, Feature};
 use crate::engine::kernel;
 use crate::engine::syscalls;
 use crate::engine::unwind::{self, Walker};
-use crate::tools::memleak::allocator::Mechanism;
+use crate::tools::memleak::allocator::{self, Mechanism};
 use crate::tools::TOOLS;
 use crate::tools::{mmapfiles, oomkill};
 
@@ -233,6 +233,9 @@ fn memleak(found: &mut Findings) {
                      the end (one link per object: {})",
                     Feature::UprobeMulti.described()
                 ));
+            }
+            if mechanism.pre517() {
+                found.limit(allocator::PROBES_BY_ADDRESS);
             }
             stacks(found, Walker::Probe);
             exit_mappings(found);

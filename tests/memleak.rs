@@ -89,12 +89,18 @@ macro_rules! mechanism_tests {
         #[test]
         fn $name() {
             require_memleak_user_mode!();
-            require_feature!(feature_for_uprobes($mechanism));
+            if let Some(feature) = feature_for_uprobes($mechanism) {
+                require_feature!(feature);
+            }
             let extra = ["--uprobes", $mechanism];
             for allocator in ALLOCATORS {
                 assert_leaks_30000_with(&extra, allocator);
             }
-            assert_cxx_variants_balance(&extra);
+            // (through libstdc++, built without frame pointers)
+            match tool_limited("memleak", FRAME_POINTERS_ONLY) {
+                None => assert_cxx_variants_balance(&extra),
+                Some(reason) => eprintln!("C++ part skipped: {reason}"),
+            }
             // the final report's (classic links of runs before may still
             // be going, slowing this one past an interval)
             assert_parent_and_child_leaks(&final_rows(report(&extra, &["fork"])));
@@ -109,6 +115,9 @@ mechanism_tests! {
     multi_uprobe_links_count_exactly: "multi",
     classic_uprobes_count_exactly: "classic",
 }
+
+/// Doctor's words for stacks walked by frame pointers alone (before 5.17).
+const FRAME_POINTERS_ONLY: &str = "without frame pointers are short";
 
 /// Each leaker ALLOCATOR.
 const ALLOCATORS: &[&str] = &[
@@ -908,11 +917,20 @@ fn assert_leaks_of_many(rows: &[Value], what: &str) {
 }
 
 /// Asserts that no row is of a program exec'd away (its addresses in no
-/// mapping any more).
+/// mapping any more). Where stacks are walked by frame pointers alone, the
+/// innermost frame only: the walk goes astray above code built without
+/// them (a shell's).
 fn assert_nothing_of_an_old_program(rows: &[Value]) {
+    let reliable = match tool_limited("memleak", FRAME_POINTERS_ONLY) {
+        None => usize::MAX,
+        Some(_) => 1,
+    };
     for row in rows {
         assert!(
-            !stack_frames(row).iter().any(|f| f.ends_with("[unknown]")),
+            !stack_frames(row)
+                .iter()
+                .take(reliable)
+                .any(|f| f.ends_with("[unknown]")),
             "an allocation of a program exec'd away: {row}"
         );
     }
@@ -1002,6 +1020,8 @@ fn preloaded_allocators_are_found_without_o() {
 #[test]
 fn cxx_new_and_delete_variants_balance() {
     require_memleak_user_mode!();
+    // stacks through libstdc++, built without frame pointers
+    require_no_limit!("memleak", FRAME_POINTERS_ONLY);
     assert_cxx_variants_balance(&[]);
 }
 
@@ -1128,6 +1148,8 @@ impl Drop for Redis {
 #[test]
 fn redis_servers_jemalloc_is_found_and_its_values_counted() {
     require_memleak_user_mode!();
+    // stacks through redis-server, built without frame pointers
+    require_no_limit!("memleak", FRAME_POINTERS_ONLY);
     let redis = Redis::start();
     let pid = redis.server.id().to_string();
     let tracer = Tracer::start(&["memleak", "--json", "-o", "0", "-p", &pid, "3600"]);
@@ -1448,6 +1470,8 @@ fn a_followed_command_stays_stopped_until_sigcont() {
 #[test]
 fn a_p_process_that_execs_forgets_its_old_programs_leaks() {
     require_memleak_user_mode!();
+    // the new program leaks at once, before memtrace can look at it
+    require_no_limit!("memleak", "after a -p process's exec");
     let leaker = fixture("leaker");
     let leaker_path = leaker.to_str().unwrap();
     // the new program stays a second: memtrace reads it in while it lives

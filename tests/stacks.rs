@@ -198,6 +198,7 @@ fn assert_deep_leak(kind: &str, bytes_each: u64, allocator: &[Expected]) {
 #[test]
 fn memleak_unwinds_strdup_through_libc_and_code_without_frame_pointers() {
     require_memleak_user_mode!();
+    require_no_limit!("memleak", "without frame pointers are short");
     assert_deep_leak("strdup", 100, &[library(&["strdup"], "libc.so.6")]);
 }
 
@@ -249,6 +250,7 @@ fn deepleak_line(name: &str) -> usize {
 #[test]
 fn memleak_source_shows_lines_and_inlined_frames() {
     require_memleak_user_mode!();
+    require_no_limit!("memleak", "without frame pointers are short");
     let debug_flags = [NO_FRAME_POINTERS, &["-g"]].concat();
     let deepleak = fixture_with("deepleak", "deepleak-g", &debug_flags);
     let finished = run(&[
@@ -301,6 +303,7 @@ fn memleak_source_shows_lines_and_inlined_frames() {
 #[test]
 fn memleak_unwinds_calloc_callers_without_frame_pointers() {
     require_memleak_user_mode!();
+    require_no_limit!("memleak", "without frame pointers are short");
     assert_deep_leak("calloc", 300, &[]);
 }
 
@@ -310,6 +313,7 @@ fn memleak_unwinds_calloc_callers_without_frame_pointers() {
 #[test]
 fn memleak_unwinds_realloc_callers_without_frame_pointers() {
     require_memleak_user_mode!();
+    require_no_limit!("memleak", "without frame pointers are short");
     assert_deep_leak("realloc", 500, &[]);
 }
 
@@ -320,6 +324,7 @@ fn memleak_unwinds_realloc_callers_without_frame_pointers() {
 #[test]
 fn memleak_unwinds_a_program_exec_by_a_wrapper() {
     require_memleak_user_mode!();
+    require_no_limit!("memleak", "without frame pointers are short");
     let deepleak = fixture_with("deepleak", "deepleak", NO_FRAME_POINTERS);
     let sh = Path::new("/bin/sh");
     let rows = memleak_rows(
@@ -344,6 +349,7 @@ const OPERATOR_NEW: &[&str] = &["operator new", "_Znwm"];
 #[test]
 fn memleak_unwinds_operator_new_through_libstdcxx() {
     require_memleak_user_mode!();
+    require_no_limit!("memleak", "without frame pointers are short");
     let cxxleak = cxx_fixture_with("cxxleak", "cxxleak", NO_FRAME_POINTERS);
     let rows = memleak_rows(&cxxleak, &["new", "7"]);
     let row = the_row_through(&rows, &ours("leak_new", "cxxleak"));
@@ -369,6 +375,7 @@ fn memleak_unwinds_operator_new_through_libstdcxx() {
 #[test]
 fn memleak_unwinds_vector_growth_through_libstdcxx() {
     require_memleak_user_mode!();
+    require_no_limit!("memleak", "without frame pointers are short");
     let cxxleak = cxx_fixture_with("cxxleak", "cxxleak", NO_FRAME_POINTERS);
     let rows = memleak_rows(&cxxleak, &["vector"]);
     let row = the_row_through(&rows, &ours("grow_vector", "cxxleak"));
@@ -478,6 +485,7 @@ fn faults_unwinds_memset_through_libc() {
 #[test]
 fn memleak_unwinds_a_library_loaded_during_the_trace() {
     require_memleak_user_mode!();
+    require_no_limit!("memleak", "without frame pointers are short");
     let library_path = library_fixture_with("dlleaklib", "libdlleak.so", NO_FRAME_POINTERS);
     let dlleaker = fixture_with("dlleaker", "dlleaker", NO_FRAME_POINTERS);
     let rows = memleak_rows(&dlleaker, &[library_path.to_str().unwrap(), "300", "5"]);

@@ -12,7 +12,10 @@
  *   microseconds;
  * - before that, an entry and a return program, as multi-uprobe links
  *   (6.6) or classic uprobes (cookies: 5.15): every allocating call's return
- *   traps, and the return half matches it to its entry.
+ *   traps, and the return half matches it to its entry;
+ * - before BPF cookies and bpf_loop (5.15, 5.17), classic uprobes whose
+ *   cookie user space keeps by probe address (probe_cookies), user stacks
+ *   by frame pointers: the *_pre517 programs.
  * Allocations are kept by process and address with their size, time and
  * stack until freed; a running total by process and stack serves
  * --combined-only.
@@ -97,6 +100,14 @@ struct {
 	__type(value, __u8);
 } loads SEC(".maps");
 
+/* pre517: each probe's cookie by process and address, written by user space as it attaches */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); /* user space sizes it */
+	__type(key, struct memleak_probe_key);
+	__type(value, __u64);
+} probe_cookies SEC(".maps");
+
 /* Puts struct memleak_event into the skeleton's generated types (ring buffers have no value type). */
 struct memleak_event memleak_event_layout = {};
 /* and enum memleak_func: user space gives each probe its function as the cookie */
@@ -171,12 +182,14 @@ static __always_inline void forget_user(__u64 addr)
 	forget(&key);
 }
 
-static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size)
+/* pre517: a constant in each program; true ones carry no call to the
+ * .eh_frame walk (bpf_loop, bpf_find_vma: 5.17) and read no cookie (5.15). */
+static __always_inline void remember(struct pt_regs *ctx, __u64 addr, __u64 size, bool pre517)
 {
 	struct memleak_alloc a = { .size = size, .time_ns = bpf_ktime_get_ns() };
 	struct memleak_key key = user_key(addr);
 
-	a.stack = memtrace_user_stack_of(ctx);
+	a.stack = pre517 ? memtrace_stack(ctx, BPF_F_USER_STACK) : memtrace_user_stack_of(ctx);
 	/* --wa-missing-free: the allocator handed out this address again, so its
 	 * earlier allocation was freed by a path we did not see */
 	if (wa_missing_free)
@@ -278,17 +291,48 @@ static __always_inline bool inside_allocator(struct pt_regs *ctx, __u64 id)
 	return outer && PT_REGS_SP(ctx) < outer->sp;
 }
 
+/* The cookie of the probe that fired; false if user space gave it none. */
+static __always_inline bool probe_cookie(struct pt_regs *ctx, __u64 id, bool pre517, __u64 *cookie)
+{
+	struct memleak_probe_key key = {
+		.tgid = id >> 32,
+		/* the kernel sets it to the probe's address for the handlers */
+		.addr = PT_REGS_IP(ctx),
+	};
+	__u64 *found;
+
+	if (!pre517) {
+		*cookie = bpf_get_attach_cookie(ctx);
+		return true;
+	}
+	found = bpf_map_lookup_elem(&probe_cookies, &key);
+	if (!found)
+		return false;
+	*cookie = *found;
+	return true;
+}
+
 /* Returns 0 when the return half is wanted, 1 when not. */
-static __always_inline int on_entry(struct pt_regs *ctx)
+static __always_inline int on_entry(struct pt_regs *ctx, bool pre517)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u64 cookie = bpf_get_attach_cookie(ctx);
-	struct memleak_call call = { .func = cookie & 0xff };
+	struct memleak_call call = {};
 	struct memleak_key old;
-	__u64 arg[4];
+	__u64 arg[4], cookie;
 
 	if (!memtrace_wanted())
 		return 1;
+	if (!probe_cookie(ctx, id, pre517, &cookie)) {
+		/* an exec or a dlopen mapped the probe's object elsewhere: its call
+		 * is not followed, and user space is asked to look again */
+		__u32 tgid = id >> 32;
+		__u8 yes = 1;
+
+		bpf_map_update_elem(&loads, &tgid, &yes, BPF_ANY);
+		memtrace_count_drop(MEMTRACE_DROP_PENDING);
+		return 1;
+	}
+	call.func = cookie & 0xff;
 	memleak_args(ctx, cookie, arg);
 	switch (call.func) {
 	case MEMLEAK_LOADS:
@@ -374,16 +418,20 @@ static __always_inline int on_entry(struct pt_regs *ctx)
 	return 0;
 }
 
-static __always_inline int on_return(struct pt_regs *ctx)
+static __always_inline int on_return(struct pt_regs *ctx, bool pre517)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 func = bpf_get_attach_cookie(ctx) & 0xff;
 	struct memleak_call *call;
 	__u64 addr = PT_REGS_RC(ctx);
+	__u32 func;
 
 	call = bpf_map_lookup_elem(&calls, &id);
-	if (!call || call->func != func)
-		return 0; /* not a call we followed, or an inner one */
+	if (!call)
+		return 0; /* not a call we followed */
+	/* pre517: no cookie, and the stack pointer below tells an inner call too */
+	func = pre517 ? call->func : bpf_get_attach_cookie(ctx) & 0xff;
+	if (call->func != func)
+		return 0; /* an inner call of another function */
 	/* without sessions every call's return traps: an inner call of the same
 	 * function (operator new's malloc) returns on a deeper stack than the
 	 * followed one (the probe site keeps the entry's stack pointer) */
@@ -404,7 +452,7 @@ static __always_inline int on_return(struct pt_regs *ctx)
 		if (call->old_addr)
 			forget_user(call->old_addr);
 		if (call->size >= min_size && (!max_size || call->size <= max_size))
-			remember(ctx, addr, call->size);
+			remember(ctx, addr, call->size, pre517);
 	}
 	bpf_map_delete_elem(&calls, &id);
 	return 0;
@@ -431,8 +479,8 @@ SEC("uprobe.session")
 int memleak_call(struct pt_regs *ctx)
 {
 	if (bpf_session_is_return())
-		return on_return(ctx);
-	return on_entry(ctx);
+		return on_return(ctx, false);
+	return on_entry(ctx, false);
 }
 
 /* Multi-uprobe links without sessions (6.6-6.12): the return probe is set
@@ -440,28 +488,42 @@ int memleak_call(struct pt_regs *ctx)
 SEC("uprobe.multi")
 int memleak_multi_entry(struct pt_regs *ctx)
 {
-	on_entry(ctx);
+	on_entry(ctx, false);
 	return 0;
 }
 
 SEC("uretprobe.multi")
 int memleak_multi_return(struct pt_regs *ctx)
 {
-	return on_return(ctx);
+	return on_return(ctx, false);
 }
 
 /* Classic uprobes, one link per function and half (cookies: 5.15). */
 SEC("uprobe")
 int memleak_entry(struct pt_regs *ctx)
 {
-	on_entry(ctx);
+	on_entry(ctx, false);
 	return 0;
 }
 
 SEC("uretprobe")
 int memleak_return(struct pt_regs *ctx)
 {
-	return on_return(ctx);
+	return on_return(ctx, false);
+}
+
+/* Classic uprobes before BPF cookies and bpf_loop (5.15, 5.17). */
+SEC("uprobe")
+int memleak_entry_pre517(struct pt_regs *ctx)
+{
+	on_entry(ctx, true);
+	return 0;
+}
+
+SEC("uretprobe")
+int memleak_return_pre517(struct pt_regs *ctx)
+{
+	return on_return(ctx, true);
 }
 
 /*

@@ -66,4 +66,14 @@ struct memleak_combined {
 	__u64 allocs;
 };
 
+/*
+ * Before BPF cookies (5.15): what a classic uprobe's cookie would say, found
+ * by the probe's address in the process (memleak.bpf.c probe_cookies).
+ */
+struct memleak_probe_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 addr;
+};
+
 #endif

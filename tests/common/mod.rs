@@ -154,8 +154,7 @@ macro_rules! require_no_limit {
 }
 
 /// The gate of a test of memleak's user mode (-p, -- COMMAND): memleak runs
-/// here and doctor names no limit on its user mode (which needs BPF cookies
-/// and bpf_loop; --kernel runs without).
+/// here and doctor names no limit on its user mode.
 #[macro_export]
 macro_rules! require_memleak_user_mode {
     () => {
@@ -176,12 +175,13 @@ macro_rules! require_feature {
     };
 }
 
-/// The feature (doctor's name) memleak's `--uprobes MECHANISM` needs.
-pub fn feature_for_uprobes(mechanism: &str) -> &'static str {
+/// The feature (doctor's name) memleak's `--uprobes MECHANISM` needs, if
+/// any (classic uprobes are on every kernel, with BPF cookies or without).
+pub fn feature_for_uprobes(mechanism: &str) -> Option<&'static str> {
     match mechanism {
-        "session" => "session uprobes",
-        "multi" => "multi-uprobe links",
-        "classic" => "BPF cookies",
+        "session" => Some("session uprobes"),
+        "multi" => Some("multi-uprobe links"),
+        "classic" => None,
         other => panic!("no uprobe mechanism {other:?}"),
     }
 }

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use blazesym::inspect::source::{Elf, Source};
 use blazesym::inspect::Inspector;
-use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts, UprobeOpts};
+use libbpf_rs::{Link, MapCore, MapFlags, MapMut, ProgramMut, UprobeMultiOpts, UprobeOpts};
 use nix::unistd::Pid;
 
-use super::bpf::types::memleak_func as Func;
+use super::bpf::types::{memleak_func as Func, memleak_probe_key};
 use super::Args;
 use crate::analysis::probe_site::{self, ProbeSite};
 use crate::analysis::proc_maps::{self, MapsEntry};
@@ -87,6 +87,8 @@ pub enum Mechanism {
     Multi,
     /// Classic uprobes and uretprobes: a link per function and half, each
     /// tens of ms for the kernel to remove (libc's 23: 0.73 s on 6.18).
+    /// Before BPF cookies or bpf_loop (5.15, 5.17), each probe's cookie is
+    /// kept by its address (ProbeCookies), stacks walked by frame pointers.
     Classic,
 }
 
@@ -96,9 +98,9 @@ impl Mechanism {
         match self {
             Mechanism::Session => &[Feature::UprobeSession],
             Mechanism::Multi => &[Feature::UprobeMulti],
-            // every mechanism that has the others has bpf_loop, which the
-            // user stack walk needs
-            Mechanism::Classic => &[Feature::AttachCookie, Feature::Loop],
+            // (every kernel with the others has bpf_loop, which the
+            // .eh_frame walk needs)
+            Mechanism::Classic => &[],
         }
     }
 
@@ -138,26 +140,33 @@ impl Mechanism {
                 ),
             };
         }
-        let all = [Mechanism::Session, Mechanism::Multi, Mechanism::Classic];
-        match all.into_iter().find(|m| m.missing().is_none()) {
-            Some(chosen) => Ok(chosen),
-            None => bail!(
-                "user mode (-p, -- COMMAND) needs uprobes with {} and {}: this kernel ({}) \
-                 lacks them; --kernel, the kernel's allocations, works on it",
-                Feature::AttachCookie.described(),
-                Feature::Loop.described(),
-                crate::engine::kernel::release().unwrap_or_else(|| "unknown".into())
-            ),
-        }
+        let better = [Mechanism::Session, Mechanism::Multi];
+        Ok(better
+            .into_iter()
+            .find(|m| m.missing().is_none())
+            .unwrap_or(Mechanism::Classic))
+    }
+
+    /// Whether it uses the *_pre517 programs (memleak.bpf.c): classic
+    /// uprobes where the kernel lacks BPF cookies or bpf_loop.
+    pub fn pre517(self) -> bool {
+        self == Mechanism::Classic && (!Feature::AttachCookie.present() || !Feature::Loop.present())
     }
 }
 
+/// What telling probes apart by address costs, for doctor.
+pub const PROBES_BY_ADDRESS: &str = "probes are told apart by their addresses (BPF cookies: \
+     Linux 5.15): after a -p process's exec, its calls are not traced until memtrace next \
+     looks (200 ms at most), counted as calls not traced";
+
 /// The programs a mechanism attaches: the session program alone, or an
-/// entry and a return program.
+/// entry and a return program; and where the kernel has no BPF cookies,
+/// the map that holds them by probe address.
 pub struct CallPrograms<'a, 'obj> {
     pub mechanism: Mechanism,
     pub entry: &'a ProgramMut<'obj>,
     pub ret: &'a ProgramMut<'obj>,
+    pub cookies: Option<&'a MapMut<'obj>>,
 }
 
 /// The dynamic loader's function called around each change of the loaded
@@ -226,11 +235,12 @@ struct ProbedObject {
 }
 
 /// What is probed in one traced process: the objects (by path), and the
-/// links that do it.
+/// links that do it (and before BPF cookies, the keys of their cookies).
 #[derive(Default)]
 struct ProcessProbes {
     paths: Vec<PathBuf>,
     links: Vec<Link>,
+    cookie_keys: Vec<memleak_probe_key>,
 }
 
 /// Every allocator the target uses, found in its mappings, and the probes
@@ -384,7 +394,7 @@ impl Allocators {
         Ok(())
     }
 
-    /// A child ended: its probes go, RETIRE_BATCH links at a time, each by
+    /// A child ended: its probes go (and their cookies), RETIRE_BATCH links at a time, each by
     /// a thread of its own. A link's removal waits for the kernel (~20-35
     /// ms) and holds off forks meanwhile; removals made together share the
     /// wait. Until removed, a link costs every traced process that calls
@@ -394,10 +404,14 @@ impl Allocators {
     /// then 200,000 malloc+free: 1.36 s in batches of 4, 1.67 s of 8, 1.63 s
     /// removing each at once; with 300 children and never removing, the
     /// malloc+free took 13-20 s instead of 1.8 s.
-    pub fn forget(&mut self, pid: Pid) {
+    pub fn forget(&mut self, pid: Pid, progs: &CallPrograms) {
         let Some(probed) = self.processes.remove(&pid) else {
             return;
         };
+        let mut probed = probed;
+        if let Some(cookies) = progs.cookies {
+            probed.forget_cookies(cookies);
+        }
         self.retired.extend(fds_of(&probed.links));
         if self.retired.len() >= RETIRE_BATCH {
             for fd in std::mem::take(&mut self.retired) {
@@ -425,6 +439,9 @@ impl Allocators {
         pid: Pid,
         progs: &CallPrograms,
     ) -> Result<()> {
+        if let Some(cookies) = progs.cookies {
+            self.move_cookies(maps, pid, cookies)?;
+        }
         if args.object.is_some() {
             return Ok(());
         }
@@ -451,6 +468,23 @@ impl Allocators {
             if mapped.contains(&object.path) {
                 probed.attach(object, pid, progs)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Before BPF cookies: the cookies of process `pid`'s probes, where its
+    /// objects are in `maps` now. An exec maps them afresh (the probes stay,
+    /// their addresses do not); the BPF side asks for this (memleak's
+    /// follow_loads) when a probe fires at an address with no cookie.
+    fn move_cookies(&mut self, maps: &[MapsEntry], pid: Pid, cookies: &MapMut) -> Result<()> {
+        let Some(probed) = self.processes.get_mut(&pid) else {
+            return Ok(());
+        };
+        probed.forget_cookies(cookies);
+        let objects = self.objects.iter().chain(&self.loader_hooks);
+        for object in objects.filter(|o| probed.paths.contains(&o.path)) {
+            let keys = object.store_cookies(cookies, maps, pid)?;
+            probed.cookie_keys.extend(keys);
         }
         Ok(())
     }
@@ -509,11 +543,25 @@ impl Allocators {
 }
 
 impl ProcessProbes {
+    /// Before BPF cookies: the cookies of the probes it has, removed.
+    fn forget_cookies(&mut self, cookies: &MapMut) {
+        for key in self.cookie_keys.drain(..) {
+            // SAFETY: a C struct of integers (tgid, pad, addr), its padding named.
+            let _ = cookies.delete(unsafe { plain::as_bytes(&key) });
+        }
+    }
+
     /// `object` probed in process `pid`, unless it is already (or has
     /// nothing to probe).
     fn attach(&mut self, object: &ProbedObject, pid: Pid, progs: &CallPrograms) -> Result<()> {
         if object.probes.is_empty() || self.paths.contains(&object.path) {
             return Ok(());
+        }
+        // the cookies first: a probe hit before its cookie is there is lost
+        if let Some(cookies) = progs.cookies {
+            let maps = read_maps_of(pid.as_raw() as u32)?;
+            self.cookie_keys
+                .extend(object.store_cookies(cookies, &maps, pid)?);
         }
         self.links.extend(
             object
@@ -526,6 +574,37 @@ impl ProcessProbes {
 }
 
 impl ProbedObject {
+    /// Each probe's cookie, by its address in process `pid`, whose
+    /// mappings are `maps`: for the *_pre517 programs, which can't read
+    /// cookies (a probe where the object is not mapped fires nowhere).
+    /// Returns the keys written.
+    fn store_cookies(
+        &self,
+        cookies: &MapMut,
+        maps: &[MapsEntry],
+        pid: Pid,
+    ) -> Result<Vec<memleak_probe_key>> {
+        let mut keys = Vec::new();
+        for probe in &self.probes {
+            let offset = probe.site_offset() as u64;
+            let Some(addr) = address_of(maps, &self.path, offset) else {
+                continue;
+            };
+            let key = memleak_probe_key {
+                tgid: pid.as_raw() as u32,
+                addr,
+                ..Default::default()
+            };
+            // SAFETY: a C struct of integers (tgid, pad, addr), its padding named.
+            let key_bytes = unsafe { plain::as_bytes(&key) };
+            cookies
+                .update(key_bytes, &probe.cookie().to_ne_bytes(), MapFlags::ANY)
+                .context("keeping a uprobe's cookie (probe_cookies is full)")?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
     /// The object's functions probed in process `pid` by the mechanism's
     /// links: one session link, two multi links (entries; returns of the
     /// functions that return memory), or a classic link per function and
@@ -558,7 +637,11 @@ impl ProbedObject {
             Mechanism::Classic => {
                 let single = |prog: &ProgramMut, probe: &Probe, retprobe| {
                     let opts = UprobeOpts {
-                        cookie: probe.cookie(),
+                        // (a kernel without cookies refuses one: EOPNOTSUPP)
+                        cookie: match progs.cookies {
+                            None => probe.cookie(),
+                            Some(_) => 0,
+                        },
                         retprobe,
                         ..Default::default()
                     };
@@ -675,6 +758,15 @@ fn check_user_process(pid: u32) -> Result<()> {
              allocations use --kernel"
         ),
     }
+}
+
+/// Where file offset `offset` of `path` is mapped in a process (`maps`).
+fn address_of(maps: &[MapsEntry], path: &Path, offset: u64) -> Option<u64> {
+    maps.iter()
+        .find(|m| {
+            m.path() == Some(path) && (m.offset..m.offset + (m.end - m.start)).contains(&offset)
+        })
+        .map(|m| m.start + (offset - m.offset))
 }
 
 /// A process's mappings; a process gone meanwhile is said to be.

@@ -36,7 +36,7 @@ use crate::present::output::Output;
 use allocator::{Allocators, CallPrograms, Mechanism};
 use report::{print_trace_event, Moment, Profiles, Reporter};
 
-crate::bpf_skeleton!("memleak", OpenMemleakSkel, records: [memleak_alloc, memleak_combined, memleak_event, memleak_key, memleak_stack_key]);
+crate::bpf_skeleton!("memleak", OpenMemleakSkel, records: [memleak_alloc, memleak_combined, memleak_event, memleak_key, memleak_probe_key, memleak_stack_key]);
 use bpf::types::{memleak_event, memleak_key, memleak_stack_key};
 use bpf::{MemleakSkel, MemleakSkelBuilder};
 
@@ -230,6 +230,11 @@ const ERRNO_KEYS: u32 = 16;
 /// shell processes and its python saw ~39,000).
 const USER_STACKS: u32 = 1 << 16;
 
+/// Entries of probe_cookies where the kernel has no BPF cookies: ~30 probes
+/// a process, for a thousand processes probed at once (those that end are
+/// forgotten).
+const PROBE_COOKIES: u32 = 32 * 1024;
+
 /// And in kernel mode, where the store is made up front (~1 KiB a stack).
 const KERNEL_STACKS: u32 = 1 << 14;
 
@@ -249,15 +254,16 @@ pub fn run(args: Args) -> Result<i32> {
     // -p checked (a missing pid is said as every tool says it) before the
     // allocator is looked for in it
     let mut trace = Trace::prepare(&args.common)?;
-    // kernel mode's stacks are the kernel's
-    let unwind = match kernel_mode {
-        true => Unwind::Fp,
-        false => args.stacks.resolve(args.common.tool, Walker::Probe)?,
-    };
     let mut allocators = if kernel_mode {
         None
     } else {
         Allocators::find(&args, &mut trace.target)?
+    };
+    // kernel mode's stacks are the kernel's (said once the target is
+    // known good: a refusal is one line)
+    let unwind = match kernel_mode {
+        true => Unwind::Fp,
+        false => args.stacks.resolve(args.common.tool, Walker::Probe)?,
     };
     let pid = match &trace.target {
         Target::Pids(processes) => processes[0].pid as i32,
@@ -287,6 +293,14 @@ pub fn run(args: Args) -> Result<i32> {
     // declared before the ring buffer, whose callbacks borrow them
     let traced = RefCell::new(Output::new(args.common.json));
     let symbolizer = RefCell::new(StackSymbolizer::new(args.source));
+    // the target's mappings as it starts: the last known, should it be gone
+    // before a report with no exit record (before 6.7) and no exec or load
+    // read them since (a static program has neither)
+    if !kernel_mode && !records::exit_mappings_sent() {
+        if let Ok(maps) = proc_maps::read_maps(pid as u32) {
+            symbolizer.borrow_mut().note_mappings(pid as u32, &maps);
+        }
+    }
     let ring = ring_buffers(
         &skel,
         &symbolizer,
@@ -361,7 +375,7 @@ pub fn run(args: Args) -> Result<i32> {
                 allocators.follow_fork(pid, child, progs)
             }
             CommandStop::Exited => {
-                allocators.forget(pid);
+                allocators.forget(pid, progs);
                 Ok(())
             }
         };
@@ -577,6 +591,7 @@ fn load<'obj>(
     allocs: MapInAdvance,
 ) -> Result<MemleakSkel<'obj>> {
     let kernel_mode = mechanism.is_none();
+    let pre517 = mechanism.is_some_and(Mechanism::pre517);
     loader::load(
         MemleakSkelBuilder::default(),
         storage,
@@ -608,9 +623,10 @@ fn load<'obj>(
                     &["memleak_multi_entry", "memleak_multi_return"],
                 )
                 .load_if(
-                    mechanism == Some(Mechanism::Classic),
+                    mechanism == Some(Mechanism::Classic) && !pre517,
                     &["memleak_entry", "memleak_return"],
                 )
+                .load_if(pre517, &["memleak_entry_pre517", "memleak_return_pre517"])
                 .load_if(cfi, UNWIND_PROGRAMS)
                 .load_if(kernel_mode, KERNEL_PROGRAMS)
                 .load_if(percpu, &[PERCPU_FREE])
@@ -634,6 +650,10 @@ fn load<'obj>(
             args.stacks
                 .size_maps(unwind, &mut maps.unwind_rows, &mut maps.unwind_pages)?;
             allocs.reuse_for(&mut open.maps.allocs)?;
+            // a cookie a probe (libc's 25 and the loader's), for the command
+            // and the children probed at once
+            let cookies = if pre517 { PROBE_COOKIES } else { 1 };
+            loader::set_entries(&mut open.maps.probe_cookies, cookies)?;
             if kernel_mode {
                 // the BPF allocator's refills of maps made as entries come are
                 // kmallocs, which kernel mode would trace (see memleak.bpf.c)
@@ -654,12 +674,16 @@ fn call_programs<'a, 'obj>(
     let (entry, ret) = match mechanism {
         Mechanism::Session => (&progs.memleak_call, &progs.memleak_call),
         Mechanism::Multi => (&progs.memleak_multi_entry, &progs.memleak_multi_return),
+        Mechanism::Classic if mechanism.pre517() => {
+            (&progs.memleak_entry_pre517, &progs.memleak_return_pre517)
+        }
         Mechanism::Classic => (&progs.memleak_entry, &progs.memleak_return),
     };
     CallPrograms {
         mechanism,
         entry,
         ret,
+        cookies: mechanism.pre517().then_some(&skel.maps.probe_cookies),
     }
 }
 

@@ -88,7 +88,7 @@ pub enum Mechanism {
     /// Classic uprobes and uretprobes: a link per function and half, each
     /// tens of ms for the kernel to remove (libc's 23: 0.73 s on 6.18).
     /// Before BPF cookies or bpf_loop (5.15, 5.17), each probe's cookie is
-    /// kept by its address (ProbeCookies), stacks walked by frame pointers.
+    /// kept by its address (probe_cookies), stacks walked by frame pointers.
     Classic,
 }
 
@@ -394,10 +394,10 @@ impl Allocators {
         Ok(())
     }
 
-    /// A child ended: its probes go (and their cookies), RETIRE_BATCH links at a time, each by
-    /// a thread of its own. A link's removal waits for the kernel (~20-35
-    /// ms) and holds off forks meanwhile; removals made together share the
-    /// wait. Until removed, a link costs every traced process that calls
+    /// A child ended: its probes go (and their cookies), RETIRE_BATCH links
+    /// at a time, each by a thread of its own. A link's removal waits for
+    /// the kernel (~20-35 ms) and holds off forks meanwhile; removals made
+    /// together share the wait. Until removed, a link costs every traced process that calls
     /// its functions: the kernel runs each link's session handler on every
     /// hit, one of another process asks for the return (a return trap), and
     /// each adds to the return's work. A shell running 100 short children,
@@ -405,10 +405,9 @@ impl Allocators {
     /// removing each at once; with 300 children and never removing, the
     /// malloc+free took 13-20 s instead of 1.8 s.
     pub fn forget(&mut self, pid: Pid, progs: &CallPrograms) {
-        let Some(probed) = self.processes.remove(&pid) else {
+        let Some(mut probed) = self.processes.remove(&pid) else {
             return;
         };
-        let mut probed = probed;
         if let Some(cookies) = progs.cookies {
             probed.forget_cookies(cookies);
         }

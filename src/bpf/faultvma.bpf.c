@@ -306,12 +306,13 @@ int BPF_PROG(faultvma_handle_fault_pre517, struct vm_area_struct *vma, unsigned 
 static __always_inline bool faultvma_from_stash(struct faultvma_cached *last, __u64 addr,
 						bool pre517)
 {
+	__u64 id = bpf_get_current_pid_tgid();
 	struct faultvma_stash *stash;
-	__u32 zero = 0, tid = bpf_get_current_pid_tgid();
+	__u32 zero = 0, tid = id;
 
 	stash = pre517 ? bpf_map_lookup_elem(&thread_stash, &tid) :
 			 bpf_map_lookup_elem(&fault_stash, &zero);
-	if (!stash || stash->pid_tgid != bpf_get_current_pid_tgid() || stash->addr != addr)
+	if (!stash || stash->pid_tgid != id || stash->addr != addr)
 		return false;
 	stash->pid_tgid = 0; /* once */
 	if (last->mm == stash->vma.mm && last->start == stash->vma.start &&

@@ -106,11 +106,8 @@ pub fn run(args: Args) -> Result<i32> {
             false => take_counts::<Key>(&skel.maps.counts)?
                 .into_iter()
                 .map(|(key, count)| {
-                    let name = |n: &[std::ffi::c_char]| escape_c_chars(n);
-                    (
-                        [name(&key.grandparent), name(&key.parent), name(&key.file)],
-                        count,
-                    )
+                    let names = [&key.grandparent, &key.parent, &key.file];
+                    (names.map(|name| escape_c_chars(name)), count)
                 })
                 .collect(),
             true => take_counts::<NumberedKey>(&skel.maps.counts_by_number)?

@@ -26,6 +26,10 @@ const volatile bool filter_by_tid = false; /* one thread (drsnoop, shmsnoop -t) 
 const volatile __u32 filter_tid = 0;
 const volatile bool filter_by_uid = false; /* one user (drsnoop -u) */
 const volatile __u32 filter_uid = 0;
+/* set by user space where the kernel has bpf_get_current_task_btf (5.11):
+ * a CO-RE test of enum bpf_func_id would cost libbpf a search of every
+ * kernel type at each load (~0.8 ms) */
+const volatile bool has_current_task_btf = false;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -75,12 +79,13 @@ static __always_inline __u64 memtrace_unique_number(void *counters)
 
 /*
  * The current task, for reads through BPF_CORE_READ: typed where the kernel
- * has bpf_get_current_task_btf (5.11), else its address. The test is a CO-RE
- * constant: the verifier drops the branch not taken, helper call and all.
+ * has bpf_get_current_task_btf (5.11), else its address. The test is of a
+ * read-only constant: the verifier drops the branch not taken, helper call
+ * and all.
  */
 static __always_inline struct task_struct *memtrace_current_task(void)
 {
-	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+	if (has_current_task_btf)
 		return bpf_get_current_task_btf();
 	return (struct task_struct *)bpf_get_current_task();
 }

@@ -118,6 +118,14 @@ impl Feature {
     }
 }
 
+/// Whether the kernel has bpf_get_current_task_btf (5.11), which
+/// common.bpf.h's memtrace_current_task prefers. Not a Feature: no tool's
+/// choice of mechanism turns on it.
+pub fn has_current_task_btf() -> bool {
+    kernel::with_kernel_btf(|btf| btf.names.contains("BPF_FUNC_get_current_task_btf"))
+        .unwrap_or(false)
+}
+
 /// Whether the kernel makes a hash map with 768-byte keys (mmapfiles'):
 /// before 5.11 a key had to fit the BPF stack (E2BIG).
 fn large_hash_keys() -> bool {

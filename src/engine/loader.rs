@@ -214,7 +214,7 @@ where
     B::Output: OpenSkeleton<'obj>,
 {
     let mut open = builder.open(storage).context("opening the BPF object")?;
-    open.set_filter(&trace.filter)?;
+    open.set_common(&trace.filter)?;
     let mut programs = Programs::default();
     programs
         .load_if(trace.filter.follow_forks, &["memtrace_follow_fork"])

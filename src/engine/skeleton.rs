@@ -73,8 +73,8 @@ pub trait OpenSkeleton<'obj>: libbpf_rs::skel::OpenSkel<'obj> {
     /// The tool's read-only globals, to set between open and load.
     fn rodata(&mut self) -> Result<&mut Self::Rodata>;
 
-    /// Sets common.bpf.h's filter globals.
-    fn set_filter(&mut self, filter: &Filter) -> Result<()>;
+    /// Sets common.bpf.h's globals: the filter's, and what the kernel has.
+    fn set_common(&mut self, filter: &Filter) -> Result<()>;
 }
 
 /// `mod bpf`: the generated skeleton of src/bpf/NAME.bpf.c (lints off:
@@ -108,8 +108,9 @@ macro_rules! bpf_skeleton {
                     .ok_or_else(|| anyhow::anyhow!("BPF object has no .rodata"))
             }
 
-            fn set_filter(&mut self, filter: &$crate::engine::skeleton::Filter) -> anyhow::Result<()> {
+            fn set_common(&mut self, filter: &$crate::engine::skeleton::Filter) -> anyhow::Result<()> {
                 let rodata = self.rodata()?;
+                rodata.has_current_task_btf = $crate::engine::features::has_current_task_btf();
                 rodata.filter_by_tgid = filter.by_tgid;
                 rodata.follow_forks = filter.follow_forks;
                 if let Some(comm) = filter.comm {

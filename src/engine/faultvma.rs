@@ -182,12 +182,17 @@ impl<'obj> FaultEngine<'obj> {
                     programs: &["faultvma_exit_mmap"],
                     without: Without::Lose(WITHOUT_EXIT_MMAP),
                 });
+                // the maps of the paths not taken aren't made: their uses are dead code
+                let maps = &mut open.maps;
+                maps.fault_stash.set_autocreate(from_fentry && !pre517)?;
+                maps.thread_stash.set_autocreate(pre517)?;
+                maps.images_numbered.set_autocreate(pre517)?;
                 for map in [
-                    &mut open.maps.slot_of,
-                    &mut open.maps.slot_info,
-                    &mut open.maps.slot_counts,
-                    &mut open.maps.free_slots,
-                    &mut open.maps.faultvma_images,
+                    &mut maps.slot_of,
+                    &mut maps.slot_info,
+                    &mut maps.slot_counts,
+                    &mut maps.free_slots,
+                    &mut maps.faultvma_images,
                 ] {
                     loader::set_entries(map, slots)?;
                 }

@@ -85,15 +85,16 @@ pub fn run(args: Args) -> Result<i32> {
                 loader::set_entries(&mut maps.name_numbers, names)?;
                 loader::set_entries(&mut maps.numbered_names, names)
             } else {
-                loader::set_entries(&mut maps.counts, args.max_files)?;
+                // the numbering's maps aren't made either: their uses are dead code
                 for unused in [
                     &mut maps.counts_by_number,
                     &mut maps.name_numbers,
                     &mut maps.numbered_names,
+                    &mut maps.names_counted,
                 ] {
-                    loader::set_entries(unused, 1)?;
+                    unused.set_autocreate(false)?;
                 }
-                Ok(())
+                loader::set_entries(&mut maps.counts, args.max_files)
             }
         },
     )?;

@@ -651,9 +651,10 @@ fn load<'obj>(
                 .size_maps(unwind, &mut maps.unwind_rows, &mut maps.unwind_pages)?;
             allocs.reuse_for(&mut open.maps.allocs)?;
             // a cookie a probe (libc's 25 and the loader's), for the command
-            // and the children probed at once
-            let cookies = if pre517 { PROBE_COOKIES } else { 1 };
-            loader::set_entries(&mut open.maps.probe_cookies, cookies)?;
+            // and the children probed at once; with BPF cookies, no map
+            // (its uses are dead code)
+            open.maps.probe_cookies.set_autocreate(pre517)?;
+            loader::set_entries(&mut open.maps.probe_cookies, PROBE_COOKIES)?;
             if kernel_mode {
                 // the BPF allocator's refills of maps made as entries come are
                 // kmallocs, which kernel mode would trace (see memleak.bpf.c)

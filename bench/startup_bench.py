@@ -22,6 +22,7 @@ Usage: bench/startup_bench.py [--runs N] [--memtrace PATH] [--baseline PATH] [--
 """
 import argparse
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -83,10 +84,12 @@ def main():
     walls = {name: [] for name, _ in configs}
     rss = {name: [] for name, _ in configs}
     hidden = ", /usr/lib/debug hidden" if args.hide_debug_info else ""
-    print(f"# `TOOL -- true`, {args.runs} interleaved runs{hidden}: median and max wall time, peak RSS")
+    print(f"# `TOOL -- true`, {args.runs} interleaved runs in shuffled order{hidden}: median and max wall time, peak RSS")
     with tempfile.NamedTemporaryFile(prefix="startup_bench") as rss_file:
+        order = random.Random(1)  # a new order each round, the same each run of this script
         for _ in range(args.runs):
-            for name, cmd in configs:
+            # a fixed order would favour whichever ran after the same neighbour
+            for name, cmd in order.sample(configs, len(configs)):
                 wall, peak = run_once(cmd, rss_file.name)
                 walls[name].append(wall)
                 rss[name].append(peak)

@@ -118,12 +118,25 @@ impl Feature {
     }
 }
 
+/// The helper behind has_current_task_btf.
+const CURRENT_TASK_BTF: &str = "BPF_FUNC_get_current_task_btf";
+
 /// Whether the kernel has bpf_get_current_task_btf (5.11), which
 /// common.bpf.h's memtrace_current_task prefers. Not a Feature: no tool's
 /// choice of mechanism turns on it.
 pub fn has_current_task_btf() -> bool {
-    kernel::with_kernel_btf(|btf| btf.names.contains("BPF_FUNC_get_current_task_btf"))
-        .unwrap_or(false)
+    kernel::with_kernel_btf(|btf| btf.names.contains(CURRENT_TASK_BTF)).unwrap_or(false)
+}
+
+/// The names in the kernel's BTF asked about here: the kernel's BTF is
+/// searched for these alone.
+pub fn btf_names() -> Vec<&'static str> {
+    Feature::ALL
+        .iter()
+        .map(|feature| feature.btf_name())
+        .chain([CURRENT_TASK_BTF])
+        .filter(|name| !name.is_empty())
+        .collect()
 }
 
 /// Whether the kernel makes a hash map with 768-byte keys (mmapfiles'):

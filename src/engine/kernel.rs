@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::btf::{types, Btf, BtfType, ReferencesType};
 use libbpf_rs::OpenObject;
 
+use crate::engine::features;
 use crate::engine::kernel_btf::{self, KernelBtf};
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -158,16 +159,20 @@ pub fn with_kernel_btf<T>(f: impl FnOnce(&KernelBtf) -> T) -> Result<T> {
         if let Some(found) = cell.get() {
             return Ok(f(found));
         }
-        let found = match kernel_btf::of_running_kernel() {
+        let asked = features::btf_names();
+        let found = match kernel_btf::of_running_kernel(&asked) {
             Some(found) => found,
-            None => of_parsed_btf(&Btf::from_vmlinux().context("reading the kernel's BTF")?),
+            None => of_parsed_btf(
+                &Btf::from_vmlinux().context("reading the kernel's BTF")?,
+                &asked,
+            ),
         };
         Ok(f(cell.get_or_init(|| found)))
     })
 }
 
 /// kernel_btf's findings, from parsed BTF.
-pub fn of_parsed_btf(btf: &Btf) -> KernelBtf {
+pub fn of_parsed_btf(btf: &Btf, asked: &[&'static str]) -> KernelBtf {
     let tracepoints = btf
         .type_by_kind::<types::Typedef>()
         .filter_map(|typedef| {
@@ -184,27 +189,20 @@ pub fn of_parsed_btf(btf: &Btf) -> KernelBtf {
             Some((name, args))
         })
         .collect();
-    let funcs = btf
-        .type_by_kind::<types::Func>()
-        .filter_map(|func| func.name()?.to_str().map(str::to_string))
-        .filter(|name| name.starts_with("bpf_"));
-    let members: Vec<String> = btf
-        .type_by_kind::<types::Enum>()
-        .flat_map(|e| {
+    let has = |name: &str| match name.split_once('.') {
+        // kernel_btf's STRUCT_MEMBERS
+        Some((name, member)) => btf
+            .type_by_name::<types::Struct>(name)
+            .is_some_and(|s| has_member(btf, &types::Composite::from(s), member)),
+        None if name.starts_with("bpf_") => btf.type_by_name::<types::Func>(name).is_some(),
+        None => btf.type_by_kind::<types::Enum>().any(|e| {
             e.iter()
-                .filter_map(|m| m.name?.to_str().map(str::to_string))
-                .collect::<Vec<_>>()
-        })
-        .filter(|name| name.starts_with("BPF_"))
-        .collect();
-    // kernel_btf's STRUCT_MEMBERS
-    let mm_lock_seq = btf
-        .type_by_name::<types::Struct>("mm_struct")
-        .filter(|mm| has_member(btf, &types::Composite::from(*mm), "mm_lock_seq"))
-        .map(|_| "mm_struct.mm_lock_seq".to_string());
+                .any(|m| m.name.and_then(|n| n.to_str()) == Some(name))
+        }),
+    };
     KernelBtf {
         tracepoints,
-        names: funcs.chain(members).chain(mm_lock_seq).collect(),
+        names: asked.iter().copied().filter(|name| has(name)).collect(),
     }
 }
 

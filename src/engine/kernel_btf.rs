@@ -1,9 +1,10 @@
 //! What the running kernel's BTF says it has, read by walking the raw BTF
 //! of /sys/kernel/btf/vmlinux: its BTF tracepoints (`tp_btf/NAME` targets:
-//! the typedefs `btf_trace_NAME`), and the names that tell its BPF features
-//! (engine::features): the kfuncs (functions named `bpf_*`: the task_vma
-//! iterator's) and the members of its enums named `BPF_*` (the helpers of
-//! enum bpf_func_id, the attach types of enum bpf_attach_type). Measured on
+//! the typedefs `btf_trace_NAME`), and which of the names asked about, that
+//! tell its BPF features (engine::features), it has: kfuncs (functions named
+//! `bpf_*`: the task_vma iterator's) and members of its enums named `BPF_*`
+//! (the helpers of enum bpf_func_id, the attach types of enum
+//! bpf_attach_type). Measured on
 //! the development VM: ~1.2 ms, where parsing it whole (libbpf's btf__parse,
 //! behind libbpf-rs's `Btf::from_vmlinux`) takes ~2.9 ms of every tool's
 //! start, and libbpf parses it once more as it loads. The file is mapped,
@@ -43,14 +44,14 @@ pub struct KernelBtf {
     /// the pointer to a function prototype it should be). A tracepoint's
     /// arguments change between releases (mark_victim's).
     pub tracepoints: HashMap<String, Option<usize>>,
-    /// Functions named `bpf_*`, enum members named `BPF_*` and the
-    /// STRUCT_MEMBERS found (`mm_struct.mm_lock_seq`).
-    pub names: HashSet<String>,
+    /// The names asked about that it has: functions named `bpf_*`, enum
+    /// members named `BPF_*` and STRUCT_MEMBERS (`mm_struct.mm_lock_seq`).
+    pub names: HashSet<&'static str>,
 }
 
-/// What the running kernel's BTF holds; None if it can't be read this way
-/// (see the module).
-pub fn of_running_kernel() -> Option<KernelBtf> {
+/// What the running kernel's BTF holds, of its tracepoints and the names
+/// `asked`; None if it can't be read this way (see the module).
+pub fn of_running_kernel(asked: &[&'static str]) -> Option<KernelBtf> {
     let file = File::open("/sys/kernel/btf/vmlinux").ok()?;
     let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
     if len == 0 {
@@ -74,7 +75,7 @@ pub fn of_running_kernel() -> Option<KernelBtf> {
     // SAFETY: the mapping is `len` readable bytes, alive until the munmap
     // below, and nothing writes to it (private and read-only).
     let raw = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
-    let found = scan(raw);
+    let found = scan(raw, asked);
     // SAFETY: unmaps exactly the mapping made above; `raw` is not used after.
     unsafe { libc::munmap(ptr, len) };
     found
@@ -122,8 +123,8 @@ fn string_at(strings: &[u8], off: usize) -> Option<&[u8]> {
     Some(&rest[..rest.iter().position(|&b| b == 0)?])
 }
 
-/// The tracepoints and BPF names of raw BTF.
-fn scan(raw: &[u8]) -> Option<KernelBtf> {
+/// The tracepoints of raw BTF, and which of the names `asked` it has.
+fn scan(raw: &[u8], asked: &[&'static str]) -> Option<KernelBtf> {
     // struct btf_header: magic, version, flags, hdr_len, type_off, type_len, str_off, str_len
     if u16_at(raw, 0)? != BTF_MAGIC {
         return None;
@@ -135,13 +136,16 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
     let types = raw.get(hdr_len + type_off..hdr_len + type_off + type_len)?;
     let strings = raw.get(hdr_len + str_off..hdr_len + str_off + str_len)?;
     let mut names = HashSet::new();
-    // the prefix is compared before the name's end is looked for: most
-    // names don't match, and finding each one's NUL was most of the walk
-    let mut note = |off: usize, prefix: &[u8]| -> Option<()> {
+    // compared in place, the prefix first: most names don't match, and
+    // finding each one's NUL, or copying it, was most of the walk
+    let mut note = |off: usize, prefix: &[u8]| {
         if has_prefix_at(strings, off, prefix) {
-            names.insert(String::from_utf8_lossy(string_at(strings, off)?).into_owned());
+            let name = asked.iter().find(|name| {
+                has_prefix_at(strings, off, name.as_bytes())
+                    && strings.get(off + name.len()) == Some(&0)
+            });
+            names.extend(name);
         }
-        Some(())
     };
     // each tracepoint's typedef's type, resolved once all types are known
     let mut tracepoint_types = Vec::new();
@@ -149,7 +153,7 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
     // anonymous members; and the structs asked about
     // (u32 and sized ahead: a kernel has ~100k types, most of them 12-24 bytes)
     let mut starts: Vec<u32> = Vec::with_capacity(types.len() / 16);
-    let mut asked = Vec::new();
+    let mut structs = Vec::new();
     let mut at = 0;
     while at < types.len() {
         starts.push(u32::try_from(at).ok()?);
@@ -162,13 +166,13 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
                 let name = String::from_utf8_lossy(tracepoint).into_owned();
                 tracepoint_types.push((name, u32_at(types, at + 8)?));
             }
-            KIND_FUNC => note(name_off, FUNC_PREFIX)?,
+            KIND_FUNC => note(name_off, FUNC_PREFIX),
             KIND_STRUCT => {
                 for &(wanted, member) in STRUCT_MEMBERS {
                     if has_prefix_at(strings, name_off, wanted)
                         && strings.get(name_off + wanted.len()) == Some(&0)
                     {
-                        asked.push((at, wanted, member));
+                        structs.push((at, wanted, member));
                     }
                 }
             }
@@ -177,17 +181,20 @@ fn scan(raw: &[u8]) -> Option<KernelBtf> {
                 let member_size = if kind == KIND_ENUM { 8 } else { 12 };
                 for n in 0..vlen {
                     let member_name = u32_at(types, at + TYPE_SIZE + n * member_size)?;
-                    note(member_name as usize, ENUM_MEMBER_PREFIX)?;
+                    note(member_name as usize, ENUM_MEMBER_PREFIX);
                 }
             }
             _ => {}
         }
         at += TYPE_SIZE + extra_bytes(kind, vlen)?;
     }
-    for (at, wanted, member) in asked {
+    for (at, wanted, member) in structs {
+        let noted = [wanted, b".", member].concat();
+        let Some(&name) = asked.iter().find(|name| name.as_bytes() == noted) else {
+            continue;
+        };
         if has_member(types, strings, &starts, at, member, 0)? {
-            let wanted = String::from_utf8_lossy(wanted);
-            names.insert(format!("{wanted}.{}", String::from_utf8_lossy(member)));
+            names.insert(name);
         }
     }
     let tracepoints = tracepoint_types
@@ -295,6 +302,15 @@ mod tests {
         raw
     }
 
+    /// The names the tests ask about (one of them in no test's BTF).
+    const ASKED: &[&str] = &[
+        "bpf_iter_task_vma_new",
+        "BPF_FUNC_loop",
+        "BPF_TRACE_UPROBE_SESSION",
+        "BPF_FUNC_not_in_any",
+        "mm_struct.mm_lock_seq",
+    ];
+
     const STRINGS: &[u8] = b"\0btf_trace_mark_victim\0task_struct\0btf_trace_exit_mmap\0";
 
     #[test]
@@ -308,7 +324,7 @@ mod tests {
             ],
             STRINGS,
         );
-        let found = scan(&raw).unwrap();
+        let found = scan(&raw, ASKED).unwrap();
         // the typedef's type (0 here) is no pointer: its arguments are unknown
         assert_eq!(
             found.tracepoints,
@@ -327,7 +343,7 @@ mod tests {
             ],
             STRINGS,
         );
-        let found = scan(&raw).unwrap();
+        let found = scan(&raw, ASKED).unwrap();
         assert_eq!(found.tracepoints["mark_victim"], Some(2));
         assert_eq!(found.tracepoints["exit_mmap"], None);
     }
@@ -362,16 +378,13 @@ BPF_TRACE_UPROBE_SESSION\0";
             ],
             NAMES,
         );
-        let found = scan(&raw).unwrap();
+        let found = scan(&raw, ASKED).unwrap();
         let expected = [
             "bpf_iter_task_vma_new",
             "BPF_FUNC_loop",
             "BPF_TRACE_UPROBE_SESSION",
         ];
-        assert_eq!(
-            found.names,
-            expected.iter().map(|s| s.to_string()).collect()
-        );
+        assert_eq!(found.names, expected.into());
     }
 
     #[test]
@@ -391,10 +404,10 @@ BPF_TRACE_UPROBE_SESSION\0";
                 NAMES,
             )
         };
-        let found = scan(&with(1)).unwrap();
+        let found = scan(&with(1), ASKED).unwrap();
         assert!(found.names.contains("mm_struct.mm_lock_seq"), "{found:?}");
         // the member in another struct: not noted
-        let found = scan(&with(23)).unwrap();
+        let found = scan(&with(23), ASKED).unwrap();
         assert!(found.names.is_empty(), "{found:?}");
     }
 
@@ -402,35 +415,39 @@ BPF_TRACE_UPROBE_SESSION\0";
     fn what_it_cannot_read_it_gives_up() {
         // a kind from a newer kernel: sizes after it are unknown
         let raw = btf(&[(1, 8 << 24, 0), (0, 31 << 24, 0)], STRINGS);
-        assert_eq!(scan(&raw), None);
+        assert_eq!(scan(&raw, ASKED), None);
         // another magic (the other byte order), or truncated
         let mut swapped = btf(&[(1, 8 << 24, 0)], STRINGS);
         swapped.swap(0, 1);
-        assert_eq!(scan(&swapped), None);
+        assert_eq!(scan(&swapped, ASKED), None);
         let whole = btf(&[(1, 8 << 24, 0)], STRINGS);
-        assert_eq!(scan(&whole[..whole.len() - 10]), None);
+        assert_eq!(scan(&whole[..whole.len() - 10], ASKED), None);
     }
 
     #[test]
     fn the_running_kernels_agree_with_libbpf() {
+        // what memtrace asks, and two names every kernel with BTF has (4.18, 5.5)
+        let mut asked = crate::engine::features::btf_names();
+        asked.extend([
+            "BPF_FUNC_map_lookup_elem",
+            "BPF_TRACE_FENTRY",
+            "bpf_no_such_kfunc",
+        ]);
         let Some(KernelBtf {
             tracepoints: found,
             names,
-        }) = of_running_kernel()
+        }) = of_running_kernel(&asked)
         else {
             return; // no kernel BTF here
         };
-        // every kernel with BTF has these (4.18, 5.5)
         assert!(names.contains("BPF_FUNC_map_lookup_elem"));
         assert!(names.contains("BPF_TRACE_FENTRY"));
+        assert!(!names.contains("bpf_no_such_kfunc"));
 
         let btf = libbpf_rs::btf::Btf::from_vmlinux().unwrap();
-        // mm_lock_seq as libbpf's parse finds it
-        let parsed = crate::engine::kernel::of_parsed_btf(&btf);
-        assert_eq!(
-            names.contains("mm_struct.mm_lock_seq"),
-            parsed.names.contains("mm_struct.mm_lock_seq")
-        );
+        // every name as libbpf's parse finds it
+        let parsed = crate::engine::kernel::of_parsed_btf(&btf, &asked);
+        assert_eq!(names, parsed.names);
         for name in ["sched_process_exit", "sys_enter", "mark_victim"] {
             let typedef = format!("btf_trace_{name}");
             let in_libbpf = btf

@@ -86,10 +86,11 @@ def main():
     hidden = ", /usr/lib/debug hidden" if args.hide_debug_info else ""
     print(f"# `TOOL -- true`, {args.runs} interleaved runs in shuffled order{hidden}: median and max wall time, peak RSS")
     with tempfile.NamedTemporaryFile(prefix="startup_bench") as rss_file:
-        order = random.Random(1)  # a new order each round, the same each run of this script
         for _ in range(args.runs):
-            # a fixed order would favour whichever ran after the same neighbour
-            for name, cmd in order.sample(configs, len(configs)):
+            # a new order each round, and each run of the script: a start is
+            # slower right after bpftrace's, and a fixed order (or a fixed
+            # seed) puts one memtrace after it more often than the other
+            for name, cmd in random.sample(configs, len(configs)):
                 wall, peak = run_once(cmd, rss_file.name)
                 walls[name].append(wall)
                 rss[name].append(peak)

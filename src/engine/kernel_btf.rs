@@ -4,10 +4,10 @@
 //! tell its BPF features (engine::features), it has: kfuncs (functions named
 //! `bpf_*`: the task_vma iterator's) and members of its enums named `BPF_*`
 //! (the helpers of enum bpf_func_id, the attach types of enum
-//! bpf_attach_type). Measured on
-//! the development VM: ~1.2 ms, where parsing it whole (libbpf's btf__parse,
-//! behind libbpf-rs's `Btf::from_vmlinux`) takes ~2.9 ms of every tool's
-//! start, and libbpf parses it once more as it loads. The file is mapped,
+//! bpf_attach_type). Measured on the development VM: ~1 ms, where parsing
+//! it whole (libbpf's btf__parse, behind libbpf-rs's `Btf::from_vmlinux`)
+//! takes ~2.9 ms of every tool's start, and libbpf parses it once more as
+//! it loads. The file is mapped,
 //! not read: sysfs hands it out a page per read(2). A kind of type this walk
 //! doesn't know (a newer kernel's) makes it give up, and the caller parses
 //! the BTF whole.
@@ -117,6 +117,11 @@ fn has_prefix_at(strings: &[u8], off: usize, prefix: &[u8]) -> bool {
     strings.get(off..off + prefix.len()) == Some(prefix)
 }
 
+/// Whether the string at `off` of a BTF string section is `name`.
+fn is_string_at(strings: &[u8], off: usize, name: &[u8]) -> bool {
+    has_prefix_at(strings, off, name) && strings.get(off + name.len()) == Some(&0)
+}
+
 /// The NUL-terminated string at `off` of a BTF string section.
 fn string_at(strings: &[u8], off: usize) -> Option<&[u8]> {
     let rest = strings.get(off..)?;
@@ -140,10 +145,9 @@ fn scan(raw: &[u8], asked: &[&'static str]) -> Option<KernelBtf> {
     // finding each one's NUL, or copying it, was most of the walk
     let mut note = |off: usize, prefix: &[u8]| {
         if has_prefix_at(strings, off, prefix) {
-            let name = asked.iter().find(|name| {
-                has_prefix_at(strings, off, name.as_bytes())
-                    && strings.get(off + name.len()) == Some(&0)
-            });
+            let name = asked
+                .iter()
+                .find(|name| is_string_at(strings, off, name.as_bytes()));
             names.extend(name);
         }
     };
@@ -169,9 +173,7 @@ fn scan(raw: &[u8], asked: &[&'static str]) -> Option<KernelBtf> {
             KIND_FUNC => note(name_off, FUNC_PREFIX),
             KIND_STRUCT => {
                 for &(wanted, member) in STRUCT_MEMBERS {
-                    if has_prefix_at(strings, name_off, wanted)
-                        && strings.get(name_off + wanted.len()) == Some(&0)
-                    {
+                    if is_string_at(strings, name_off, wanted) {
                         structs.push((at, wanted, member));
                     }
                 }

@@ -1,6 +1,7 @@
 //! Options every tool shares, flattened into each tool's clap arguments.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -30,6 +31,10 @@ pub struct CommonArgs {
     /// One JSON object per line
     #[arg(long)]
     pub json: bool,
+
+    /// Write the output to FILE, not stdout, where a COMMAND's own output stays (FILE is replaced, never written through a link; mode 0600)
+    #[arg(long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 
     /// Show libbpf's own messages
     #[arg(short = 'v', long)]

@@ -1,7 +1,9 @@
-//! The files written at the end of a trace (--svg, --pprof), as root where
-//! another user can plant things at the path: a symlink or another user's
-//! file at the path is replaced, never written through; a path that can't be
-//! written fails before the trace, in one line; no temporary file is left.
+//! The files a trace writes (--svg and --pprof at its end, --output as it
+//! goes), as root where another user can plant things at the path: a
+//! symlink or another user's file at the path is replaced, never written
+//! through; a path that can't be written fails before the trace, in one
+//! line; no temporary file is left; --output's file holds the tool's output
+//! and stdout keeps the command's.
 //! Everything happens in the tests' own scratch directories (no lock needed).
 
 mod common;
@@ -308,5 +310,97 @@ fn memleak_pprof_replaces_a_planted_symlink() {
             "memleak: --pprof {}: cannot open the directory",
             missing.display()
         ),
+    );
+}
+
+/// `mmapsnoop --json ARGS -- sh -c 'echo from the command'`, to its end.
+fn mmapsnoop_of_echo(args: &[&str]) -> Output {
+    memtrace()
+        .args(["mmapsnoop", "--json"])
+        .args(args)
+        .args(["--", "sh", "-c", "echo from the command"])
+        .output()
+        .expect("running memtrace")
+}
+
+#[test]
+fn output_goes_to_its_file_and_the_commands_stays_on_stdout() {
+    require_tool!("mmapsnoop");
+    let dir = Dir::sticky();
+    let victim = Victim::new();
+    let path = dir.join("out.jsonl");
+    plant_symlink(&victim.0, &path);
+    let output = mmapsnoop_of_echo(&["-o", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "from the command\n"
+    );
+    victim.assert_unchanged();
+    let written = String::from_utf8(root_private_file(&path)).unwrap();
+    let records: Vec<serde_json::Value> = written
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["comm"] == "sh" && r["call"] == "mmap"),
+        "no mmap by sh in {written:.400}"
+    );
+    assert_eq!(dir.names(), ["out.jsonl"], "a temporary file left");
+}
+
+#[test]
+fn memleak_output_is_its_long_option() {
+    require_memleak_user_mode!();
+    // -o is BCC's --older in memleak: --output has no short form there
+    let dir = Dir::sticky();
+    let report = dir.join("leaks.txt");
+    let finished = memtrace()
+        .args(["memleak", "-o", "0", "--output", report.to_str().unwrap()])
+        .arg("--")
+        .arg(fixture("leaker"))
+        .arg("malloc")
+        .output()
+        .unwrap();
+    assert!(finished.status.success(), "{finished:?}");
+    let text = String::from_utf8(root_private_file(&report)).unwrap();
+    assert!(text.contains("leak_with"), "{text:.400}");
+    assert!(
+        finished.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&finished.stdout)
+    );
+}
+
+#[test]
+fn output_of_a_run_that_fails_leaves_the_path_as_it_was() {
+    require_tool!("mmapsnoop");
+    let dir = Dir::sticky();
+    let path = dir.join("out.jsonl");
+    fs::write(&path, "kept").unwrap();
+    let finished = memtrace()
+        .args(["mmapsnoop", "-o", path.to_str().unwrap()])
+        .args(["--", "/nonexistent/memtrace-test-command"])
+        .output()
+        .unwrap();
+    assert_eq!(finished.status.code(), Some(1), "{finished:?}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), "kept");
+    assert_eq!(dir.names(), ["out.jsonl"], "a temporary file left");
+
+    let missing = dir.join("missing").join("out.jsonl");
+    let output = mmapsnoop_of_echo(&["--output", missing.to_str().unwrap()]);
+    assert_fails_at_once(
+        &output,
+        &format!(
+            "mmapsnoop: --output {}: cannot open the directory",
+            missing.display()
+        ),
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "the command ran: {:?}",
+        output.stdout
     );
 }

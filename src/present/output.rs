@@ -1,16 +1,89 @@
-//! Where every tool's output goes: buffered stdout, one record at a time as
-//! a table line or (with --json) a JSON object, a closed pipe turned into
-//! a quiet end, and a write that a stop signal interrupts given up.
+//! Where every tool's output goes: buffered stdout (or --output's file),
+//! one record at a time as a table line or (with --json) a JSON object, a
+//! closed pipe turned into a quiet end, and a write that a stop signal
+//! interrupts given up.
 
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::present::output_file::OutputFile;
 use crate::present::table::Table;
+
+/// Where every Output's lines go.
+enum Destination {
+    Stdout,
+    /// --output's file, reserved; put in place at the first write, so that a
+    /// run that fails before it has written anything leaves the path as it was.
+    Reserved(OutputFile),
+    /// --output's file, in place; and its option and path, for messages.
+    File(File, String),
+}
+
+static DESTINATION: Mutex<Destination> = Mutex::new(Destination::Stdout);
+
+fn destination() -> MutexGuard<'static, Destination> {
+    DESTINATION
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends every Output's lines to `file` (--output) instead of stdout; the
+/// `-- COMMAND`'s own output stays on stdout.
+pub fn send_to(file: OutputFile) {
+    *destination() = Destination::Reserved(file);
+}
+
+/// At the tool's end: --output's file, if nothing was written to it, is put
+/// in place empty when the tool succeeded, and removed when it failed.
+pub fn finish(succeeded: bool) -> Result<()> {
+    let mut destination = destination();
+    if let Destination::Reserved(_) = &*destination {
+        if let Destination::Reserved(file) =
+            std::mem::replace(&mut *destination, Destination::Stdout)
+        {
+            if succeeded {
+                file.into_stream()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes to the destination, putting a reserved file in place first.
+fn write_destination(buf: &[u8]) -> io::Result<usize> {
+    let mut destination = destination();
+    if let Destination::Reserved(_) = &*destination {
+        if let Destination::Reserved(file) =
+            std::mem::replace(&mut *destination, Destination::Stdout)
+        {
+            let described = file.described();
+            let stream = file
+                .into_stream()
+                .map_err(|err| io::Error::other(format!("{err:#}")))?;
+            *destination = Destination::File(stream, described);
+        }
+    }
+    let written = match &*destination {
+        Destination::File(file, _) => nix::unistd::write(file.as_fd(), buf),
+        _ => nix::unistd::write(io::stdout().as_fd(), buf),
+    };
+    written.map_err(io::Error::from)
+}
+
+/// What a write error names: `standard output`, or `--output out.jsonl`.
+fn destination_name() -> String {
+    match &*destination() {
+        Destination::File(_, described) => described.clone(),
+        Destination::Reserved(file) => file.described(),
+        Destination::Stdout => "standard output".to_string(),
+    }
+}
 
 /// Returned (wrapped in anyhow) when stdout was closed by its reader:
 /// `memtrace mmapsnoop | head` ends quietly with status 0.
@@ -39,7 +112,7 @@ fn map_io(err: io::Error) -> anyhow::Error {
     if err.kind() == io::ErrorKind::BrokenPipe {
         anyhow::Error::new(OutputClosed)
     } else {
-        anyhow::Error::new(err).context("writing to standard output")
+        anyhow::Error::new(err).context(format!("writing to {}", destination_name()))
     }
 }
 
@@ -58,16 +131,16 @@ fn stop_signals() -> usize {
     STOP_SIGNALS.get().map_or(0, |count| count())
 }
 
-/// stdout written with write(2) itself. std's Stdout, BufWriter and
-/// write_all retry a write that a signal interrupted (EINTR), so memtrace
-/// blocked on a full pipe would never see Ctrl-C. Here a write that a stop
+/// stdout (or --output's file) written with write(2) itself. std's Stdout,
+/// BufWriter and write_all retry a write that a signal interrupted (EINTR),
+/// so memtrace blocked on a full pipe would never see Ctrl-C. Here a write that a stop
 /// signal interrupted (EINTR, or a part written) stops the output: this write
 /// and every later one report `Stopped` without a system call. A stop signal
 /// that came before the write does not: after Ctrl-C ends a trace, the
 /// summary is still written, unless another Ctrl-C interrupts that. (A signal
 /// that comes between the count and write(2) is missed; the next one ends the
 /// write.) Stopped for every Output at once: memleak has two.
-struct StdoutFd;
+struct OutputFd;
 
 /// Whether a stop signal has interrupted a write to stdout: nothing more is written.
 static STDOUT_STOPPED: AtomicBool = AtomicBool::new(false);
@@ -88,7 +161,7 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
-impl Write for StdoutFd {
+impl Write for OutputFd {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
             if stdout_stopped() {
@@ -96,7 +169,7 @@ impl Write for StdoutFd {
             }
             let signals_before = stop_signals();
             let interrupted = || stop_signals() != signals_before;
-            match nix::unistd::write(io::stdout().as_fd(), buf) {
+            match write_destination(buf) {
                 Ok(n) => {
                     // a blocking pipe writes less only when a signal interrupts it
                     if n < buf.len() && interrupted() {
@@ -104,12 +177,12 @@ impl Write for StdoutFd {
                     }
                     return Ok(n);
                 }
-                Err(nix::errno::Errno::EINTR) => {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {
                     if interrupted() {
                         STDOUT_STOPPED.store(true, Ordering::SeqCst);
                     }
                 }
-                Err(errno) => return Err(errno.into()),
+                Err(err) => return Err(err),
             }
         }
     }
@@ -124,10 +197,10 @@ impl Write for StdoutFd {
 /// and JSON: a tool hands it typed rows (`#[derive(Serialize)]`) and says how
 /// a row reads as a table; the JSON object is the row itself, so the two
 /// can't drift apart. Once a stop signal has interrupted a write (see
-/// StdoutFd), nothing more is written and every call succeeds: the session
+/// OutputFd), nothing more is written and every call succeeds: the session
 /// ends the trace as for the signal.
 pub struct Output {
-    out: BufWriter<StdoutFd>,
+    out: BufWriter<OutputFd>,
     json: bool,
     /// A write error inside a ring buffer callback (which can only return a
     /// number), surfaced by finish_batch() after the poll.
@@ -137,7 +210,7 @@ pub struct Output {
 impl Output {
     pub fn new(json: bool) -> Self {
         Output {
-            out: BufWriter::with_capacity(64 * 1024, StdoutFd),
+            out: BufWriter::with_capacity(64 * 1024, OutputFd),
             json,
             kept_error: None,
         }
@@ -214,7 +287,7 @@ impl Output {
         stdout_stopped()
     }
 
-    /// A write's result: Ok once the output has stopped (see StdoutFd).
+    /// A write's result: Ok once the output has stopped (see OutputFd).
     fn checked(&self, written: io::Result<()>) -> Result<()> {
         match written {
             Err(_) if self.is_stopped() => Ok(()),

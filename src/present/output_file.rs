@@ -40,7 +40,8 @@ const CAP_FOWNER: u32 = 3;
 const NAME_TRIES: u32 = 100;
 
 /// An output file reserved before a trace: its directory held open and an
-/// empty temporary file in it, renamed over the path by `commit`.
+/// empty temporary file in it, renamed over the path by `commit` (written
+/// whole at the end) or `into_stream` (written as the trace goes).
 pub struct OutputFile {
     /// The option that named it, for messages: "--svg".
     option: &'static str,
@@ -143,6 +144,30 @@ impl OutputFile {
         .map_err(|errno| anyhow!("{option} {shown}: cannot replace it: {}", errno.desc()))?;
         self.committed = true;
         Ok(())
+    }
+
+    /// Renames the (still empty) file over the path now and hands it over to
+    /// be written as the trace goes: --output, which `tail -f` follows. The
+    /// same rules hold: the path is replaced, never written through.
+    pub fn into_stream(mut self) -> Result<File> {
+        let shown = escape_path(&self.path);
+        let option = self.option;
+        renameat(
+            &self.dir,
+            self.temp_name.as_os_str(),
+            &self.dir,
+            self.name.as_os_str(),
+        )
+        .map_err(|errno| anyhow!("{option} {shown}: cannot replace it: {}", errno.desc()))?;
+        self.committed = true;
+        self.file
+            .try_clone()
+            .map_err(|err| anyhow!("{option} {shown}: {err}"))
+    }
+
+    /// `--output out.jsonl`: for messages.
+    pub fn described(&self) -> String {
+        format!("{} {}", self.option, escape_path(&self.path))
     }
 }
 

@@ -7,6 +7,9 @@ use std::ffi::OsString;
 use anyhow::Result;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+use crate::present::output;
+use crate::present::output_file::OutputFile;
+
 pub mod brkstack;
 pub mod drsnoop;
 pub mod fault_counts;
@@ -41,7 +44,7 @@ macro_rules! tool {
         Tool {
             name: stringify!($module),
             about: $module::ABOUT,
-            command: || ($command)().name(stringify!($module)),
+            command: || with_short_output(($command)().name(stringify!($module))),
             run: |matches, command| {
                 let mut args = $module::Args::from_arg_matches(matches)?;
                 args.common.tool = stringify!($module);
@@ -49,7 +52,12 @@ macro_rules! tool {
                 if let Some(message) = args.common.conflict() {
                     return Ok(usage_error(($command)().name(stringify!($module)), message));
                 }
-                $module::run(args)
+                if let Some(path) = &args.common.output {
+                    output::send_to(OutputFile::reserve("--output", path)?);
+                }
+                let result = $module::run(args);
+                let finished = output::finish(result.is_ok());
+                result.and_then(|code| finished.map(|()| code))
             },
         }
     };
@@ -72,6 +80,18 @@ pub static TOOLS: &[Tool] = &[
     tool!(shmsnoop),
 ];
 
+/// `-o` for --output, where the tool has no -o of its own (memleak's is
+/// BCC's --older).
+fn with_short_output(command: clap::Command) -> clap::Command {
+    if command
+        .get_arguments()
+        .any(|arg| arg.get_short() == Some('o'))
+    {
+        return command;
+    }
+    command.mut_arg("output", |arg| arg.short('o'))
+}
+
 /// Prints a usage error as clap does (the message, then the usage line) and
 /// returns clap's status for it, 2.
 pub fn usage_error(mut command: clap::Command, message: &str) -> i32 {
@@ -86,4 +106,22 @@ pub fn usage_error(mut command: clap::Command, message: &str) -> i32 {
 
 pub fn find(name: &str) -> Option<&'static Tool> {
     TOOLS.iter().find(|tool| tool.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_has_output_and_o_unless_it_has_its_own() {
+        for tool in TOOLS {
+            let command = (tool.command)();
+            let output = command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some("output"))
+                .unwrap_or_else(|| panic!("{} has no --output", tool.name));
+            let short = (tool.name != "memleak").then_some('o');
+            assert_eq!(output.get_short(), short, "{}", tool.name);
+        }
+    }
 }

@@ -42,19 +42,36 @@ test-kernels: deps
 # Tools that get no link: it would shadow a standard command (procps's pmap).
 NO_LINK := pmap
 
-# One binary and a link per tool, named after it: mmapsnoop -> memtrace.
+# Where man and the shells look for pages and completions.
+MANDIR ?= $(PREFIX)/share/man/man1
+BASHDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+
+# One binary and a link per tool, named after it: mmapsnoop -> memtrace; a
+# man page and completions for memtrace and for each link, made by the
+# binary from its own options (memtrace manpage, memtrace completions).
 install: build
-	install -d $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(BASHDIR) \
+		$(DESTDIR)$(ZSHDIR) $(DESTDIR)$(FISHDIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/memtrace
-	for tool in $$($(BIN) --list | awk 'NR > 1 { print $$1 }'); do \
-		case " $(NO_LINK) " in *" $$tool "*) continue ;; esac; \
-		ln -sf memtrace $(DESTDIR)$(BINDIR)/$$tool; \
+	for name in memtrace $$($(BIN) --list | awk 'NR > 1 { print $$1 }'); do \
+		case " $(NO_LINK) " in *" $$name "*) continue ;; esac; \
+		tool=$$name; [ $$name = memtrace ] && tool=; \
+		[ -n "$$tool" ] && ln -sf memtrace $(DESTDIR)$(BINDIR)/$$name; \
+		$(BIN) manpage $$tool > $(DESTDIR)$(MANDIR)/$$name.1 && \
+		$(BIN) completions bash $$tool > $(DESTDIR)$(BASHDIR)/$$name && \
+		$(BIN) completions zsh $$tool > $(DESTDIR)$(ZSHDIR)/_$$name && \
+		$(BIN) completions fish $$tool > $(DESTDIR)$(FISHDIR)/$$name.fish || exit 1; \
 	done
 
 uninstall:
-	for tool in $$($(DESTDIR)$(BINDIR)/memtrace --list | awk 'NR > 1 { print $$1 }'); do \
-		case " $(NO_LINK) " in *" $$tool "*) continue ;; esac; \
-		if [ -L $(DESTDIR)$(BINDIR)/$$tool ]; then rm -f $(DESTDIR)$(BINDIR)/$$tool; fi; \
+	for name in $$($(DESTDIR)$(BINDIR)/memtrace --list | awk 'NR > 1 { print $$1 }') memtrace; do \
+		case " $(NO_LINK) " in *" $$name "*) continue ;; esac; \
+		if [ $$name != memtrace ] && [ -L $(DESTDIR)$(BINDIR)/$$name ]; then \
+			rm -f $(DESTDIR)$(BINDIR)/$$name; fi; \
+		rm -f $(DESTDIR)$(MANDIR)/$$name.1 $(DESTDIR)$(BASHDIR)/$$name \
+			$(DESTDIR)$(ZSHDIR)/_$$name $(DESTDIR)$(FISHDIR)/$$name.fish; \
 	done
 	rm -f $(DESTDIR)$(BINDIR)/memtrace
 

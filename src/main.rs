@@ -6,6 +6,7 @@ mod cli;
 mod doctor;
 mod engine;
 mod present;
+mod reference;
 mod tools;
 
 use std::ffi::OsString;
@@ -50,8 +51,13 @@ fn dispatch(args: Vec<OsString>) -> i32 {
     if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
         if !first.starts_with('-')
             && tools::find(first).is_none()
-            && first != "help"
-            && first != doctor::NAME
+            && ![
+                "help",
+                doctor::NAME,
+                reference::MANPAGE,
+                reference::COMPLETIONS,
+            ]
+            .contains(&first)
         {
             crate::say!(
                 "memtrace: unknown tool '{}'\n\n{}",
@@ -87,6 +93,13 @@ fn dispatch(args: Vec<OsString>) -> i32 {
                 1
             }
         },
+        Some((reference::MANPAGE, sub)) => {
+            print_generated("memtrace manpage", reference::manpage(sub, top_command()))
+        }
+        Some((reference::COMPLETIONS, sub)) => print_generated(
+            "memtrace completions",
+            reference::completions(sub, top_command()),
+        ),
         Some((name, sub)) => match tools::find(name) {
             Some(tool) => finish(tool, (tool.run)(sub, command)),
             None => 2,
@@ -112,7 +125,10 @@ fn top_command() -> Command {
     for tool in TOOLS {
         command = command.subcommand((tool.command)());
     }
-    command.subcommand(doctor::command())
+    command
+        .subcommand(doctor::command())
+        .subcommand(reference::manpage_command())
+        .subcommand(reference::completions_command())
 }
 
 fn tool_list() -> String {
@@ -124,17 +140,30 @@ fn tool_list() -> String {
     list
 }
 
-/// `memtrace --list` on stdout: a closed pipe is a quiet end, another write error one line.
+/// `memtrace --list` on stdout.
 fn print_list() -> i32 {
+    print_stdout("memtrace", "the list of tools", tool_list().as_bytes())
+}
+
+/// A man page or completion script on stdout, or the one line that says why not.
+fn print_generated(who: &str, generated: anyhow::Result<Vec<u8>>) -> i32 {
+    match generated {
+        Ok(text) => print_stdout(who, "it", &text),
+        Err(err) => {
+            crate::say!("{who}: {err:#}");
+            2
+        }
+    }
+}
+
+/// `text` on stdout: a closed pipe is a quiet end, another write error one line.
+fn print_stdout(who: &str, what: &str, text: &[u8]) -> i32 {
     let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(tool_list().as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    match stdout.write_all(text).and_then(|()| stdout.flush()) {
         Ok(()) => 0,
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(err) => {
-            crate::say!("memtrace: writing the list of tools: {err}");
+            crate::say!("{who}: writing {what}: {err}");
             1
         }
     }

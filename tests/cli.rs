@@ -160,3 +160,57 @@ fn uprobes_in_kernel_mode_is_refused() {
         "{stderr}"
     );
 }
+
+/// What bash completes `line` to with memtrace's completions for `name`
+/// (memtrace, or a tool's link) loaded, as bash calls the function at TAB.
+fn bash_completes(name: &str, line: &str) -> Vec<String> {
+    let tool = if name == "memtrace" { "" } else { name };
+    let script = format!(
+        r#"source <("$MEMTRACE" completions bash {tool}) || exit 9
+COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}
+read -r -a COMP_WORDS <<< "$COMP_LINE"
+COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+_{name} {name} "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
+printf '%s\n' "${{COMPREPLY[@]}}""#
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .env("MEMTRACE", memtrace_bin())
+        .output()
+        .expect("running bash");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn bash_completes_tools_and_their_options() {
+    assert_eq!(
+        bash_completes("memtrace", "memtrace mmap"),
+        ["mmapsnoop", "mmapfiles"]
+    );
+    assert_eq!(
+        bash_completes("memtrace", "memtrace faults --sv"),
+        ["--svg"]
+    );
+    assert_eq!(
+        bash_completes("mmapsnoop", "mmapsnoop --outp"),
+        ["--output"]
+    );
+}
+
+#[test]
+fn man_pages_are_roff_named_after_the_tool() {
+    let out = memtrace().args(["manpage", "memleak"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH memleak 1"), "{page:.300}");
+    assert!(page.contains("\\-\\-output"), "{page:.300}");
+
+    let out = memtrace().args(["manpage", "nosuch"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "memtrace manpage: unknown tool 'nosuch' (memtrace --list names them)\n"
+    );
+}

@@ -7,7 +7,7 @@ CARGO ?= cargo
 ARCH := $(shell uname -m)
 BIN := target/release/memtrace
 
-.PHONY: all deps build run test test-kernel test-kernels lint install uninstall vmlinux bench clean
+.PHONY: all deps build run test test-kernel test-kernels lint install uninstall deb vmlinux bench clean
 
 all: build
 
@@ -25,7 +25,8 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 
-test: build lint
+# deb first: tests/package.rs installs the package it makes.
+test: build lint deb
 	$(CARGO) test --release --locked
 
 # The integration tests on Debian's kernels, each booted in a VM (root; see
@@ -74,6 +75,19 @@ uninstall:
 			$(DESTDIR)$(ZSHDIR)/_$$name $(DESTDIR)$(FISHDIR)/$$name.fish; \
 	done
 	rm -f $(DESTDIR)$(BINDIR)/memtrace
+
+# A Debian package (target/debian/memtrace_VERSION-1_ARCH.deb) of what
+# install puts in place, with Debian's paths, made by cargo-deb (installed
+# when missing, at the version this was written for).
+DEB_ROOT := target/deb-root
+CARGO_DEB_VERSION := 3.8.0
+deb: build
+	rm -rf $(DEB_ROOT)
+	$(MAKE) install DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=/usr \
+		ZSHDIR=/usr/share/zsh/vendor-completions
+	command -v cargo-deb >/dev/null 2>&1 || \
+		$(CARGO) install --locked cargo-deb@$(CARGO_DEB_VERSION)
+	$(CARGO) deb --no-build --locked
 
 # vmlinux.h is checked in; regenerate it from the running kernel's BTF.
 vmlinux: deps

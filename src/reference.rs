@@ -110,7 +110,10 @@ mod tests {
         let zsh = text(completions(&args(&["zsh", "faults"]), top()).unwrap());
         assert!(zsh.contains("--output"), "{zsh:.300}");
         let fish = text(completions(&args(&["fish", "faults"]), top()).unwrap());
-        assert!(fish.contains("complete -c faults -s o -l output"), "{fish:.300}");
+        assert!(
+            fish.contains("complete -c faults -s o -l output"),
+            "{fish:.300}"
+        );
     }
 
     #[test]

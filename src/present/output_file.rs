@@ -127,45 +127,39 @@ impl OutputFile {
         mut self,
         write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<()> {
-        let shown = escape_path(&self.path);
-        let option = self.option;
         let mut out = BufWriter::new(&self.file);
         write(&mut out)
             .and_then(|()| out.flush())
-            .map_err(|err| anyhow!("{option} {shown}: writing it: {err}"))?;
+            .map_err(|err| anyhow!("{}: writing it: {err}", self.described()))?;
         drop(out);
         // on failure, Drop removes the temporary file
-        renameat(
-            &self.dir,
-            self.temp_name.as_os_str(),
-            &self.dir,
-            self.name.as_os_str(),
-        )
-        .map_err(|errno| anyhow!("{option} {shown}: cannot replace it: {}", errno.desc()))?;
-        self.committed = true;
-        Ok(())
+        self.put_in_place()
     }
 
     /// Renames the (still empty) file over the path now and hands it over to
     /// be written as the trace goes: --output, which `tail -f` follows. The
     /// same rules hold: the path is replaced, never written through.
     pub fn into_stream(mut self) -> Result<File> {
-        let shown = escape_path(&self.path);
-        let option = self.option;
+        self.put_in_place()?;
+        self.file
+            .try_clone()
+            .map_err(|err| anyhow!("{}: {err}", self.described()))
+    }
+
+    /// The temporary file renamed over the path, through the held directory.
+    fn put_in_place(&mut self) -> Result<()> {
         renameat(
             &self.dir,
             self.temp_name.as_os_str(),
             &self.dir,
             self.name.as_os_str(),
         )
-        .map_err(|errno| anyhow!("{option} {shown}: cannot replace it: {}", errno.desc()))?;
+        .map_err(|errno| anyhow!("{}: cannot replace it: {}", self.described(), errno.desc()))?;
         self.committed = true;
-        self.file
-            .try_clone()
-            .map_err(|err| anyhow!("{option} {shown}: {err}"))
+        Ok(())
     }
 
-    /// `--output out.jsonl`: for messages.
+    /// `--output out.jsonl` (the path escaped): for messages.
     pub fn described(&self) -> String {
         format!("{} {}", self.option, escape_path(&self.path))
     }

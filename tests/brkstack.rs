@@ -145,3 +145,25 @@ fn calls_across_the_move_to_per_call_tracepoints_are_each_counted_once() {
         .sum();
     assert_eq!((calls, bytes), (150, 150 * 4096), "{rows:?}");
 }
+
+#[test]
+fn pprof_counts_calls_and_growth_by_stack() {
+    require_tool!("brkstack");
+    let profile = temp_path("brk.pb.gz");
+    let path = profile.to_str().unwrap();
+    run_on(
+        &["brkstack", "--pprof", path],
+        "grower",
+        &["raw", "12", "8192"],
+    )
+    .assert_success();
+    // the brk calls are grow_heap_raw's own (the system call is inlined)
+    assert_eq!(pprof_flat(&profile, "brk_calls", "grow_heap_raw"), "12");
+    assert_eq!(
+        pprof_flat(&profile, "heap_growth B", "grow_heap_raw"),
+        "98304B"
+    );
+    let raw = go_pprof(&["-raw"], &profile);
+    assert!(raw.contains("comm:[grower]"), "{raw}");
+    let _ = std::fs::remove_file(&profile);
+}

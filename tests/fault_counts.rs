@@ -252,6 +252,19 @@ fn faults_folded_and_flame_graph() {
 }
 
 #[test]
+fn faults_pprof_counts_each_fault_on_its_stack() {
+    require_tool!("faults");
+    let profile = temp_path("faults.pb.gz");
+    let path = profile.to_str().unwrap();
+    run_on(&["faults", "--pprof", path], "toucher", &["anon", "16"]).assert_success();
+    // 16 MiB of fresh anonymous memory touched a page at a time
+    assert_eq!(pprof_flat(&profile, "faults", "touch_pages"), "4096");
+    let raw = go_pprof(&["-raw"], &profile);
+    assert!(raw.contains("comm:[toucher]"), "{raw}");
+    let _ = std::fs::remove_file(&profile);
+}
+
+#[test]
 fn faults_kernel_stacks_are_optional() {
     require_tool!("faults");
     let rows = stack_rows(&[]);

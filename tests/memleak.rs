@@ -493,7 +493,7 @@ fn pprof_folded_and_svg_outputs() {
         space += values[0];
         objects += values[1];
         // the leaf location comes first
-        if functions[&locations_fn[&locations[0]]].starts_with("leak_with+") {
+        if functions[&locations_fn[&locations[0]]] == "leak_with" {
             leak_space += values[0];
         }
     }
@@ -1499,4 +1499,41 @@ fn a_p_process_that_execs_forgets_its_old_programs_leaks() {
     assert_eq!(total("leak_with"), (30000, 1), "{rows:?}");
     assert_eq!(total("leak_small"), (1600, 100), "{rows:?}");
     assert_nothing_of_an_old_program(&rows);
+}
+
+#[test]
+fn go_tool_pprof_reads_the_profile_with_its_bytes_files_and_lines() {
+    require_memleak_user_mode!();
+    let profile = temp_path("leak.pb.gz");
+    let path = profile.to_str().unwrap();
+    run_on(
+        &["memleak", "-o", "0", "--source", "--pprof", path],
+        "leaker",
+        &["malloc"],
+    )
+    .assert_success();
+
+    // the leak's exact bytes, flat in leak_with, as pprof's -top lists it
+    assert_eq!(pprof_flat(&profile, "inuse_space B", "leak_with"), "30000B");
+    assert_eq!(pprof_flat(&profile, "inuse_objects", "leak_with"), "1");
+
+    // a location's file and line, the leaker's mapping with its build id, the pid label
+    let raw = go_pprof(&["-raw"], &profile);
+    assert!(
+        raw.lines()
+            .any(|l| l.contains(" leak_with ") && l.contains("leaker.c:")),
+        "{raw}"
+    );
+    let leaker = fixture("leaker");
+    let mapping = raw
+        .lines()
+        .find(|l| l.contains(leaker.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("no mapping of the leaker:\n{raw}"));
+    let build_id = mapping.split_whitespace().nth(3).unwrap_or_default();
+    assert!(
+        build_id.len() >= 16 && build_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "no build id: {mapping}"
+    );
+    assert!(raw.contains("pid:["), "no pid label:\n{raw}");
+    let _ = std::fs::remove_file(&profile);
 }

@@ -43,6 +43,18 @@ impl LoadSegments {
     }
 }
 
+/// An ELF file's GNU build id, in hex; None where it has none or can't be read.
+pub fn build_id_hex(path: &Path) -> Option<String> {
+    let data = std::fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let build_id = file.build_id().ok()??;
+    Some(hex(build_id))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A file's separate debug file, and how to turn the file's offsets into
 /// the addresses its symbols have.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +75,6 @@ impl DebugSymbols {
         let file = object::File::parse(&*data).ok()?;
         let build_id = file.build_id().ok()??;
         let (first, rest) = build_id.split_first()?;
-        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let debug_path = build_id_dir
             .join(hex(&[*first]))
             .join(format!("{}.debug", hex(rest)));

@@ -11,9 +11,10 @@ use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
 
-use crate::analysis::debug_symbols::DebugSymbols;
+use crate::analysis::debug_symbols::{build_id_hex, DebugSymbols};
 use crate::analysis::proc_maps::{self, MapsEntry};
 use crate::present::escape::escape_bytes;
+use crate::present::profile::{ProfileFrame, ProfileLine, ProfileMapping};
 use crate::present::stack_report::TRUNCATED_FRAME;
 
 /// Ends the addresses of a stack the unwinder could not follow to its
@@ -34,6 +35,20 @@ pub struct Mapping {
     pub path: PathBuf,
 }
 
+/// A function at a file offset: the one the offset is in, or one inlined
+/// there. Names and files as the debug information has them (unescaped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Symbol {
+    name: String,
+    /// The offset into the function (0 for an inlined one).
+    offset: u64,
+    inlined: bool,
+    /// The source file's path and the line, where asked for (`with_source`)
+    /// and known.
+    file: Option<String>,
+    line: Option<u32>,
+}
+
 /// Processes whose last known mappings are kept (StackSymbolizer::known).
 const KNOWN_PROCESSES: usize = 8192;
 
@@ -52,8 +67,10 @@ pub struct StackSymbolizer {
     with_source: bool,
     /// Each mapped file's separate debug file, looked for once (names only).
     debug_files: HashMap<PathBuf, Option<DebugSymbols>>,
-    /// Each file's frames by (offset, bytes shown past it): see frames_at.
-    frames_memo: HashMap<PathBuf, HashMap<(u64, u64), Vec<String>>>,
+    /// Each mapped file's build id in hex ("" for none), read once for profiles.
+    build_ids: HashMap<PathBuf, String>,
+    /// Each file's functions at an offset, symbolized once: see symbols_at.
+    symbols_memo: HashMap<PathBuf, HashMap<u64, Option<Vec<Symbol>>>>,
 }
 
 /// The executable file mappings of a live process, from /proc/PID/maps;
@@ -106,7 +123,8 @@ impl StackSymbolizer {
             known_order: VecDeque::new(),
             with_source,
             debug_files: HashMap::new(),
-            frames_memo: HashMap::new(),
+            build_ids: HashMap::new(),
+            symbols_memo: HashMap::new(),
         }
     }
 
@@ -215,53 +233,127 @@ impl StackSymbolizer {
             // a caller's address is its call's return address: the call,
             // its line and what was inlined there are the byte before
             let after_call = u64::from(depth > 0 && offset > 0);
-            frames.extend_from_slice(self.frames_at(&path, offset - after_call, after_call));
+            frames.extend(self.frames_at(&path, offset - after_call, after_call));
         }
         frames
     }
 
-    /// The frames of a file offset as `user_frames` prints them, each
-    /// distinct one symbolized once: a report's thousands of stacks share
-    /// a few thousand frames (a final report of 8192 stacks took 1.1 s
-    /// symbolizing each frame of each stack).
-    fn frames_at(&mut self, path: &Path, offset: u64, shown_past: u64) -> &[String] {
-        let key = (offset, shown_past);
-        let known = self
-            .frames_memo
-            .get(path)
-            .is_some_and(|memo| memo.contains_key(&key));
-        if !known {
-            let module = module_name(path);
-            let frames = match self.symbolize_offset(path, offset, shown_past) {
-                Some(syms) => syms
-                    .into_iter()
-                    .map(|sym| format!("{sym} [{module}]"))
-                    .collect(),
-                None => vec![format!("{:#x} [{module}]", offset + shown_past)],
-            };
-            self.frames_memo
-                .entry(path.to_path_buf())
-                .or_default()
-                .insert(key, frames);
+    /// The frames of a file offset as `user_frames` prints them: the
+    /// functions there (symbols_at), `shown_past` added to the offset shown
+    /// (a return address's byte).
+    fn frames_at(&mut self, path: &Path, offset: u64, shown_past: u64) -> Vec<String> {
+        let module = module_name(path);
+        let with_source = self.with_source;
+        // a frame shows the file's name; a profile gets its whole path
+        let location = |symbol: &Symbol| {
+            let file = symbol.file.as_deref().filter(|_| with_source).map(|path| {
+                let name = Path::new(path).file_name().unwrap_or(path.as_ref());
+                escape_bytes(name.as_encoded_bytes())
+            });
+            match (file, symbol.line) {
+                (Some(file), Some(line)) => format!(" ({file}:{line})"),
+                (Some(file), None) => format!(" ({file})"),
+                (None, _) => String::new(),
+            }
+        };
+        match self.symbols_at(path, offset) {
+            Some(symbols) => symbols
+                .iter()
+                .map(|symbol| {
+                    let name = escape_bytes(symbol.name.as_bytes());
+                    match symbol.inlined {
+                        true => format!("{name} (inlined){} [{module}]", location(symbol)),
+                        false => format!(
+                            "{name}+{:#x}{} [{module}]",
+                            symbol.offset + shown_past,
+                            location(symbol)
+                        ),
+                    }
+                })
+                .collect(),
+            None => vec![format!("{:#x} [{module}]", offset + shown_past)],
         }
-        self.frames_memo
-            .get(path)
-            .and_then(|memo| memo.get(&key))
-            .map_or(&[], Vec::as_slice)
     }
 
-    /// `func+0xoff`, with ` (file:line)` if asked for, of a file offset,
-    /// after the functions inlined there, innermost first. Names alone come
-    /// from a separate debug file's ELF symbols where one is installed (see
+    /// The functions at a file offset, innermost first (symbolize_offset),
+    /// each offset symbolized once: a report's thousands of stacks share a
+    /// few thousand frames (a final report of 8192 stacks took 1.1 s
+    /// symbolizing each frame of each stack).
+    fn symbols_at(&mut self, path: &Path, offset: u64) -> Option<&[Symbol]> {
+        let known = self
+            .symbols_memo
+            .get(path)
+            .is_some_and(|memo| memo.contains_key(&offset));
+        if !known {
+            let symbols = self.symbolize_offset(path, offset);
+            self.symbols_memo
+                .entry(path.to_path_buf())
+                .or_default()
+                .insert(offset, symbols);
+        }
+        self.symbols_memo
+            .get(path)
+            .and_then(|memo| memo.get(&offset))
+            .and_then(Option::as_deref)
+    }
+
+    /// A user stack, leaf first, as a profile (pprof) records it: each
+    /// address with its mapping (file, build id) and the functions there,
+    /// their source lines with `with_source`. An address in no known
+    /// mapping is a frame named by its address; the truncation mark, by its
+    /// own name.
+    pub fn user_profile_frames(&mut self, pid: u32, ips: &[u64]) -> Vec<ProfileFrame> {
+        let maps = self.mappings(pid).cloned().unwrap_or_default();
+        let with_source = self.with_source;
+        let mut frames = Vec::with_capacity(ips.len());
+        for (depth, &ip) in ips.iter().enumerate() {
+            if ip == TRUNCATED_IP {
+                frames.push(ProfileFrame::Named(TRUNCATED_FRAME.to_string()));
+                continue;
+            }
+            let Some(mapping) = maps.iter().find(|m| (m.start..m.end).contains(&ip)) else {
+                frames.push(ProfileFrame::Named(format!("{ip:#x} [unknown]")));
+                continue;
+            };
+            let offset = ip - mapping.start + mapping.file_offset;
+            // a caller's address is its return address: the call is the byte before
+            let before = u64::from(depth > 0 && offset > 0);
+            let lines = self
+                .symbols_at(&mapping.path, offset - before)
+                .unwrap_or_default()
+                .iter()
+                .map(|symbol| ProfileLine {
+                    function: symbol.name.clone(),
+                    file: symbol.file.clone().filter(|_| with_source),
+                    line: symbol.line.filter(|_| with_source),
+                })
+                .collect();
+            let build_id = self
+                .build_ids
+                .entry(mapping.path.clone())
+                .or_insert_with(|| build_id_hex(&mapping.path).unwrap_or_default())
+                .clone();
+            frames.push(ProfileFrame::Address {
+                address: ip,
+                mapping: ProfileMapping {
+                    start: mapping.start,
+                    end: mapping.end,
+                    file_offset: mapping.file_offset,
+                    path: mapping.path.to_string_lossy().into_owned(),
+                    build_id,
+                },
+                lines,
+            });
+        }
+        frames
+    }
+
+    /// The functions at a file offset, the ones inlined there first, with
+    /// their source lines if asked for. Names alone come from a separate
+    /// debug file's ELF symbols where one is installed (see
     /// analysis::debug_symbols), else through blazesym's own search, which
     /// loads DWARF (a separate debug file found by build ID or debug link).
-    /// `shown_past` is added to the offset shown (a return address's byte).
-    fn symbolize_offset(
-        &mut self,
-        path: &Path,
-        offset: u64,
-        shown_past: u64,
-    ) -> Option<Vec<String>> {
+    fn symbolize_offset(&mut self, path: &Path, offset: u64) -> Option<Vec<Symbol>> {
         if path == Path::new(VDSO) {
             return None; // no file to read its symbols from
         }
@@ -288,34 +380,39 @@ impl StackSymbolizer {
         let Ok(Symbolized::Sym(sym)) = symbolized else {
             return None;
         };
-        let location = |info: Option<&CodeInfo>| match info.filter(|_| self.with_source) {
-            Some(info) => {
-                let file = escape_bytes(info.file.as_encoded_bytes());
-                match info.line {
-                    Some(line) => format!(" ({file}:{line})"),
-                    None => format!(" ({file})"),
-                }
-            }
-            None => String::new(),
+        let source = |info: Option<&CodeInfo>| match info {
+            Some(info) => (
+                Some(info.to_path().to_string_lossy().into_owned()),
+                info.line,
+            ),
+            None => (None, None),
         };
         // blazesym lists inlined calls outermost first; each one's code
         // information is where in it the address (or the next call) is
-        let mut frames: Vec<String> = sym
+        let mut symbols: Vec<Symbol> = sym
             .inlined
             .iter()
             .rev()
             .map(|inlined| {
-                let name = escape_bytes(inlined.name.as_bytes());
-                format!("{name} (inlined){}", location(inlined.code_info.as_ref()))
+                let (file, line) = source(inlined.code_info.as_ref());
+                Symbol {
+                    name: inlined.name.to_string(),
+                    offset: 0,
+                    inlined: true,
+                    file,
+                    line,
+                }
             })
             .collect();
-        frames.push(format!(
-            "{}+{:#x}{}",
-            escape_bytes(sym.name.as_bytes()),
-            sym.offset as u64 + shown_past,
-            location(sym.code_info.as_deref())
-        ));
-        Some(frames)
+        let (file, line) = source(sym.code_info.as_deref());
+        symbols.push(Symbol {
+            name: sym.name.to_string(),
+            offset: sym.offset as u64,
+            inlined: false,
+            file,
+            line,
+        });
+        Some(symbols)
     }
 
     /// Kernel frames, leaf first, from /proc/kallsyms; the tracing program's

@@ -1,12 +1,12 @@
 //! The report of the stack-counting tools (faults, brkstack, memleak), written
 //! once: each report's rows as JSON lines, folded stacks or text, the largest
-//! first, and a flame graph of the whole trace at its end.
+//! first, and a flame graph and a pprof profile of the whole trace at its end.
 
 use anyhow::Result;
 
 use crate::present::format::wall_clock_hms;
 use crate::present::output::Output;
-use crate::present::profile::{folded_line, FlameGraph};
+use crate::present::profile::{folded_line, FlameGraph, Pprof, Sample};
 
 /// The frame that ends a user stack the unwinder could not follow to its
 /// outermost frame.
@@ -30,6 +30,12 @@ pub trait StackRow {
     /// The row in the text report.
     fn write_text(&self, out: &mut Output) -> Result<()>;
 
+    /// --pprof: the row as a profile sample; None where the row has no
+    /// profile frames (the tool was not asked for a profile).
+    fn profile_sample(&self) -> Option<Sample> {
+        None
+    }
+
     /// Whether its stack ends in TRUNCATED_FRAME.
     fn truncated(&self) -> bool {
         self.folded_frames().iter().any(|f| f == TRUNCATED_FRAME)
@@ -43,11 +49,12 @@ struct Tally {
     total: u64,
 }
 
-/// How a stack-counting tool reports: --folded, -t/--top, --svg.
+/// How a stack-counting tool reports: --folded, -t/--top, --svg, --pprof.
 pub struct StackReport {
     folded: bool,
     top: Option<usize>,
     flame: Option<FlameGraph>,
+    pprof: Option<Pprof>,
     /// The wall-clock time before each text report (-i, -T).
     clock: bool,
     /// Over every report, and in the last one.
@@ -61,10 +68,16 @@ impl StackReport {
             folded,
             top,
             flame,
+            pprof: None,
             clock: false,
             all_reports: Tally::default(),
             last_report: Tally::default(),
         }
+    }
+
+    /// Gathers every row into a profile too (--pprof).
+    pub fn with_pprof(self, pprof: Option<Pprof>) -> StackReport {
+        StackReport { pprof, ..self }
     }
 
     /// Heads each text report with the wall-clock time, as BCC's stackcount does with -i.
@@ -93,6 +106,11 @@ impl StackReport {
             for row in &rows {
                 flame.add(row.folded_frames(), row.weight());
             }
+        }
+        if let Some(pprof) = &mut self.pprof {
+            rows.iter()
+                .filter_map(StackRow::profile_sample)
+                .for_each(|sample| pprof.add(sample));
         }
         self.last_report = Tally::default();
         for row in &rows {
@@ -137,10 +155,13 @@ impl StackReport {
         }
     }
 
-    /// At the end of the trace: the flame graph, if one was asked for.
+    /// At the end of the trace: the flame graph and the profile, where asked for.
     pub fn finish(self) -> Result<()> {
-        match self.flame {
-            Some(flame) => flame.write(),
+        if let Some(flame) = self.flame {
+            flame.write()?;
+        }
+        match self.pprof {
+            Some(pprof) => pprof.write(),
             None => Ok(()),
         }
     }

@@ -28,7 +28,7 @@ use crate::present::escape::escape_c_chars;
 use crate::present::format::human_size;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
-use crate::present::profile::FlameGraph;
+use crate::present::profile::{profile_value, FlameGraph, Labels, Pprof, ProfileFrame, Sample};
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow};
 use crate::tools::stack_counts::{self, StackCounting, EXIT_MAPPINGS_HINT, MAX_ENTRIES_HINT};
 
@@ -70,6 +70,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
 
+    /// Write a profile of the whole trace to FILE (pprof: gzipped profile.proto, for go tool pprof, Pyroscope, Parca)
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+
     /// Source file and line of each frame, and the functions inlined
     /// there, where debug information exists (the file's own, or a separate
     /// one under /usr/lib/debug: Debian's -dbg and -dbgsym packages)
@@ -95,6 +99,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<i32> {
     // reserved first: a path that can't be written fails before the trace
     let svg = OutputFile::reserve_if_given("--svg", args.svg.as_deref())?;
+    let pprof = OutputFile::reserve_if_given("--pprof", args.pprof.as_deref())?;
     let mut trace = Trace::prepare(&args.common)?;
     let unwind = args.stacks.resolve(args.common.tool, Walker::Probe)?;
     let mut storage = MaybeUninit::uninit();
@@ -146,7 +151,12 @@ pub fn run(args: Args) -> Result<i32> {
         Weight::Bytes => FlameGraph::new(file, "Heap growth by stack", "bytes"),
     });
     let clock = args.report.interval.is_some() || args.common.timestamp;
-    let mut report_stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
+    let with_profile = pprof.is_some();
+    let pprof =
+        pprof.map(|file| Pprof::new(file, &[("brk_calls", "count"), ("heap_growth", "bytes")]));
+    let mut report_stacks = StackReport::new(args.folded, args.report.top, flame)
+        .with_clock(clock)
+        .with_pprof(pprof);
     let interval = args.report.interval;
     let mut session = Session::start(trace, interval, "brk() calls")?;
     let mut report = |out: &mut Output| -> Result<()> {
@@ -158,6 +168,7 @@ pub fn run(args: Args) -> Result<i32> {
             &skel.maps.stack_store,
             &counts,
             args.weight,
+            with_profile,
         );
         report_stacks.print(out, rows)
     };
@@ -197,6 +208,7 @@ fn symbolize_rows(
     stacks: &dyn MapCore,
     counts: &[(Key, Value)],
     weight: Weight,
+    with_profile: bool,
 ) -> Vec<Row> {
     // one process's stack may come under two comms (it renamed itself)
     let mut grouped: HashMap<(u32, String, i64), (u64, u64, u64)> = HashMap::new();
@@ -208,12 +220,12 @@ fn symbolize_rows(
         totals.2 += value.shrunk;
     }
     let time_ns = monotonic_ns();
+    let mut labels_of = HashMap::new();
     let mut rows: Vec<Row> = grouped
         .into_iter()
         .map(|((pid, comm, stack), (calls, grown, shrunk))| Row {
             time_ns,
             pid,
-            comm,
             calls,
             bytes_grown: grown,
             bytes_shrunk: shrunk,
@@ -222,6 +234,15 @@ fn symbolize_rows(
                 Weight::Calls => calls,
                 Weight::Bytes => grown,
             },
+            profile: with_profile.then(|| {
+                let labels = labels_of
+                    .entry((pid, comm.clone()))
+                    .or_insert_with(|| stack_counts::process_labels(pid, Some(&comm)))
+                    .clone();
+                let frames = stack_counts::user_profile_frames(symbolizer, stacks, pid, stack);
+                (frames, labels)
+            }),
+            comm,
         })
         .collect();
     rows.sort_by(|a, b| {
@@ -246,6 +267,9 @@ struct Row {
     /// What --folded and --svg count (--weight).
     #[serde(skip)]
     weight: u64,
+    /// --pprof: the stack as a profile records it, and the sample's labels.
+    #[serde(skip)]
+    profile: Option<(Vec<ProfileFrame>, Labels)>,
 }
 
 impl StackRow for Row {
@@ -274,5 +298,14 @@ impl StackRow for Row {
             counts.push_str(&format!(", shrunk {}", human_size(self.bytes_shrunk)));
         }
         write_stackcount(out, None, &self.stack, (&self.comm, self.pid), &counts)
+    }
+
+    fn profile_sample(&self) -> Option<Sample> {
+        let (frames, labels) = self.profile.clone()?;
+        Some(Sample {
+            frames,
+            values: vec![profile_value(self.calls), profile_value(self.bytes_grown)],
+            labels,
+        })
     }
 }

@@ -27,7 +27,7 @@ use crate::engine::unwind::{Unwind, UnwindArgs, Walker, UNWIND_PROGRAMS};
 use crate::present::escape::escape_c_chars;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
-use crate::present::profile::FlameGraph;
+use crate::present::profile::{profile_value, FlameGraph, Labels, Pprof, ProfileFrame, Sample};
 use crate::present::stack_report::{write_stackcount, StackReport, StackRow, STORE_FULL_FRAME};
 use crate::tools::stack_counts::{self, StackCounting, EXIT_MAPPINGS_HINT, MAX_ENTRIES_HINT};
 
@@ -69,6 +69,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
 
+    /// Write a profile of the whole trace to FILE (pprof: gzipped profile.proto, for go tool pprof, Pyroscope, Parca)
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+
     /// Distinct stacks the kernel can hold; raise it if stacks are lost
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub stack_storage_size: u32,
@@ -84,6 +88,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<i32> {
     // reserved first: a path that can't be written fails before the trace
     let svg = OutputFile::reserve_if_given("--svg", args.svg.as_deref())?;
+    let pprof = OutputFile::reserve_if_given("--pprof", args.pprof.as_deref())?;
     let mut trace = Trace::prepare(&args.common)?;
     let unwind = args.stacks.resolve(args.common.tool, Walker::PerfEvent)?;
     let mut storage = MaybeUninit::uninit();
@@ -109,14 +114,24 @@ pub fn run(args: Args) -> Result<i32> {
     let mut out = Output::new(args.common.json);
     let flame = svg.map(|file| FlameGraph::new(file, "Page faults by stack", "faults"));
     let clock = args.report.interval.is_some() || args.common.timestamp;
-    let mut stacks = StackReport::new(args.folded, args.report.top, flame).with_clock(clock);
+    let with_profile = pprof.is_some();
+    let pprof =
+        pprof.map(|file| Pprof::new(file, &[("faults", "count"), ("major_faults", "count")]));
+    let mut stacks = StackReport::new(args.folded, args.report.top, flame)
+        .with_clock(clock)
+        .with_pprof(pprof);
     let interval = args.report.interval;
     let mut session = Session::start(trace, interval, "page faults")?;
     let mut report = |out: &mut Output| -> Result<()> {
         let counts = take_entries::<Key, Value>(&skel.maps.counts)?;
         let mut symbolizer =
             counting.before_report(&ring, counts.iter().map(|(key, _)| key.tgid))?;
-        let rows = symbolize_rows(&mut symbolizer, &skel.maps.stack_store, &counts);
+        let rows = symbolize_rows(
+            &mut symbolizer,
+            &skel.maps.stack_store,
+            &counts,
+            with_profile,
+        );
         stacks.print(out, rows)
     };
     let stop = session.run(Some(&ring), || counting.after_poll(), || report(&mut out))?;
@@ -192,6 +207,9 @@ struct Row {
     kernel: Option<Vec<String>>,
     minor: u64,
     major: u64,
+    /// --pprof: the stacks as a profile records them (kernel frames, then
+    /// user frames, leaf first), and the sample's labels.
+    profile: Option<(Vec<ProfileFrame>, Labels)>,
 }
 
 /// A JSON line: one kind of fault of a row (`file` is null: faults has no
@@ -256,6 +274,15 @@ impl StackRow for Row {
             &counts,
         )
     }
+
+    fn profile_sample(&self) -> Option<Sample> {
+        let (frames, labels) = self.profile.clone()?;
+        Some(Sample {
+            frames,
+            values: vec![profile_value(self.weight()), profile_value(self.major)],
+            labels,
+        })
+    }
 }
 
 /// Why there is no kernel stack, as a frame. A fault taken in user mode has
@@ -272,6 +299,7 @@ fn symbolize_rows(
     symbolizer: &mut StackSymbolizer,
     stacks: &dyn MapCore,
     counts: &[(Key, Value)],
+    with_profile: bool,
 ) -> Vec<Row> {
     type Group = (u32, String, i64, i64);
     let mut grouped: HashMap<Group, [u64; 2]> = HashMap::new();
@@ -283,6 +311,7 @@ fn symbolize_rows(
     }
     let no_kernel_stack = i64::from(faults_stack_key::FAULTS_NO_STACK.0);
     let time_ns = monotonic_ns();
+    let mut labels_of = HashMap::new();
     let mut rows = Vec::with_capacity(grouped.len());
     for ((pid, comm, user_id, kernel_id), [minor, major]) in grouped {
         let user = stack_counts::user_frames(symbolizer, stacks, pid, user_id);
@@ -291,6 +320,15 @@ fn symbolize_rows(
                 Some(ips) => symbolizer.kernel_frames(&ips),
                 None => missing_kernel_stack(kernel_id),
             });
+        let profile = with_profile.then(|| {
+            let kernel = kernel.iter().flatten().cloned().map(ProfileFrame::Named);
+            let user = stack_counts::user_profile_frames(symbolizer, stacks, pid, user_id);
+            let labels = labels_of
+                .entry((pid, comm.clone()))
+                .or_insert_with(|| stack_counts::process_labels(pid, Some(&comm)))
+                .clone();
+            (kernel.chain(user).collect(), labels)
+        });
         rows.push(Row {
             time_ns,
             pid,
@@ -299,6 +337,7 @@ fn symbolize_rows(
             kernel,
             minor,
             major,
+            profile,
         });
     }
     rows.sort_by(|a, b| {

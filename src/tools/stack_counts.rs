@@ -2,7 +2,8 @@
 //! share around their session: the unwinder's tables read in (the command's
 //! loader followed), its requests and deferred stacks answered after each
 //! poll, a full counting map said as it starts losing, the symbolizer told
-//! of processes that exited.
+//! of processes that exited; and, with memleak, a profile's stacks and
+//! labels.
 
 use std::cell::{RefCell, RefMut};
 
@@ -16,6 +17,7 @@ use crate::engine::records::ready_symbolizer;
 use crate::engine::skeleton::DropReason;
 use crate::engine::target::Target;
 use crate::engine::unwind::{StackMaps, Unwind, UserStacks};
+use crate::present::profile::{LabelValue, Labels, ProfileFrame};
 use crate::present::stack_report::STORE_FULL_FRAME;
 
 /// What a full counting map loses, and what to do about it.
@@ -113,4 +115,47 @@ pub fn user_frames(
         }
         None => vec!["[no user stack]".into()],
     }
+}
+
+/// user_frames for a profile (--pprof): the stack's addresses with their
+/// mappings and functions.
+pub fn user_profile_frames(
+    symbolizer: &mut StackSymbolizer,
+    stack_store: &dyn MapCore,
+    pid: u32,
+    key: i64,
+) -> Vec<ProfileFrame> {
+    match stored_stack(stack_store, key) {
+        Some(ips) => symbolizer.user_profile_frames(pid, &ips),
+        None => user_frames(symbolizer, stack_store, pid, key)
+            .into_iter()
+            .map(ProfileFrame::Named)
+            .collect(),
+    }
+}
+
+/// A profile sample's labels for process `pid`: its pid, its name (`comm`
+/// where the BPF side gave it, else /proc's), and its cgroup while /proc
+/// still has it (a process gone by the end has only what was given).
+pub fn process_labels(pid: u32, comm: Option<&str>) -> Labels {
+    let mut labels = vec![("pid", LabelValue::Number(i64::from(pid)))];
+    let process = procfs::process::Process::new(pid as i32).ok();
+    let comm = comm
+        .map(str::to_string)
+        .or_else(|| Some(process.as_ref()?.stat().ok()?.comm));
+    if let Some(comm) = comm {
+        labels.push(("comm", LabelValue::Text(comm)));
+    }
+    // the unified hierarchy's (v2) path, else the first v1 hierarchy's
+    if let Some(cgroups) = process.and_then(|p| p.cgroups().ok()) {
+        let cgroups = cgroups.0;
+        let chosen = cgroups
+            .iter()
+            .find(|cgroup| cgroup.hierarchy == 0)
+            .or_else(|| cgroups.first());
+        if let Some(cgroup) = chosen {
+            labels.push(("cgroup", LabelValue::Text(cgroup.pathname.clone())));
+        }
+    }
+    labels
 }

@@ -655,3 +655,38 @@ impl Drop for Pmapped {
         let _ = self.child.wait();
     }
 }
+
+/// `go tool pprof ARGS PROFILE` (Debian's golang-go), which must succeed,
+/// and its stdout. -symbolize=none: the names must come from the profile.
+pub fn go_pprof(args: &[&str], profile: &Path) -> String {
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-symbolize=none"])
+        .args(args)
+        .arg(profile)
+        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .output()
+        .expect("running go tool pprof (Debian's golang-go; make deps installs it)");
+    assert!(out.status.success(), "go tool pprof {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// What `go tool pprof -top` puts in the flat column of `function` for the
+/// profile's `sample_index`: a count, or with " B" after the index, bytes
+/// (`NB`).
+pub fn pprof_flat(profile: &Path, sample_index: &str, function: &str) -> String {
+    let (index, bytes) = match sample_index.strip_suffix(" B") {
+        Some(index) => (index, true),
+        None => (sample_index, false),
+    };
+    let index = format!("-sample_index={index}");
+    let mut args = vec!["-top", &index];
+    if bytes {
+        args.push("-unit=B");
+    }
+    let top = go_pprof(&args, profile);
+    let line = top
+        .lines()
+        .find(|line| line.trim_end().ends_with(&format!(" {function}")))
+        .unwrap_or_else(|| panic!("no {function} in pprof -top:\n{top}"));
+    line.split_whitespace().next().unwrap().to_string()
+}

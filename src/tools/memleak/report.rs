@@ -22,8 +22,9 @@ use crate::present::escape::escape_c_chars;
 use crate::present::format::wall_clock_hms;
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
-use crate::present::profile::{write_pprof, FlameGraph, Sample};
+use crate::present::profile::{profile_value, FlameGraph, Pprof, ProfileFrame, Sample};
 use crate::present::stack_report::{StackReport, StackRow};
+use crate::tools::stack_counts;
 
 /// A process's stack: its tgid (0 in kernel mode) and stack key.
 type StackOf = (u32, i64);
@@ -196,6 +197,23 @@ impl<'a> Reporter<'a> {
         Ok(by_stack)
     }
 
+    /// A stack as a profile records it, leaf first (write_profiles).
+    fn profile_frames(
+        &self,
+        symbolizer: &mut StackSymbolizer,
+        (tgid, key): StackOf,
+    ) -> Vec<ProfileFrame> {
+        match stored_stack(self.stacks, key) {
+            None => vec![ProfileFrame::Named("[stack lost]".into())],
+            Some(ips) if self.kernel => symbolizer
+                .kernel_frames(&ips)
+                .into_iter()
+                .map(ProfileFrame::Named)
+                .collect(),
+            Some(ips) => symbolizer.user_profile_frames(tgid, &ips),
+        }
+    }
+
     /// A stack's frames, leaf first.
     fn frames(&self, symbolizer: &mut StackSymbolizer, (tgid, key): StackOf) -> Vec<String> {
         // a negative key: -ENOSPC (the stack store was full) or -EFAULT (no stack)
@@ -299,26 +317,35 @@ impl<'a> Reporter<'a> {
         let outstanding = self.outstanding(self.last_older_ms)?;
         ready(&self.processes(outstanding.keys()));
         let symbolizer = &mut *symbolizer.borrow_mut();
-        let samples: Vec<Sample> = outstanding
-            .into_iter()
-            .map(|(key, row)| Sample {
-                frames: self.frames(symbolizer, key),
-                values: vec![row.bytes, row.allocs],
-            })
-            .collect();
         if let Some(file) = svg {
             let mut flame = FlameGraph::new(file, "Outstanding allocations", "bytes");
-            for sample in &samples {
-                flame.add(
-                    sample.frames.iter().rev().cloned().collect(),
-                    sample.values[0],
-                );
+            for (&key, row) in &outstanding {
+                let mut frames = self.frames(symbolizer, key);
+                frames.reverse();
+                flame.add(frames, row.bytes);
             }
             flame.write()?;
         }
         if let Some(file) = pprof {
-            let types = [("inuse_space", "bytes"), ("inuse_objects", "count")];
-            write_pprof(file, &types, &samples)?;
+            let mut profile = Pprof::new(
+                file,
+                &[("inuse_space", "bytes"), ("inuse_objects", "count")],
+            );
+            let mut labels_of = HashMap::new();
+            for (&key, row) in &outstanding {
+                profile.add(Sample {
+                    frames: self.profile_frames(symbolizer, key),
+                    values: vec![profile_value(row.bytes), profile_value(row.allocs)],
+                    labels: match self.kernel {
+                        true => Vec::new(),
+                        false => labels_of
+                            .entry(key.0)
+                            .or_insert_with(|| stack_counts::process_labels(key.0, None))
+                            .clone(),
+                    },
+                });
+            }
+            profile.write()?;
         }
         Ok(())
     }

@@ -72,7 +72,8 @@ __noinline int exitmaps_send_mapping(struct exitmaps_mapping *m, __u64 file)
 {
 	if (!m)
 		return 0;
-	memtrace_file_path((struct file *)file, m->path, &m->path_info);
+	/* the task_vma iterator (6.7) this needs came after bpf_loop */
+	memtrace_file_path((struct file *)file, m->path, &m->path_info, true);
 	exitmaps_send(m, offsetof(struct exitmaps_mapping, path) + m->path_info.len);
 	return 0;
 }

@@ -61,8 +61,12 @@ static __always_inline int remember_call(struct mmapsnoop_call_args *args)
 	return 0;
 }
 
-/* with_file: a constant in each classic program, so munmap's and mremap's carry no path walk */
-static __always_inline int report_call(long ret, bool with_file)
+/*
+ * with_file: a constant in each classic program, so munmap's and mremap's
+ * carry no path walk; with_loop: the walk's levels by bpf_loop (5.17), in
+ * the *_loop programs, which load only where it is (paths.bpf.h).
+ */
+static __always_inline int report_call(long ret, bool with_file, bool with_loop)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct mmapsnoop_call_args *args;
@@ -100,7 +104,7 @@ static __always_inline int report_call(long ret, bool with_file)
 		struct file *file = memtrace_fd_file(args->fd);
 
 		if (file)
-			memtrace_file_path(file, e->path, &e->path_info);
+			memtrace_file_path(file, e->path, &e->path_info, with_loop);
 	}
 
 	size = offsetof(struct mmapsnoop_event, path) + e->path_info.len;
@@ -167,19 +171,25 @@ int mmapsnoop_enter_mremap(struct trace_event_raw_sys_enter *ctx)
 SEC("tp/syscalls/sys_exit_mmap")
 int mmapsnoop_exit_mmap(struct trace_event_raw_sys_exit *ctx)
 {
-	return report_call(ctx->ret, true);
+	return report_call(ctx->ret, true, false);
+}
+
+SEC("tp/syscalls/sys_exit_mmap")
+int mmapsnoop_exit_mmap_loop(struct trace_event_raw_sys_exit *ctx)
+{
+	return report_call(ctx->ret, true, true);
 }
 
 SEC("tp/syscalls/sys_exit_munmap")
 int mmapsnoop_exit_munmap(struct trace_event_raw_sys_exit *ctx)
 {
-	return report_call(ctx->ret, false);
+	return report_call(ctx->ret, false, false);
 }
 
 SEC("tp/syscalls/sys_exit_mremap")
 int mmapsnoop_exit_mremap(struct trace_event_raw_sys_exit *ctx)
 {
-	return report_call(ctx->ret, false);
+	return report_call(ctx->ret, false, false);
 }
 
 /* The raw tracepoints (syscalls.bpf.h): the calls above, told apart by number. */
@@ -203,8 +213,7 @@ int BPF_PROG(mmapsnoop_sys_enter, struct pt_regs *regs, long nr)
 	return enter_call(&a, call);
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(mmapsnoop_sys_exit, struct pt_regs *regs, long ret)
+static __always_inline int raw_exit(struct pt_regs *regs, long ret, bool with_loop)
 {
 	long nr = memtrace_exit_syscall_nr(regs);
 
@@ -213,5 +222,17 @@ int BPF_PROG(mmapsnoop_sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 	if (!memtrace_native_syscall())
 		return 0;
-	return report_call(ret, memtrace_syscall_is(nr, nr_mmap));
+	return report_call(ret, memtrace_syscall_is(nr, nr_mmap), with_loop);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(mmapsnoop_sys_exit, struct pt_regs *regs, long ret)
+{
+	return raw_exit(regs, ret, false);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(mmapsnoop_sys_exit_loop, struct pt_regs *regs, long ret)
+{
+	return raw_exit(regs, ret, true);
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::cli::{parse_ring_mib, CommonArgs};
 use crate::engine::drops;
+use crate::engine::features::Feature;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records::{self, FilePath};
 use crate::engine::skeleton::OpenSkeleton;
@@ -51,6 +52,12 @@ pub struct Args {
 }
 
 /// The classic programs of munmap and mremap, loaded with --munmap only.
+/// The exit programs that walk a file's path, without and with bpf_loop.
+const LOOP_PROGRAMS: [[&str; 2]; 2] = [
+    ["mmapsnoop_exit_mmap", "mmapsnoop_exit_mmap_loop"],
+    ["mmapsnoop_sys_exit", "mmapsnoop_sys_exit_loop"],
+];
+
 const MUNMAP_PROGRAMS: &[&str] = &[
     "mmapsnoop_enter_munmap",
     "mmapsnoop_exit_munmap",
@@ -68,7 +75,20 @@ pub fn run(args: Args) -> Result<i32> {
         |open, programs| {
             let rodata = open.rodata()?;
             rodata.nr_mmap = libc::SYS_mmap;
-            let mut classic = vec!["mmapsnoop_enter_mmap", "mmapsnoop_exit_mmap"];
+            // the exit programs that walk paths with bpf_loop where it is (5.17)
+            let with_loop = Feature::Loop.present();
+            let [exit_mmap, sys_exit] = match with_loop {
+                true => ["mmapsnoop_exit_mmap_loop", "mmapsnoop_sys_exit_loop"],
+                false => ["mmapsnoop_exit_mmap", "mmapsnoop_sys_exit"],
+            };
+            programs.load_if(
+                false,
+                &LOOP_PROGRAMS.map(|[without, with]| match with_loop {
+                    true => without,
+                    false => with,
+                }),
+            );
+            let mut classic = vec!["mmapsnoop_enter_mmap", exit_mmap];
             // munmap's and mremap's programs are not even loaded without --munmap
             programs.load_if(args.munmap, MUNMAP_PROGRAMS);
             if args.munmap {
@@ -77,7 +97,7 @@ pub fn run(args: Args) -> Result<i32> {
                 classic.extend_from_slice(MUNMAP_PROGRAMS);
             }
             programs.syscalls(SyscallPrograms {
-                raw: ["mmapsnoop_sys_enter", "mmapsnoop_sys_exit"],
+                raw: ["mmapsnoop_sys_enter", sys_exit],
                 classic,
             });
             loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;

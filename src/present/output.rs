@@ -23,6 +23,9 @@ enum Destination {
     Reserved(OutputFile),
     /// --output's file, in place; and its option and path, for messages.
     File(File, String),
+    /// --output's file could not be put in place: why, for every write
+    /// after (none goes to stdout instead).
+    Failed(String),
 }
 
 static DESTINATION: Mutex<Destination> = Mutex::new(Destination::Stdout);
@@ -39,38 +42,47 @@ pub fn send_to(file: OutputFile) {
     *destination() = Destination::Reserved(file);
 }
 
+/// The reserved file, if the destination is one, put in place: the
+/// destination becomes the file, or the reason it failed.
+fn put_in_place(destination: &mut Destination) -> Result<()> {
+    let Destination::Reserved(file) = std::mem::replace(destination, Destination::Stdout) else {
+        return Ok(());
+    };
+    let described = file.described();
+    match file.into_stream() {
+        Ok(stream) => {
+            *destination = Destination::File(stream, described);
+            Ok(())
+        }
+        Err(err) => {
+            *destination = Destination::Failed(format!("{err:#}"));
+            Err(err)
+        }
+    }
+}
+
 /// At the tool's end: --output's file, if nothing was written to it, is put
 /// in place empty when the tool succeeded, and removed when it failed.
 pub fn finish(succeeded: bool) -> Result<()> {
     let mut destination = destination();
-    if let Destination::Reserved(_) = &*destination {
-        if let Destination::Reserved(file) =
-            std::mem::replace(&mut *destination, Destination::Stdout)
-        {
-            if succeeded {
-                file.into_stream()?;
+    match succeeded {
+        true => put_in_place(&mut destination),
+        false => {
+            if let Destination::Reserved(_) = &*destination {
+                *destination = Destination::Stdout; // Drop removes the file
             }
+            Ok(())
         }
     }
-    Ok(())
 }
 
 /// Writes to the destination, putting a reserved file in place first.
 fn write_destination(buf: &[u8]) -> io::Result<usize> {
     let mut destination = destination();
-    if let Destination::Reserved(_) = &*destination {
-        if let Destination::Reserved(file) =
-            std::mem::replace(&mut *destination, Destination::Stdout)
-        {
-            let described = file.described();
-            let stream = file
-                .into_stream()
-                .map_err(|err| io::Error::other(format!("{err:#}")))?;
-            *destination = Destination::File(stream, described);
-        }
-    }
+    put_in_place(&mut destination).map_err(|err| io::Error::other(format!("{err:#}")))?;
     let written = match &*destination {
         Destination::File(file, _) => nix::unistd::write(file.as_fd(), buf),
+        Destination::Failed(why) => return Err(io::Error::other(why.clone())),
         _ => nix::unistd::write(io::stdout().as_fd(), buf),
     };
     written.map_err(io::Error::from)
@@ -81,6 +93,7 @@ fn destination_name() -> String {
     match &*destination() {
         Destination::File(_, described) => described.clone(),
         Destination::Reserved(file) => file.described(),
+        Destination::Failed(_) => "--output".to_string(),
         Destination::Stdout => "standard output".to_string(),
     }
 }
@@ -133,9 +146,10 @@ fn stop_signals() -> usize {
 
 /// stdout (or --output's file) written with write(2) itself. std's Stdout,
 /// BufWriter and write_all retry a write that a signal interrupted (EINTR),
-/// so memtrace blocked on a full pipe would never see Ctrl-C. Here a write that a stop
-/// signal interrupted (EINTR, or a part written) stops the output: this write
-/// and every later one report `Stopped` without a system call. A stop signal
+/// so memtrace blocked on a full pipe would never see Ctrl-C. Here a write
+/// that a stop signal interrupted (EINTR, or a part written) stops the
+/// output: this write and every later one report `Stopped` without a system
+/// call. A stop signal
 /// that came before the write does not: after Ctrl-C ends a trace, the
 /// summary is still written, unless another Ctrl-C interrupts that. (A signal
 /// that comes between the count and write(2) is missed; the next one ends the

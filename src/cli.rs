@@ -44,6 +44,10 @@ pub struct CommonArgs {
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 
+    /// Trace only tasks in this cgroup and those below it: its directory, in the unified hierarchy or a v1 controller's (/sys/fs/cgroup/...)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
     /// Start COMMAND, trace only it and its descendants, stop when it exits and exit with its status
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,

@@ -214,3 +214,25 @@ fn man_pages_are_roff_named_after_the_tool() {
         "memtrace manpage: unknown tool 'nosuch' (memtrace --list names them)\n"
     );
 }
+
+#[test]
+fn cgroup_is_refused_where_it_does_not_apply() {
+    let out = memtrace()
+        .args(["oomkill", "--cgroup", "/sys/fs/cgroup"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "oomkill: --cgroup doesn't apply: oomkill shows every OOM kill, and its CGROUP column names the victim's memory cgroup\n"
+    );
+    let out = memtrace()
+        .args(["pmap", "-p", "1", "--cgroup", "/sys/fs/cgroup"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not --cgroup"),
+        "{out:?}"
+    );
+}

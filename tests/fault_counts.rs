@@ -5,6 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::system::*;
 use common::*;
 use serde_json::Value;
 
@@ -526,4 +527,36 @@ fn losses_are_told_when_they_start() {
             finished.stderr
         );
     }
+}
+
+#[test]
+fn cgroup_limits_the_trace_to_a_cgroup_and_those_below_it() {
+    require_tool!("ffaults");
+    let _lock = lock_system_state();
+    // the memory controller's hierarchy (v1) or the unified one (v2): the
+    // filter reads the task's cgroup in the hierarchy the path is in
+    let cgroup = MemoryCgroup::create(1 << 30);
+    let inner = ChildCgroup::create(cgroup.dir(), "inner");
+    let toucher = fixture("toucher");
+    let mut inside = Held::start(&toucher, &["anon", "16"]);
+    let mut below = Held::start(&toucher, &["anon", "8"]);
+    let mut outside = Held::start(&toucher, &["anon", "4"]);
+    cgroup.add(inside.pid());
+    inner.add(below.pid());
+    let dir = cgroup.dir().to_str().unwrap();
+    let tracer = Tracer::start(&["ffaults", "--json", "--cgroup", dir]);
+    for held in [&mut inside, &mut below, &mut outside] {
+        assert!(held.go().success());
+    }
+    let finished = tracer.stop();
+    finished.assert_success();
+    let rows = finished.json();
+    let anon = |held: &Held| faults_on(&rows, &Value::from(held.pid()), "[anon]");
+    // a page at a time, and a few of the C library's own
+    assert!((4096..4096 + 64).contains(&anon(&inside)), "{rows:?}");
+    assert!((2048..2048 + 64).contains(&anon(&below)), "{rows:?}");
+    assert_eq!(anon(&outside), 0, "traced outside the cgroup: {rows:?}");
+    let pids: HashSet<u64> = rows.iter().filter_map(|r| r["pid"].as_u64()).collect();
+    let ours = HashSet::from([u64::from(inside.pid()), u64::from(below.pid())]);
+    assert!(pids.is_subset(&ours), "other processes traced: {pids:?}");
 }

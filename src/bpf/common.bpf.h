@@ -26,6 +26,13 @@ const volatile bool filter_by_tid = false; /* one thread (drsnoop, shmsnoop -t) 
 const volatile __u32 filter_tid = 0;
 const volatile bool filter_by_uid = false; /* one user (drsnoop -u) */
 const volatile __u32 filter_uid = 0;
+/* --cgroup: the cgroup's id (its kernfs node's, the directory's inode), the
+ * v1 hierarchy's controller (its subsystem id) or -1 for the unified one, and
+ * the offsets of the fields the walk reads (memtrace_in_cgroup) */
+const volatile bool filter_by_cgroup = false;
+const volatile __u64 filter_cgroup_id = 0;
+const volatile int filter_cgroup_ssid = -1;
+const volatile struct memtrace_cgroup_offsets cgroup_offsets = {};
 /* set by user space where the kernel has bpf_get_current_task_btf (5.11):
  * a CO-RE test of enum bpf_func_id would cost libbpf a search of every
  * kernel type at each load (~0.8 ms) */
@@ -90,6 +97,57 @@ static __always_inline struct task_struct *memtrace_current_task(void)
 	return (struct task_struct *)bpf_get_current_task();
 }
 
+/* How far above a task's cgroup --cgroup's may be. */
+#define MEMTRACE_CGROUP_DEPTH 16
+/* A kernel pointer at `base + off`; NULL where it can't be read. */
+static __always_inline void *memtrace_pointer_at(void *base, __u32 off)
+{
+	void *p = NULL;
+
+	if (base)
+		bpf_probe_read_kernel(&p, sizeof(p), base + off);
+	return p;
+}
+
+/*
+ * Is the current task in --cgroup's cgroup or one below it (at most
+ * MEMTRACE_CGROUP_DEPTH levels)? Its cgroup in the hierarchy asked about
+ * (the unified one's, or a v1 controller's), then each parent, compared by
+ * id: read through the task, so v1 works as v2 does (the helpers that test
+ * cgroups know the unified hierarchy alone). The fields are read at offsets
+ * user space found in the kernel's BTF, not by CO-RE: each struct a program
+ * reads by CO-RE costs libbpf a search of every kernel type at each load,
+ * and these four would cost every start, --cgroup or not.
+ */
+static __always_inline bool memtrace_in_cgroup(void)
+{
+	const volatile struct memtrace_cgroup_offsets *off = &cgroup_offsets;
+	void *cset = memtrace_pointer_at((void *)bpf_get_current_task(), off->task_cgroups);
+	void *cgrp;
+
+	if (filter_cgroup_ssid < 0) {
+		cgrp = memtrace_pointer_at(cset, off->cset_dfl_cgrp);
+	} else {
+		__u32 ssid = (__u32)filter_cgroup_ssid & 31;
+		void *css = memtrace_pointer_at(cset, off->cset_subsys + ssid * sizeof(void *));
+
+		cgrp = memtrace_pointer_at(css, off->css_cgroup);
+	}
+	for (int i = 0; i < MEMTRACE_CGROUP_DEPTH; i++) {
+		void *kn = memtrace_pointer_at(cgrp, off->cgroup_kn);
+		__u64 id = 0;
+
+		if (!kn)
+			return false;
+		bpf_probe_read_kernel(&id, sizeof(id), kn + off->kernfs_node_id);
+		if (id == filter_cgroup_id)
+			return true;
+		/* the parent's css, and its cgroup */
+		cgrp = memtrace_pointer_at(memtrace_pointer_at(cgrp, off->cgroup_parent_css), off->css_cgroup);
+	}
+	return false;
+}
+
 /* Should the current task be traced? The cheap tests come first. */
 static __always_inline bool memtrace_wanted(void)
 {
@@ -114,6 +172,8 @@ static __always_inline bool memtrace_wanted(void)
 				break;
 		}
 	}
+	if (filter_by_cgroup && !memtrace_in_cgroup())
+		return false;
 	return true;
 }
 

@@ -6,6 +6,20 @@
 #define MEMTRACE_COMM_LEN 16
 #define MEMTRACE_NAME_MAX_LEN 256 /* NAME_MAX + NUL */
 
+/*
+ * --cgroup: where the fields common.bpf.h's memtrace_in_cgroup reads are,
+ * in bytes, as the running kernel's BTF says (engine/cgroup.rs).
+ */
+struct memtrace_cgroup_offsets {
+	__u32 task_cgroups;      /* task_struct.cgroups */
+	__u32 cset_dfl_cgrp;     /* css_set.dfl_cgrp */
+	__u32 cset_subsys;       /* css_set.subsys */
+	__u32 css_cgroup;        /* cgroup_subsys_state.cgroup */
+	__u32 cgroup_parent_css; /* cgroup.self.parent */
+	__u32 cgroup_kn;         /* cgroup.kn */
+	__u32 kernfs_node_id;    /* kernfs_node.id */
+};
+
 /* Why an event or a count was lost; indexes of the per-CPU drop_counts array. */
 enum memtrace_drop_reason {
 	MEMTRACE_DROP_RINGBUF = 0, /* ring buffer full */

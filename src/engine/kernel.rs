@@ -206,6 +206,30 @@ pub fn of_parsed_btf(btf: &Btf, asked: &[&'static str]) -> KernelBtf {
     }
 }
 
+/// The byte offset of member `name` in struct `strukt` of the kernel's BTF,
+/// looked for in it and in its anonymous members; None if it has none.
+pub fn member_offset(btf: &Btf, strukt: &str, name: &str) -> Option<u32> {
+    let strukt = btf.type_by_name::<types::Struct>(strukt)?;
+    offset_in(btf, &types::Composite::from(strukt), name).map(|bits| bits / 8)
+}
+
+/// member_offset's search, in bits.
+fn offset_in(btf: &Btf, composite: &types::Composite, name: &str) -> Option<u32> {
+    composite.iter().find_map(|member| {
+        let at = match member.attr {
+            types::MemberAttr::Normal { offset } => offset,
+            types::MemberAttr::BitField { offset, .. } => offset,
+        };
+        match member.name {
+            Some(member_name) => (member_name == name).then_some(at),
+            None => btf
+                .type_by_id::<types::Composite>(member.ty)
+                .and_then(|inner| offset_in(btf, &inner, name))
+                .map(|inner| at + inner),
+        }
+    })
+}
+
 /// Whether a struct or union has a member `name`, in it or in its anonymous
 /// members.
 fn has_member(btf: &Btf, composite: &types::Composite, name: &str) -> bool {

@@ -19,6 +19,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, Object, OpenMapMut, OpenObject, OpenProgramMut, PrintLevel};
 
 use crate::cli::CommonArgs;
+use crate::engine::cgroup;
 use crate::engine::features;
 use crate::engine::kernel;
 use crate::engine::maps::map_named;
@@ -54,8 +55,10 @@ impl Trace {
         init_libbpf_logging(common.verbose);
         kernel::check_privileges()?;
         kernel::check_btf()?;
+        // before the target: a bad path must not start the command
+        let cgroup = common.cgroup.as_deref().map(cgroup::resolve).transpose()?;
         let target = Target::new(&common.pids, &common.command, common.user.as_deref())?;
-        let filter = Filter::new(common, &target);
+        let filter = Filter::new(common, &target, cgroup);
         Ok(Trace {
             tool: common.tool,
             verbose: common.verbose,

@@ -5,6 +5,7 @@
 //! and the fault -> VMA engine four tools share. It may use analysis and
 //! present, never tools.
 
+pub mod cgroup;
 pub mod detach;
 pub mod drops;
 pub mod faultvma;

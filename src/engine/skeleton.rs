@@ -5,6 +5,7 @@
 use anyhow::Result;
 
 use crate::cli::CommonArgs;
+use crate::engine::cgroup::CgroupFilter;
 use crate::engine::target::Target;
 
 // The generated skeleton of src/bpf/shared.bpf.c, never loaded: its types are
@@ -42,10 +43,12 @@ pub struct Filter {
     pub tid: Option<u32>,
     /// One user (a tool's `-u UID`).
     pub uid: Option<u32>,
+    /// --cgroup: one cgroup and those below it.
+    pub cgroup: Option<CgroupFilter>,
 }
 
 impl Filter {
-    pub fn new(common: &CommonArgs, target: &Target) -> Filter {
+    pub fn new(common: &CommonArgs, target: &Target, cgroup: Option<CgroupFilter>) -> Filter {
         let comm = common.comm.as_ref().map(|name| {
             // the kernel keeps 15 bytes of a name and a NUL
             let mut comm = [0i8; 16];
@@ -60,6 +63,7 @@ impl Filter {
             comm,
             tid: None,
             uid: None,
+            cgroup,
         }
     }
 }
@@ -124,6 +128,19 @@ macro_rules! bpf_skeleton {
                 if let Some(uid) = filter.uid {
                     rodata.filter_by_uid = true;
                     rodata.filter_uid = uid;
+                }
+                if let Some(cgroup) = filter.cgroup {
+                    rodata.filter_by_cgroup = true;
+                    rodata.filter_cgroup_id = cgroup.id;
+                    rodata.filter_cgroup_ssid = cgroup.ssid();
+                    let off = &mut rodata.cgroup_offsets;
+                    off.task_cgroups = cgroup.offsets.task_cgroups;
+                    off.cset_dfl_cgrp = cgroup.offsets.cset_dfl_cgrp;
+                    off.cset_subsys = cgroup.offsets.cset_subsys;
+                    off.css_cgroup = cgroup.offsets.css_cgroup;
+                    off.cgroup_parent_css = cgroup.offsets.cgroup_parent_css;
+                    off.cgroup_kn = cgroup.offsets.cgroup_kn;
+                    off.kernfs_node_id = cgroup.offsets.kernfs_node_id;
                 }
                 Ok(())
             }

@@ -87,6 +87,9 @@ impl Mechanism {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    if args.common.cgroup.is_some() {
+        bail!("--cgroup doesn't apply: oomkill shows every OOM kill, and its CGROUP column names the victim's memory cgroup");
+    }
     let mut trace = Trace::prepare(&args.common)?;
     let Some(mechanism) = Mechanism::choose() else {
         bail!("{}", Mechanism::NONE);

@@ -128,6 +128,9 @@ fn the_pid(common: &CommonArgs) -> Result<u32, &'static str> {
     if common.comm.is_some() {
         return Err("pmap reads one process: give -p PID, not -n/--name");
     }
+    if common.cgroup.is_some() {
+        return Err("pmap reads one process: give -p PID, not --cgroup");
+    }
     if common.duration.is_some() || common.timestamp {
         return Err("pmap reads the mappings once: -d/--duration and -T/--timestamp don't apply");
     }

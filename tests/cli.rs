@@ -166,7 +166,8 @@ fn uprobes_in_kernel_mode_is_refused() {
 fn bash_completes(name: &str, line: &str) -> Vec<String> {
     let tool = if name == "memtrace" { "" } else { name };
     let script = format!(
-        r#"source <("$MEMTRACE" completions bash {tool}) || exit 9
+        r#"script=$("$MEMTRACE" completions bash {tool}) || exit 9
+eval "$script"
 COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}
 read -r -a COMP_WORDS <<< "$COMP_LINE"
 COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))

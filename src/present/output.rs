@@ -45,8 +45,12 @@ pub fn send_to(file: OutputFile) {
 /// The reserved file, if the destination is one, put in place: the
 /// destination becomes the file, or the reason it failed.
 fn put_in_place(destination: &mut Destination) -> Result<()> {
-    let Destination::Reserved(file) = std::mem::replace(destination, Destination::Stdout) else {
-        return Ok(());
+    let file = match std::mem::replace(destination, Destination::Stdout) {
+        Destination::Reserved(file) => file,
+        placed => {
+            *destination = placed;
+            return Ok(());
+        }
     };
     let described = file.described();
     match file.into_stream() {
@@ -78,8 +82,12 @@ pub fn finish(succeeded: bool) -> Result<()> {
 
 /// Writes to the destination, putting a reserved file in place first.
 fn write_destination(buf: &[u8]) -> io::Result<usize> {
-    let mut destination = destination();
-    put_in_place(&mut destination).map_err(|err| io::Error::other(format!("{err:#}")))?;
+    write_to(&mut destination(), buf)
+}
+
+/// write_destination's work, on any destination (the tests' own).
+fn write_to(destination: &mut Destination, buf: &[u8]) -> io::Result<usize> {
+    put_in_place(destination).map_err(|err| io::Error::other(format!("{err:#}")))?;
     let written = match &*destination {
         Destination::File(file, _) => nix::unistd::write(file.as_fd(), buf),
         Destination::Failed(why) => return Err(io::Error::other(why.clone())),
@@ -329,5 +337,31 @@ impl Output {
             return Err(err);
         }
         self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_write_after_the_first_goes_to_the_file_too() {
+        let dir = std::env::temp_dir().join(format!("memtrace-output-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.txt");
+        std::fs::write(&path, "old").unwrap();
+        let mut destination =
+            Destination::Reserved(OutputFile::reserve("--output", &path).unwrap());
+        // nothing written yet: the old file is still there
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        for line in ["one\n", "two\n", "three\n"] {
+            assert_eq!(
+                write_to(&mut destination, line.as_bytes()).unwrap(),
+                line.len()
+            );
+        }
+        assert!(matches!(destination, Destination::File(..)));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\nthree\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,6 +7,7 @@ mod doctor;
 mod engine;
 mod present;
 mod reference;
+mod serve;
 mod tools;
 
 use std::ffi::OsString;
@@ -54,6 +55,7 @@ fn dispatch(args: Vec<OsString>) -> i32 {
             && ![
                 "help",
                 doctor::NAME,
+                serve::NAME,
                 reference::MANPAGE,
                 reference::COMPLETIONS,
             ]
@@ -93,6 +95,13 @@ fn dispatch(args: Vec<OsString>) -> i32 {
                 1
             }
         },
+        Some((serve::NAME, sub)) => match serve::run(sub) {
+            Ok(code) => code,
+            Err(err) => {
+                crate::say!("memtrace serve: {err:#}");
+                1
+            }
+        },
         Some((reference::MANPAGE, sub)) => {
             print_generated("memtrace manpage", reference::manpage(sub, top_command()))
         }
@@ -127,6 +136,7 @@ fn top_command() -> Command {
     }
     command
         .subcommand(doctor::command())
+        .subcommand(serve::command())
         .subcommand(reference::manpage_command())
         .subcommand(reference::completions_command())
 }

@@ -35,7 +35,7 @@ pub fn completions_command() -> Command {
 fn tool_arg() -> Arg {
     Arg::new("tool")
         .value_name("TOOL")
-        .help("A tool, for the link named after it")
+        .help("A tool, for the link named after it (or serve, for memtrace-serve)")
 }
 
 /// The command the page or completions describe, and its name: memtrace's
@@ -44,6 +44,11 @@ fn described(matches: &ArgMatches, top: Command) -> Result<(Command, &'static st
     let Some(name) = matches.get_one::<String>("tool") else {
         return Ok((top, "memtrace"));
     };
+    if name == crate::serve::NAME {
+        // a subcommand, not a link: its page is memtrace-serve(1), as git's are
+        let command = crate::serve::command().version(env!("CARGO_PKG_VERSION"));
+        return Ok((command, "memtrace-serve"));
+    }
     let Some(tool) = tools::find(name) else {
         bail!(
             "unknown tool '{}' (memtrace --list names them)",

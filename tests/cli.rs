@@ -208,6 +208,13 @@ fn man_pages_are_roff_named_after_the_tool() {
     assert!(page.contains(".TH memleak 1"), "{page:.300}");
     assert!(page.contains("\\-\\-output"), "{page:.300}");
 
+    // serve's page is memtrace-serve(1)
+    let out = memtrace().args(["manpage", "serve"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH memtrace-serve 1"), "{page:.300}");
+    assert!(page.contains("\\-\\-listen"), "{page:.300}");
+
     let out = memtrace().args(["manpage", "nosuch"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
@@ -218,14 +225,19 @@ fn man_pages_are_roff_named_after_the_tool() {
 
 #[test]
 fn cgroup_is_refused_where_it_does_not_apply() {
+    // oomkill's selects victims by their memory cgroup: a path elsewhere is one line
     let out = memtrace()
-        .args(["oomkill", "--cgroup", "/sys/fs/cgroup"])
+        .args(["oomkill", "--cgroup", "/proc"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "oomkill: --cgroup doesn't apply: oomkill shows every OOM kill, and its CGROUP column names the victim's memory cgroup\n"
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "oomkill: --cgroup /proc: not a directory in the memory controller's hierarchy (give one under /sys/fs/cgroup"
+        ),
+        "{stderr}"
     );
     let out = memtrace()
         .args(["pmap", "-p", "1", "--cgroup", "/sys/fs/cgroup"])

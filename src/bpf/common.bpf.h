@@ -33,6 +33,10 @@ const volatile bool filter_by_cgroup = false;
 const volatile __u64 filter_cgroup_id = 0;
 const volatile int filter_cgroup_ssid = -1;
 const volatile struct memtrace_cgroup_offsets cgroup_offsets = {};
+/* serve: records name the task's cgroup (its id) in this hierarchy, as
+ * filter_cgroup_ssid says one; the offsets are cgroup_offsets */
+const volatile bool label_by_cgroup = false;
+const volatile int label_cgroup_ssid = -1;
 /* set by user space where the kernel has bpf_get_current_task_btf (5.11):
  * a CO-RE test of enum bpf_func_id would cost libbpf a search of every
  * kernel type at each load (~0.8 ms) */
@@ -109,6 +113,30 @@ static __always_inline void *memtrace_pointer_at(void *base, __u32 off)
 	return p;
 }
 
+/* The current task's cgroup in a hierarchy: the unified one's (ssid < 0) or
+ * the v1 controller ssid's. */
+static __always_inline void *memtrace_task_cgroup(int ssid)
+{
+	const volatile struct memtrace_cgroup_offsets *off = &cgroup_offsets;
+	void *cset = memtrace_pointer_at((void *)bpf_get_current_task(), off->task_cgroups);
+	void *css;
+
+	if (ssid < 0)
+		return memtrace_pointer_at(cset, off->cset_dfl_cgrp);
+	css = memtrace_pointer_at(cset, off->cset_subsys + ((__u32)ssid & 31) * sizeof(void *));
+	return memtrace_pointer_at(css, off->css_cgroup);
+}
+
+/* A cgroup's id: its kernfs node's (the directory's inode); 0 for none. */
+static __always_inline __u64 memtrace_kn_id(void *kn)
+{
+	__u64 id = 0;
+
+	if (kn)
+		bpf_probe_read_kernel(&id, sizeof(id), kn + cgroup_offsets.kernfs_node_id);
+	return id;
+}
+
 /*
  * Is the current task in --cgroup's cgroup or one below it (at most
  * MEMTRACE_CGROUP_DEPTH levels)? Its cgroup in the hierarchy asked about
@@ -122,30 +150,31 @@ static __always_inline void *memtrace_pointer_at(void *base, __u32 off)
 static __always_inline bool memtrace_in_cgroup(void)
 {
 	const volatile struct memtrace_cgroup_offsets *off = &cgroup_offsets;
-	void *cset = memtrace_pointer_at((void *)bpf_get_current_task(), off->task_cgroups);
-	void *cgrp;
+	void *cgrp = memtrace_task_cgroup(filter_cgroup_ssid);
 
-	if (filter_cgroup_ssid < 0) {
-		cgrp = memtrace_pointer_at(cset, off->cset_dfl_cgrp);
-	} else {
-		__u32 ssid = (__u32)filter_cgroup_ssid & 31;
-		void *css = memtrace_pointer_at(cset, off->cset_subsys + ssid * sizeof(void *));
-
-		cgrp = memtrace_pointer_at(css, off->css_cgroup);
-	}
 	for (int i = 0; i < MEMTRACE_CGROUP_DEPTH; i++) {
 		void *kn = memtrace_pointer_at(cgrp, off->cgroup_kn);
-		__u64 id = 0;
 
 		if (!kn)
 			return false;
-		bpf_probe_read_kernel(&id, sizeof(id), kn + off->kernfs_node_id);
-		if (id == filter_cgroup_id)
+		if (memtrace_kn_id(kn) == filter_cgroup_id)
 			return true;
 		/* the parent's css, and its cgroup */
 		cgrp = memtrace_pointer_at(memtrace_pointer_at(cgrp, off->cgroup_parent_css), off->css_cgroup);
 	}
 	return false;
+}
+
+/*
+ * The id of the current task's cgroup in serve's hierarchy, 0 unless
+ * label_by_cgroup (user space names it by its directory's inode).
+ */
+static __always_inline __u64 memtrace_cgroup_label(void)
+{
+	if (!label_by_cgroup)
+		return 0;
+	return memtrace_kn_id(
+		memtrace_pointer_at(memtrace_task_cgroup(label_cgroup_ssid), cgroup_offsets.cgroup_kn));
 }
 
 /* Should the current task be traced? The cheap tests come first. */

@@ -69,6 +69,7 @@ static __always_inline int reclaim_end(unsigned long nr_reclaimed, enum drsnoop_
 	e->order = start->order;
 	e->gfp_flags = start->gfp_flags;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->cgroup = memtrace_cgroup_label();
 	bpf_ringbuf_submit(e, 0);
 	bpf_map_delete_elem(&starts, &tid);
 	return 0;

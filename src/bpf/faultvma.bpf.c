@@ -532,6 +532,7 @@ static __always_inline __u64 *faultvma_counter(struct faultvma_cached *c, __u32 
 		/* describe the slot, then publish it */
 		info->key = key;
 		bpf_get_current_comm(info->comm, sizeof(info->comm));
+		info->cgroup = memtrace_cgroup_label();
 		info->valid = 1;
 		if (bpf_map_update_elem(&slot_of, &key, &slot, BPF_NOEXIST)) {
 			/* another CPU published this key first: use its slot, give this one back */

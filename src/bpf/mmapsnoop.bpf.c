@@ -18,6 +18,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile long nr_mmap = -1;
 const volatile long nr_munmap = -1;
 const volatile long nr_mremap = -1;
+/* serve: mmap() calls counted in call_counts by cgroup, name and kind, not sent */
+const volatile bool count_calls = false;
 
 struct mmapsnoop_call_args {
 	__u64 addr;
@@ -46,6 +48,13 @@ struct {
 } event_scratch SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1); /* sized by user space, and made only for count_calls */
+	__type(key, struct mmapsnoop_count_key);
+	__type(value, __u64);
+} call_counts SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 * 1024 * 1024); /* user space may resize before load */
 } events SEC(".maps");
@@ -59,6 +68,27 @@ static __always_inline int remember_call(struct mmapsnoop_call_args *args)
 	if (bpf_map_update_elem(&calls_in_flight, &id, args, BPF_ANY))
 		memtrace_count_drop(MEMTRACE_DROP_PENDING);
 	return 0;
+}
+
+#define MAP_SHARED 0x01
+#define MAP_HUGETLB 0x40000
+
+/* serve: one more mmap() of its cgroup, name and kind. */
+static __always_inline void count_call(const struct mmapsnoop_call_args *args)
+{
+	struct mmapsnoop_count_key key = {};
+
+	if (args->flags & MAP_HUGETLB)
+		key.kind = MMAPSNOOP_HUGETLB;
+	else if (!(args->flags & MAP_ANONYMOUS))
+		key.kind = MMAPSNOOP_FILE;
+	else if (args->flags & MAP_SHARED)
+		key.kind = MMAPSNOOP_SHMEM;
+	else
+		key.kind = MMAPSNOOP_ANON;
+	key.cgroup = memtrace_cgroup_label();
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	memtrace_count(&call_counts, &key, 1);
 }
 
 /*
@@ -77,6 +107,10 @@ static __always_inline int report_call(long ret, bool with_file, bool with_loop)
 	args = bpf_map_lookup_elem(&calls_in_flight, &id);
 	if (!args)
 		return 0;
+	if (count_calls) {
+		count_call(args);
+		goto out;
+	}
 	e = bpf_map_lookup_elem(&event_scratch, &zero);
 	if (!e)
 		goto out;

@@ -10,6 +10,22 @@ enum mmapsnoop_call {
 	MMAPSNOOP_MREMAP = 2,
 };
 
+/* serve: what an mmap() maps, as its counts are kept. */
+enum mmapsnoop_kind {
+	MMAPSNOOP_ANON = 0,    /* private anonymous */
+	MMAPSNOOP_SHMEM = 1,   /* shared anonymous */
+	MMAPSNOOP_FILE = 2,
+	MMAPSNOOP_HUGETLB = 3, /* MAP_HUGETLB */
+};
+
+/* serve: the key of the mmap() counts (call_counts), kept in the kernel. */
+struct mmapsnoop_count_key {
+	__u64 cgroup; /* memtrace_cgroup_label */
+	enum mmapsnoop_kind kind;
+	__u32 pad;
+	char comm[MEMTRACE_COMM_LEN];
+};
+
 /*
  * One completed call. Sent with only the used part of path[], so an
  * anonymous mapping costs the ring buffer about 100 bytes, not 4 KiB.

@@ -115,24 +115,36 @@ impl LossWatch {
 pub const RING_BUFFER_HINT: &[(DropReason, &str)] =
     &[(DropReason::MEMTRACE_DROP_RINGBUF, "raise --buffer-size")];
 
+/// What was lost so far, by reason (DropReason's values), with each
+/// reason's few words ("events lost: the ring buffer was full").
+pub fn counts(object: &Object) -> Result<Vec<(DropReason, &'static str, u64)>> {
+    let reasons = DropReason::MEMTRACE_DROP_NR.0 as usize;
+    let counts = percpu_sums(&map_named(object, "drop_counts")?, reasons)?;
+    Ok(counts
+        .into_iter()
+        .enumerate()
+        .map(|(reason, count)| {
+            let reason = DropReason(reason as u32);
+            (reason, what_was_lost(reason), count)
+        })
+        .collect())
+}
+
 /// Tells on stderr what was lost, by reason, each with its hint (which
 /// option gives more room) where the tool gives one; true if anything was.
 pub fn report(tool: &str, object: &Object, hints: &[(DropReason, &str)]) -> Result<bool> {
-    let reasons = DropReason::MEMTRACE_DROP_NR.0 as usize;
-    let counts = percpu_sums(&map_named(object, "drop_counts")?, reasons)?;
     let mut lost = false;
-    for (reason, count) in counts.into_iter().enumerate() {
+    for (reason, what, count) in counts(object)? {
         if count == 0 {
             continue;
         }
         lost = true;
-        let reason = DropReason(reason as u32);
         let hint = hints
             .iter()
             .find(|(r, _)| *r == reason)
             .map(|(_, h)| format!(" ({h})"))
             .unwrap_or_default();
-        crate::say!("{tool}: {count} {}{hint}", what_was_lost(reason));
+        crate::say!("{tool}: {count} {what}{hint}");
     }
     Ok(lost)
 }

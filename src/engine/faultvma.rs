@@ -130,6 +130,62 @@ pub struct FaultCount {
     pub file: String,
     pub major: bool,
     pub count: u64,
+    /// The process's cgroup id where the engine labels by cgroup (serve), else 0.
+    pub cgroup: u64,
+    pub mapping: Mapping,
+}
+
+/// What kind of memory a count is of: serve's `mapping` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mapping {
+    Anon,
+    Heap,
+    Stack,
+    File,
+    /// tmpfs/shmem: System V shared memory, memfd, /dev/shm, shared anonymous.
+    Shmem,
+    Hugetlb,
+    Unknown,
+    /// Not faults: pages read from swap (swap_reads).
+    SwapRead,
+}
+
+impl Mapping {
+    fn of(file: &faultvma_file) -> Mapping {
+        let flag = |f: Flag| u32::from(file.flags) & f.0 != 0;
+        match Label(u32::from(file.label)) {
+            _ if flag(Flag::FAULTVMA_HUGETLB) => Mapping::Hugetlb,
+            Label::FAULTVMA_FILE if flag(Flag::FAULTVMA_SHMEM) => Mapping::Shmem,
+            Label::FAULTVMA_FILE => Mapping::File,
+            Label::FAULTVMA_ANON if flag(Flag::FAULTVMA_SHARED) => Mapping::Shmem,
+            Label::FAULTVMA_ANON => Mapping::Anon,
+            Label::FAULTVMA_HEAP => Mapping::Heap,
+            Label::FAULTVMA_STACK => Mapping::Stack,
+            Label::FAULTVMA_SWAP_READ => Mapping::SwapRead,
+            _ => Mapping::Unknown,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mapping::Anon => "anon",
+            Mapping::Heap => "heap",
+            Mapping::Stack => "stack",
+            Mapping::File => "file",
+            Mapping::Shmem => "shmem",
+            Mapping::Hugetlb => "hugetlb",
+            Mapping::Unknown => "unknown",
+            Mapping::SwapRead => "swap_read",
+        }
+    }
+
+    /// Whether a major fault here is a read from swap (swapin's rule).
+    pub fn swaps(self) -> bool {
+        matches!(
+            self,
+            Mapping::Anon | Mapping::Heap | Mapping::Stack | Mapping::Shmem
+        )
+    }
 }
 
 /// The loaded engine, its perf events attached.
@@ -143,11 +199,13 @@ pub struct FaultEngine<'obj> {
 
 impl<'obj> FaultEngine<'obj> {
     /// Loads the engine with `max_slots` count slots (distinct process,
-    /// image, kind and file) and attaches it.
+    /// image, kind and file) and attaches it; with `swap_reads`, the pages
+    /// read from swap are counted too (Mapping::SwapRead).
     pub fn load(
         storage: &'obj mut MaybeUninit<OpenObject>,
         trace: &mut Trace,
         only: Only,
+        swap_reads: bool,
         max_slots: u32,
     ) -> Result<FaultEngine<'obj>> {
         let slots = max_slots.max(1);
@@ -170,7 +228,7 @@ impl<'obj> FaultEngine<'obj> {
                     .load_if(pre517, &PRE517_FAULT_PROGRAMS)
                     .load_if(from_fentry && !pre517, &["faultvma_handle_fault"])
                     .load_if(pre517, &["faultvma_handle_fault_pre517"]);
-                let swap_read = (only == Only::Swap).then(|| match pre517 {
+                let swap_read = swap_reads.then(|| match pre517 {
                     false => "faultvma_swap_read",
                     true => swap_read_pre517(),
                 });
@@ -223,8 +281,17 @@ impl<'obj> FaultEngine<'obj> {
     /// The ring buffer on which the BPF side tells of address spaces and
     /// processes gone: the session polls it, and `harvest` reads what it received.
     pub fn gone_ring(&self) -> Result<RingBuffer<'static>> {
-        let gone = Rc::clone(&self.gone);
         let mut builder = RingBufferBuilder::new();
+        self.add_gone_ring(&mut builder)?;
+        builder.build().context("setting up a ring buffer")
+    }
+
+    /// gone_ring's, added to a ring buffer of several maps (serve's).
+    pub fn add_gone_ring<'slf, 'cb: 'slf>(
+        &'slf self,
+        builder: &mut RingBufferBuilder<'slf, 'cb>,
+    ) -> Result<()> {
+        let gone = Rc::clone(&self.gone);
         builder.add(&self.skel.maps.gone_ring, move |data: &[u8]| {
             let mut record = faultvma_gone::default();
             if plain::copy_from_bytes(&mut record, data).is_ok() {
@@ -232,7 +299,7 @@ impl<'obj> FaultEngine<'obj> {
             }
             0
         })?;
-        builder.build().context("setting up a ring buffer")
+        Ok(())
     }
 
     /// Frees the count slots of the address spaces and processes gone since
@@ -275,6 +342,7 @@ struct Slot {
     comm: String,
     /// What it counts, once the file's name is known.
     file: Option<String>,
+    cgroup: u64,
 }
 
 /// The count slots, read through mmap(), and what user space knows of them.
@@ -364,6 +432,7 @@ impl Slots {
             key: info.key,
             comm: escape_c_chars(&info.comm),
             file: None,
+            cgroup: info.cgroup,
         });
         true
     }
@@ -399,6 +468,8 @@ impl Slots {
             file,
             major: described.key.kind == FaultKind::MEMTRACE_FAULT_MAJOR.0,
             count: delta,
+            cgroup: described.cgroup,
+            mapping: Mapping::of(&described.key.file),
         }))
     }
 

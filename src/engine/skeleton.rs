@@ -5,7 +5,7 @@
 use anyhow::Result;
 
 use crate::cli::CommonArgs;
-use crate::engine::cgroup::CgroupFilter;
+use crate::engine::cgroup::{CgroupFilter, CgroupLabels};
 use crate::engine::target::Target;
 
 // The generated skeleton of src/bpf/shared.bpf.c, never loaded: its types are
@@ -45,6 +45,8 @@ pub struct Filter {
     pub uid: Option<u32>,
     /// --cgroup: one cgroup and those below it.
     pub cgroup: Option<CgroupFilter>,
+    /// serve: records name the task's cgroup in this hierarchy.
+    pub label: Option<CgroupLabels>,
 }
 
 impl Filter {
@@ -64,6 +66,7 @@ impl Filter {
             tid: None,
             uid: None,
             cgroup,
+            label: None,
         }
     }
 }
@@ -133,14 +136,21 @@ macro_rules! bpf_skeleton {
                     rodata.filter_by_cgroup = true;
                     rodata.filter_cgroup_id = cgroup.id;
                     rodata.filter_cgroup_ssid = cgroup.ssid();
+                }
+                if let Some(label) = filter.label {
+                    rodata.label_by_cgroup = true;
+                    rodata.label_cgroup_ssid = label.ssid();
+                }
+                let offsets = filter.cgroup.map(|c| c.offsets).or(filter.label.map(|l| l.offsets));
+                if let Some(offsets) = offsets {
                     let off = &mut rodata.cgroup_offsets;
-                    off.task_cgroups = cgroup.offsets.task_cgroups;
-                    off.cset_dfl_cgrp = cgroup.offsets.cset_dfl_cgrp;
-                    off.cset_subsys = cgroup.offsets.cset_subsys;
-                    off.css_cgroup = cgroup.offsets.css_cgroup;
-                    off.cgroup_parent_css = cgroup.offsets.cgroup_parent_css;
-                    off.cgroup_kn = cgroup.offsets.cgroup_kn;
-                    off.kernfs_node_id = cgroup.offsets.kernfs_node_id;
+                    off.task_cgroups = offsets.task_cgroups;
+                    off.cset_dfl_cgrp = offsets.cset_dfl_cgrp;
+                    off.cset_subsys = offsets.cset_subsys;
+                    off.css_cgroup = offsets.css_cgroup;
+                    off.cgroup_parent_css = offsets.cgroup_parent_css;
+                    off.cgroup_kn = offsets.cgroup_kn;
+                    off.kernfs_node_id = offsets.kernfs_node_id;
                 }
                 Ok(())
             }

@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use libbpf_rs::skel::Skel;
+use libbpf_rs::OpenObject;
 use serde::Serialize;
 
 use crate::cli::CommonArgs;
@@ -18,7 +19,8 @@ use crate::present::format::elapsed_cell;
 use crate::present::output::Output;
 
 crate::bpf_skeleton!("drsnoop", OpenDrsnoopSkel, records: [drsnoop_event]);
-use bpf::types::{drsnoop_event as Event, drsnoop_kind};
+pub use bpf::types::{drsnoop_event as Event, drsnoop_kind as StallKind};
+pub use bpf::DrsnoopSkel;
 use bpf::DrsnoopSkelBuilder;
 
 pub const ABOUT: &str =
@@ -74,19 +76,7 @@ pub fn run(args: Args) -> Result<i32> {
     trace.filter.tid = args.tid;
     trace.filter.uid = args.uid;
     let mut storage = MaybeUninit::uninit();
-    let skel = loader::load(
-        DrsnoopSkelBuilder::default(),
-        &mut storage,
-        &mut trace,
-        |_, programs| {
-            let direct = args.kind != Kind::Memcg;
-            let memcg = args.kind != Kind::Direct;
-            programs
-                .load_if(direct, &["drsnoop_direct_begin", "drsnoop_direct_end"])
-                .load_if(memcg, &["drsnoop_memcg_begin", "drsnoop_memcg_end"]);
-            Ok(())
-        },
-    )?;
+    let skel = load(&mut storage, &mut trace, args.kind)?;
     let printer = Printer {
         columns: Columns {
             timestamp: args.common.timestamp,
@@ -103,6 +93,31 @@ pub fn run(args: Args) -> Result<i32> {
     let (mut session, stop) = stream::print_events(&skel.maps.events, printer, trace, what)?;
     drops::report(args.common.tool, skel.object(), &[])?;
     Ok(session.exit_code(stop))
+}
+
+/// Loads and attaches drsnoop's programs for `kind`: the stalls go to `maps.events`.
+pub fn load<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    trace: &mut Trace,
+    kind: Kind,
+) -> Result<DrsnoopSkel<'obj>> {
+    loader::load(
+        DrsnoopSkelBuilder::default(),
+        storage,
+        trace,
+        |_, programs| {
+            programs
+                .load_if(
+                    kind != Kind::Memcg,
+                    &["drsnoop_direct_begin", "drsnoop_direct_end"],
+                )
+                .load_if(
+                    kind != Kind::Direct,
+                    &["drsnoop_memcg_begin", "drsnoop_memcg_end"],
+                );
+            Ok(())
+        },
+    )
 }
 
 /// One stall as printed; the JSON fields are documented in the README.
@@ -158,7 +173,7 @@ impl EventPrinter for Printer {
             uid: e.uid,
             latency_ns: e.latency_ns,
             pages: e.pages,
-            kind: if e.kind == drsnoop_kind::DRSNOOP_DIRECT {
+            kind: if e.kind == StallKind::DRSNOOP_DIRECT {
                 "direct"
             } else {
                 "memcg"

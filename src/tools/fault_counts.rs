@@ -75,7 +75,13 @@ pub fn run(
 ) -> Result<i32> {
     let mut trace = Trace::prepare(common)?;
     let mut storage = MaybeUninit::uninit();
-    let engine = FaultEngine::load(&mut storage, &mut trace, counting.only, counts.max_entries)?;
+    let engine = FaultEngine::load(
+        &mut storage,
+        &mut trace,
+        counting.only,
+        counting.only == Only::Swap,
+        counts.max_entries,
+    )?;
     let gone = engine.gone_ring()?;
     let engine = RefCell::new(engine);
     let totals = RefCell::new(Totals::new(counting.grouping));

@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel;
+use libbpf_rs::OpenObject;
 use serde::Serialize;
 
 use crate::cli::{parse_ring_mib, CommonArgs};
@@ -21,8 +22,14 @@ use crate::present::escape::{escape_bytes, escape_c_chars};
 use crate::present::format::{elapsed_cell, human_size};
 use crate::present::output::Output;
 
-crate::bpf_skeleton!("mmapsnoop", OpenMmapsnoopSkel, records: [mmapsnoop_event]);
+crate::bpf_skeleton!(
+    "mmapsnoop",
+    OpenMmapsnoopSkel,
+    records: [mmapsnoop_event, mmapsnoop_count_key]
+);
 use bpf::types::{mmapsnoop_call as Call, mmapsnoop_event as Event};
+pub use bpf::types::{mmapsnoop_count_key as CountKey, mmapsnoop_kind as MapKind};
+pub use bpf::MmapsnoopSkel;
 use bpf::MmapsnoopSkelBuilder;
 
 pub const ABOUT: &str = "Trace mmap(2) calls: who, protection, flags, offset, size, file, result";
@@ -68,42 +75,12 @@ const MUNMAP_PROGRAMS: &[&str] = &[
 pub fn run(args: Args) -> Result<i32> {
     let mut trace = Trace::prepare(&args.common)?;
     let mut storage = MaybeUninit::uninit();
-    let skel = loader::load(
-        MmapsnoopSkelBuilder::default(),
-        &mut storage,
-        &mut trace,
-        |open, programs| {
-            let rodata = open.rodata()?;
-            rodata.nr_mmap = libc::SYS_mmap;
-            // the exit programs that walk paths with bpf_loop where it is (5.17)
-            let with_loop = Feature::Loop.present();
-            let [exit_mmap, sys_exit] = match with_loop {
-                true => ["mmapsnoop_exit_mmap_loop", "mmapsnoop_sys_exit_loop"],
-                false => ["mmapsnoop_exit_mmap", "mmapsnoop_sys_exit"],
-            };
-            programs.load_if(
-                false,
-                &LOOP_PROGRAMS.map(|[without, with]| match with_loop {
-                    true => without,
-                    false => with,
-                }),
-            );
-            let mut classic = vec!["mmapsnoop_enter_mmap", exit_mmap];
-            // munmap's and mremap's programs are not even loaded without --munmap
-            programs.load_if(args.munmap, MUNMAP_PROGRAMS);
-            if args.munmap {
-                rodata.nr_munmap = libc::SYS_munmap;
-                rodata.nr_mremap = libc::SYS_mremap;
-                classic.extend_from_slice(MUNMAP_PROGRAMS);
-            }
-            programs.syscalls(SyscallPrograms {
-                raw: ["mmapsnoop_sys_enter", sys_exit],
-                classic,
-            });
-            loader::set_ring_buffer_size(&mut open.maps.events, args.buffer_size)?;
-            Ok(())
-        },
-    )?;
+    let options = Options {
+        munmap: args.munmap,
+        buffer_size: args.buffer_size,
+        count: None,
+    };
+    let skel = load(&mut storage, &mut trace, options)?;
     let what = if args.munmap {
         "mmap(), munmap() and mremap() calls"
     } else {
@@ -120,6 +97,71 @@ pub fn run(args: Args) -> Result<i32> {
 }
 
 /// One call as printed; the JSON fields are documented in the README.
+/// What mmapsnoop's BPF side reports.
+pub struct Options {
+    /// munmap() and mremap() calls too.
+    pub munmap: bool,
+    /// The ring buffer's size, MiB.
+    pub buffer_size: u32,
+    /// serve: mmap() calls counted in the kernel by cgroup, name and kind
+    /// (in `maps.call_counts`, with room for this many), not sent one by one.
+    pub count: Option<u32>,
+}
+
+/// Loads and attaches mmapsnoop's programs: the calls go to `maps.events`.
+pub fn load<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    trace: &mut Trace,
+    options: Options,
+) -> Result<MmapsnoopSkel<'obj>> {
+    loader::load(
+        MmapsnoopSkelBuilder::default(),
+        storage,
+        trace,
+        |open, programs| {
+            let counts = &mut open.maps.call_counts;
+            counts.set_autocreate(options.count.is_some())?;
+            loader::set_entries(counts, options.count.unwrap_or(1))?;
+            let rodata = open.rodata()?;
+            rodata.nr_mmap = libc::SYS_mmap;
+            rodata.count_calls = options.count.is_some();
+            // the exit programs that walk paths with bpf_loop where it is (5.17)
+            let with_loop = Feature::Loop.present();
+            let [exit_mmap, sys_exit] = match with_loop {
+                true => ["mmapsnoop_exit_mmap_loop", "mmapsnoop_sys_exit_loop"],
+                false => ["mmapsnoop_exit_mmap", "mmapsnoop_sys_exit"],
+            };
+            programs.load_if(
+                false,
+                &LOOP_PROGRAMS.map(|[without, with]| match with_loop {
+                    true => without,
+                    false => with,
+                }),
+            );
+            let mut classic = vec!["mmapsnoop_enter_mmap", exit_mmap];
+            // munmap's and mremap's programs are not even loaded without --munmap
+            programs.load_if(options.munmap, MUNMAP_PROGRAMS);
+            if options.munmap {
+                rodata.nr_munmap = libc::SYS_munmap;
+                rodata.nr_mremap = libc::SYS_mremap;
+                classic.extend_from_slice(MUNMAP_PROGRAMS);
+            }
+            programs.syscalls(SyscallPrograms {
+                raw: ["mmapsnoop_sys_enter", sys_exit],
+                classic,
+            });
+            // counting, nothing is sent: the smallest ring buffer
+            let ring_mib = if options.count.is_some() {
+                1
+            } else {
+                options.buffer_size
+            };
+            loader::set_ring_buffer_size(&mut open.maps.events, ring_mib)?;
+            Ok(())
+        },
+    )
+}
+
 #[derive(Serialize)]
 struct CallRow {
     /// CLOCK_MONOTONIC at return.

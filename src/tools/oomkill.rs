@@ -7,11 +7,12 @@ use std::mem::MaybeUninit;
 use anyhow::{bail, Result};
 use clap::Parser;
 use libbpf_rs::skel::Skel;
-use libbpf_rs::MapCore;
+use libbpf_rs::{MapCore, OpenObject};
 use serde::Serialize;
 
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::cli::CommonArgs;
+use crate::engine::cgroup;
 use crate::engine::drops;
 use crate::engine::features;
 use crate::engine::kernel;
@@ -26,6 +27,7 @@ use crate::present::output::Output;
 
 crate::bpf_skeleton!("oomkill", OpenOomkillSkel, records: [oomkill_event]);
 use bpf::types::oomkill_event as Event;
+pub use bpf::OomkillSkel;
 use bpf::OomkillSkelBuilder;
 
 pub const ABOUT: &str =
@@ -33,7 +35,8 @@ pub const ABOUT: &str =
 
 #[derive(Parser, Debug)]
 #[command(about = ABOUT, after_help = "\
--p and -n select the task that triggered the kill (whose allocation failed).
+-p and -n select the task that triggered the kill (whose allocation failed);
+--cgroup selects the victims, by their memory cgroup (it or one below it).
 
 Examples:
   oomkill                   # until Ctrl-C
@@ -87,46 +90,89 @@ impl Mechanism {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    if args.common.cgroup.is_some() {
-        bail!("--cgroup doesn't apply: oomkill shows every OOM kill, and its CGROUP column names the victim's memory cgroup");
-    }
-    let mut trace = Trace::prepare(&args.common)?;
-    let Some(mechanism) = Mechanism::choose() else {
-        bail!("{}", Mechanism::NONE);
+    // --cgroup selects victims by their memory cgroup, here: in the kernel it
+    // would select the task that triggered the kill, anyone's in a global OOM
+    let victims_in = args
+        .common
+        .cgroup
+        .as_deref()
+        .map(|dir| cgroup::memory_cgroup_path(dir, "--cgroup"))
+        .transpose()?;
+    let common = CommonArgs {
+        cgroup: None,
+        ..args.common.clone()
     };
+    let mut trace = Trace::prepare(&common)?;
     let mut storage = MaybeUninit::uninit();
-    let skel = loader::load(
-        OomkillSkelBuilder::default(),
-        &mut storage,
-        &mut trace,
-        |_, programs| {
-            for other in [Mechanism::MarkVictim, Mechanism::OomKillProcess] {
-                programs.load_if(other == mechanism, &[other.program()]);
-            }
-            if args.common.verbose {
-                crate::say!("oomkill: {}", mechanism.described());
-            }
-            Ok(())
-        },
-    )?;
+    let skel = load(&mut storage, &mut trace)?;
     let printer = KillPrinter {
-        symbolizer: StackSymbolizer::new(false),
-        stacks: &skel.maps.stack_store,
+        kills: Kills::new(&skel),
+        victims_in,
     };
     let (mut session, stop) = stream::print_events(&skel.maps.events, printer, trace, "OOM kills")?;
     drops::report(args.common.tool, skel.object(), &[])?;
     Ok(session.exit_code(stop))
 }
 
-/// Prints each kill as it comes; the originals have no header.
-struct KillPrinter<'a> {
+/// Loads and attaches oomkill's programs: the events go to `maps.events`.
+pub fn load<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    trace: &mut Trace,
+) -> Result<OomkillSkel<'obj>> {
+    let Some(mechanism) = Mechanism::choose() else {
+        bail!("{}", Mechanism::NONE);
+    };
+    let verbose = trace.verbose;
+    loader::load(
+        OomkillSkelBuilder::default(),
+        storage,
+        trace,
+        |_, programs| {
+            for other in [Mechanism::MarkVictim, Mechanism::OomKillProcess] {
+                programs.load_if(other == mechanism, &[other.program()]);
+            }
+            if verbose {
+                crate::say!("oomkill: {}", mechanism.described());
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Turns oomkill's records into kills (their stacks read from the skeleton's store).
+pub struct Kills<'a> {
     symbolizer: StackSymbolizer,
     stacks: &'a dyn MapCore,
 }
 
+impl<'a> Kills<'a> {
+    pub fn new(skel: &'a OomkillSkel<'_>) -> Kills<'a> {
+        Kills {
+            symbolizer: StackSymbolizer::new(false),
+            stacks: &skel.maps.stack_store,
+        }
+    }
+
+    pub fn decode(&self, record: &[u8]) -> KillRow {
+        KillRow::new(&records::decode(record), &self.symbolizer, self.stacks)
+    }
+}
+
+/// Prints each kill as it comes; the originals have no header.
+struct KillPrinter<'a> {
+    kills: Kills<'a>,
+    /// --cgroup: only victims in this memory cgroup or below it.
+    victims_in: Option<String>,
+}
+
 impl EventPrinter for KillPrinter<'_> {
     fn print(&mut self, out: &mut Output, record: &[u8], _start_ns: u64) -> Result<()> {
-        let kill = KillRow::new(&records::decode(record), &self.symbolizer, self.stacks);
+        let kill = self.kills.decode(record);
+        if let Some(ancestor) = &self.victims_in {
+            if !cgroup::is_within(&kill.cgroup, ancestor) {
+                return Ok(());
+            }
+        }
         out.record(&kill, KillRow::text)
     }
 }
@@ -134,24 +180,24 @@ impl EventPrinter for KillPrinter<'_> {
 /// An OOM kill as reported; the JSON fields are documented in the README
 /// (sizes in bytes).
 #[derive(Serialize)]
-struct KillRow {
+pub struct KillRow {
     time_ns: u64,
     trigger_pid: u32,
     trigger_comm: String,
     victim_pid: u32,
-    victim_comm: String,
+    pub victim_comm: String,
     /// The OOM killer's domain: the cgroup's limit or the machine's RAM and swap.
     pages: u64,
     total_vm: u64,
-    anon_rss: u64,
-    file_rss: u64,
-    shmem_rss: u64,
+    pub anon_rss: u64,
+    pub file_rss: u64,
+    pub shmem_rss: u64,
     pgtables: u64,
     oom_score_adj: i32,
     uid: u32,
-    cgroup: String,
+    pub cgroup: String,
     /// `memcg` or `global`.
-    constraint: &'static str,
+    pub constraint: &'static str,
     loadavg: String,
 }
 

@@ -565,6 +565,17 @@ impl Tracer {
     }
 }
 
+/// A test that failed while memtrace ran leaves no tracer behind (a
+/// `memtrace serve` would go on holding its port and its probes).
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Runs memtrace to its end (use with `-- COMMAND` or `-d`).
 pub fn run(args: &[&str]) -> Finished {
     Tracer::start(args).wait()

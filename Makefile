@@ -48,14 +48,18 @@ MANDIR ?= $(PREFIX)/share/man/man1
 BASHDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHDIR ?= $(PREFIX)/share/zsh/site-functions
 FISHDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 # One binary and a link per tool, named after it: mmapsnoop -> memtrace; a
 # man page and completions for memtrace and for each link, made by the
-# binary from its own options (memtrace manpage, memtrace completions).
+# binary from its own options (memtrace manpage, memtrace completions); the
+# page of memtrace serve, and its systemd unit (not enabled).
 install: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(BASHDIR) \
-		$(DESTDIR)$(ZSHDIR) $(DESTDIR)$(FISHDIR)
+		$(DESTDIR)$(ZSHDIR) $(DESTDIR)$(FISHDIR) $(DESTDIR)$(UNITDIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/memtrace
+	$(BIN) manpage serve > $(DESTDIR)$(MANDIR)/memtrace-serve.1
+	sed 's|@BINDIR@|$(BINDIR)|' packaging/memtrace.service > $(DESTDIR)$(UNITDIR)/memtrace.service
 	for name in memtrace $$($(BIN) --list | awk 'NR > 1 { print $$1 }'); do \
 		case " $(NO_LINK) " in *" $$name "*) continue ;; esac; \
 		tool=$$name; [ $$name = memtrace ] && tool=; \
@@ -74,7 +78,8 @@ uninstall:
 		rm -f $(DESTDIR)$(MANDIR)/$$name.1 $(DESTDIR)$(BASHDIR)/$$name \
 			$(DESTDIR)$(ZSHDIR)/_$$name $(DESTDIR)$(FISHDIR)/$$name.fish; \
 	done
-	rm -f $(DESTDIR)$(BINDIR)/memtrace
+	rm -f $(DESTDIR)$(BINDIR)/memtrace $(DESTDIR)$(MANDIR)/memtrace-serve.1 \
+		$(DESTDIR)$(UNITDIR)/memtrace.service
 
 # A Debian package (target/debian/memtrace_VERSION-1_ARCH.deb) of what
 # install puts in place, with Debian's paths, made by cargo-deb (installed

@@ -82,9 +82,17 @@ fn the_package_installs_runs_and_removes_cleanly() {
         "usr/share/bash-completion/completions/mmapsnoop",
         "usr/share/zsh/vendor-completions/_memtrace",
         "usr/share/fish/vendor_completions.d/faults.fish",
+        "usr/share/man/man1/memtrace-serve.1.gz",
     ] {
         assert!(root.join(installed).is_file(), "{installed} not installed");
     }
+    // the agent's unit runs the installed binary
+    let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/memtrace.service"))
+        .expect("memtrace.service not installed");
+    assert!(
+        unit.contains("\nExecStart=/usr/bin/memtrace serve --listen 127.0.0.1:9464\n"),
+        "{unit}"
+    );
 
     dpkg(&root, &["--remove", "memtrace"]);
     assert!(!bin.join("memtrace").exists(), "the binary was left");

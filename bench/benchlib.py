@@ -24,10 +24,12 @@ def timed(cmd, **kw):
     return time.perf_counter() - t0, result
 
 
-def start_tracer(cmd):
+def start_tracer(cmd, stdout=subprocess.PIPE):
     """Starts a tracer and returns once its probes are attached: memtrace says
-    "Tracing ..." on stderr; the bpftrace scripts here print "ready" from BEGIN."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    "Tracing ..." on stderr; the bpftrace scripts here print "ready" from BEGIN.
+    `stdout`: where a memtrace tracer that prints as it goes writes (a file:
+    a pipe nobody reads would fill and hold it up)."""
+    p = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
     bpftrace = os.path.basename(cmd[0]) == "bpftrace"
     stream, ready = (p.stdout, "ready") if bpftrace else (p.stderr, "Tracing")
     for line in stream:

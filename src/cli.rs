@@ -64,6 +64,9 @@ impl CommonArgs {
     }
 }
 
+/// --show-cgroup's help, the same for every tool that has it.
+pub const SHOW_CGROUP_HELP: &str = "Show each task's memory cgroup (CGROUP: its path in the memory controller's hierarchy, v1 or v2) and the container or pod it names (CONTAINER); JSON fields cgroup and container";
+
 /// Options of the tools that count and report: how often, and how much.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ReportArgs {

@@ -6,6 +6,7 @@ mod common;
 
 use common::system::*;
 use common::*;
+use serde_json::Value;
 
 #[test]
 fn drsnoop_sees_memcg_reclaim() {
@@ -18,11 +19,21 @@ fn drsnoop_sees_memcg_reclaim() {
             // the filters: another user's stalls only, and this thread's only
             Tracer::start(&["drsnoop", "--json", "-u", "65534"]),
             Tracer::start(&["drsnoop", "--json", "-t", &tid, "-U"]),
+            Tracer::start(&["drsnoop", "--json", "-p", &tid, "--show-cgroup"]),
         ]
     });
-    let [stalls, other_user, this_thread] = &finished[..] else {
+    let [stalls, other_user, this_thread, with_cgroup] = &finished[..] else {
         unreachable!()
     };
+    // --show-cgroup: the stream's test cgroup (MemoryCgroup's name)
+    let test_cgroup = format!("/memtrace-test-{}", std::process::id());
+    let named = with_cgroup.json();
+    assert!(!named.is_empty());
+    for stall in &named {
+        let cgroup = stall["cgroup"].as_str().unwrap_or_default();
+        assert!(cgroup.ends_with(&test_cgroup), "{stall}");
+        assert_eq!(stall["container"], Value::Null, "{stall}");
+    }
     assert!(
         other_user.json().iter().all(|s| s["pid"] != pid),
         "-u 65534 showed root's stalls: {}",

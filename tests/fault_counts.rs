@@ -544,7 +544,7 @@ fn cgroup_limits_the_trace_to_a_cgroup_and_those_below_it() {
     cgroup.add(inside.pid());
     inner.add(below.pid());
     let dir = cgroup.dir().to_str().unwrap();
-    let tracer = Tracer::start(&["ffaults", "--json", "--cgroup", dir]);
+    let tracer = Tracer::start(&["ffaults", "--json", "--cgroup", dir, "--show-cgroup"]);
     for held in [&mut inside, &mut below, &mut outside] {
         assert!(held.go().success());
     }
@@ -559,4 +559,14 @@ fn cgroup_limits_the_trace_to_a_cgroup_and_those_below_it() {
     let pids: HashSet<u64> = rows.iter().filter_map(|r| r["pid"].as_u64()).collect();
     let ours = HashSet::from([u64::from(inside.pid()), u64::from(below.pid())]);
     assert!(pids.is_subset(&ours), "other processes traced: {pids:?}");
+    // --show-cgroup: each count's memory cgroup, and no container
+    let inner = format!("{}/inner", cgroup.path);
+    for row in &rows {
+        let expected = match row["pid"] == inside.pid() {
+            true => cgroup.path.as_str(),
+            false => inner.as_str(),
+        };
+        assert_eq!(row["cgroup"], expected, "{row}");
+        assert_eq!(row["container"], Value::Null, "{row}");
+    }
 }

@@ -637,3 +637,37 @@ fn calls_across_the_move_to_per_call_tracepoints_are_each_reported_once() {
     };
     assert_eq!((count("mmap"), count("munmap")), (300, 300), "{mine:?}");
 }
+
+#[test]
+fn show_cgroup_names_each_callers_memory_cgroup() {
+    require_tool!("mmapsnoop");
+    let _lock = lock_system_state();
+    let cgroup = MemoryCgroup::create(1 << 30);
+    let toucher = fixture("toucher");
+    // a shell joins the cgroup, then execs the toucher: its every mmap is there
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} anon 1",
+        cgroup.dir().display(),
+        toucher.display()
+    );
+    let finished = run(&[
+        "mmapsnoop",
+        "--json",
+        "--show-cgroup",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    finished.assert_success();
+    let calls = finished.json();
+    let touchers: Vec<&Value> = calls.iter().filter(|c| c["comm"] == "toucher").collect();
+    assert!(touchers.len() >= 2, "{calls:?}");
+    for call in touchers {
+        assert_eq!(call["cgroup"], cgroup.path.as_str(), "{call}");
+        assert_eq!(call["container"], Value::Null, "{call}");
+    }
+    // without the option, no such fields
+    let plain = run(&["mmapsnoop", "--json", "--", "true"]);
+    assert!(plain.json().iter().all(|c| c.get("cgroup").is_none()));
+}

@@ -133,6 +133,7 @@ static __always_inline int report_call(long ret, bool with_file, bool with_loop)
 	e->path_info.depth = 0;
 	e->path_info.flags = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->cgroup = memtrace_cgroup_label();
 
 	if (with_file && !(args->flags & MAP_ANONYMOUS)) {
 		struct file *file = memtrace_fd_file(args->fd);

@@ -37,6 +37,7 @@ struct mmapsnoop_event {
 	__u64 new_len;  /* mremap only */
 	__u64 new_addr; /* mremap only: the MREMAP_FIXED target */
 	__u64 offset;   /* mmap only: file offset */
+	__u64 cgroup;   /* --show-cgroup: the task's (memtrace_cgroup_label) */
 	__s64 ret;      /* new address, 0 (munmap), or -errno */
 	__u32 pid;
 	__u32 tid;

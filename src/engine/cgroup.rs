@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use libbpf_rs::btf::Btf;
 use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
+use serde::Serialize;
 
 use crate::engine::kernel::member_offset;
+use crate::engine::skeleton::Filter;
 use crate::present::escape::escape_path;
 
 /// A cgroup to trace, with those below it.
@@ -163,6 +165,36 @@ pub fn is_within(path: &str, ancestor: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// A record's cgroup as the tools show it (--show-cgroup): its path in the
+/// memory controller's hierarchy, and the container it names, if any.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct CgroupField {
+    pub cgroup: String,
+    pub container: Option<String>,
+}
+
+impl CgroupField {
+    pub fn of_path(path: &str) -> CgroupField {
+        CgroupField {
+            container: container_of(path),
+            cgroup: path.to_string(),
+        }
+    }
+
+    /// The table's CONTAINER cell: "-" where the cgroup names none.
+    pub fn container_cell(&self) -> &str {
+        self.container.as_deref().unwrap_or("-")
+    }
+}
+
+/// --show-cgroup: has the trace's records name each task's memory cgroup,
+/// and gives what names them.
+pub fn label_records(filter: &mut Filter) -> Result<CgroupNames> {
+    let hierarchy = MemoryHierarchy::find()?;
+    filter.label = Some(hierarchy.labels);
+    Ok(CgroupNames::new(&hierarchy.mount))
+}
+
 /// Cgroup paths by id (their directories' inodes), from walks of the
 /// hierarchy: one walk when an id is new, at most one a second.
 pub struct CgroupNames {
@@ -195,6 +227,11 @@ impl CgroupNames {
             Some(path) => path.clone(),
             None => format!("[cgroup {id}]"),
         }
+    }
+
+    /// The cgroup's path and container.
+    pub fn field(&mut self, id: u64) -> CgroupField {
+        CgroupField::of_path(&self.name(id))
     }
 
     fn walk(&mut self, dir: &Path, path: &str) {

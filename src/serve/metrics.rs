@@ -12,12 +12,24 @@ use prometheus_client::registry::Registry;
 
 use std::sync::atomic::AtomicU64;
 
+use crate::engine::cgroup::CgroupField;
+
 /// Where the counts happened: the task's cgroup in the memory controller's
 /// hierarchy, and the container or pod that cgroup names, if any.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Place {
     pub cgroup: String,
+    /// Empty where the cgroup names no container (Prometheus: no label).
     pub container: String,
+}
+
+impl From<CgroupField> for Place {
+    fn from(field: CgroupField) -> Place {
+        Place {
+            cgroup: field.cgroup,
+            container: field.container.unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -22,7 +22,7 @@ use libbpf_rs::{MapCore, Object, OpenObject, RingBufferBuilder};
 
 use crate::cli::{parse_seconds, CommonArgs};
 use crate::engine::cgroup::{
-    container_of, is_within, memory_cgroup_path, CgroupNames, MemoryHierarchy,
+    is_within, memory_cgroup_path, CgroupField, CgroupNames, MemoryHierarchy,
 };
 use crate::engine::drops;
 use crate::engine::faultvma::{FaultCount, FaultEngine, Mapping, Only};
@@ -398,19 +398,7 @@ struct Places(CgroupNames);
 
 impl Places {
     fn of(&mut self, id: u64) -> Place {
-        let cgroup = self.0.name(id);
-        Place {
-            container: container_of(&cgroup).unwrap_or_default(),
-            cgroup,
-        }
-    }
-
-    /// For a path already read (oomkill's victim's memory cgroup).
-    fn of_path(path: &str) -> Place {
-        Place {
-            container: container_of(path).unwrap_or_default(),
-            cgroup: path.to_string(),
-        }
+        Place::from(self.0.field(id))
     }
 }
 
@@ -521,7 +509,7 @@ impl TopFiles {
 
 fn count_kill(metrics: &Metrics, kill: &oomkill::KillRow) {
     let labels = OomLabels {
-        place: Places::of_path(&kill.cgroup),
+        place: Place::from(CgroupField::of_path(&kill.cgroup)),
         comm: kill.victim_comm.clone(),
         constraint: kill.constraint,
     };

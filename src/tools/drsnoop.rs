@@ -9,7 +9,8 @@ use libbpf_rs::skel::Skel;
 use libbpf_rs::OpenObject;
 use serde::Serialize;
 
-use crate::cli::CommonArgs;
+use crate::cli::{CommonArgs, SHOW_CGROUP_HELP};
+use crate::engine::cgroup::{self, CgroupField, CgroupNames};
 use crate::engine::drops;
 use crate::engine::loader::{self, Trace};
 use crate::engine::records;
@@ -69,12 +70,19 @@ pub struct Args {
     /// Which reclaim to trace
     #[arg(long, value_enum, default_value_t = Kind::All)]
     pub kind: Kind,
+
+    #[arg(long, help = SHOW_CGROUP_HELP)]
+    pub show_cgroup: bool,
 }
 
 pub fn run(args: Args) -> Result<i32> {
     let mut trace = Trace::prepare(&args.common)?;
     trace.filter.tid = args.tid;
     trace.filter.uid = args.uid;
+    let cgroups = match args.show_cgroup {
+        true => Some(cgroup::label_records(&mut trace.filter)?),
+        false => None,
+    };
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, args.kind)?;
     let printer = Printer {
@@ -82,8 +90,10 @@ pub fn run(args: Args) -> Result<i32> {
             timestamp: args.common.timestamp,
             print_uid: args.print_uid,
             extended: args.extended,
+            cgroup: args.show_cgroup,
         },
         batch_free_kib: None,
+        cgroups,
     };
     let what = match args.kind {
         Kind::All => "direct and memory cgroup reclaim",
@@ -138,12 +148,17 @@ struct StallRow {
     gfp_flags: u32,
     /// -e: MemFree when printed.
     free_bytes: Option<u64>,
+    /// --show-cgroup: cgroup and container.
+    #[serde(flatten)]
+    cgroup: Option<CgroupField>,
 }
 
 struct Printer {
     columns: Columns,
     /// -e: MemFree, read once for the stalls of one poll, not once per stall.
     batch_free_kib: Option<Option<u64>>,
+    /// --show-cgroup: names the stalled tasks' cgroups.
+    cgroups: Option<CgroupNames>,
 }
 
 /// What the table shows.
@@ -151,6 +166,7 @@ struct Columns {
     timestamp: bool,
     print_uid: bool,
     extended: bool,
+    cgroup: bool,
 }
 
 impl EventPrinter for Printer {
@@ -181,6 +197,7 @@ impl EventPrinter for Printer {
             order: e.order,
             gfp_flags: e.gfp_flags,
             free_bytes: free_kib.map(|kib| kib * 1024),
+            cgroup: self.cgroups.as_mut().map(|names| names.field(e.cgroup)),
         };
         out.record(&row, |row| self.columns.line(row, start_ns))
     }
@@ -205,6 +222,9 @@ impl Columns {
         ));
         if self.extended {
             line.push_str(&format!(" {:>10}", "FREE(KB)"));
+        }
+        if self.cgroup {
+            line.push_str(&format!(" {:<12} CGROUP", "CONTAINER"));
         }
         line.trim_end().to_string()
     }
@@ -231,6 +251,13 @@ impl Columns {
                 Some(bytes) => line.push_str(&format!(" {:>10}", bytes / 1024)),
                 None => line.push_str(&format!(" {:>10}", "?")),
             }
+        }
+        if let Some(cgroup) = &row.cgroup {
+            line.push_str(&format!(
+                " {:<12} {}",
+                cgroup.container_cell(),
+                cgroup.cgroup
+            ));
         }
         line.trim_end().to_string()
     }

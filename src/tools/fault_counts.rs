@@ -10,7 +10,8 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::{CommonArgs, ReportArgs};
+use crate::cli::{CommonArgs, ReportArgs, SHOW_CGROUP_HELP};
+use crate::engine::cgroup::{self, CgroupField, CgroupNames};
 use crate::engine::drops::{self, LossWatch};
 use crate::engine::faultvma::{FaultCount, FaultEngine, Only};
 use crate::engine::loader::Trace;
@@ -30,6 +31,9 @@ pub struct CountArgs {
     /// Distinct (process, file or memory, kind) counts the kernel can hold
     #[arg(long, value_name = "N", default_value_t = 10240)]
     pub max_entries: u32,
+
+    #[arg(long, help = SHOW_CGROUP_HELP)]
+    pub show_cgroup: bool,
 }
 
 /// What a tool asks of the shared kernel side, and how it groups the counts.
@@ -49,6 +53,8 @@ pub struct Grouping {
     pub process: bool,
     pub pid: bool,
     pub file: bool,
+    /// --show-cgroup (set from CountArgs).
+    pub cgroup: bool,
 }
 
 impl Grouping {
@@ -57,6 +63,7 @@ impl Grouping {
         process: true,
         pid: true,
         file: true,
+        cgroup: false,
     };
 }
 
@@ -74,6 +81,11 @@ pub fn run(
     mut footer: Option<Footer<'_>>,
 ) -> Result<i32> {
     let mut trace = Trace::prepare(common)?;
+    // each process's cgroup, read at its first fault of each count slot
+    let cgroups = match counts.show_cgroup {
+        true => Some(cgroup::label_records(&mut trace.filter)?),
+        false => None,
+    };
     let mut storage = MaybeUninit::uninit();
     let engine = FaultEngine::load(
         &mut storage,
@@ -84,7 +96,11 @@ pub fn run(
     )?;
     let gone = engine.gone_ring()?;
     let engine = RefCell::new(engine);
-    let totals = RefCell::new(Totals::new(counting.grouping));
+    let grouping = Grouping {
+        cgroup: counts.show_cgroup,
+        ..counting.grouping
+    };
+    let totals = RefCell::new(Totals::new(grouping, cgroups));
     let watch = RefCell::new(LossWatch::new(
         common.tool,
         DropReason::MEMTRACE_DROP_COUNTS,
@@ -94,7 +110,6 @@ pub fn run(
     let interval = counts.report.interval;
     let mut session = Session::start(trace, interval, counting.what)?;
     let clock_heading = interval.is_some() || common.timestamp;
-    let grouping = counting.grouping;
     // what is gone (the BPF side wakes us only when slots run short) is read every 200 ms
     let harvest = || -> Result<()> {
         gone.consume_raw();
@@ -152,22 +167,32 @@ struct Group {
     comm: Option<String>,
     pid: Option<u32>,
     file: Option<String>,
+    /// --show-cgroup: the process's cgroup, also a grouped field.
+    cgroup: Option<CgroupField>,
     minor: u64,
     major: u64,
 }
 
-type GroupKey = (Option<String>, Option<u32>, Option<String>);
+type GroupKey = (
+    Option<String>,
+    Option<u32>,
+    Option<String>,
+    Option<CgroupField>,
+);
 
 /// The counts of a report, grouped as they come in (at each harvest and at the report).
 struct Totals {
     grouping: Grouping,
+    /// --show-cgroup: names the counts' cgroups.
+    cgroups: Option<CgroupNames>,
     grouped: HashMap<GroupKey, [u64; 2]>,
 }
 
 impl Totals {
-    fn new(grouping: Grouping) -> Totals {
+    fn new(grouping: Grouping, cgroups: Option<CgroupNames>) -> Totals {
         Totals {
             grouping,
+            cgroups,
             grouped: HashMap::new(),
         }
     }
@@ -179,6 +204,7 @@ impl Totals {
                 grouping.process.then(|| c.comm.clone()),
                 grouping.pid.then_some(c.pid),
                 grouping.file.then(|| c.file.clone()),
+                self.cgroups.as_mut().map(|names| names.field(c.cgroup)),
             );
             self.grouped.entry(key).or_default()[usize::from(c.major)] += c.count;
         }
@@ -191,10 +217,11 @@ impl Totals {
         rows.sort_by(|(ka, a), (kb, b)| (b[0] + b[1]).cmp(&(a[0] + a[1])).then_with(|| ka.cmp(kb)));
         rows.truncate(top.unwrap_or(usize::MAX));
         rows.into_iter()
-            .map(|((comm, pid, file), [minor, major])| Group {
+            .map(|((comm, pid, file, cgroup), [minor, major])| Group {
                 comm,
                 pid,
                 file,
+                cgroup,
                 minor,
                 major,
             })
@@ -211,6 +238,9 @@ fn columns(grouping: Grouping, counts: &[&'static str]) -> Vec<&'static str> {
     if grouping.pid {
         columns.push(">PID");
     }
+    if grouping.cgroup {
+        columns.extend(["CONTAINER", "CGROUP"]);
+    }
     columns.extend(counts);
     if grouping.file {
         columns.push("FILE");
@@ -223,6 +253,10 @@ fn cells(group: &Group, counts: &[u64]) -> Vec<String> {
     let mut cells: Vec<String> = Vec::new();
     cells.extend(group.comm.clone());
     cells.extend(group.pid.map(|p| p.to_string()));
+    if let Some(cgroup) = &group.cgroup {
+        cells.push(cgroup.container_cell().to_string());
+        cells.push(cgroup.cgroup.clone());
+    }
     cells.extend(counts.iter().map(u64::to_string));
     cells.extend(group.file.clone());
     cells
@@ -238,6 +272,9 @@ struct FaultRow<'a> {
     file: Option<&'a str>,
     kind: &'static str,
     count: u64,
+    /// --show-cgroup: cgroup and container.
+    #[serde(flatten)]
+    cgroup: Option<&'a CgroupField>,
 }
 
 /// A table row per group (COMM, PID, MINOR, MAJOR, FAULTS, FILE as grouped);
@@ -255,6 +292,7 @@ fn print_faults(out: &mut Output, grouping: Grouping, groups: &[Group]) -> Resul
                         file: g.file.as_deref(),
                         kind,
                         count,
+                        cgroup: g.cgroup.as_ref(),
                     })?;
                 }
             }
@@ -277,6 +315,9 @@ struct SwapRow<'a> {
     comm: Option<&'a str>,
     count: u64,
     pages: u64,
+    /// --show-cgroup: cgroup and container.
+    #[serde(flatten)]
+    cgroup: Option<&'a CgroupField>,
     #[serde(skip)]
     group: &'a Group,
 }
@@ -291,6 +332,7 @@ fn print_swap_ins(out: &mut Output, grouping: Grouping, groups: &[Group]) -> Res
             comm: g.comm.as_deref(),
             count: g.major,
             pages: g.minor,
+            cgroup: g.cgroup.as_ref(),
             group: g,
         })
         .collect();

@@ -43,6 +43,7 @@ pub fn run(args: Args) -> Result<i32> {
             process: args.by != By::File,
             pid: args.by != By::File,
             file: args.by != By::Process,
+            cgroup: false,
         },
         what: "page faults",
     };

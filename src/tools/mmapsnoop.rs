@@ -9,7 +9,8 @@ use libbpf_rs::skel::Skel;
 use libbpf_rs::OpenObject;
 use serde::Serialize;
 
-use crate::cli::{parse_ring_mib, CommonArgs};
+use crate::cli::{parse_ring_mib, CommonArgs, SHOW_CGROUP_HELP};
+use crate::engine::cgroup::{self, CgroupField, CgroupNames};
 use crate::engine::drops;
 use crate::engine::features::Feature;
 use crate::engine::loader::{self, Trace};
@@ -56,6 +57,9 @@ pub struct Args {
     /// Ring buffer size in MiB, a power of two: raise it if events are lost
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub buffer_size: u32,
+
+    #[arg(long, help = SHOW_CGROUP_HELP)]
+    pub show_cgroup: bool,
 }
 
 /// The classic programs of munmap and mremap, loaded with --munmap only.
@@ -74,6 +78,10 @@ const MUNMAP_PROGRAMS: &[&str] = &[
 
 pub fn run(args: Args) -> Result<i32> {
     let mut trace = Trace::prepare(&args.common)?;
+    let cgroups = match args.show_cgroup {
+        true => Some(cgroup::label_records(&mut trace.filter)?),
+        false => None,
+    };
     let mut storage = MaybeUninit::uninit();
     let options = Options {
         munmap: args.munmap,
@@ -90,6 +98,7 @@ pub fn run(args: Args) -> Result<i32> {
         timestamp: args.common.timestamp,
         full_path: args.full_path,
         show_call: args.munmap,
+        cgroups,
     };
     let (mut session, stop) = stream::print_events(&skel.maps.events, printer, trace, what)?;
     drops::report(args.common.tool, skel.object(), drops::RING_BUFFER_HINT)?;
@@ -175,6 +184,9 @@ struct CallRow {
     error: Option<String>,
     #[serde(flatten)]
     args: CallArgs,
+    /// --show-cgroup: cgroup and container.
+    #[serde(flatten)]
+    cgroup: Option<CgroupField>,
 }
 
 /// A call's own fields.
@@ -214,7 +226,7 @@ enum CallArgs {
 }
 
 impl CallRow {
-    fn new(e: &Event) -> CallRow {
+    fn new(e: &Event, cgroup: Option<CgroupField>) -> CallRow {
         let errno = decode::syscall_errno(e.ret);
         let result_addr = errno.is_none().then_some(e.ret as u64);
         let (call, args) = match e.call {
@@ -268,6 +280,7 @@ impl CallRow {
             comm: escape_c_chars(&e.comm),
             error: errno.map(decode::errno_name),
             args,
+            cgroup,
         }
     }
 }
@@ -277,6 +290,8 @@ struct Columns {
     timestamp: bool,
     full_path: bool,
     show_call: bool,
+    /// --show-cgroup: names the callers' cgroups.
+    cgroups: Option<CgroupNames>,
 }
 
 impl EventPrinter for Columns {
@@ -286,7 +301,9 @@ impl EventPrinter for Columns {
 
     fn print(&mut self, out: &mut Output, record: &[u8], start_ns: u64) -> Result<()> {
         // records carry only the used part of path[]
-        let row = CallRow::new(&records::decode::<Event>(record));
+        let event = records::decode::<Event>(record);
+        let cgroup = self.cgroups.as_mut().map(|names| names.field(event.cgroup));
+        let row = CallRow::new(&event, cgroup);
         out.record(&row, |row| self.line(row, start_ns))
     }
 }
@@ -298,6 +315,9 @@ impl Columns {
             line.push_str(&format!("{:<12} ", "TIME(s)"));
         }
         line.push_str(&format!("{:<7} {:<7} {:<16} ", "PID", "TID", "COMM"));
+        if self.cgroups.is_some() {
+            line.push_str(&format!("{:<12} {:<30} ", "CONTAINER", "CGROUP"));
+        }
         if self.show_call {
             line.push_str(&format!("{:<6} ", "CALL"));
         }
@@ -314,6 +334,13 @@ impl Columns {
             line.push_str(&elapsed_cell(row.time_ns, start_ns));
         }
         line.push_str(&format!("{:<7} {:<7} {:<16} ", row.pid, row.tid, row.comm));
+        if let Some(cgroup) = &row.cgroup {
+            line.push_str(&format!(
+                "{:<12} {:<30} ",
+                cgroup.container_cell(),
+                cgroup.cgroup
+            ));
+        }
         if self.show_call {
             line.push_str(&format!("{:<6} ", row.call));
         }

@@ -224,6 +224,36 @@ fn man_pages_are_roff_named_after_the_tool() {
 }
 
 #[test]
+fn profiles_need_a_directory() {
+    for args in [
+        &[
+            "memleak",
+            "--profiles",
+            "/nonexistent-dir",
+            "1",
+            "--",
+            "true",
+        ][..],
+        &[
+            "serve",
+            "--collect",
+            "faults",
+            "--profiles",
+            "/nonexistent-dir",
+        ],
+    ] {
+        let out = memtrace().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("--profiles /nonexistent-dir: not a directory"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn cgroup_is_refused_where_it_does_not_apply() {
     // oomkill's selects victims by their memory cgroup: a path elsewhere is one line
     let out = memtrace()

@@ -310,6 +310,62 @@ fn prometheus_scrapes_swap_ins_by_cgroup() {
 }
 
 #[test]
+fn profiles_are_written_periodically_for_a_collector() {
+    require_tool!("ffaults");
+    require_tool!("memleak");
+    let dir = temp_path("profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    // leaks exactly 30000 bytes through leak_with() once let go, then holds
+    // them for 3 s
+    let mut leaker = Held::start(&fixture("leaker"), &["malloc", "3000"]);
+    let pid = leaker.pid().to_string();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["serve", "--listen", &listen, "--collect", "faults"];
+    let profiles = ["--profiles", dir.to_str().unwrap(), "--every", "1"];
+    let mut serve = Tracer::start(&[&args[..], &profiles, &["--profile-pid", &pid]].concat());
+    // memleak, in a process of its own, says when its probes are on
+    let attached = serve.stderr_line(
+        |l| l.starts_with("Tracing allocations"),
+        scaled(Duration::from_secs(30)),
+    );
+    assert!(attached.is_some(), "memleak did not start");
+    assert!(leaker.go().success());
+    // the leaker gone, memleak writes its last profile and ends: serve says so
+    let ended = serve.stderr_line(
+        |l| l.contains("--profiles: memleak ended"),
+        scaled(Duration::from_secs(30)),
+    );
+    assert!(ended.is_some(), "memleak did not end with its process");
+    let finished = serve.stop();
+    finished.assert_success();
+
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    // one at each second of the 3 s hold, and the last at the end
+    assert!(names.len() >= 3, "{names:?}");
+    for name in &names {
+        let stamp = name
+            .strip_prefix("memleak-")
+            .and_then(|n| n.strip_suffix("Z.pb.gz"))
+            .unwrap_or_else(|| panic!("{name}"));
+        let (date, millis) = stamp.split_once('.').unwrap();
+        assert!(
+            date.len() == 15 && &date[8..9] == "T" && millis.len() == 3,
+            "{name}"
+        );
+    }
+    // the leak, exactly, in what a profiler reads
+    let last = dir.join(names.last().unwrap());
+    assert_eq!(pprof_flat(&last, "inuse_space B", "leak_with"), "30000B");
+    assert_eq!(pprof_flat(&last, "inuse_objects", "leak_with"), "1");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn serve_answers_metrics_and_refuses_what_it_cannot_do() {
     require_tool!("ffaults");
     let _lock = lock_system_state();

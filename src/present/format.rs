@@ -36,6 +36,32 @@ pub fn wall_clock_hms() -> String {
     }
 }
 
+/// `at` in UTC to the millisecond, as file names sort it:
+/// `20261129T104512.345Z`.
+pub fn utc_file_stamp(at: std::time::SystemTime) -> String {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as libc::time_t;
+    // SAFETY: gmtime_r with valid pointers to locals is thread-safe and
+    // writes only into `tm`.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::gmtime_r(&secs, &mut tm).is_null() {
+            return format!("{}.{:03}", since.as_secs(), since.subsec_millis());
+        }
+        tm
+    };
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        since.subsec_millis()
+    )
+}
+
 /// The TIME(s) cell of an event tool's -T column: seconds from `start_ns`
 /// to `time_ns` (both CLOCK_MONOTONIC), left-aligned in 12 columns, and a space.
 pub fn elapsed_cell(time_ns: u64, start_ns: u64) -> String {
@@ -46,6 +72,12 @@ pub fn elapsed_cell(time_ns: u64, start_ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_stamps_are_utc_to_the_millisecond() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_948_712_345);
+        assert_eq!(utc_file_stamp(at), "20261129T103832.345Z");
+    }
 
     #[test]
     fn sizes_keep_every_byte() {

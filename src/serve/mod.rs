@@ -7,6 +7,7 @@
 
 mod http;
 mod metrics;
+mod profiles;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use metrics::{
     FaultLabels, FileLabels, LossLabels, Metrics, MmapLabels, OomLabels, Place, ProcessLabels,
     ReclaimLabels,
 };
+use profiles::Profiler;
 
 pub const NAME: &str = "serve";
 
@@ -137,6 +139,18 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub top_files: usize,
 
+    /// Write memory profiles (pprof: inuse_space, inuse_objects) into DIR, a new file every --every seconds, for a profile collector to pick up: memleak's, in a process of its own
+    #[arg(long, value_name = "DIR")]
+    pub profiles: Option<PathBuf>,
+
+    /// How often --profiles writes a profile
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds, requires = "profiles")]
+    pub every: Duration,
+
+    /// Whose allocations --profiles profiles: this process's (default: the kernel's, memleak --kernel)
+    #[arg(long, value_name = "PID", requires = "profiles")]
+    pub profile_pid: Option<u32>,
+
     /// Show libbpf's own messages
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -187,6 +201,9 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     };
     let mut trace = Trace::prepare(&common)?;
     let collectors = chosen(&args.collect)?;
+    if let Some(dir) = &args.profiles {
+        profiles::check_dir(dir)?;
+    }
     let hierarchy = MemoryHierarchy::find()?;
     trace.filter.label = Some(hierarchy.labels);
     let victims_in = match (&args.cgroup, collectors.contains(&Collector::Oom)) {
@@ -246,6 +263,10 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
     });
     let mut losses = Losses::default();
     let mut mmap_calls = MmapCalls::default();
+    let mut profiler = match &args.profiles {
+        Some(dir) => Some(Profiler::start(dir, args.every, args.profile_pid)?),
+        None => None,
+    };
     let what = format!("{} for http://{}/metrics", names.join(", "), args.listen);
     let mut session = Session::start(trace, Some(REFRESH), &what)?;
     let stop = session.run(
@@ -277,9 +298,14 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
             if let Some(reclaim) = &loaded.reclaim {
                 losses.add(&metrics, "reclaim", reclaim.object())?;
             }
+            if let Some(profiler) = &mut profiler {
+                profiler.check();
+            }
             Ok(())
         },
     )?;
+    // memleak writes its last profile
+    drop(profiler);
     drop(ring);
     // what was lost, said at the end as the tools say it
     let more_slots = &[(DropReason::MEMTRACE_DROP_COUNTS, "raise --max-entries")];

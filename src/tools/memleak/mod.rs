@@ -125,6 +125,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub pprof: Option<PathBuf>,
 
+    /// At each report, write the outstanding allocations to a new pprof file
+    /// in DIR, memleak-YYYYMMDDTHHMMSS.mmmZ.pb.gz (UTC), for a profile
+    /// collector to pick up (and remove)
+    #[arg(long, value_name = "DIR")]
+    pub profiles: Option<PathBuf>,
+
     /// Distinct stacks the kernel can hold, and their running totals;
     /// raise it if stacks are lost (default: 65536 for a process and its
     /// children, whose stacks are each their own; 16384 in kernel mode,

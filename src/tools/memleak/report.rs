@@ -5,8 +5,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
+use std::time::SystemTime;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use libbpf_rs::MapCore;
 use serde::Serialize;
 
@@ -18,8 +20,8 @@ use super::{Args, SortBy};
 use crate::analysis::symbolize::StackSymbolizer;
 use crate::engine::maps::{entries, stored_stack};
 use crate::engine::session::monotonic_ns;
-use crate::present::escape::escape_c_chars;
-use crate::present::format::wall_clock_hms;
+use crate::present::escape::{escape_c_chars, escape_path};
+use crate::present::format::{utc_file_stamp, wall_clock_hms};
 use crate::present::output::Output;
 use crate::present::output_file::OutputFile;
 use crate::present::profile::{profile_value, FlameGraph, Pprof, ProfileFrame, Sample};
@@ -103,8 +105,17 @@ pub struct Profiles {
 }
 
 impl Profiles {
-    /// Reserves the files --svg and --pprof name (see OutputFile).
+    /// Reserves the files --svg and --pprof name (see OutputFile); checks
+    /// that --profiles names a directory, where each report writes a file.
     pub fn reserve(args: &Args) -> Result<Profiles> {
+        if let Some(dir) = &args.profiles {
+            if !dir.is_dir() {
+                bail!(
+                    "--profiles {}: not a directory (give an existing directory for the profiles)",
+                    escape_path(dir)
+                );
+            }
+        }
         Ok(Profiles {
             svg: OutputFile::reserve_if_given("--svg", args.svg.as_deref())?,
             pprof: OutputFile::reserve_if_given("--pprof", args.pprof.as_deref())?,
@@ -241,6 +252,9 @@ impl<'a> Reporter<'a> {
         let outstanding = self.outstanding(older_ms)?;
         ready(&self.processes(outstanding.keys()));
         let symbolizer = &mut *symbolizer.borrow_mut();
+        if let Some(dir) = &self.args.profiles {
+            self.write_snapshot(dir, symbolizer, &outstanding)?;
+        }
         self.last_older_ms = older_ms;
         self.reports += 1;
         let report = self.reports;
@@ -327,27 +341,51 @@ impl<'a> Reporter<'a> {
             flame.write()?;
         }
         if let Some(file) = pprof {
-            let mut profile = Pprof::new(
-                file,
-                &[("inuse_space", "bytes"), ("inuse_objects", "count")],
-            );
-            let mut labels_of = HashMap::new();
-            for (&key, row) in &outstanding {
-                profile.add(Sample {
-                    frames: self.profile_frames(symbolizer, key),
-                    values: vec![profile_value(row.bytes), profile_value(row.allocs)],
-                    labels: match self.kernel {
-                        true => Vec::new(),
-                        false => labels_of
-                            .entry(key.0)
-                            .or_insert_with(|| stack_counts::process_labels(key.0, None))
-                            .clone(),
-                    },
-                });
-            }
-            profile.write()?;
+            self.write_pprof(symbolizer, &outstanding, file)?;
         }
         Ok(())
+    }
+
+    /// --profiles: what is outstanding now, every stack, in a new file of
+    /// the directory named by the time (UTC).
+    fn write_snapshot(
+        &self,
+        dir: &Path,
+        symbolizer: &mut StackSymbolizer,
+        outstanding: &HashMap<StackOf, Outstanding>,
+    ) -> Result<()> {
+        let name = format!("memleak-{}.pb.gz", utc_file_stamp(SystemTime::now()));
+        let file = OutputFile::reserve("--profiles", &dir.join(name))?;
+        self.write_pprof(symbolizer, outstanding, file)
+    }
+
+    /// The outstanding allocations as a pprof profile (inuse_space,
+    /// inuse_objects), with each process's labels in user mode.
+    fn write_pprof(
+        &self,
+        symbolizer: &mut StackSymbolizer,
+        outstanding: &HashMap<StackOf, Outstanding>,
+        file: OutputFile,
+    ) -> Result<()> {
+        let mut profile = Pprof::new(
+            file,
+            &[("inuse_space", "bytes"), ("inuse_objects", "count")],
+        );
+        let mut labels_of = HashMap::new();
+        for (&key, row) in outstanding {
+            profile.add(Sample {
+                frames: self.profile_frames(symbolizer, key),
+                values: vec![profile_value(row.bytes), profile_value(row.allocs)],
+                labels: match self.kernel {
+                    true => Vec::new(),
+                    false => labels_of
+                        .entry(key.0)
+                        .or_insert_with(|| stack_counts::process_labels(key.0, None))
+                        .clone(),
+                },
+            });
+        }
+        profile.write()
     }
 
     pub fn warn_lost_stacks(&self) {

@@ -5,6 +5,10 @@
 //! fields the walk reads are (common.h's memtrace_cgroup_offsets), from the
 //! kernel's BTF: by hand rather than by CO-RE, which would cost every load
 //! a search of the kernel's types, --cgroup or not.
+//!
+//! And the cgroups records name (serve's labels, --show-cgroup): ids in the
+//! memory controller's hierarchy, named by walking it, with the container
+//! or pod a path names.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;

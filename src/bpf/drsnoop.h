@@ -21,7 +21,7 @@ struct drsnoop_event {
 	enum drsnoop_kind kind;
 	__s32 order;    /* of the allocation that needed the memory */
 	__u32 gfp_flags;
-	__u64 cgroup;   /* serve: the task's cgroup (memtrace_cgroup_label) */
+	__u64 cgroup;   /* serve, --show-cgroup: the task's cgroup (memtrace_cgroup_label) */
 	char comm[MEMTRACE_COMM_LEN];
 };
 

@@ -50,7 +50,7 @@ struct faultvma_slot_info {
 	char comm[MEMTRACE_COMM_LEN]; /* at the slot's first fault */
 	__u32 valid;                  /* 0: free, or lost a race for its key (never counted) */
 	__u32 pad;
-	__u64 cgroup; /* serve: the process's cgroup at the slot's first fault (memtrace_cgroup_label) */
+	__u64 cgroup; /* serve, --show-cgroup: the process's cgroup at the slot's first fault (memtrace_cgroup_label) */
 };
 
 /* What is gone, in a faultvma_gone record. */

@@ -191,12 +191,15 @@ impl CgroupField {
     }
 }
 
-/// --show-cgroup: has the trace's records name each task's memory cgroup,
-/// and gives what names them.
-pub fn label_records(filter: &mut Filter) -> Result<CgroupNames> {
+/// --show-cgroup (`show`): has the trace's records name each task's memory
+/// cgroup, and gives what names them; None, and nothing read, without it.
+pub fn label_records(show: bool, filter: &mut Filter) -> Result<Option<CgroupNames>> {
+    if !show {
+        return Ok(None);
+    }
     let hierarchy = MemoryHierarchy::find()?;
     filter.label = Some(hierarchy.labels);
-    Ok(CgroupNames::new(&hierarchy.mount))
+    Ok(Some(CgroupNames::new(&hierarchy.mount)))
 }
 
 /// Cgroup paths by id (their directories' inodes), from walks of the

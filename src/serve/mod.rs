@@ -222,7 +222,7 @@ pub fn run(matches: &ArgMatches) -> Result<i32> {
 
     let mut storage = Storage::new();
     let loaded = Loaded::load(&mut storage, &mut trace, &collectors, args.max_entries)?;
-    let places = RefCell::new(Places(CgroupNames::new(&hierarchy.mount)));
+    let places = RefCell::new(CgroupNames::new(&hierarchy.mount));
     let kills = loaded.oom.as_ref().map(oomkill::Kills::new);
     // what the kernel sends as it happens (mmap's counts are kept there)
     let mut builder = RingBufferBuilder::new();
@@ -419,15 +419,6 @@ impl<'obj> Loaded<'obj> {
 /// counts at most this old).
 const REFRESH: Duration = Duration::from_secs(1);
 
-/// Cgroup ids to the labels that say where counts happened.
-struct Places(CgroupNames);
-
-impl Places {
-    fn of(&mut self, id: u64) -> Place {
-        Place::from(self.0.field(id))
-    }
-}
-
 /// What the fault engine's counts add to: the fault, swap and file families.
 struct FaultCounts {
     /// The faults collector runs (else only swap's families are fed).
@@ -436,10 +427,10 @@ struct FaultCounts {
 }
 
 impl FaultCounts {
-    fn add(&mut self, metrics: &Metrics, places: &RefCell<Places>, counts: &[FaultCount]) {
+    fn add(&mut self, metrics: &Metrics, places: &RefCell<CgroupNames>, counts: &[FaultCount]) {
         let mut places = places.borrow_mut();
         for count in counts {
-            let place = places.of(count.cgroup);
+            let place = Place::from(places.field(count.cgroup));
             let process = || ProcessLabels {
                 place: place.clone(),
                 comm: count.comm.clone(),
@@ -544,9 +535,9 @@ fn count_kill(metrics: &Metrics, kill: &oomkill::KillRow) {
     metrics.oom_victim_rss.get_or_create(&labels).inc_by(rss);
 }
 
-fn count_stall(metrics: &Metrics, places: &RefCell<Places>, stall: &drsnoop::Event) {
+fn count_stall(metrics: &Metrics, places: &RefCell<CgroupNames>, stall: &drsnoop::Event) {
     let labels = ReclaimLabels {
-        place: places.borrow_mut().of(stall.cgroup),
+        place: Place::from(places.borrow_mut().field(stall.cgroup)),
         kind: match stall.kind {
             drsnoop::StallKind::DRSNOOP_DIRECT => "direct",
             _ => "memcg",
@@ -572,7 +563,7 @@ impl MmapCalls {
     fn add(
         &mut self,
         metrics: &Metrics,
-        places: &RefCell<Places>,
+        places: &RefCell<CgroupNames>,
         counts: &dyn MapCore,
     ) -> Result<()> {
         let mut places = places.borrow_mut();
@@ -591,7 +582,7 @@ impl MmapCalls {
                 _ => "hugetlb",
             };
             let labels = MmapLabels {
-                place: places.of(key.cgroup),
+                place: Place::from(places.field(key.cgroup)),
                 comm: escape_c_chars(&key.comm),
                 kind,
             };

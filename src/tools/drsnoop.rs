@@ -79,10 +79,7 @@ pub fn run(args: Args) -> Result<i32> {
     let mut trace = Trace::prepare(&args.common)?;
     trace.filter.tid = args.tid;
     trace.filter.uid = args.uid;
-    let cgroups = match args.show_cgroup {
-        true => Some(cgroup::label_records(&mut trace.filter)?),
-        false => None,
-    };
+    let cgroups = cgroup::label_records(args.show_cgroup, &mut trace.filter)?;
     let mut storage = MaybeUninit::uninit();
     let skel = load(&mut storage, &mut trace, args.kind)?;
     let printer = Printer {

@@ -82,10 +82,7 @@ pub fn run(
 ) -> Result<i32> {
     let mut trace = Trace::prepare(common)?;
     // each process's cgroup, read at its first fault of each count slot
-    let cgroups = match counts.show_cgroup {
-        true => Some(cgroup::label_records(&mut trace.filter)?),
-        false => None,
-    };
+    let cgroups = cgroup::label_records(counts.show_cgroup, &mut trace.filter)?;
     let mut storage = MaybeUninit::uninit();
     let engine = FaultEngine::load(
         &mut storage,

@@ -78,10 +78,7 @@ const MUNMAP_PROGRAMS: &[&str] = &[
 
 pub fn run(args: Args) -> Result<i32> {
     let mut trace = Trace::prepare(&args.common)?;
-    let cgroups = match args.show_cgroup {
-        true => Some(cgroup::label_records(&mut trace.filter)?),
-        false => None,
-    };
+    let cgroups = cgroup::label_records(args.show_cgroup, &mut trace.filter)?;
     let mut storage = MaybeUninit::uninit();
     let options = Options {
         munmap: args.munmap,
